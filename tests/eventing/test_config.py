@@ -1,0 +1,87 @@
+"""Settings: defaults, parsing, and one error listing every bad variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventing import config
+from eventing.config import Settings
+from eventing.errors import ConfigError
+
+
+def test_defaults_match_kyma_where_kyma_has_a_name() -> None:
+    settings = Settings.from_environ({})
+    assert settings.nats.urls == ("nats://127.0.0.1:4222",)
+    assert settings.events.type_prefix == "sap.kyma.custom"
+    assert settings.stream.name == "sap"
+    assert settings.stream.retention == "interest"
+    assert settings.stream.discard == "new"
+    assert settings.stream.storage == "file"
+    assert settings.proxy.port == 8080
+    assert settings.proxy.request_timeout == 5.0
+    assert settings.proxy.max_request_size == 65536
+    assert settings.stream.duplicate_window == 120.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), ("1.5", 1.5)]
+)
+def test_durations(raw: str, seconds: float) -> None:
+    assert Settings.from_environ({"REQUEST_TIMEOUT": raw}).proxy.request_timeout == seconds
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [("65536", 65536), ("64Ki", 65536), ("700Mi", 700 * 2**20), ("1G", 10**9), ("-1", -1)],
+)
+def test_sizes(raw: str, size: int) -> None:
+    assert Settings.from_environ({"JS_STREAM_MAX_BYTES": raw}).stream.max_bytes == size
+
+
+def test_every_bad_variable_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ(
+            {
+                "INGRESS_PORT": "eighty",
+                "REQUEST_TIMEOUT": "soon",
+                "JS_STREAM_STORAGE_TYPE": "tape",
+                "NATS_URL": "localhost",
+                "MAX_REQUEST_SIZE": "0",
+            }
+        )
+    problems = caught.value.problems
+    assert set(problems) == {
+        "INGRESS_PORT",
+        "REQUEST_TIMEOUT",
+        "JS_STREAM_STORAGE_TYPE",
+        "NATS_URL",
+        "MAX_REQUEST_SIZE",
+    }
+    assert "got 'eighty'" in problems["INGRESS_PORT"]
+    assert "file, memory" in problems["JS_STREAM_STORAGE_TYPE"]
+    assert "INGRESS_PORT" in str(caught.value) and "NATS_URL" in str(caught.value)
+
+
+@pytest.mark.parametrize("prefix", ["kyma", "kyma.custom", "sap..custom", "sap kyma", ""])
+def test_prefixes_that_would_misroute_events_are_refused(prefix: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ({"EVENT_TYPE_PREFIX": prefix})
+    assert list(caught.value.problems) == ["EVENT_TYPE_PREFIX"]
+
+
+def test_duplicate_window_must_fit_in_max_age() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ({"JS_STREAM_MAX_AGE": "1m", "JS_STREAM_DUPLICATE_WINDOW": "2m"})
+    assert list(caught.value.problems) == ["JS_STREAM_DUPLICATE_WINDOW"]
+
+
+def test_several_nats_urls() -> None:
+    settings = Settings.from_environ({"NATS_URL": "nats://a:4222, nats://b:4222"})
+    assert settings.nats.urls == ("nats://a:4222", "nats://b:4222")
+
+
+def test_readme_lists_every_variable_as_generated() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert config.markdown_table() in readme, "regenerate the table: python -m eventing.config"

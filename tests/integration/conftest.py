@@ -1,0 +1,80 @@
+"""The proxy app wired to a real nats-server, and a way to read back what JetStream stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import nats
+import pytest
+from flask import Flask
+from nats.js.errors import NotFoundError
+
+from eventing.config import Settings
+from proxy import create_app
+from proxy.publisher import JetStreamPublisher
+from tests.support.servers import NatsServer
+
+pytestmark = pytest.mark.integration
+
+STREAM = "events"
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+
+
+def settings_for(server: NatsServer, **env: str) -> Settings:
+    """Settings pointing at ``server``; limits retention so tests can read every message back."""
+    base = {
+        "NATS_URL": server.url,
+        "JS_STREAM_NAME": STREAM,
+        "JS_STREAM_RETENTION_POLICY": "limits",
+        "REQUEST_TIMEOUT": "2s",
+        "RECONNECT_WAIT": "100ms",
+        "NATS_CONNECT_TIMEOUT": "1s",
+    }
+    return Settings.from_environ({**base, **env})
+
+
+def read_stream(server: NatsServer, stream: str = STREAM) -> list[StoredMessage]:
+    """Every message the stream holds, in order."""
+
+    async def read() -> list[StoredMessage]:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            try:
+                info = await js.stream_info(stream)
+            except NotFoundError:
+                return []
+            messages = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                raw = await js.get_msg(stream, seq)
+                messages.append(
+                    StoredMessage(raw.subject or "", dict(raw.headers or {}), raw.data or b"")
+                )
+            return messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[[Settings], Flask]]:
+    """Build proxy apps with real publishers; their connections are closed afterwards."""
+    publishers: list[JetStreamPublisher] = []
+
+    def make(settings: Settings) -> Flask:
+        publisher = JetStreamPublisher(settings)
+        publishers.append(publisher)
+        return create_app(settings, publisher=publisher)
+
+    yield make
+    for publisher in publishers:
+        publisher.close()

@@ -1,0 +1,127 @@
+"""``eventing-proxy`` as users run it: granian, two worker processes, a real nats-server."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sysconfig
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.conftest import STREAM, read_stream
+from tests.support.servers import NatsServer, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+PROXY = Path(sysconfig.get_path("scripts")) / "eventing-proxy"
+
+
+def _proxy_command() -> list[str]:
+    if PROXY.exists():
+        return [str(PROXY)]
+    found = shutil.which("eventing-proxy")
+    if found is None:
+        pytest.fail("eventing-proxy is not installed: pip install -e .")
+    return [found]
+
+
+@pytest.fixture
+def proxy(
+    nats_server: NatsServer, tmp_path: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    port = free_port()
+    log = tmp_path / "proxy.log"
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "INGRESS_PORT": str(port),
+        "PROXY_WORKERS": "2",
+        "JS_STREAM_NAME": STREAM,
+        "JS_STREAM_RETENTION_POLICY": "limits",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(_proxy_command(), env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return requests.get(f"{url}/healthz", timeout=0.5).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_until(healthy, 20, "the proxy to answer /healthz")
+    yield url, process, log
+    if process.poll() is None:
+        process.kill()
+        process.wait(5)
+
+
+def _publish_many(url: str, count: int, threads: int) -> list[int]:
+    def send(chunk: range) -> list[int]:
+        with requests.Session() as session:
+            return [
+                session.post(
+                    f"{url}/publish",
+                    headers={
+                        "ce-specversion": "1.0",
+                        "ce-id": f"event-{i}",
+                        "ce-source": "loadtest",
+                        "ce-type": "order.created.v1",
+                        "content-type": "application/json",
+                    },
+                    data=b'{"n": %d}' % i,
+                    timeout=10,
+                ).status_code
+                for i in chunk
+            ]
+
+    chunks = [range(start, count, threads) for start in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        return [code for codes in pool.map(send, chunks) for code in codes]
+
+
+def test_publishes_through_the_production_server(
+    proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
+) -> None:
+    url, _, log = proxy
+    codes = _publish_many(url, count=300, threads=8)
+    assert codes == [204] * 300
+    stored = read_stream(nats_server)
+    assert len(stored) == 300
+    assert {m.subject for m in stored} == {"kyma.loadtest.order.created.v1"}
+
+    # Metrics are summed over both worker processes, whichever one answers the scrape.
+    for _ in range(4):
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        match = re.search(
+            r'eventing_epp_requests_total\{code="204",method="POST",path="/publish"\} (\S+)', text
+        )
+        assert match is not None and float(match[1]) == 300
+    assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
+    assert "Traceback" not in log.read_text()
+
+
+def test_sigterm_stops_the_proxy_quickly(proxy: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+    url, process, _ = proxy
+    assert _publish_many(url, count=10, threads=2) == [204] * 10
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(10)
+    assert time.monotonic() - started < 5
+
+
+def test_invalid_configuration_names_every_bad_variable() -> None:
+    env = {**os.environ, "INGRESS_PORT": "eighty", "REQUEST_TIMEOUT": "soon"}
+    result = subprocess.run(_proxy_command(), env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "INGRESS_PORT" in result.stderr and "REQUEST_TIMEOUT" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,168 @@
+"""The proxy against a real nats-server: what lands in JetStream, and every failure path."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+
+from flask import Flask
+
+from eventing.config import Settings
+from tests.integration.conftest import read_stream, settings_for
+from tests.support.servers import NatsServer, wait_until
+
+BINARY = {
+    "ce-specversion": "1.0",
+    "ce-id": "id-1",
+    "ce-source": "myapp",
+    "ce-type": "order.created.v1",
+    "Content-Type": "application/json",
+}
+EVENT = {
+    "specversion": "1.0",
+    "id": "id-2",
+    "source": "myapp",
+    "type": "order.created.v1",
+    "data": {"a": 1},
+}
+LEGACY = {
+    "event-type": "order.created",
+    "event-type-version": "v1",
+    "event-time": "2020-04-02T21:37:00Z",
+    "data": "text",
+}
+
+
+def test_every_mode_lands_on_its_subject(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    client = make_app(settings_for(nats_server)).test_client()
+    assert client.post("/publish", headers=BINARY, data=b'{"a": 1}').status_code == 204
+    assert (
+        client.post("/publish", json=EVENT, content_type="application/cloudevents+json").status_code
+        == 204
+    )
+    batch = [{**EVENT, "id": f"b{i}", "type": "order.shipped.v1"} for i in range(2)]
+    assert (
+        client.post(
+            "/publish", data=json.dumps(batch), content_type="application/cloudevents-batch+json"
+        ).status_code
+        == 204
+    )
+    legacy = client.post("/commerce/v1/events", json=LEGACY)
+    assert legacy.status_code == 200
+
+    stored = read_stream(nats_server)
+    assert [m.subject for m in stored] == [
+        "kyma.myapp.order.created.v1",
+        "kyma.myapp.order.created.v1",
+        "kyma.myapp.order.shipped.v1",
+        "kyma.myapp.order.shipped.v1",
+        "kyma.sap.kyma.custom.commerce.order.created.v1",
+    ]
+    binary, structured, _, _, from_legacy = (json.loads(m.payload) for m in stored)
+    assert base64.b64decode(binary["data_base64"]) == b'{"a": 1}'
+    assert (binary["id"], binary["originaltype"]) == ("id-1", "order.created.v1")
+    assert structured["data"] == {"a": 1}
+    assert from_legacy["id"] == legacy.get_json()["event-id"]
+    assert (from_legacy["source"], from_legacy["data"]) == ("commerce", "text")
+    assert stored[0].headers["ce-type"] == "order.created.v1"
+    assert stored[0].headers["Content-Type"] == "application/json"
+    assert "Nats-Msg-Id" in stored[0].headers
+
+
+def test_a_repeated_publish_is_stored_once(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    client = make_app(settings_for(nats_server)).test_client()
+    for _ in range(3):
+        assert client.post("/publish", headers=BINARY, data=b"{}").status_code == 204
+    assert (
+        client.post("/publish", headers={**BINARY, "ce-source": "other"}, data=b"{}").status_code
+        == 204
+    )
+    assert len(read_stream(nats_server)) == 2
+
+
+def test_default_interest_stream_is_created_on_a_fresh_server(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    settings = settings_for(
+        nats_server, JS_STREAM_RETENTION_POLICY="interest", JS_STREAM_NAME="sap"
+    )
+    client = make_app(settings).test_client()
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/publish", headers=BINARY, data=b"{}").status_code == 204
+
+
+def test_nats_down_is_502_and_not_ready_then_recovers(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    client = make_app(settings_for(nats_server)).test_client()
+    assert client.post("/publish", headers=BINARY, data=b"{}").status_code == 204
+
+    nats_server.stop()
+    wait_until(
+        lambda: (
+            client.post("/publish", headers={**BINARY, "ce-id": "down"}, data=b"{}").status_code
+            == 502
+        ),
+        10,
+        "502 while NATS is down",
+    )
+    response = client.post("/publish", headers={**BINARY, "ce-id": "down"}, data=b"{}")
+    assert response.status_code == 502
+    assert "not connected" in response.get_json()["detail"]
+    assert client.get("/readyz").status_code == 500
+    legacy = client.post("/app/v1/events", json=LEGACY)
+    assert legacy.status_code == 502 and legacy.get_json()["status"] == 502
+
+    nats_server.start()
+    wait_until(lambda: client.get("/readyz").status_code == 200, 15, "ready after NATS restarts")
+    assert (
+        client.post("/publish", headers={**BINARY, "ce-id": "after"}, data=b"{}").status_code == 204
+    )
+    ids = [json.loads(m.payload)["id"] for m in read_stream(nats_server)]
+    assert ids[0] == "id-1" and ids[-1] == "after"
+
+
+def test_a_full_stream_is_507(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    client = make_app(settings_for(nats_server, JS_STREAM_MAX_BYTES="2Ki")).test_client()
+    codes = [
+        client.post("/publish", headers={**BINARY, "ce-id": str(i)}, data=b"x" * 300).status_code
+        for i in range(10)
+    ]
+    assert codes[0] == 204
+    assert codes[-1] == 507
+    assert set(codes) == {204, 507}
+    accepted = codes.count(204)
+    assert len(read_stream(nats_server)) == accepted
+
+
+def test_batch_partly_refused_by_a_full_stream_reports_indexes(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    client = make_app(settings_for(nats_server, JS_STREAM_MAX_MSGS="2")).test_client()
+    batch = [{**EVENT, "id": str(i)} for i in range(4)]
+    response = client.post(
+        "/publish", data=json.dumps(batch), content_type="application/cloudevents-batch+json"
+    )
+    assert response.status_code == 507
+    failed = [e["index"] for e in response.get_json()["errors"]]
+    assert len(failed) == 2
+    assert len(read_stream(nats_server)) == 2
+
+
+def test_oversized_request_stores_nothing(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    client = make_app(settings_for(nats_server, MAX_REQUEST_SIZE="1Ki")).test_client()
+    assert client.post("/publish", headers=BINARY, data=b"x" * 2000).status_code == 413
+    assert (
+        client.post("/app/v1/events", data=json.dumps({**LEGACY, "data": "x" * 2000})).status_code
+        == 413
+    )
+    assert read_stream(nats_server) == []

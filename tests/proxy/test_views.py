@@ -1,0 +1,306 @@
+"""The proxy's HTTP contract, with a recording publisher in place of JetStream."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from eventing.errors import BackendUnavailable, Overloaded, StreamFull, StreamNotAnswering
+from tests.proxy.conftest import RecordingPublisher
+
+BINARY = {
+    "ce-specversion": "1.0",
+    "ce-id": "A234-1234-1234",
+    "ce-source": "myapp",
+    "ce-type": "order.created.v1",
+    "Content-Type": "application/json",
+}
+EVENT = {
+    "specversion": "1.0",
+    "id": "1",
+    "source": "myapp",
+    "type": "order.created.v1",
+    "data": {"a": 1},
+}
+LEGACY = {
+    "event-type": "order.created",
+    "event-type-version": "v1",
+    "event-time": "2020-04-02T21:37:00Z",
+    "data": {"a": 1},
+}
+
+
+def stored(publisher: RecordingPublisher, index: int = 0) -> dict[str, Any]:
+    return dict(json.loads(publisher.messages[index].payload))
+
+
+def test_binary_publish(client: FlaskClient, publisher: RecordingPublisher) -> None:
+    response = client.post("/publish", headers=BINARY, data=b'{"a": 1}')
+    assert response.status_code == 204
+    assert response.data == b""
+    [message] = publisher.messages
+    assert message.subject == "kyma.myapp.order.created.v1"
+    assert message.headers["ce-type"] == "order.created.v1"
+    assert message.headers["ce-source"] == "myapp"
+    assert message.headers["ce-id"] == "A234-1234-1234"
+    assert message.headers["Content-Type"] == "application/json"
+    assert len(message.headers["Nats-Msg-Id"]) == 32
+    event = stored(publisher)
+    assert base64.b64decode(event["data_base64"]) == b'{"a": 1}'
+    assert event["originaltype"] == "order.created.v1"
+
+
+def test_structured_publish(client: FlaskClient, publisher: RecordingPublisher) -> None:
+    response = client.post(
+        "/publish", data=json.dumps(EVENT), content_type="application/cloudevents+json"
+    )
+    assert response.status_code == 204
+    assert publisher.messages[0].subject == "kyma.myapp.order.created.v1"
+    assert stored(publisher)["data"] == {"a": 1}
+
+
+def test_batch_publish(client: FlaskClient, publisher: RecordingPublisher) -> None:
+    batch = [{**EVENT, "id": str(i), "type": f"t{i}.created.v1"} for i in range(3)]
+    response = client.post(
+        "/publish", data=json.dumps(batch), content_type="application/cloudevents-batch+json"
+    )
+    assert response.status_code == 204
+    assert [m.subject for m in publisher.messages] == [
+        f"kyma.myapp.t{i}.created.v1" for i in range(3)
+    ]
+
+
+def test_same_source_and_id_get_the_same_dedup_id(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    for _ in range(2):
+        client.post("/publish", headers=BINARY, data=b"{}")
+    client.post("/publish", headers={**BINARY, "ce-id": "other"}, data=b"{}")
+    ids = [m.headers["Nats-Msg-Id"] for m in publisher.messages]
+    assert ids[0] == ids[1] != ids[2]
+
+
+def test_prefixed_type_goes_to_the_legacy_subject(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    headers = {
+        **BINARY,
+        "ce-type": "sap.kyma.custom.commerce.order.created.v1",
+        "ce-source": "kyma",
+    }
+    assert client.post("/publish", headers=headers, data=b"{}").status_code == 204
+    assert publisher.messages[0].subject == "kyma.sap.kyma.custom.commerce.order.created.v1"
+    assert stored(publisher)["originaltype"] == "sap.kyma.custom.commerce.order.created.v1"
+
+
+def test_trace_headers_are_carried_as_extensions(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    headers = {
+        **BINARY,
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "X-B3-Sampled": "1",
+    }
+    client.post("/publish", headers=headers, data=b"{}")
+    event = stored(publisher)
+    assert event["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert event["b3sampled"] == "1"
+
+
+def test_invalid_event_is_a_problem_document_and_stores_nothing(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    response = client.post(
+        "/publish",
+        data=json.dumps({**EVENT, "type": ""}),
+        content_type="application/cloudevents+json",
+    )
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["attribute"] == "type"
+    assert problem["status"] == 400
+    assert "non-empty string" in problem["detail"]
+    assert publisher.messages == []
+
+
+def test_empty_segments_after_cleaning(client: FlaskClient) -> None:
+    response = client.post("/publish", headers={**BINARY, "ce-type": "order.>.v1"}, data=b"{}")
+    assert response.status_code == 400
+    assert "empty segments" in response.get_json()["detail"]
+
+
+def test_invalid_batch_stores_nothing_and_names_indexes(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    batch = [EVENT, {**EVENT, "id": "2", "type": "a..b"}, {**EVENT, "source": ""}]
+    response = client.post(
+        "/publish", data=json.dumps(batch), content_type="application/cloudevents-batch+json"
+    )
+    assert response.status_code == 400
+    assert [e["index"] for e in response.get_json()["errors"]] == [1, 2]
+    assert publisher.messages == []
+
+
+def test_no_cloudevent_is_415(client: FlaskClient) -> None:
+    response = client.post("/publish", data=b'{"a": 1}', content_type="application/json")
+    assert response.status_code == 415
+    assert "binary mode" in response.get_json()["detail"]
+
+
+def test_oversized_body_is_413_on_publish(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    response = client.post("/publish", headers=BINARY, data=b"x" * 5000)
+    assert response.status_code == 413
+    assert "MAX_REQUEST_SIZE" in response.get_json()["detail"]
+    assert publisher.messages == []
+
+
+def test_oversized_body_is_413_on_legacy_in_kymas_shape(client: FlaskClient) -> None:
+    response = client.post("/app/v1/events", data=b"x" * 5000)
+    assert response.status_code == 413
+    assert response.get_json() == {
+        "status": 413,
+        "type": "request_body_too_large",
+        "message": "Request body too large",
+        "moreInfo": "http: request body too large",
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (BackendUnavailable("not connected to NATS"), 502),
+        (StreamNotAnswering("no stream answered"), 504),
+        (StreamFull("the stream is full"), 507),
+    ],
+)
+def test_publish_failures_map_to_kymas_codes(
+    client: FlaskClient, publisher: RecordingPublisher, error: Exception, status: int
+) -> None:
+    publisher.fail = lambda index, message: error  # type: ignore[assignment,return-value]
+    response = client.post("/publish", headers=BINARY, data=b"{}")
+    assert response.status_code == status
+    assert response.get_json()["detail"] == str(error)
+    legacy = client.post("/app/v1/events", json=LEGACY)
+    assert legacy.status_code == status
+    assert legacy.get_json() == {"status": status, "message": str(error)}
+
+
+def test_overload_is_503_with_retry_after(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    def overloaded(index: int, message: object) -> Overloaded:
+        raise Overloaded("too many in flight", retry_after=3)
+
+    publisher.fail = overloaded  # type: ignore[assignment]
+    response = client.post("/publish", headers=BINARY, data=b"{}")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "3"
+
+
+def test_partial_batch_failure_says_what_failed(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    publisher.fail = lambda index, message: StreamFull("full") if index == 1 else None  # type: ignore[assignment]
+    batch = [{**EVENT, "id": str(i)} for i in range(3)]
+    response = client.post(
+        "/publish", data=json.dumps(batch), content_type="application/cloudevents-batch+json"
+    )
+    assert response.status_code == 507
+    assert response.get_json()["errors"] == [{"index": 1, "status": 507, "detail": "full"}]
+    assert len(publisher.messages) == 2
+
+
+def test_legacy_publish(client: FlaskClient, publisher: RecordingPublisher) -> None:
+    event_id = "8954ad1c-78ed-4c58-a639-68bd44031de0"
+    response = client.post("/commerce/v1/events", json={**LEGACY, "event-id": event_id})
+    assert response.status_code == 200
+    assert response.get_json() == {"event-id": event_id, "status": "", "reason": ""}
+    [message] = publisher.messages
+    assert message.subject == "kyma.sap.kyma.custom.commerce.order.created.v1"
+    event = stored(publisher)
+    assert (event["source"], event["type"], event["data"]) == (
+        "commerce",
+        "order.created.v1",
+        {"a": 1},
+    )
+
+
+def test_legacy_generated_id_is_the_stored_id(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    response = client.post("/commerce/v1/events", json=LEGACY)
+    assert response.get_json()["event-id"] == stored(publisher)["id"]
+
+
+def test_legacy_validation_error_in_kymas_shape(client: FlaskClient) -> None:
+    response = client.post("/app/v1/events", json={**LEGACY, "event-time": "soon"})
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "status": 400,
+        "type": "validation_violation",
+        "message": "Invalid field",
+        "details": [{"field": "event-time", "type": "invalid_field", "message": "Invalid field"}],
+    }
+
+
+def test_legacy_empty_body(client: FlaskClient) -> None:
+    response = client.post("/app/v1/events", data=b"")
+    assert response.get_json() == {
+        "status": 400,
+        "type": "bad_payload_syntax",
+        "message": "Bad payload syntax",
+        "moreInfo": "Bad payload syntax",
+    }
+
+
+def test_unknown_paths_and_methods_are_json_problems(client: FlaskClient) -> None:
+    missing = client.get("/nothing/here")
+    assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
+    wrong = client.get("/publish")
+    assert wrong.status_code == 405 and "POST" in wrong.headers["Allow"]
+
+
+def test_health_and_readiness(client: FlaskClient, publisher: RecordingPublisher) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    publisher.is_ready = False
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 500
+
+
+def test_metrics_use_kymas_names(client: FlaskClient) -> None:
+    client.post("/publish", headers=BINARY, data=b"{}")
+    client.post("/app/v1/events", data=b"")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'eventing_epp_requests_total{code="204",method="POST",path="/publish"} 1.0' in text
+    assert (
+        'eventing_epp_requests_total{code="400",method="POST",path="/{application}/v1/events"} 1.0'
+        in text
+    )
+    assert (
+        "eventing_epp_event_type_published_total"
+        '{code="204",event_source="myapp",event_type="order.created.v1"} 1.0' in text
+    )
+    assert "eventing_epp_backend_duration_milliseconds_bucket" in text
+    assert "eventing_epp_requests_duration_seconds_bucket" in text
+    assert "eventing_epp_health 1.0" in text
+
+
+def test_an_unexpected_error_is_a_500_problem_without_traceback(
+    client: FlaskClient, publisher: RecordingPublisher
+) -> None:
+    def broken(index: int, message: object) -> None:
+        raise RuntimeError("secret internals")
+
+    publisher.fail = broken  # type: ignore[assignment]
+    response = client.post("/publish", headers=BINARY, data=b"{}")
+    assert response.status_code == 500
+    assert "secret internals" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)

