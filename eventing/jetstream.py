@@ -297,5 +297,7 @@ def _translate_api_error(exc: Any) -> PublishError:
     description = getattr(exc, "description", None) or str(exc)
     if exc.err_code == _STORE_FAILED or "no space" in description or "maximum" in description:
         return StreamFull(f"the stream is full: {description}")
-    status = exc.code if isinstance(exc.code, int) and 400 <= exc.code <= 599 else 500
+    # A JetStream 4xx (say, a stream capturing our subjects under another name) is our
+    # deployment's fault, never the publisher's, so only server-side codes pass through.
+    status = exc.code if isinstance(exc.code, int) and 500 <= exc.code <= 599 else 500
     return BackendRejected(f"JetStream refused the event: {description}", status=status)

