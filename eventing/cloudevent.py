@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from cloudevents.core.bindings.http import to_binary
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
@@ -166,7 +167,7 @@ def from_json_object(document: Mapping[str, Any]) -> Event:
     attributes = {
         k: v for k, v in document.items() if k not in ("data", "data_base64") and v is not None
     }
-    if "data" in document and "data_base64" in document:
+    if document.get("data") is not None and document.get("data_base64") is not None:
         raise InvalidEvent(
             "an event carries either data or data_base64, not both", attribute="data"
         )
@@ -257,6 +258,49 @@ def from_stored(payload: bytes) -> Event:
     event = _FORMAT.read(CloudEvent, payload)
     assert isinstance(event, CloudEvent)
     return event
+
+
+#: Trace extensions and the HTTP header each one goes back to when delivered (§2.8).
+_TRACE_OUT: Final = {
+    "traceparent": "traceparent",
+    "tracestate": "tracestate",
+    "b3traceid": "X-B3-TraceId",
+    "b3parentspanid": "X-B3-ParentSpanId",
+    "b3spanid": "X-B3-SpanId",
+    "b3sampled": "X-B3-Sampled",
+    "b3flags": "X-B3-Flags",
+}
+
+
+def to_binary_request(stored: bytes, event_type: str) -> tuple[dict[str, str], bytes]:
+    """Headers and body that deliver a stored event in binary mode, typed ``event_type``.
+
+    Trace extensions become trace headers again; everything else is a ``ce-*`` header. The body
+    is the data as the publisher sent it: binary-mode bytes unchanged, a JSON value serialised
+    compactly (a JSON string keeps its quotes, as JSON requires).
+    """
+    event = from_stored(stored)
+    attributes = dict(event.get_attributes())
+    attributes["type"] = event_type
+    trace = {
+        _TRACE_OUT[name]: str(attributes.pop(name))
+        for name in list(attributes)
+        if name in _TRACE_OUT
+    }
+    data = event.get_data()
+    content_type = attributes.get("datacontenttype")
+    body: bytes
+    if data is None:
+        body = b""
+    elif isinstance(data, bytes):
+        body = data
+    elif content_type is None or is_json(content_type):
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        attributes.setdefault("datacontenttype", JSON)
+    else:
+        body = str(data).encode()
+    message = to_binary(CloudEvent(attributes, body), _FORMAT)
+    return {**message.headers, **trace}, message.body
 
 
 def _load_json(body: bytes) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from eventing.errors import ConfigError
+from eventing.retries import DeliveryPolicy
 
 T = TypeVar("T")
 
@@ -118,6 +119,18 @@ def _event_type_prefix(raw: str) -> str:
 def _host(raw: str) -> str:
     if not raw.strip() or any(c.isspace() for c in raw.strip()):
         raise ValueError("expected a host name or IP address")
+    return raw.strip()
+
+
+def _broker_url(raw: str) -> str:
+    if not re.match(r"^(redis|rediss|amqp|amqps)://\S+$", raw.strip()):
+        raise ValueError("expected redis://host:port/db or amqp://user:password@host:port/vhost")
+    return raw.strip()
+
+
+def _path(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("expected a folder path")
     return raw.strip()
 
 
@@ -235,6 +248,104 @@ PROXY_MAX_IN_FLIGHT = Variable(
 PROXY_RETRY_AFTER = Variable(
     "PROXY_RETRY_AFTER", "1", _int(1, 3600), "Seconds in the Retry-After header of a 503."
 )
+JS_DLQ_STREAM_NAME = Variable(
+    "JS_DLQ_STREAM_NAME",
+    "sap-dlq",
+    _stream_name,
+    "Stream of dead letters: events out of attempts or refused for good, with the reason.",
+)
+JS_DLQ_MAX_AGE = Variable(
+    "JS_DLQ_MAX_AGE", "168h", _positive_duration, "How long dead letters are kept."
+)
+SUBSCRIPTIONS_DIR = Variable(
+    "SUBSCRIPTIONS_DIR",
+    "./subscriptions",
+    _path,
+    "Folder of Subscription manifests (YAML, several documents per file).",
+)
+MANAGER_HOST = Variable(
+    "MANAGER_HOST", "127.0.0.1", _host, "Address of the manager's status and metrics endpoint."
+)
+MANAGER_PORT = Variable(
+    "MANAGER_PORT", "8081", _int(1, 65535), "Port of the manager's status and metrics endpoint."
+)
+DEFAULT_MAX_IN_FLIGHT_MESSAGES = Variable(
+    "DEFAULT_MAX_IN_FLIGHT_MESSAGES",
+    "10",
+    _int(1, 10_000),
+    "maxInFlightMessages of a subscription that sets none: concurrent deliveries to its sink.",
+)
+BROKER_URL = Variable(
+    "BROKER_URL",
+    "redis://127.0.0.1:6379/0",
+    _broker_url,
+    "dramatiq broker: Redis, or RabbitMQ (amqp://).",
+)
+DELIVERY_RETRY = Variable(
+    "DELIVERY_RETRY", "5", _int(0, 100), "Retries after the first attempt (spec.delivery.retry)."
+)
+DELIVERY_BACKOFF_POLICY = Variable(
+    "DELIVERY_BACKOFF_POLICY",
+    "exponential",
+    _choice("exponential", "linear"),
+    "Growth of the delay between retries (spec.delivery.backoffPolicy).",
+)
+DELIVERY_BACKOFF_DELAY = Variable(
+    "DELIVERY_BACKOFF_DELAY",
+    "1s",
+    _duration,
+    "Base delay between retries (spec.delivery.backoffDelay).",
+)
+DELIVERY_BACKOFF_MAX = Variable(
+    "DELIVERY_BACKOFF_MAX", "5m", _positive_duration, "Cap of any single delay between retries."
+)
+DELIVERY_TIMEOUT = Variable(
+    "DELIVERY_TIMEOUT",
+    "10s",
+    _positive_duration,
+    "Timeout of one request to a sink (spec.delivery.timeout).",
+)
+DELIVERY_RETRY_AFTER_MAX = Variable(
+    "DELIVERY_RETRY_AFTER_MAX",
+    "5m",
+    _duration,
+    "Longest Retry-After of a sink that is honoured (spec.delivery.retryAfterMax).",
+)
+DELIVERY_IN_JOB_WAIT_MAX = Variable(
+    "DELIVERY_IN_JOB_WAIT_MAX",
+    "15s",
+    _duration,
+    "Delays up to this are waited inside a delivery job; longer ones free the worker and come back"
+    " as a delayed JetStream redelivery.",
+)
+DELIVERY_ACK_WAIT = Variable(
+    "DELIVERY_ACK_WAIT",
+    "30s",
+    _positive_duration,
+    "Least JetStream ack wait of a consumer; raised per subscription to cover its timeout.",
+)
+DELIVERY_EXTRA_DELIVERIES = Variable(
+    "DELIVERY_EXTRA_DELIVERIES",
+    "5",
+    _int(0, 1000),
+    "Redeliveries tolerated beyond the retry plan (worker crashes, expired ack waits) before an"
+    " event is dead-lettered.",
+)
+WORKER_PROCESSES = Variable(
+    "WORKER_PROCESSES", "2", _int(1, 256), "Worker processes of one eventing-worker."
+)
+WORKER_THREADS = Variable(
+    "WORKER_THREADS",
+    "16",
+    _int(1, 1024),
+    "Delivery threads per worker process (concurrent requests).",
+)
+WORKER_METRICS_PORT = Variable(
+    "WORKER_METRICS_PORT",
+    "9191",
+    _int(0, 65535),
+    "Port of the workers' Prometheus metrics (0: off).",
+)
 LOG_LEVEL = Variable("LOG_LEVEL", "info", _log_level, "debug, info, warning or error.")
 
 #: Every variable, in the order the README lists them.
@@ -261,6 +372,25 @@ VARIABLES: tuple[Variable[Any], ...] = (
     PROXY_THREADS,
     PROXY_MAX_IN_FLIGHT,
     PROXY_RETRY_AFTER,
+    JS_DLQ_STREAM_NAME,
+    JS_DLQ_MAX_AGE,
+    SUBSCRIPTIONS_DIR,
+    MANAGER_HOST,
+    MANAGER_PORT,
+    DEFAULT_MAX_IN_FLIGHT_MESSAGES,
+    BROKER_URL,
+    DELIVERY_RETRY,
+    DELIVERY_BACKOFF_POLICY,
+    DELIVERY_BACKOFF_DELAY,
+    DELIVERY_BACKOFF_MAX,
+    DELIVERY_TIMEOUT,
+    DELIVERY_RETRY_AFTER_MAX,
+    DELIVERY_IN_JOB_WAIT_MAX,
+    DELIVERY_ACK_WAIT,
+    DELIVERY_EXTRA_DELIVERIES,
+    WORKER_PROCESSES,
+    WORKER_THREADS,
+    WORKER_METRICS_PORT,
     LOG_LEVEL,
 )
 
@@ -289,6 +419,8 @@ class StreamSettings:
     max_msgs_per_subject: int  #: -1: unlimited
     max_age: float  #: seconds; 0: unlimited
     duplicate_window: float  #: seconds
+    dead_letter_name: str
+    dead_letter_max_age: float  #: seconds
     subject_prefix: str = SUBJECT_PREFIX
 
 
@@ -314,6 +446,29 @@ class ProxySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagerSettings:
+    """Where subscriptions come from and where their status is served."""
+
+    subscriptions_dir: str
+    host: str
+    port: int
+    default_max_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """How events reach sinks: the broker, and the default retry policy."""
+
+    broker_url: str
+    policy: DeliveryPolicy  #: defaults that spec.delivery overrides
+    ack_wait: float  #: seconds; least ack wait of a consumer
+    extra_deliveries: int
+    processes: int  #: worker processes per eventing-worker
+    threads: int  #: delivery threads per worker process
+    metrics_port: int  #: 0: no metrics endpoint
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of every service, grouped by concern."""
 
@@ -321,6 +476,8 @@ class Settings:
     stream: StreamSettings
     events: EventSettings
     proxy: ProxySettings
+    manager: ManagerSettings
+    delivery: DeliverySettings
     log_level: str
 
     @classmethod
@@ -352,6 +509,8 @@ class Settings:
                 max_msgs_per_subject=read(JS_STREAM_MAX_MSGS_PER_TOPIC),
                 max_age=read(JS_STREAM_MAX_AGE),
                 duplicate_window=read(JS_STREAM_DUPLICATE_WINDOW),
+                dead_letter_name=read(JS_DLQ_STREAM_NAME),
+                dead_letter_max_age=read(JS_DLQ_MAX_AGE),
             ),
             events=EventSettings(type_prefix=read(EVENT_TYPE_PREFIX)),
             proxy=ProxySettings(
@@ -364,6 +523,29 @@ class Settings:
                 max_in_flight=read(PROXY_MAX_IN_FLIGHT),
                 retry_after=read(PROXY_RETRY_AFTER),
             ),
+            manager=ManagerSettings(
+                subscriptions_dir=read(SUBSCRIPTIONS_DIR),
+                host=read(MANAGER_HOST),
+                port=read(MANAGER_PORT),
+                default_max_in_flight=read(DEFAULT_MAX_IN_FLIGHT_MESSAGES),
+            ),
+            delivery=DeliverySettings(
+                broker_url=read(BROKER_URL),
+                policy=DeliveryPolicy(
+                    retry=read(DELIVERY_RETRY),
+                    backoff_policy=read(DELIVERY_BACKOFF_POLICY),
+                    backoff_delay=read(DELIVERY_BACKOFF_DELAY),
+                    backoff_max=read(DELIVERY_BACKOFF_MAX),
+                    timeout=read(DELIVERY_TIMEOUT),
+                    retry_after_max=read(DELIVERY_RETRY_AFTER_MAX),
+                    in_job_wait_max=read(DELIVERY_IN_JOB_WAIT_MAX),
+                ),
+                ack_wait=read(DELIVERY_ACK_WAIT),
+                extra_deliveries=read(DELIVERY_EXTRA_DELIVERIES),
+                processes=read(WORKER_PROCESSES),
+                threads=read(WORKER_THREADS),
+                metrics_port=read(WORKER_METRICS_PORT),
+            ),
             log_level=read(LOG_LEVEL),
         )
         max_age = settings.stream.max_age
@@ -373,6 +555,8 @@ class Settings:
             )
         if settings.proxy.max_request_size < 1:
             reader.problems[MAX_REQUEST_SIZE.name] = "must be a positive size"
+        if settings.stream.dead_letter_name == settings.stream.name:
+            reader.problems[JS_DLQ_STREAM_NAME.name] = "must differ from JS_STREAM_NAME"
         if reader.problems:
             raise ConfigError(reader.problems)
         return settings

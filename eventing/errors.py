@@ -12,6 +12,10 @@ translated into this tree in the one module that imports the library, with ``rai
     │   ├── UnsupportedMode          the body is no CloudEvent in any mode we know (HTTP 415)
     │   └── InvalidBatch             some events of a batch are invalid (HTTP 400, per index)
     ├── InvalidLegacyEvent           a legacy Kyma body failed Kyma's validation (HTTP 400)
+    ├── InvalidSubscription          a Subscription manifest failed validation (shown in status)
+    ├── DeliveryError                a sink did not take an event
+    │   ├── TemporaryDeliveryError   408, 429, 5xx, timeouts, connection errors: retry
+    │   └── PermanentDeliveryError   other answers: retrying cannot help
     └── PublishError                 JetStream did not persist an event (HTTP 5xx)
         ├── BackendUnavailable       not connected to NATS (502)
         ├── StreamNotAnswering       no stream took the message in time (504)
@@ -93,6 +97,34 @@ class InvalidLegacyEvent(EventingError):
         self.field = field
         self.field_kind = field_kind
         super().__init__(message)
+
+
+class InvalidSubscription(EventingError):
+    """A Subscription is invalid; ``problems`` lists each one with its field."""
+
+    def __init__(self, key: str, problems: list[str]) -> None:
+        self.key = key
+        self.problems = list(problems)
+        super().__init__("Subscription validation failed: " + "; ".join(self.problems))
+
+
+class DeliveryError(EventingError):
+    """A sink did not accept an event; ``status`` is its HTTP status (None: no answer)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """The sink may take the event later (408, 429, 5xx, timeout, connection error)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The sink refused the event for good (other 4xx, redirects)."""
 
 
 class PublishError(EventingError):

@@ -77,6 +77,23 @@ def outbound(event: cloudevent.Event, subject: str) -> OutboundMessage:
     return OutboundMessage(subject, cloudevent.to_stored(event), headers, event.get_type(), source)
 
 
+DEAD_LETTER_PREFIX = "dlq"
+
+
+def dead_letter_config(settings: StreamSettings) -> StreamConfig:
+    """The dead-letter stream: ``dlq.<consumer>``, kept ``JS_DLQ_MAX_AGE`` whatever happens."""
+    return StreamConfig(
+        name=settings.dead_letter_name,
+        subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType(settings.storage),
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.replicas,
+        max_age=settings.dead_letter_max_age,
+        duplicate_window=min(settings.duplicate_window, settings.dead_letter_max_age),
+    )
+
+
 def stream_config(settings: StreamSettings) -> StreamConfig:
     """The configuration of the event stream: every subject below ``kyma.``."""
     return StreamConfig(
@@ -110,12 +127,21 @@ _COMPARED = (
 class JetStreamClient:
     """A NATS connection and JetStream context owned by one event loop.
 
-    Call :meth:`start` on that loop; it returns at once and connects in the background.
+    Call :meth:`start` on that loop; it returns at once and connects in the background. On every
+    (re)connection it creates or updates the ``streams`` it was given.
     """
 
-    def __init__(self, nats_settings: NatsSettings, stream: StreamSettings, *, name: str) -> None:
+    def __init__(
+        self,
+        nats_settings: NatsSettings,
+        stream: StreamSettings,
+        *,
+        name: str,
+        streams: tuple[StreamConfig, ...] | None = None,
+    ) -> None:
         self._settings = nats_settings
         self._stream = stream
+        self._streams = streams if streams is not None else (stream_config(stream),)
         self._name = name
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -181,24 +207,28 @@ class JetStreamClient:
         try:
             await self.ensure_stream()
         except Exception as exc:  # logged, retried on the next reconnect or missing-stream publish
-            logger.warning(
-                "%s could not create or update stream %s: %s", self._name, self._stream.name, exc
-            )
+            logger.warning("%s could not create or update its streams: %s", self._name, exc)
 
     async def ensure_stream(self) -> None:
-        """Create the event stream if missing, or update it where its limits differ."""
+        """Create each managed stream if missing, or update it where its limits differ."""
         js = self._require_js()
-        wanted = stream_config(self._stream)
-        try:
-            info = await js.stream_info(self._stream.name)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(wanted)
-            logger.info("created stream %s", self._stream.name)
-        else:
+        for wanted in self._streams:
+            assert wanted.name is not None
+            try:
+                info = await js.stream_info(wanted.name)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(wanted)
+                logger.info("created stream %s", wanted.name)
+                continue
             current = info.config
-            if any(getattr(current, f) != getattr(wanted, f) for f in _COMPARED):
+            differs = (
+                getattr(current, f) != getattr(wanted, f)
+                for f in _COMPARED
+                if getattr(wanted, f) is not None
+            )
+            if any(differs):
                 await js.update_stream(wanted)
-                logger.info("updated stream %s", self._stream.name)
+                logger.info("updated stream %s", wanted.name)
 
     async def stream_exists(self, timeout: float) -> bool:
         """Whether the event stream answers right now."""
@@ -210,7 +240,9 @@ class JetStreamClient:
             return False
         return True
 
-    async def publish(self, message: OutboundMessage, timeout: float) -> bool:
+    async def publish(
+        self, message: OutboundMessage, timeout: float, *, stream: str | None = None
+    ) -> bool:
         """Store one message and wait for the PubAck.
 
         A stream that does not answer is (re)created once and the message sent again, so
@@ -222,13 +254,14 @@ class JetStreamClient:
         Raises:
             PublishError: a subclass saying why the message was not stored.
         """
+        stream = stream or self._stream.name
         try:
-            return await self._publish_once(message, timeout)
+            return await self._publish_once(message, timeout, stream)
         except _NoStream:
             await self._ensure_stream_shared()
-            return await self._publish_once(message, timeout)
+            return await self._publish_once(message, timeout, stream)
 
-    async def _publish_once(self, message: OutboundMessage, timeout: float) -> bool:
+    async def _publish_once(self, message: OutboundMessage, timeout: float, stream: str) -> bool:
         if not self.is_connected or self._js is None:
             raise BackendUnavailable("not connected to NATS")
         try:
@@ -236,7 +269,7 @@ class JetStreamClient:
                 message.subject,
                 message.payload,
                 timeout=timeout,
-                stream=self._stream.name,
+                stream=stream,
                 headers=message.headers,
             )
         except nats.js.errors.NoStreamResponseError:
@@ -245,7 +278,7 @@ class JetStreamClient:
             raise _translate_api_error(exc) from exc
         except (nats.errors.TimeoutError, TimeoutError):
             raise StreamNotAnswering(
-                f"stream {self._stream.name} did not acknowledge within {timeout:g}s"
+                f"stream {stream} did not acknowledge within {timeout:g}s"
             ) from None
         except (
             nats.errors.ConnectionClosedError,
@@ -271,6 +304,32 @@ class JetStreamClient:
             else:
                 outcomes.append(None)
         return outcomes
+
+    async def acknowledge(self, reply: str, payload: bytes, timeout: float) -> None:
+        """Send an ack-type message (``+ACK``, ``-NAK {…}``, ``+TERM``) and wait for the server.
+
+        Any connection may ack: an ack is a publish to the message's reply subject. Waiting for
+        the reply makes sure the ack left our buffers before a job reports success.
+
+        Raises:
+            BackendUnavailable: not connected, or the server did not confirm in time.
+        """
+        if not self.is_connected or self._nc is None:
+            raise BackendUnavailable("not connected to NATS")
+        try:
+            await self._nc.request(reply, payload, timeout=timeout)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BackendUnavailable(f"acknowledgement not confirmed: {exc!r}") from exc
+
+    async def in_progress(self, reply: str) -> None:
+        """Tell JetStream the message is still being worked on (restarts its ack wait)."""
+        if self.is_connected and self._nc is not None:
+            await self._nc.publish(reply, b"+WPI")
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context, for consumer management and pulling (the manager)."""
+        return self._require_js()
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying."""

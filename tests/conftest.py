@@ -15,6 +15,7 @@ from tests.support.servers import (
     redis_server_binary,
     require_binary,
 )
+from tests.support.sink import RecordingSink, SinkServer
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +48,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def sink_server() -> Iterator[SinkServer]:
+    """A recording HTTP sink on loopback (answers 204 unless its ``answer`` is replaced)."""
+    server = SinkServer(RecordingSink()).start()
+    yield server
+    server.stop()

@@ -144,11 +144,15 @@ class NatsServer(_Server):
         return [
             str(self.binary),
             *(["-js"] if self.jetstream else []),
-            "-a", "127.0.0.1",
-            "-p", str(self.port),
-            "-m", str(self.monitor_port),
-            "-sd", str(self.workdir / "store"),
-        ]  # fmt: skip
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-sd",
+            str(self.workdir / "store"),
+        ]
 
     def is_ready(self) -> bool:
         query = "?js-enabled-only=true" if self.jetstream else ""
@@ -172,12 +176,17 @@ class RedisServer(_Server):
     def command(self) -> list[str]:
         return [
             str(self.binary),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
-            "--appendonly", "yes",
-            "--save", "",
-        ]  # fmt: skip
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ]
 
     def is_ready(self) -> bool:
         return self.ping()

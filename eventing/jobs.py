@@ -1,0 +1,101 @@
+"""The delivery job: the small JSON contract between the manager and the workers.
+
+The manager enqueues one job per JetStream message and never acks; a worker delivers, then acks
+through the message's reply subject from its own NATS connection. A job carries everything a
+worker needs (the event as stored, the sink, the resolved retry policy), so workers hold no
+subscription state and any worker anywhere can take any job. No objects, no pickles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import dramatiq
+
+from eventing.retries import DeliveryPolicy
+
+QUEUE = "eventing.delivery"
+ACTOR = "deliver"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryJob:
+    """One delivery of one stored event to one subscription's sink."""
+
+    event: str  #: the stored event, structured JSON (UTF-8 text)
+    sink: str
+    subscription: str  #: namespace/name
+    event_type: str  #: the type as the subscription wrote it; sent as ce-type
+    consumer: str  #: JetStream consumer name
+    ack_subject: str  #: the message's reply subject, verbatim
+    stream_sequence: int
+    delivery_count: int  #: JetStream's num_delivered, 1 on the first delivery
+    ack_wait: float  #: the consumer's ack wait (seconds); keepalives go out at a third of it
+    policy: DeliveryPolicy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "sink": self.sink,
+            "subscription": self.subscription,
+            "event_type": self.event_type,
+            "consumer": self.consumer,
+            "ack_subject": self.ack_subject,
+            "stream_sequence": self.stream_sequence,
+            "delivery_count": self.delivery_count,
+            "ack_wait": self.ack_wait,
+            "policy": self.policy.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeliveryJob:
+        """Rebuild a job; ``KeyError``/``TypeError``/``ValueError`` on a malformed one."""
+        return cls(
+            event=str(data["event"]),
+            sink=str(data["sink"]),
+            subscription=str(data["subscription"]),
+            event_type=str(data["event_type"]),
+            consumer=str(data["consumer"]),
+            ack_subject=str(data["ack_subject"]),
+            stream_sequence=int(data["stream_sequence"]),
+            delivery_count=int(data["delivery_count"]),
+            ack_wait=float(data["ack_wait"]),
+            policy=DeliveryPolicy.from_dict(data["policy"]),
+        )
+
+
+class Broker(Protocol):
+    """The part of a dramatiq broker the manager uses."""
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any: ...
+
+
+def make_broker(url: str) -> dramatiq.Broker:
+    """A dramatiq broker for ``BROKER_URL``: Redis, or RabbitMQ with publisher confirms."""
+    if url.startswith(("amqp://", "amqps://")):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        # Confirms make enqueue mean "RabbitMQ has it", which at-least-once needs.
+        return RabbitmqBroker(url=url, confirm_delivery=True)
+    from dramatiq.brokers.redis import RedisBroker
+
+    return RedisBroker(url=url)  # type: ignore[no-untyped-call]
+
+
+def enqueue(broker: Broker, jobs: list[DeliveryJob]) -> None:
+    """Hand ``jobs`` to the workers through ``broker`` (blocking; call it off the event loop).
+
+    Messages are addressed by queue and actor name, so the manager needs no actor object and
+    never imports the workers.
+    """
+    for job in jobs:
+        broker.enqueue(
+            dramatiq.Message(
+                queue_name=QUEUE,
+                actor_name=ACTOR,
+                args=(),
+                kwargs={"job": job.to_dict()},
+                options={},
+            )
+        )

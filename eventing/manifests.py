@@ -1,0 +1,124 @@
+"""Subscription manifests from a folder of YAML files (several documents per file).
+
+Shared by the manager, which reconciles them, and the proxy, which answers
+``/<application>/v1/events/subscribed`` from the same files. A folder is re-read only when a
+file's name, size or modification time changed, so polling it every second is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eventing.errors import InvalidSubscription
+from eventing.retries import DeliveryPolicy
+from eventing.subscription import KIND, Subscription, from_manifest, key_of
+
+logger = logging.getLogger(__name__)
+
+_SUFFIXES = (".yaml", ".yml")
+
+Entry = Subscription | InvalidSubscription
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every subscription of the folder: valid ones, and the invalid ones with their errors."""
+
+    entries: tuple[Entry, ...]
+
+    @property
+    def valid(self) -> tuple[Subscription, ...]:
+        return tuple(e for e in self.entries if isinstance(e, Subscription))
+
+
+def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | InvalidSubscription]:
+    """The documents of one YAML file; a broken file or document yields an error instead."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())[:300]
+        yield InvalidSubscription(f"file {origin}", [f"{origin}: not valid YAML: {problem}"])
+        return
+    for index, document in enumerate(documents):
+        if document is None:
+            continue
+        if not isinstance(document, dict):
+            yield InvalidSubscription(
+                f"file {origin}#{index}", [f"{origin} document {index}: expected a mapping"]
+            )
+        elif document.get("kind") == KIND:
+            yield document
+
+
+class DirectoryReader:
+    """Reads a folder of manifests into a :class:`Snapshot` (blocking; call it off a loop)."""
+
+    def __init__(
+        self, path: str, *, prefix: str, defaults: DeliveryPolicy, default_max_in_flight: int
+    ) -> None:
+        self.path = Path(path)
+        self._prefix = prefix
+        self._defaults = defaults
+        self._default_max_in_flight = default_max_in_flight
+        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self._snapshot = Snapshot(())
+
+    def read(self) -> tuple[Snapshot, bool]:
+        """The current snapshot, and whether it differs from the previous read's."""
+        fingerprint = self._scan()
+        if fingerprint == self._fingerprint:
+            return self._snapshot, False
+        entries: list[Entry] = []
+        seen: set[str] = set()
+        for name, _, _ in fingerprint:
+            try:
+                text = (self.path / name).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                entries.append(
+                    InvalidSubscription(f"file {name}", [f"{name}: cannot be read: {exc}"])
+                )
+                continue
+            for document in parse_documents(text, name):
+                entries.append(self._entry(document, seen))
+        self._fingerprint, self._snapshot = fingerprint, Snapshot(tuple(entries))
+        return self._snapshot, True
+
+    def _entry(self, document: dict[str, Any] | InvalidSubscription, seen: set[str]) -> Entry:
+        if isinstance(document, InvalidSubscription):
+            return document
+        key = key_of(document)
+        try:
+            subscription = from_manifest(
+                document,
+                prefix=self._prefix,
+                defaults=self._defaults,
+                default_max_in_flight=self._default_max_in_flight,
+            )
+        except InvalidSubscription as exc:
+            return exc
+        if key in seen:
+            return InvalidSubscription(key, [f"metadata.name: {key} is defined more than once"])
+        seen.add(key)
+        return subscription
+
+    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return ()
+        files = []
+        for entry in entries:
+            if entry.name.endswith(_SUFFIXES) and not entry.name.startswith("."):
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                files.append((entry.name, stat.st_mtime_ns, stat.st_size))
+        return tuple(sorted(files))

@@ -1,0 +1,377 @@
+"""Kyma v1alpha2 Subscriptions: validation, consumer binding and status (pure).
+
+A manifest (from a YAML file, or a Kubernetes object) becomes either a valid
+:class:`Subscription` or an :class:`~eventing.errors.InvalidSubscription` whose message follows
+Kyma's (``Subscription validation failed: spec.types: must not be empty``). Validation follows
+Kyma's controller (kyma-eventing.md §3.2) with three differences: any http(s) sink is allowed
+(the Kubernetes source adds Kyma's cluster-local rule), ``maxInFlightMessages`` must be a
+positive integer (Kyma accepts 0 and negatives and passes them on to NATS), and ``spec.delivery``
+(Knative's DeliverySpec field names) tunes the retry policy per subscription.
+
+Each type of a subscription is bound to one durable JetStream consumer named as Kyma names it,
+so existing NATS state maps over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from eventing import eventtypes
+from eventing.config import SUBJECT_PREFIX
+from eventing.errors import InvalidEvent, InvalidSubscription
+from eventing.retries import DeliveryPolicy, parse_iso_duration
+
+API_VERSION = "eventing.kyma-project.io/v1alpha2"
+KIND = "Subscription"
+STANDARD, EXACT = "standard", "exact"
+DEFAULT_NAMESPACE = "default"
+
+VALID = "Subscription spec valid"
+ACTIVE = "Subscription active"
+_DELIVERY_FIELDS = {"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax"}
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_EXACT_SUBJECT_UNSAFE = re.compile(r"[\s*>]")
+
+
+@dataclass(frozen=True, slots=True)
+class TypeBinding:
+    """One type of a subscription and the JetStream consumer that serves it."""
+
+    original_type: str  #: as written in the subscription
+    clean_type: str  #: as Kyma reports it in status.types
+    subjects: tuple[str, ...]  #: filter subjects (the first one names the consumer)
+    consumer_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A valid subscription: what to deliver where, and how."""
+
+    namespace: str
+    name: str
+    sink: str
+    source: str
+    types: tuple[str, ...]
+    type_matching: str
+    max_in_flight: int
+    delivery: DeliveryPolicy
+    bindings: tuple[TypeBinding, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def consumer_name(namespace: str, name: str, subject: str) -> str:
+    """Kyma's consumer name: the first 32 hex digits of SHA-256 over ``ns/name/subject``."""
+    return hashlib.sha256(f"{namespace}/{name}/{subject}".encode()).hexdigest()[:32]
+
+
+def key_of(document: Mapping[str, Any]) -> str:
+    """``namespace/name`` of a manifest, as far as it can be read (for status of broken ones)."""
+    metadata = document.get("metadata") if isinstance(document, Mapping) else None
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
+    return f"{namespace}/{metadata.get('name') or '?'}"
+
+
+def from_manifest(
+    document: Mapping[str, Any],
+    *,
+    prefix: str,
+    defaults: DeliveryPolicy,
+    default_max_in_flight: int,
+) -> Subscription:
+    """Validate a manifest and make the subscription.
+
+    Parameters:
+        document: one parsed YAML document or Kubernetes object.
+        prefix: ``EVENT_TYPE_PREFIX``; standard types must not start with it.
+        defaults: the delivery policy ``spec.delivery`` overrides field by field.
+        default_max_in_flight: when ``spec.config.maxInFlightMessages`` is absent.
+
+    Raises:
+        InvalidSubscription: every problem found, each naming its field.
+    """
+    problems: list[str] = []
+    if document.get("apiVersion") != API_VERSION or document.get("kind") != KIND:
+        raise InvalidSubscription(
+            key_of(document), [f"apiVersion/kind: expected {API_VERSION} {KIND}"]
+        )
+    metadata = _mapping(document.get("metadata"), "metadata", problems)
+    name = metadata.get("name")
+    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
+    for field, value in (("metadata.name", name), ("metadata.namespace", namespace)):
+        if not isinstance(value, str) or not _NAME.match(value) or len(value) > 253:
+            problems.append(
+                f"{field}: must be a DNS-1123 name (lower-case letters, digits, '-', '.')"
+            )
+    spec = _mapping(document.get("spec"), "spec", problems)
+
+    type_matching = spec.get("typeMatching", STANDARD)
+    if type_matching not in (STANDARD, EXACT):
+        problems.append(
+            f"spec.typeMatching: must be {STANDARD!r} or {EXACT!r}, got {type_matching!r}"
+        )
+    source = spec.get("source", "")
+    if not isinstance(source, str):
+        problems.append("spec.source: must be a string")
+        source = ""
+    if not source and type_matching != EXACT:
+        problems.append("spec.source: must not be empty")
+    elif source and not _is_uri_reference(source):
+        problems.append("spec.source: must be valid as per RFC 3986")
+    types = _types(spec.get("types"), type_matching, prefix, problems)
+    max_in_flight = _max_in_flight(spec.get("config"), default_max_in_flight, problems)
+    sink = _sink(spec.get("sink"), problems)
+    delivery = _delivery(spec.get("delivery"), defaults, problems)
+
+    bindings: list[TypeBinding] = []
+    if not problems:
+        for event_type in types:
+            try:
+                bindings.append(
+                    _bind(str(namespace), str(name), source, event_type, type_matching, prefix)
+                )
+            except InvalidEvent as exc:
+                problems.append(f"spec.types: {exc}")
+    if problems:
+        raise InvalidSubscription(f"{namespace}/{name or '?'}", problems)
+    return Subscription(
+        namespace=str(namespace),
+        name=str(name),
+        sink=sink,
+        source=source,
+        types=tuple(types),
+        type_matching=type_matching,
+        max_in_flight=max_in_flight,
+        delivery=delivery,
+        bindings=tuple(bindings),
+    )
+
+
+def _bind(
+    namespace: str, name: str, source: str, event_type: str, matching: str, prefix: str
+) -> TypeBinding:
+    if matching == EXACT:
+        if eventtypes.is_prefixed(event_type, prefix):
+            subject = eventtypes.prefixed_subject(event_type, prefix)
+        else:
+            subject = f"{SUBJECT_PREFIX}.{event_type}"
+        return TypeBinding(
+            event_type, event_type, (subject,), consumer_name(namespace, name, subject)
+        )
+    subject = eventtypes.standard_subject(source, event_type)
+    subjects = [subject]
+    legacy = eventtypes.legacy_subject_of_type(source, event_type, prefix)
+    if legacy is not None and legacy != subject:
+        subjects.append(legacy)
+    return TypeBinding(
+        event_type,
+        eventtypes.clean_type(event_type),
+        tuple(subjects),
+        consumer_name(namespace, name, subject),
+    )
+
+
+def _mapping(value: Any, field: str, problems: list[str]) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
+        return value
+    problems.append(f"{field}: must be a mapping")
+    return {}
+
+
+def _types(value: Any, matching: str, prefix: str, problems: list[str]) -> list[str]:
+    if not isinstance(value, list) or not value:
+        problems.append("spec.types: must not be empty")
+        return []
+    types: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item:
+            problems.append("spec.types: must not be of length zero")
+            continue
+        if len(item.split(".")) < 2:
+            problems.append(f"spec.types: must have minimum 2 segments, got {item!r}")
+        elif matching == STANDARD and eventtypes.is_prefixed(item, prefix):
+            problems.append(f"spec.types: must not have {prefix} as type prefix, got {item!r}")
+        elif matching == EXACT and _EXACT_SUBJECT_UNSAFE.search(item):
+            problems.append(
+                f"spec.types: exact types must not contain whitespace, '*' or '>', got {item!r}"
+            )
+        types.append(item)
+    duplicates = sorted({t for t in types if types.count(t) > 1})
+    if duplicates:
+        problems.append(f"spec.types: must not have duplicate types: {','.join(duplicates)}")
+    return types
+
+
+def _max_in_flight(config: Any, default: int, problems: list[str]) -> int:
+    if config is None:
+        return default
+    if not isinstance(config, Mapping):
+        problems.append("spec.config: must be a mapping of strings")
+        return default
+    raw = config.get("maxInFlightMessages")
+    if raw is None:
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        problems.append("spec.config: maxInFlightMessages must be a stringified int value")
+        return default
+    if not 1 <= value <= 10_000:
+        problems.append(
+            f"spec.config.maxInFlightMessages: must be between 1 and 10000, got {value}"
+        )
+    return value
+
+
+def _sink(value: Any, problems: list[str]) -> str:
+    if not isinstance(value, str) or not value:
+        problems.append("spec.sink: must not be empty")
+        return ""
+    try:
+        parts = urlsplit(value)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        valid = False
+    if not valid:
+        problems.append(f"spec.sink: must be an http(s) URL, got {value!r}")
+    return value
+
+
+def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> DeliveryPolicy:
+    if value is None:
+        return defaults
+    if not isinstance(value, Mapping):
+        problems.append("spec.delivery: must be a mapping")
+        return defaults
+    unknown = sorted(set(value) - _DELIVERY_FIELDS)
+    if unknown:
+        problems.append(
+            f"spec.delivery: unknown field(s) {', '.join(unknown)};"
+            f" expected {', '.join(sorted(_DELIVERY_FIELDS))}"
+        )
+    changes: dict[str, Any] = {}
+    if "retry" in value:
+        retry = value["retry"]
+        if isinstance(retry, bool) or not isinstance(retry, int) or not 0 <= retry <= 100:
+            problems.append(f"spec.delivery.retry: must be an integer from 0 to 100, got {retry!r}")
+        else:
+            changes["retry"] = retry
+    if "backoffPolicy" in value:
+        policy = value["backoffPolicy"]
+        if policy not in ("exponential", "linear"):
+            problems.append(
+                f"spec.delivery.backoffPolicy: must be exponential or linear, got {policy!r}"
+            )
+        else:
+            changes["backoff_policy"] = policy
+    for field, attribute, minimum in (
+        ("backoffDelay", "backoff_delay", 0.0),
+        ("timeout", "timeout", 0.001),
+        ("retryAfterMax", "retry_after_max", 0.0),
+    ):
+        if field in value:
+            try:
+                seconds = parse_iso_duration(str(value[field]))
+            except ValueError as exc:
+                problems.append(f"spec.delivery.{field}: {exc}")
+                continue
+            if seconds < minimum:
+                problems.append(f"spec.delivery.{field}: must be longer than zero")
+                continue
+            changes[attribute] = seconds
+    return replace(defaults, **changes)
+
+
+def _is_uri_reference(value: str) -> bool:
+    if any(c.isspace() or ord(c) < 0x20 for c in value):
+        return False
+    try:
+        urlsplit(value)
+    except ValueError:
+        return False
+    return True
+
+
+def subscribed(
+    application: str, subscriptions: tuple[Subscription, ...], prefix: str
+) -> list[dict[str, str]]:
+    """Kyma's ``/<application>/v1/events/subscribed`` answer: ``{name, version}`` pairs.
+
+    Standard subscriptions count when their source is the application; exact ones when their
+    type starts with ``<prefix>.<application>.``. Each type is split at its last dot.
+    """
+    pairs: set[tuple[str, str]] = set()
+    app_prefix = f"{prefix}.{application}."
+    for sub in subscriptions:
+        for event_type in sub.types:
+            if sub.type_matching == STANDARD and sub.source == application:
+                name, _, version = event_type.rpartition(".")
+            elif sub.type_matching == EXACT and event_type.startswith(app_prefix):
+                name, _, version = event_type[len(app_prefix) :].rpartition(".")
+            else:
+                continue
+            if name:
+                pairs.add((name, version))
+    return [{"name": name, "version": version} for name, version in sorted(pairs)]
+
+
+def condition(
+    kind: str, ok: bool, reason: str, message: str = "", *, now: datetime | None = None
+) -> dict[str, str]:
+    """One status condition in Kyma's shape."""
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "lastTransitionTime": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "reason": reason,
+        "message": message,
+    }
+
+
+def status_invalid(error: InvalidSubscription, *, now: datetime | None = None) -> dict[str, Any]:
+    """Kyma's status for an invalid spec: not ready, no types, one False condition."""
+    return {
+        "ready": False,
+        "types": [],
+        "conditions": [
+            condition(VALID, False, "Subscription spec has validation errors", str(error), now=now)
+        ],
+    }
+
+
+def status_of(
+    subscription: Subscription, error: str | None = None, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """Kyma's status for a valid subscription; ``error`` says why its consumers are not active."""
+    active = (
+        condition(ACTIVE, True, "NATS Subscription active", now=now)
+        if error is None
+        else condition(ACTIVE, False, "NATS Subscription not active", error, now=now)
+    )
+    return {
+        "ready": error is None,
+        "types": [
+            {"originalType": b.original_type, "cleanType": b.clean_type}
+            for b in subscription.bindings
+        ],
+        "backend": {
+            "types": [
+                {"originalType": b.original_type, "consumerName": b.consumer_name}
+                for b in subscription.bindings
+            ]
+        },
+        "conditions": [
+            condition(VALID, True, "Subscription spec has no validation errors", now=now),
+            active,
+        ],
+    }

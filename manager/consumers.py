@@ -1,0 +1,223 @@
+"""JetStream consumers: apply the reconcile plan, and pull each consumer into delivery jobs.
+
+The manager never acks. It pulls messages in batches bounded by each consumer's in-flight limit,
+turns each one into a :class:`~eventing.jobs.DeliveryJob` and enqueues it; a worker acks later
+from its own connection. A job that cannot be enqueued is simply not acked, so JetStream
+redelivers the message after its ack wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from eventing import jobs
+from eventing.subscription import Subscription
+from manager.reconcile import (
+    MANAGED_BY,
+    Action,
+    ActualConsumer,
+    ConsumerSpec,
+    Create,
+    Delete,
+)
+
+logger = logging.getLogger(__name__)
+
+_PAGE = 256
+_FETCH_TIMEOUT = 1.0
+_MAX_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a consumer's messages go right now (a sink change applies to the next job)."""
+
+    subscription: Subscription
+    spec: ConsumerSpec
+
+
+async def actual_consumers(js: JetStreamContext, stream: str) -> dict[str, ActualConsumer]:
+    """Every consumer of ``stream``, as JetStream reports it."""
+    found: dict[str, ActualConsumer] = {}
+    offset = 0
+    while True:
+        page = await js.consumers_info(stream, offset=offset)
+        for info in page:
+            config = info.config
+            subjects = tuple(
+                config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+            )
+            found[info.name] = ActualConsumer(
+                name=info.name,
+                subjects=subjects,
+                max_ack_pending=config.max_ack_pending or 0,
+                ack_wait=config.ack_wait or 0.0,
+                managed=(config.metadata or {}).get("managed-by") == MANAGED_BY,
+            )
+        if len(page) < _PAGE:
+            return found
+        offset += len(page)
+
+
+async def apply(js: JetStreamContext, stream: str, actions: list[Action]) -> dict[str, str]:
+    """Carry out ``actions``; the error of each consumer that could not be set up, by name."""
+    errors: dict[str, str] = {}
+    for action in actions:
+        try:
+            if isinstance(action, Delete):
+                await js.delete_consumer(stream, action.name)
+                logger.info("deleted consumer %s", action.name)
+            else:
+                await js.add_consumer(stream, _config(action.spec))
+                verb = "created" if isinstance(action, Create) else "updated"
+                logger.info(
+                    "%s consumer %s for %s %s",
+                    verb,
+                    action.spec.name,
+                    action.spec.subscription,
+                    action.spec.event_type,
+                )
+        except nats.js.errors.NotFoundError:
+            if not isinstance(action, Delete):
+                errors[action.spec.name] = f"stream {stream} not found"
+        except (nats.errors.Error, TimeoutError) as exc:
+            name = action.name if isinstance(action, Delete) else action.spec.name
+            errors[name] = _describe(exc)
+            logger.warning("consumer %s: %s", name, errors[name])
+    return errors
+
+
+def created(actions: list[Action]) -> list[ConsumerSpec]:
+    """The specs of the consumers ``actions`` create."""
+    return [a.spec for a in actions if isinstance(a, Create)]
+
+
+class Dispatcher:
+    """One pull task per consumer, started and stopped as the wanted consumers change."""
+
+    def __init__(
+        self,
+        js: Callable[[], JetStreamContext],
+        stream: str,
+        enqueue: Callable[[list[jobs.DeliveryJob]], None],
+        on_enqueued: Callable[[str, int], None],
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._enqueue = enqueue
+        self._on_enqueued = on_enqueued
+        self._targets: dict[str, Target] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def sync(self, targets: dict[str, Target]) -> None:
+        """Pull exactly the consumers in ``targets`` from now on."""
+        self._targets = dict(targets)
+        for name in list(self._tasks):
+            if name not in targets:
+                self._tasks.pop(name).cancel()
+        for name in targets:
+            if name not in self._tasks or self._tasks[name].done():
+                self._tasks[name] = asyncio.get_running_loop().create_task(
+                    self._pull(name), name=f"pull-{name}"
+                )
+
+    async def stop(self) -> None:
+        """Cancel every pull task and wait for them to end."""
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _pull(self, name: str) -> None:
+        subscription: JetStreamContext.PullSubscription | None = None
+        try:
+            while True:
+                target = self._targets.get(name)
+                if target is None:
+                    return
+                if subscription is None:
+                    try:
+                        subscription = await self._js().pull_subscribe_bind(
+                            durable=name, stream=self._stream
+                        )
+                    except (nats.errors.Error, TimeoutError) as exc:
+                        logger.debug("cannot bind consumer %s yet: %s", name, exc)
+                        await asyncio.sleep(1)
+                        continue
+                batch = max(1, min(target.spec.max_ack_pending, _MAX_BATCH))
+                try:
+                    messages = await subscription.fetch(batch, timeout=_FETCH_TIMEOUT)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except nats.errors.Error as exc:
+                    logger.debug("fetch from %s failed: %s", name, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                await self._hand_over(name, messages)
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await subscription.unsubscribe()
+
+    async def _hand_over(self, name: str, messages: list[Msg]) -> None:
+        target = self._targets.get(name)
+        if target is None:
+            return  # unsubscribed meanwhile; the messages return after their ack wait
+        work = [_job(message, target) for message in messages]
+        try:
+            await asyncio.to_thread(self._enqueue, work)
+        except Exception as exc:  # any broker failure: JetStream redelivers after the ack wait
+            logger.warning("could not enqueue %d job(s) of %s: %s", len(work), name, exc)
+            return
+        self._on_enqueued(name, len(work))
+
+
+def _job(message: Msg, target: Target) -> jobs.DeliveryJob:
+    metadata = message.metadata
+    return jobs.DeliveryJob(
+        event=message.data.decode("utf-8", errors="replace"),
+        sink=target.subscription.sink,
+        subscription=target.subscription.key,
+        event_type=target.spec.event_type,
+        consumer=target.spec.name,
+        ack_subject=message.reply,
+        stream_sequence=metadata.sequence.stream,
+        delivery_count=metadata.num_delivered,
+        ack_wait=target.spec.ack_wait,
+        policy=target.subscription.delivery,
+    )
+
+
+def _config(spec: ConsumerSpec) -> ConsumerConfig:
+    return ConsumerConfig(
+        name=spec.name,
+        durable_name=spec.name,
+        description=f"{spec.subscription}/{spec.subjects[0]}",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_wait=spec.ack_wait,
+        max_deliver=-1,
+        max_ack_pending=spec.max_ack_pending,
+        filter_subjects=list(spec.subjects),
+        metadata={
+            "managed-by": MANAGED_BY,
+            "subscription": spec.subscription,
+            "type": spec.event_type,
+        },
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    description = getattr(exc, "description", None)
+    return str(description or exc or type(exc).__name__)

@@ -1,0 +1,204 @@
+"""The manager's main loop: read subscriptions, reconcile consumers, pull, report status.
+
+Every second the subscription folder is checked; a change (or a reconnection to NATS, or a
+periodic resync) reconciles the consumers, restarts the pull tasks that changed, and publishes a
+fresh status view. Nothing here blocks the event loop: file reads and broker calls run in
+threads. SIGTERM/SIGINT stop the pull tasks first, then drain the NATS connection; JetStream
+redelivers whatever was pulled but not yet enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from eventing import jetstream, jobs
+from eventing.config import Settings
+from eventing.jetstream import JetStreamClient
+from eventing.manifests import DirectoryReader, Snapshot
+from eventing.subscription import API_VERSION, KIND, Subscription, status_invalid, status_of
+from manager import consumers, reconcile
+from manager.status import ManagerMetrics, StatusServer, View
+
+logger = logging.getLogger(__name__)
+
+_POLL = 1.0
+_RESYNC = 15.0
+
+
+class Manager:
+    """Reconciles subscriptions into consumers and pulls them into delivery jobs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: JetStreamClient,
+        broker: jobs.Broker,
+        server: StatusServer,
+        metrics: ManagerMetrics,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._broker = broker
+        self._server = server
+        self._metrics = metrics
+        self._reader = DirectoryReader(
+            settings.manager.subscriptions_dir,
+            prefix=settings.events.type_prefix,
+            defaults=settings.delivery.policy,
+            default_max_in_flight=settings.manager.default_max_in_flight,
+        )
+        self._dispatcher = consumers.Dispatcher(
+            lambda: client.jetstream,
+            settings.stream.name,
+            lambda work: jobs.enqueue(broker, work),
+            lambda name, count: metrics.enqueued.labels(name).inc(count),
+        )
+        self._last_sync = 0.0
+        self._was_connected = False
+        self._dirty = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile until ``stop`` is set, then stop pulling."""
+        try:
+            while not stop.is_set():
+                snapshot, changed = await asyncio.to_thread(self._reader.read)
+                connected = self._client.is_connected
+                due = time.monotonic() - self._last_sync > _RESYNC
+                if changed or due or self._dirty or (connected and not self._was_connected):
+                    await self.reconcile(snapshot)
+                self._was_connected = connected
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _POLL)
+        finally:
+            await self._dispatcher.stop()
+
+    async def reconcile(self, snapshot: Snapshot) -> None:
+        """Bring consumers, pull tasks and status in line with ``snapshot``."""
+        self._last_sync = time.monotonic()
+        valid = snapshot.valid
+        wanted = reconcile.desired(valid, self._settings.delivery.ack_wait)
+        errors: dict[str, str] = {}
+        problem: str | None = None
+        if not self._client.is_connected:
+            problem = "NATS connection not ready"
+        else:
+            try:
+                js = self._client.jetstream
+                stream = self._settings.stream.name
+                actual = await consumers.actual_consumers(js, stream)
+                actions = reconcile.plan(wanted, actual)
+                errors = await consumers.apply(js, stream, actions)
+                for spec in consumers.created(actions):
+                    namespace, _, name = spec.subscription.partition("/")
+                    self._metrics.subscribed.labels(
+                        name, namespace, spec.event_type, spec.name
+                    ).inc()
+            except Exception as exc:  # NATS trouble of any kind: report it, retry on the next poll
+                problem = f"{type(exc).__name__}: {exc}"
+                logger.warning("reconcile failed: %s", problem)
+        self._dirty = problem is not None or bool(errors)
+        by_name = {s.name: s for s in wanted.values()}
+        targets = {
+            name: consumers.Target(subscription, by_name[name])
+            for subscription in valid
+            for name in (b.consumer_name for b in subscription.bindings)
+            if name not in errors and problem is None
+        }
+        self._dispatcher.sync(targets)
+        self._publish_view(snapshot, errors, problem)
+
+    def _publish_view(
+        self, snapshot: Snapshot, errors: dict[str, str], problem: str | None
+    ) -> None:
+        items: list[dict[str, Any]] = []
+        for entry in snapshot.entries:
+            if isinstance(entry, Subscription):
+                failure = problem or next(
+                    (errors[b.consumer_name] for b in entry.bindings if b.consumer_name in errors),
+                    None,
+                )
+                items.append(
+                    _item(entry.namespace, entry.name, _spec(entry), status_of(entry, failure))
+                )
+                for binding in entry.bindings:
+                    self._metrics.status.labels(
+                        entry.name,
+                        entry.namespace,
+                        binding.consumer_name,
+                        "NATS_Jetstream",
+                        self._settings.stream.name,
+                    ).set(0 if failure else 1)
+            else:
+                namespace, _, name = entry.key.partition("/")
+                items.append(_item(namespace, name, None, status_invalid(entry)))
+        self._server.view = View(
+            items=tuple(items),
+            ready=problem is None,
+            by_key={f"{i['metadata']['namespace']}/{i['metadata']['name']}": i for i in items},
+        )
+
+
+def _item(
+    namespace: str, name: str, spec: dict[str, Any] | None, status: dict[str, Any]
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"namespace": namespace, "name": name},
+    }
+    if spec is not None:
+        item["spec"] = spec
+    item["status"] = status
+    return item
+
+
+def _spec(subscription: Subscription) -> dict[str, Any]:
+    return {
+        "sink": subscription.sink,
+        "source": subscription.source,
+        "types": list(subscription.types),
+        "typeMatching": subscription.type_matching,
+        "config": {"maxInFlightMessages": str(subscription.max_in_flight)},
+        "delivery": subscription.delivery.to_dict(),
+    }
+
+
+async def run(settings: Settings) -> None:
+    """Run the manager until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    client = JetStreamClient(
+        settings.nats,
+        settings.stream,
+        name="eventing-manager",
+        streams=(
+            jetstream.stream_config(settings.stream),
+            jetstream.dead_letter_config(settings.stream),
+        ),
+    )
+    client.start()
+    metrics = ManagerMetrics()
+    server = StatusServer(settings.manager.host, settings.manager.port, metrics)
+    server.start()
+    logger.info(
+        "manager watching %s, status on http://%s:%d/subscriptions",
+        settings.manager.subscriptions_dir,
+        settings.manager.host,
+        server.port,
+    )
+    manager = Manager(
+        settings, client, jobs.make_broker(settings.delivery.broker_url), server, metrics
+    )
+    try:
+        await manager.run(stop)
+    finally:
+        server.close()
+        await client.close()
+        logger.info("manager stopped")

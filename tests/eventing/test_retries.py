@@ -1,0 +1,73 @@
+"""Retry policy: ISO-8601 durations, delays, groups per JetStream delivery, jitter."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from eventing.retries import DeliveryPolicy, groups, parse_iso_duration, schedule
+
+POLICY = DeliveryPolicy(
+    retry=5,
+    backoff_policy="exponential",
+    backoff_delay=1.0,
+    backoff_max=300.0,
+    timeout=10.0,
+    retry_after_max=60.0,
+    in_job_wait_max=15.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("PT0.5S", 0.5), ("PT2M", 120.0), ("PT1H30M", 5400.0), ("P1D", 86400.0), ("P1DT2S", 86402.0)],
+)
+def test_iso_durations(text: str, seconds: float) -> None:
+    assert parse_iso_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "P", "PT", "1s", "PT-1S", "P1DT", "PT1.5M"])
+def test_bad_iso_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO-8601"):
+        parse_iso_duration(text)
+
+
+def test_exponential_and_linear_delays() -> None:
+    assert [POLICY.delay(k) for k in range(1, 6)] == [1, 2, 4, 8, 16]
+    linear = replace(POLICY, backoff_policy="linear", backoff_delay=2.0)
+    assert [linear.delay(k) for k in range(1, 6)] == [2, 4, 6, 8, 10]
+    capped = replace(POLICY, backoff_max=5.0)
+    assert [capped.delay(k) for k in range(1, 6)] == [1, 2, 4, 5, 5]
+
+
+def test_long_delays_move_to_jetstream_redeliveries() -> None:
+    assert groups(POLICY) == [[1, 2, 3, 4, 5], [6]]
+    assert groups(replace(POLICY, retry=0)) == [[1]]
+    assert groups(replace(POLICY, retry=8)) == [[1, 2, 3, 4, 5], [6], [7], [8], [9]]
+    assert groups(replace(POLICY, in_job_wait_max=0)) == [[1], [2], [3], [4], [5], [6]]
+
+
+def test_schedule_rows() -> None:
+    assert schedule(POLICY) == [
+        (1, 0.0, 0.0, 1),
+        (2, 1.0, 1.0, 1),
+        (3, 2.0, 3.0, 1),
+        (4, 4.0, 7.0, 1),
+        (5, 8.0, 15.0, 1),
+        (6, 16.0, 31.0, 2),
+    ]
+
+
+def test_jitter_stays_within_ten_percent_and_retry_after_stretches() -> None:
+    rng = random.Random(7)
+    delays = [POLICY.jittered(3, None, rng) for _ in range(200)]
+    assert all(3.6 <= d <= 4.4 for d in delays)
+    assert min(delays) < 3.9 and max(delays) > 4.1
+    assert POLICY.jittered(1, 30.0, rng) == 30.0
+    assert POLICY.jittered(1, 3600.0, rng) == 60.0  # capped by retryAfterMax
+
+
+def test_round_trip_through_a_job() -> None:
+    assert DeliveryPolicy.from_dict(POLICY.to_dict()) == POLICY

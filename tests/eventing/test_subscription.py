@@ -1,0 +1,231 @@
+"""Subscription manifests: Kyma's validation, consumer names, status shape, /subscribed."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from eventing.errors import InvalidSubscription
+from eventing.retries import DeliveryPolicy
+from eventing.subscription import (
+    Subscription,
+    consumer_name,
+    from_manifest,
+    status_invalid,
+    status_of,
+    subscribed,
+)
+
+PREFIX = "sap.kyma.custom"
+DEFAULTS = DeliveryPolicy(
+    retry=5,
+    backoff_policy="exponential",
+    backoff_delay=1.0,
+    backoff_max=300.0,
+    timeout=10.0,
+    retry_after_max=300.0,
+    in_job_wait_max=15.0,
+)
+MANIFEST: dict[str, Any] = {
+    "apiVersion": "eventing.kyma-project.io/v1alpha2",
+    "kind": "Subscription",
+    "metadata": {"name": "lastorder-sub", "namespace": "default"},
+    "spec": {
+        "sink": "http://127.0.0.1:9000/events",
+        "source": "myapp",
+        "types": ["order.received.v1"],
+    },
+}
+
+
+def manifest(spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
+    document = copy.deepcopy(MANIFEST)
+    document["spec"].update(spec or {})
+    document["spec"] = {k: v for k, v in document["spec"].items() if v is not ...}
+    document["metadata"].update(metadata)
+    return document
+
+
+def parse(document: dict[str, Any]) -> Subscription:
+    return from_manifest(document, prefix=PREFIX, defaults=DEFAULTS, default_max_in_flight=10)
+
+
+def test_kymas_consumer_names() -> None:
+    # kyma-eventing.md §5.2: both worked examples
+    assert (
+        consumer_name("test", "test", "kyma.commerce.order.created.v1")
+        == "5ddf41966d8084724770dca95a2f7452"
+    )
+    [binding] = parse(manifest()).bindings
+    assert binding.consumer_name == "f35b73b3b82a5b1a2a7a8ab796a9e68b"
+
+
+def test_standard_subscription_listens_on_its_subject_and_the_legacy_one() -> None:
+    subscription = parse(manifest())
+    assert subscription.key == "default/lastorder-sub"
+    assert subscription.type_matching == "standard"
+    assert subscription.max_in_flight == 10
+    assert subscription.delivery == DEFAULTS
+    [binding] = subscription.bindings
+    assert binding.subjects == (
+        "kyma.myapp.order.received.v1",
+        "kyma.sap.kyma.custom.myapp.order.received.v1",
+    )
+
+
+def test_exact_subscription_to_a_prefixed_type() -> None:
+    subscription = parse(
+        manifest(
+            {
+                "typeMatching": "exact",
+                "source": "",
+                "types": ["sap.kyma.custom.commerce.order.created.v1"],
+            }
+        )
+    )
+    [binding] = subscription.bindings
+    assert binding.subjects == ("kyma.sap.kyma.custom.commerce.order.created.v1",)
+    assert binding.clean_type == "sap.kyma.custom.commerce.order.created.v1"
+
+
+def test_namespace_defaults_and_config_is_read() -> None:
+    document = manifest({"config": {"maxInFlightMessages": "1"}})
+    del document["metadata"]["namespace"]
+    subscription = parse(document)
+    assert subscription.namespace == "default"
+    assert subscription.max_in_flight == 1
+
+
+def test_delivery_overrides_the_defaults_field_by_field() -> None:
+    subscription = parse(
+        manifest(
+            {
+                "delivery": {
+                    "retry": 2,
+                    "backoffPolicy": "linear",
+                    "backoffDelay": "PT0.5S",
+                    "timeout": "PT2S",
+                    "retryAfterMax": "PT1M",
+                }
+            }
+        )
+    )
+    assert subscription.delivery.retry == 2
+    assert subscription.delivery.backoff_policy == "linear"
+    assert subscription.delivery.backoff_delay == 0.5
+    assert subscription.delivery.timeout == 2.0
+    assert subscription.delivery.retry_after_max == 60.0
+    assert subscription.delivery.backoff_max == DEFAULTS.backoff_max
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"typeMatching": "fuzzy"}, "spec.typeMatching: must be 'standard' or 'exact'"),
+        ({"source": ""}, "spec.source: must not be empty"),
+        ({"source": "has space"}, "spec.source: must be valid as per RFC 3986"),
+        ({"types": []}, "spec.types: must not be empty"),
+        ({"types": ...}, "spec.types: must not be empty"),
+        ({"types": [""]}, "spec.types: must not be of length zero"),
+        ({"types": ["order"]}, "spec.types: must have minimum 2 segments"),
+        ({"types": ["a.b.v1", "a.b.v1"]}, "spec.types: must not have duplicate types: a.b.v1"),
+        (
+            {"types": ["sap.kyma.custom.app.order.created.v1"]},
+            "must not have sap.kyma.custom as type prefix",
+        ),
+        ({"types": ["order..v1"]}, "empty segments"),
+        (
+            {"config": {"maxInFlightMessages": "ten"}},
+            "maxInFlightMessages must be a stringified int value",
+        ),
+        ({"config": {"maxInFlightMessages": "0"}}, "must be between 1 and 10000"),
+        ({"sink": ""}, "spec.sink: must not be empty"),
+        ({"sink": "ftp://host/x"}, "spec.sink: must be an http(s) URL"),
+        ({"sink": "http://:80/x"}, "spec.sink: must be an http(s) URL"),
+        ({"delivery": {"retry": -1}}, "spec.delivery.retry: must be an integer from 0 to 100"),
+        ({"delivery": {"retry": "3"}}, "spec.delivery.retry"),
+        ({"delivery": {"backoffPolicy": "fibonacci"}}, "spec.delivery.backoffPolicy"),
+        (
+            {"delivery": {"backoffDelay": "1s"}},
+            "spec.delivery.backoffDelay: expected an ISO-8601 duration",
+        ),
+        ({"delivery": {"timeout": "PT0S"}}, "spec.delivery.timeout: must be longer than zero"),
+        ({"delivery": {"deadLetterSink": "x"}}, "spec.delivery: unknown field(s) deadLetterSink"),
+        (
+            {"typeMatching": "exact", "source": "", "types": ["a.*.b"]},
+            "exact types must not contain",
+        ),
+    ],
+)
+def test_validation_names_the_field(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSubscription) as caught:
+        parse(manifest(spec))
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("Subscription validation failed: ")
+
+
+def test_every_problem_is_reported_together() -> None:
+    with pytest.raises(InvalidSubscription) as caught:
+        parse(manifest({"sink": "", "types": [], "source": ""}))
+    assert len(caught.value.problems) == 3
+    assert caught.value.key == "default/lastorder-sub"
+
+
+def test_bad_names_and_kinds() -> None:
+    with pytest.raises(InvalidSubscription, match=r"metadata.name: must be a DNS-1123 name"):
+        parse(manifest(name="Bad_Name"))
+    with pytest.raises(InvalidSubscription, match="apiVersion/kind"):
+        parse({**manifest(), "apiVersion": "eventing.kyma-project.io/v1alpha1"})
+
+
+def test_status_in_kymas_shape() -> None:
+    subscription = parse(manifest())
+    status = status_of(subscription)
+    assert status["ready"] is True
+    assert status["types"] == [
+        {"originalType": "order.received.v1", "cleanType": "order.received.v1"}
+    ]
+    assert status["backend"]["types"] == [
+        {"originalType": "order.received.v1", "consumerName": "f35b73b3b82a5b1a2a7a8ab796a9e68b"}
+    ]
+    assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
+        ("Subscription spec valid", "True", "Subscription spec has no validation errors"),
+        ("Subscription active", "True", "NATS Subscription active"),
+    ]
+    failing = status_of(subscription, "nats: JetStream system temporarily unavailable")
+    assert failing["ready"] is False
+    assert failing["conditions"][1]["reason"] == "NATS Subscription not active"
+    assert failing["conditions"][1]["message"] == "nats: JetStream system temporarily unavailable"
+
+
+def test_invalid_status_clears_types_and_keeps_one_condition() -> None:
+    with pytest.raises(InvalidSubscription) as caught:
+        parse(manifest({"sink": ""}))
+    status = status_invalid(caught.value)
+    assert status["ready"] is False and status["types"] == []
+    [condition] = status["conditions"]
+    assert (condition["type"], condition["status"]) == ("Subscription spec valid", "False")
+    assert condition["reason"] == "Subscription spec has validation errors"
+    assert "spec.sink" in condition["message"]
+
+
+def test_subscribed_lists_name_and_version_per_application() -> None:
+    standard = parse(manifest({"types": ["order.created.v1", "order.deleted.v2"]}))
+    exact = parse(
+        manifest(
+            {
+                "typeMatching": "exact",
+                "source": "",
+                "types": ["sap.kyma.custom.myapp.invoice.paid.v1", "sap.kyma.custom.other.a.b.v1"],
+            },
+            name="exact",
+        )
+    )
+    assert subscribed("myapp", (standard, exact), PREFIX) == [
+        {"name": "invoice.paid", "version": "v1"},
+        {"name": "order.created", "version": "v1"},
+        {"name": "order.deleted", "version": "v2"},
+    ]
+    assert subscribed("nobody", (standard, exact), PREFIX) == []

@@ -1,0 +1,134 @@
+"""An in-memory HTTP sink for delivery tests (a requests transport adapter, our own seam)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPResponse
+
+from eventing import cloudevent
+from eventing.jobs import DeliveryJob
+from eventing.retries import DeliveryPolicy
+
+POLICY = DeliveryPolicy(
+    retry=3,
+    backoff_policy="exponential",
+    backoff_delay=1.0,
+    backoff_max=60.0,
+    timeout=5.0,
+    retry_after_max=30.0,
+    in_job_wait_max=10.0,
+)
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ScriptedSink(BaseAdapter):
+    """Answers each request with its next reply: a status, (status, headers), or an exception."""
+
+    replies: list[Any] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        body = request.body if isinstance(request.body, bytes) else (request.body or "").encode()
+        self.received.append(Received(dict(request.headers), body))
+        reply = self.replies.pop(0) if self.replies else 204
+        if isinstance(reply, Exception):
+            raise reply
+        status, headers = reply if isinstance(reply, tuple) else (reply, {})
+        raw = HTTPResponse(body=b"answer", status=status, headers=headers, preload_content=False)
+        response = requests.Response()
+        response.status_code = status
+        response.headers = CaseInsensitiveDict(headers)
+        response.raw = raw
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def sink() -> ScriptedSink:
+    return ScriptedSink()
+
+
+@pytest.fixture
+def session(sink: ScriptedSink) -> requests.Session:
+    http = requests.Session()
+    http.mount("http://", sink)
+    return http
+
+
+def stored_event(**changes: Any) -> str:
+    document = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "myapp",
+        "type": "order.created.v1",
+        "datacontenttype": "application/json",
+        "originaltype": "order.created.v1",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "data": {"orderId": 42},
+        **changes,
+    }
+    event = cloudevent.from_json_object(document)
+    return cloudevent.to_stored(event).decode()
+
+
+def make_job(
+    delivery_count: int = 1, policy: DeliveryPolicy = POLICY, **changes: Any
+) -> DeliveryJob:
+    fields: dict[str, Any] = {
+        "event": stored_event(),
+        "sink": "http://sink.test/events",
+        "subscription": "default/orders",
+        "event_type": "order.created.v1",
+        "consumer": "c0ffee",
+        "ack_subject": "$JS.ACK.sap.c0ffee.1.7.7.0.0",
+        "stream_sequence": 7,
+        "delivery_count": delivery_count,
+        "ack_wait": 30.0,
+        "policy": policy,
+        **changes,
+    }
+    return DeliveryJob(**fields)
+
+
+class Clock:
+    """A fake sleep that records how long the job waited."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    @property
+    def total(self) -> float:
+        return sum(self.slept)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def json_body(received: Received) -> Any:
+    return json.loads(received.body)
+
+
+Keepalive = Callable[[], None]

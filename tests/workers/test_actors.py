@@ -1,0 +1,115 @@
+"""The delivery actor on a StubBroker: the job contract and the one place that acks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+
+from eventing import jobs
+from eventing.config import Settings
+from eventing.jobs import DeliveryJob
+from tests.support.sink import SinkServer
+from tests.workers.conftest import POLICY, make_job
+from workers import actors
+from workers.metrics import DeliveryMetrics
+
+
+class RecordingAcks:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def ack(self, reply: str) -> None:
+        self.calls.append(("ack", reply))
+
+    def nak(self, reply: str, delay: float) -> None:
+        self.calls.append(("nak", reply, round(delay)))
+
+    def keepalive(self, reply: str) -> None:
+        self.calls.append(("keepalive", reply))
+
+    def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
+        self.calls.append(("dead_letter", job.stream_sequence, status, attempts))
+
+    def outcomes(self) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] != "keepalive"]
+
+
+@pytest.fixture
+def acks() -> RecordingAcks:
+    return RecordingAcks()
+
+
+@pytest.fixture
+def broker(acks: RecordingAcks) -> Iterator[StubBroker]:
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    actors.declare(broker, Settings.from_environ({}), acks, DeliveryMetrics())
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    yield broker
+    worker.stop()
+    broker.close()
+
+
+def deliver(broker: StubBroker, job: DeliveryJob) -> None:
+    jobs.enqueue(broker, [job])
+    broker.join(jobs.QUEUE)
+
+
+def test_a_delivered_job_is_acked(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    job = make_job(sink=sink_server.url)
+    deliver(broker, job)
+    assert acks.outcomes() == [("ack", job.ack_subject)]
+    assert acks.calls[0] == ("keepalive", job.ack_subject)
+    [received] = sink_server.sink.received()
+    assert received.headers["ce-id"] == "evt-1"
+
+
+def test_a_refused_job_is_dead_lettered_then_acked(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    sink_server.sink.answer = lambda request: 400
+    job = make_job(sink=sink_server.url)
+    deliver(broker, job)
+    assert acks.outcomes() == [("dead_letter", 7, 400, 1), ("ack", job.ack_subject)]
+
+
+def test_a_failing_sink_gets_a_delayed_nak(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    sink_server.sink.answer = lambda request: 503
+    job = make_job(
+        sink=sink_server.url,
+        policy=replace(POLICY, retry=2, backoff_delay=20.0, in_job_wait_max=1.0),
+    )
+    deliver(broker, job)
+    [(verb, reply, delay)] = acks.outcomes()
+    assert (verb, reply) == ("nak", job.ack_subject)
+    assert 18 <= delay <= 22  # the second attempt's 20 s delay, jittered, waits in JetStream
+    assert len(sink_server.sink.received(None)) == 1
+
+
+def test_a_malformed_job_is_dropped_without_acking(broker: StubBroker, acks: RecordingAcks) -> None:
+    broker.enqueue(
+        dramatiq.Message(
+            queue_name=jobs.QUEUE,
+            actor_name=jobs.ACTOR,
+            args=(),
+            kwargs={"job": {"sink": 1}},
+            options={},
+        )
+    )
+    broker.join(jobs.QUEUE)
+    assert acks.calls == []
+
+
+def test_the_job_contract_round_trips() -> None:
+    job = make_job()
+    assert DeliveryJob.from_dict(job.to_dict()) == job

@@ -1,0 +1,162 @@
+"""One delivery job against an in-memory sink: outcomes, retries, binary mode."""
+
+from __future__ import annotations
+
+import base64
+import random
+from dataclasses import replace
+
+import pytest
+import requests
+
+from eventing.jobs import DeliveryJob
+from tests.workers.conftest import POLICY, Clock, ScriptedSink, make_job, stored_event
+from workers import delivery
+from workers.delivery import Attempt, DeadLetter, Delivered, RetryLater
+
+
+def run(
+    job: DeliveryJob,
+    session: requests.Session,
+    clock: Clock,
+    keepalives: list[int] | None = None,
+    attempts: list[Attempt] | None = None,
+) -> delivery.Outcome:
+    return delivery.deliver(
+        job,
+        session,
+        extra_deliveries=2,
+        keepalive=lambda: keepalives.append(1) if keepalives is not None else None,
+        sleep=clock,
+        rng=random.Random(1),
+        observe=attempts.append if attempts is not None else lambda attempt: None,
+    )
+
+
+def test_delivered_in_binary_mode_as_the_subscription_types_it(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    outcome = run(make_job(event_type="Order.Created.V1"), session, clock)
+    assert outcome == Delivered(204, 1)
+    [request] = sink.received
+    assert request.headers["ce-type"] == "Order.Created.V1"
+    assert request.headers["ce-id"] == "evt-1"
+    assert request.headers["ce-source"] == "myapp"
+    assert request.headers["ce-specversion"] == "1.0"
+    assert request.headers["ce-originaltype"] == "order.created.v1"
+    assert request.headers["content-type"] == "application/json"
+    assert (
+        request.headers["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    )
+    assert "ce-traceparent" not in request.headers
+    assert request.body == b'{"orderId":42}'
+
+
+def test_binary_data_is_sent_byte_for_byte(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    raw = b'{ "spaces" :  true }'
+    event = stored_event(data=None, data_base64=base64.b64encode(raw).decode())
+    run(make_job(event=event), session, clock)
+    assert sink.received[0].body == raw
+
+
+def test_json_string_data_keeps_its_quotes(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    run(make_job(event=stored_event(data="plain text")), session, clock)
+    assert sink.received[0].body == b'"plain text"'
+
+
+def test_temporary_failures_are_retried_with_backoff(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    sink.replies = [500, 503, 502, 200]
+    keepalives: list[int] = []
+    attempts: list[Attempt] = []
+    outcome = run(make_job(), session, clock, keepalives, attempts)
+    assert outcome == Delivered(200, 4)
+    assert [a.status for a in attempts] == [500, 503, 502, 200]
+    assert 6.3 <= clock.total <= 7.7  # 1 + 2 + 4 seconds, ±10 % jitter
+    assert len(keepalives) >= 4  # at the start and after every wait
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 410, 301, 302])
+def test_permanent_answers_are_dead_lettered_at_once(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, status: int
+) -> None:
+    sink.replies = [status]
+    outcome = run(make_job(), session, clock)
+    assert isinstance(outcome, DeadLetter)
+    assert outcome.status == status and outcome.attempts == 1
+    assert len(sink.received) == 1
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_out_of_attempts_is_a_dead_letter(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, status: int
+) -> None:
+    sink.replies = [status] * 10
+    outcome = run(make_job(), session, clock)
+    assert isinstance(outcome, DeadLetter)
+    assert outcome.status == status and outcome.attempts == 4
+    assert "out of attempts" in outcome.reason
+
+
+def test_connection_errors_and_timeouts_are_temporary(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    sink.replies = [requests.ConnectionError("refused"), requests.ReadTimeout("slow"), 204]
+    attempts: list[Attempt] = []
+    assert run(make_job(), session, clock, attempts=attempts) == Delivered(204, 3)
+    assert [a.status for a in attempts] == [None, None, 204]
+
+
+def test_long_delays_hand_over_to_jetstream(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    policy = replace(POLICY, retry=5, in_job_wait_max=3.0)  # delays 1, 2 | 4 | 8 | 16
+    sink.replies = [500] * 10
+    outcome = run(make_job(policy=policy), session, clock)
+    assert isinstance(outcome, RetryLater)
+    assert outcome.attempts == 3
+    assert 3.6 <= outcome.delay <= 4.4
+    later = run(make_job(delivery_count=2, policy=policy), session, clock)
+    assert isinstance(later, RetryLater) and later.attempts == 4 and 7.2 <= later.delay <= 8.8
+    last = run(make_job(delivery_count=4, policy=policy), session, clock)
+    assert isinstance(last, DeadLetter) and last.attempts == 6
+
+
+def test_a_long_retry_after_ends_the_job_early(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    sink.replies = [(429, {"Retry-After": "20"})]
+    outcome = run(make_job(), session, clock)
+    assert isinstance(outcome, RetryLater)
+    assert outcome.delay == 20.0
+    assert len(sink.received) == 1
+
+
+def test_a_short_retry_after_is_waited_in_the_job(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    sink.replies = [(503, {"Retry-After": "6"}), 204]
+    assert run(make_job(), session, clock) == Delivered(204, 2)
+    assert clock.total >= 6.0
+
+
+def test_redeliveries_beyond_the_plan_still_try_then_give_up(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    # One group (all in-job); a crash-caused second delivery still tries the event once more.
+    assert run(make_job(delivery_count=2), session, clock) == Delivered(204, 1)
+    outcome = run(make_job(delivery_count=4), session, clock)
+    assert isinstance(outcome, DeadLetter)
+    assert "delivered 4 times" in outcome.reason
+    assert len(sink.received) == 1
+
+
+def test_retry_after_http_dates() -> None:
+    assert delivery.parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert delivery.parse_retry_after("soon") is None
+    assert delivery.parse_retry_after(None) is None

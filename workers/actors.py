@@ -1,0 +1,83 @@
+"""The delivery actor: the one place that decides what happens to a JetStream message.
+
+``declare`` registers ``deliver`` on a given broker (nothing is registered at import). The actor
+is thin: job from dict → :func:`workers.delivery.deliver` → one ``match`` that acks, NAKs with a
+delay, or dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
+dramatiq's own retries are off: tenacity retries inside the job and JetStream redelivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+import requests
+
+from eventing.config import Settings
+from eventing.jobs import ACTOR, QUEUE, DeliveryJob
+from workers import delivery
+from workers.connection import Acknowledger
+from workers.metrics import DeliveryMetrics
+
+logger = logging.getLogger(__name__)
+
+_TIME_LIMIT_MS = 60 * 60 * 1000  # a job's own timeouts end it long before
+
+
+def declare(
+    broker: dramatiq.Broker, settings: Settings, acks: Acknowledger, metrics: DeliveryMetrics
+) -> dramatiq.Actor[Any, Any]:
+    """Register the delivery actor on ``broker`` and return it."""
+    sessions = threading.local()
+    extra = settings.delivery.extra_deliveries
+
+    def deliver(job: dict[str, Any]) -> None:
+        try:
+            parsed = DeliveryJob.from_dict(job)
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.error("dropped a malformed delivery job (%s): %.200r", exc, job)
+            return
+        outcome = delivery.deliver(
+            parsed,
+            _session(sessions),
+            extra_deliveries=extra,
+            keepalive=lambda: acks.keepalive(parsed.ack_subject),
+            observe=metrics.observer(parsed),
+        )
+        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {parsed.sink}"
+        match outcome:
+            case delivery.Delivered(status=status, attempts=attempts):
+                acks.ack(parsed.ack_subject)
+                logger.info("delivered %s: %d after %d attempt(s)", where, status, attempts)
+            case delivery.RetryLater(delay=delay, attempts=attempts, reason=reason):
+                acks.nak(parsed.ack_subject, delay)
+                logger.info(
+                    "redelivering %s in %.1fs after %d attempt(s): %s",
+                    where,
+                    delay,
+                    attempts,
+                    reason,
+                )
+            case delivery.DeadLetter(reason=reason, status=status, attempts=attempts):
+                acks.dead_letter(parsed, reason, status, attempts)
+                acks.ack(parsed.ack_subject)
+                logger.warning("dead-lettered %s after %d attempt(s): %s", where, attempts, reason)
+
+    declare_actor = dramatiq.actor(
+        actor_name=ACTOR,
+        queue_name=QUEUE,
+        broker=broker,
+        max_retries=0,
+        time_limit=_TIME_LIMIT_MS,
+    )
+    return declare_actor(deliver)
+
+
+def _session(local: threading.local) -> requests.Session:
+    session: requests.Session | None = getattr(local, "session", None)
+    if session is None:
+        session = requests.Session()
+        local.session = session
+    return session

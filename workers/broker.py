@@ -1,0 +1,38 @@
+"""``setup_broker``: what dramatiq's CLI calls in every process to get our broker.
+
+Settings → broker (Redis, or RabbitMQ with publisher confirms) → our middleware (the NATS
+connection for acks, metrics) → ``dramatiq.set_broker`` → the delivery actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import dramatiq
+
+from eventing.config import Settings
+from eventing.errors import ConfigError
+from eventing.jobs import make_broker
+from workers import actors
+from workers.connection import NatsAcknowledger
+from workers.metrics import DeliveryMetrics, MetricsServer
+
+
+def setup_broker() -> dramatiq.Broker:
+    """Build, register and return the broker with the delivery actor declared."""
+    try:
+        settings = Settings.from_environ(os.environ)
+    except ConfigError as exc:
+        print(f"eventing-worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.getLogger().setLevel(settings.log_level)
+    broker = make_broker(settings.delivery.broker_url)
+    acks = NatsAcknowledger(settings)
+    broker.add_middleware(acks)
+    if settings.delivery.metrics_port:
+        broker.add_middleware(MetricsServer())
+    dramatiq.set_broker(broker)
+    actors.declare(broker, settings, acks, DeliveryMetrics())
+    return broker

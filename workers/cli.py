@@ -1,0 +1,50 @@
+"""``eventing-worker``: dramatiq's worker CLI with our broker, queue and sizing.
+
+Runs ``dramatiq workers.broker:setup_broker --processes WORKER_PROCESSES --threads
+WORKER_THREADS --queues eventing.delivery`` after validating the environment and preparing the
+shared folder the worker processes write their metrics to. Scale out by running more of these,
+on as many machines as you like: they share the jobs through the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+from eventing.config import Settings
+from eventing.errors import ConfigError
+from eventing.jobs import QUEUE
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_environ(os.environ)
+    except ConfigError as exc:
+        print(f"eventing-worker: {exc}", file=sys.stderr)
+        return 2
+    metrics_dir = tempfile.mkdtemp(prefix="eventing-worker-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
+    arguments = make_argument_parser().parse_args(  # type: ignore[no-untyped-call]
+        [
+            "workers.broker:setup_broker",
+            "--processes",
+            str(settings.delivery.processes),
+            "--threads",
+            str(settings.delivery.threads),
+            "--queues",
+            QUEUE,
+        ]
+    )
+    try:
+        return int(dramatiq_main(arguments) or 0)  # type: ignore[no-untyped-call]
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Delivery metrics with Kyma's names (kyma-eventing.md §5.8), across all worker processes.
+
+Worker processes write to ``PROMETHEUS_MULTIPROC_DIR`` (set by ``eventing-worker`` before any of
+them starts); one forked process serves the sum on ``WORKER_METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from dramatiq import Middleware
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from eventing.jobs import DeliveryJob
+from workers.delivery import Attempt
+
+_BUCKETS = tuple(0.002 * 2**n for n in range(10))
+
+
+class DeliveryMetrics:
+    """Counters of the workers; :meth:`observer` makes the callback delivery.deliver wants."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = [
+            "subscription_name",
+            "subscription_namespace",
+            "event_type",
+            "sink",
+            "response_code",
+            "consumer_name",
+        ]
+        self.deliveries = Counter(
+            "eventing_ec_nats_delivery_per_subscription",
+            "HTTP attempts to deliver an event to a sink, by answer (500: no answer).",
+            labels,
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "eventing_ec_nats_subscriber_dispatch_duration_seconds",
+            "Duration of one HTTP attempt to a sink.",
+            labels,
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observer(self, job: DeliveryJob) -> Callable[[Attempt], None]:
+        namespace, _, name = job.subscription.partition("/")
+
+        def observe(attempt: Attempt) -> None:
+            code = str(attempt.status if attempt.status is not None else 500)
+            labels = (name, namespace, job.event_type, job.sink, code, job.consumer)
+            self.deliveries.labels(*labels).inc()
+            self.duration.labels(*labels).observe(attempt.seconds)
+
+        return observe
+
+
+class MetricsServer(Middleware):
+    """Asks dramatiq's main process to fork :func:`serve_metrics` once."""
+
+    @property
+    def forks(self) -> list[Callable[[], int]]:
+        return [serve_metrics]
+
+
+def serve_metrics() -> int:
+    """Serve the summed metrics of every worker process until killed (a dramatiq fork)."""
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    port = int(os.environ.get("WORKER_METRICS_PORT", "9191"))
+    host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer((host, port), Handler) as server:
+        server.serve_forever()
+    return 0
