@@ -11,6 +11,7 @@ import os
 from flask import Flask
 
 from eventing.config import Settings
+from eventing.manifests import DirectoryReader
 from proxy.publisher import JetStreamPublisher, Publisher
 
 __all__ = ["create_app"]
@@ -38,6 +39,12 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     app.extensions["eventing.settings"] = settings
     app.extensions["eventing.publisher"] = publisher or JetStreamPublisher(settings)
     app.extensions["eventing.metrics"] = ProxyMetrics(destination=",".join(settings.nats.urls))
+    app.extensions["eventing.subscriptions"] = DirectoryReader(
+        settings.manager.subscriptions_dir,
+        prefix=settings.events.type_prefix,
+        defaults=settings.delivery.policy,
+        default_max_in_flight=settings.manager.default_max_in_flight,
+    )
     app.register_blueprint(views.blueprint)
     problems.register(app)
     return app

@@ -7,20 +7,23 @@ and answers 200 with the event id, as Kyma does.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from eventing import cloudevent, eventtypes, legacy
+from eventing import cloudevent, eventtypes, legacy, subscription
 from eventing.config import Settings
 from eventing.errors import PublishError
 from eventing.jetstream import OutboundMessage, outbound
+from eventing.manifests import DirectoryReader
 from proxy import problems
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher
 
 blueprint = Blueprint("events", __name__)
+_READ_LOCK = threading.Lock()  # the reader caches; one thread refreshes it at a time
 
 
 @blueprint.post("/publish")
@@ -50,6 +53,16 @@ def legacy_publish(application: str) -> Response:
     if failures:
         raise failures[0]
     return jsonify({"event-id": event.get_id(), "status": "", "reason": ""})
+
+
+@blueprint.get("/<application>/v1/events/subscribed")
+def subscribed(application: str) -> Response:
+    settings = _settings()
+    reader: DirectoryReader = current_app.extensions["eventing.subscriptions"]
+    with _READ_LOCK:
+        snapshot, _ = reader.read()
+    pairs = subscription.subscribed(application, snapshot.valid, settings.events.type_prefix)
+    return jsonify({"eventsInfo": pairs})
 
 
 @blueprint.route("/healthz", methods=["GET", "HEAD"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 import pytest
@@ -14,7 +15,8 @@ from nats.js.errors import NotFoundError
 from eventing.config import Settings
 from proxy import create_app
 from proxy.publisher import JetStreamPublisher
-from tests.support.servers import NatsServer
+from tests.support.servers import NatsServer, RedisServer
+from tests.support.system import System
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +82,19 @@ def make_app() -> Iterator[Callable[[Settings], Flask]]:
     yield make
     for publisher in publishers:
         publisher.close()
+
+
+@pytest.fixture
+def system(
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[System]:
+    """Proxy, manager and one worker, started; stopped after the test (logs printed on failure)."""
+    running = System(nats_server, redis_server, tmp_path).start()
+    yield running
+    running.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(running.logs())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from eventing.config import Settings
 from eventing.errors import BackendUnavailable, Overloaded, StreamFull, StreamNotAnswering
+from proxy import create_app
 from tests.proxy.conftest import RecordingPublisher
 
 BINARY = {
@@ -304,3 +307,32 @@ def test_an_unexpected_error_is_a_500_problem_without_traceback(
     assert response.status_code == 500
     assert "secret internals" not in response.get_data(as_text=True)
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_subscribed_answers_from_the_subscription_folder(
+    tmp_path: Path, publisher: RecordingPublisher
+) -> None:
+    (tmp_path / "subs.yaml").write_text(
+        """
+apiVersion: eventing.kyma-project.io/v1alpha2
+kind: Subscription
+metadata: {name: orders}
+spec: {sink: "http://127.0.0.1:1/", source: commerce, types: [order.created.v1, order.paid.v2]}
+---
+apiVersion: eventing.kyma-project.io/v1alpha2
+kind: Subscription
+metadata: {name: broken}
+spec: {sink: "", source: commerce, types: [ignored.v1]}
+"""
+    )
+    settings = Settings.from_environ({"SUBSCRIPTIONS_DIR": str(tmp_path)})
+    client = create_app(settings, publisher=publisher).test_client()
+    response = client.get("/commerce/v1/events/subscribed")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "eventsInfo": [
+            {"name": "order.created", "version": "v1"},
+            {"name": "order.paid", "version": "v2"},
+        ]
+    }
+    assert client.get("/other/v1/events/subscribed").get_json() == {"eventsInfo": []}

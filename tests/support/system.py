@@ -1,0 +1,240 @@
+"""The whole system as users run it: proxy, manager and workers as real subprocesses.
+
+Each process runs its console script with an environment pointing at the test's nats-server,
+Redis and subscription folder, logs to its own file, and can be stopped, killed and restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sysconfig
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import yaml
+
+from tests.support.servers import NatsServer, RedisServer, free_port, wait_until
+
+_CE_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
+
+
+def script(name: str) -> str:
+    candidate = Path(sysconfig.get_path("scripts")) / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        raise AssertionError(f"{name} is not installed: pip install -e .")
+    return found
+
+
+class Process:
+    """One service subprocess with a log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.command = command
+        self.env = env
+        self.log_path = workdir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM to the process group (as honcho does), then wait."""
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL, 10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _signal(self, signum: int, timeout: float) -> None:
+        if not self.running or self.popen is None:
+            return
+        os.killpg(self.popen.pid, signum)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+
+class System:
+    """Proxy, manager and N workers against real NATS and Redis."""
+
+    def __init__(self, nats: NatsServer, redis: RedisServer, workdir: Path, **env: str) -> None:
+        self.workdir = workdir
+        self.subscriptions = workdir / "subscriptions"
+        self.subscriptions.mkdir()
+        self.proxy_port, self.manager_port, self.metrics_port = (
+            free_port(),
+            free_port(),
+            free_port(),
+        )
+        self.env = {
+            **os.environ,
+            "NATS_URL": nats.url,
+            "BROKER_URL": redis.url,
+            "SUBSCRIPTIONS_DIR": str(self.subscriptions),
+            "INGRESS_PORT": str(self.proxy_port),
+            "MANAGER_PORT": str(self.manager_port),
+            "WORKER_METRICS_PORT": str(self.metrics_port),
+            "WORKER_PROCESSES": "1",
+            "WORKER_THREADS": "8",
+            "PROXY_WORKERS": "1",
+            "RECONNECT_WAIT": "200ms",
+            "PYTHONUNBUFFERED": "1",
+            "dramatiq_worker_timeout": "100",
+            **env,
+        }
+        self.proxy = Process("proxy", [script("eventing-proxy")], self.env, workdir)
+        self.manager = Process("manager", [script("eventing-manager")], self.env, workdir)
+        self.workers: list[Process] = []
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def manager_url(self) -> str:
+        return f"http://127.0.0.1:{self.manager_port}"
+
+    def start(self, workers: int = 1) -> System:
+        self.proxy.start()
+        self.manager.start()
+        for _ in range(workers):
+            self.add_worker()
+        wait_until(
+            lambda: self._answers(f"{self.proxy_url}/readyz"), 30, f"the proxy\n{self.proxy.log()}"
+        )
+        wait_until(
+            lambda: self._answers(f"{self.manager_url}/readyz"),
+            30,
+            f"the manager\n{self.manager.log()}",
+        )
+        for worker in self.workers:
+            wait_until(
+                lambda w=worker: "ready for action" in w.log(), 30, f"a worker\n{worker.log()}"
+            )
+        return self
+
+    def worker_metrics(self) -> str:
+        """The first worker's Prometheus text (later workers serve none, their port is taken)."""
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def add_worker(self) -> Process:
+        env = self.env if not self.workers else {**self.env, "WORKER_METRICS_PORT": "0"}
+        worker = Process(
+            f"worker{len(self.workers) + 1}", [script("eventing-worker")], env, self.workdir
+        )
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for process in [self.proxy, self.manager, *self.workers]:
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"===== {p.name}\n{p.log()[-6000:]}" for p in [self.proxy, self.manager, *self.workers]
+        )
+
+    # subscriptions
+
+    def subscribe(self, name: str, spec: dict[str, Any], namespace: str = "default") -> None:
+        """Write (or overwrite) a manifest and wait until the manager reports it ready."""
+        document = {
+            "apiVersion": "eventing.kyma-project.io/v1alpha2",
+            "kind": "Subscription",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        path = self.subscriptions / f"{namespace}-{name}.yaml"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(yaml.safe_dump(document))
+        temporary.rename(path)  # atomic: the manager never reads half a file
+        wait_until(
+            lambda: self._status_matches(namespace, name, spec),
+            20,
+            f"subscription {name} ready\n{self.logs()}",
+        )
+
+    def unsubscribe(self, name: str, namespace: str = "default") -> None:
+        (self.subscriptions / f"{namespace}-{name}.yaml").unlink()
+        wait_until(lambda: self.status(namespace, name) is None, 20, f"subscription {name} gone")
+
+    def status(self, namespace: str, name: str) -> dict[str, Any] | None:
+        response = requests.get(f"{self.manager_url}/subscriptions/{namespace}/{name}", timeout=5)
+        if response.status_code == 404:
+            return None
+        return dict(response.json())
+
+    def _status_matches(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
+        item = self.status(namespace, name)
+        if item is None or not item["status"]["ready"]:
+            return False
+        served = item["spec"]
+        return (
+            served["sink"] == spec["sink"]
+            and served["types"] == spec["types"]
+            and (
+                str(
+                    spec.get("config", {}).get(
+                        "maxInFlightMessages", served["config"]["maxInFlightMessages"]
+                    )
+                )
+                == served["config"]["maxInFlightMessages"]
+            )
+        )
+
+    # publishing
+
+    def publish_binary(
+        self, event_id: str, source: str, event_type: str, data: bytes = b'{"n": 1}'
+    ) -> requests.Response:
+        # Binary mode percent-encodes attribute values (CloudEvents HTTP binding 3.1.3.2).
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": quote(event_id, safe=_CE_SAFE),
+            "ce-source": quote(source, safe=_CE_SAFE),
+            "ce-type": quote(event_type, safe=_CE_SAFE),
+            "content-type": "application/json",
+        }
+        return requests.post(f"{self.proxy_url}/publish", headers=headers, data=data, timeout=10)
+
+    def publish_structured(self, event: dict[str, Any]) -> requests.Response:
+        return requests.post(
+            f"{self.proxy_url}/publish",
+            data=json.dumps({"specversion": "1.0", **event}),
+            headers={"content-type": "application/cloudevents+json"},
+            timeout=10,
+        )
+
+    def publish_legacy(self, application: str, body: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{self.proxy_url}/{application}/v1/events", json=body, timeout=10)
+
+    @staticmethod
+    def _answers(url: str) -> bool:
+        try:
+            return requests.get(url, timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
