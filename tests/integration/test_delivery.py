@@ -6,15 +6,16 @@ import itertools
 import json
 import re
 import time
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 from werkzeug.wrappers import Request
 
 from tests.integration.conftest import read_stream
-from tests.support.servers import NatsServer, wait_until
+from tests.support.servers import NatsServer, RedisServer, free_port, wait_until
 from tests.support.sink import RecordingSink, SinkServer
-from tests.support.system import System
+from tests.support.system import Process, System, script
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +335,55 @@ def test_two_workers_share_deliveries_and_stopping_one_loses_nothing(
         lambda: set(ids) <= set(sink_server.sink.ids()), 90, f"all 200 events\n{system.logs()}"
     )
     assert "delivered default/shared" in second.log()
+
+
+def test_two_managers_deliver_each_event_once(system: System, sink_server: SinkServer) -> None:
+    second = Process(
+        "manager2",
+        [script("eventing-manager")],
+        {**system.env, "MANAGER_PORT": str(free_port())},
+        system.workdir,
+    )
+    second.start()
+    try:
+        system.subscribe(
+            "both", _subscription(sink_server.url, config={"maxInFlightMessages": "50"})
+        )
+        wait_until(
+            lambda: (
+                "created consumer" in system.manager.log() or "created consumer" in second.log()
+            ),
+            10,
+            "a consumer",
+        )
+        ids = [f"once-{i}" for i in range(100)]
+        for event_id in ids:
+            assert system.publish_binary(event_id, "shop", "order.created.v1").status_code == 204
+        wait_until(lambda: set(ids) <= set(sink_server.sink.ids()), 30, "all events")
+        time.sleep(1)
+        assert sorted(sink_server.sink.ids()) == sorted(ids), "an event was delivered twice"
+        assert second.running and system.manager.running
+    finally:
+        second.stop()
+
+
+def test_processes_wait_for_nats_and_redis_at_start(
+    nats_server: NatsServer, redis_server: RedisServer, tmp_path: Path, sink_server: SinkServer
+) -> None:
+    nats_server.stop()
+    redis_server.stop()
+    system = System(nats_server, redis_server, tmp_path)
+    system.proxy.start()
+    system.manager.start()
+    worker = system.add_worker()
+    try:
+        time.sleep(3)
+        assert system.proxy.running and system.manager.running and worker.running
+        nats_server.start()
+        redis_server.start()
+        wait_until(lambda: "ready for action" in worker.log(), 30, "the worker")
+        system.subscribe("late", _subscription(sink_server.url))
+        assert system.publish_binary("late-1", "shop", "order.created.v1").status_code == 204
+        wait_until(lambda: "late-1" in sink_server.sink.ids(), 30, f"delivery\n{system.logs()}")
+    finally:
+        system.stop()
