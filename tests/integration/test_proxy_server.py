@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -50,7 +51,10 @@ def proxy(
         "JS_STREAM_RETENTION_POLICY": "limits",
     }
     with log.open("wb") as out:
-        process = subprocess.Popen(_proxy_command(), env=env, stdout=out, stderr=subprocess.STDOUT)
+        # A session of its own, so teardown can end granian's worker processes too.
+        process = subprocess.Popen(
+            _proxy_command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -62,9 +66,9 @@ def proxy(
 
     wait_until(healthy, 20, "the proxy to answer /healthz")
     yield url, process, log
-    if process.poll() is None:
-        process.kill()
-        process.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(5)
 
 
 def _publish_many(url: str, count: int, threads: int) -> list[int]:
