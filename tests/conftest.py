@@ -10,8 +10,10 @@ import pytest
 from eventing import config
 from tests.support.servers import (
     NatsServer,
+    RabbitServer,
     RedisServer,
     nats_server_binary,
+    rabbitmq_server_binary,
     redis_server_binary,
     require_binary,
 )
@@ -33,6 +35,20 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     workdir = tmp_path / "nats"
     workdir.mkdir()
     server = NatsServer(binary, workdir)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def rabbitmq_server(tmp_path: Path) -> Iterator[RabbitServer]:
+    """A fresh RabbitMQ node for this test alone (takes a few seconds to boot)."""
+    binary = require_binary(
+        rabbitmq_server_binary(), "rabbitmq-server", "apt-get install rabbitmq-server"
+    )
+    workdir = tmp_path / "rabbitmq"
+    workdir.mkdir()
+    server = RabbitServer(binary, workdir)
     server.start()
     yield server
     server.kill()

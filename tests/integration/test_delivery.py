@@ -13,7 +13,7 @@ import pytest
 from werkzeug.wrappers import Request
 
 from tests.integration.conftest import read_stream
-from tests.support.servers import NatsServer, RedisServer, free_port, wait_until
+from tests.support.servers import NatsServer, RabbitServer, RedisServer, free_port, wait_until
 from tests.support.sink import RecordingSink, SinkServer
 from tests.support.system import Process, System, script
 
@@ -385,5 +385,27 @@ def test_processes_wait_for_nats_and_redis_at_start(
         system.subscribe("late", _subscription(sink_server.url))
         assert system.publish_binary("late-1", "shop", "order.created.v1").status_code == 204
         wait_until(lambda: "late-1" in sink_server.sink.ids(), 30, f"delivery\n{system.logs()}")
+    finally:
+        system.stop()
+
+
+def test_rabbitmq_as_the_broker(
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+    rabbitmq_server: RabbitServer,
+    tmp_path: Path,
+    sink_server: SinkServer,
+) -> None:
+    system = System(nats_server, redis_server, tmp_path, BROKER_URL=rabbitmq_server.url).start()
+    try:
+        system.subscribe("rabbit", _subscription(sink_server.url))
+        ids = [f"rabbit-{i}" for i in range(20)]
+        for event_id in ids:
+            assert system.publish_binary(event_id, "shop", "order.created.v1").status_code == 204
+        wait_until(
+            lambda: set(ids) <= set(sink_server.sink.ids()),
+            30,
+            f"delivery through RabbitMQ\n{system.logs()}",
+        )
     finally:
         system.stop()

@@ -206,3 +206,68 @@ class RedisServer(_Server):
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+def rabbitmq_server_binary() -> Path | None:
+    # The unwrapped script: Debian's /usr/sbin wrapper switches to the rabbitmq user, which
+    # cannot write into a root-owned test folder.
+    candidate = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    return candidate if candidate.exists() else None
+
+
+class RabbitServer(_Server):
+    """``rabbitmq-server`` as a node of its own (name, ports and data in ``workdir``)."""
+
+    name = "rabbitmq-server"
+
+    def __init__(self, binary: Path, workdir: Path) -> None:
+        super().__init__(binary, workdir)
+        self.dist_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def command(self) -> list[str]:
+        return [str(self.binary)]
+
+    def start(self) -> None:
+        base = self.workdir
+        self._env = {
+            **os.environ,
+            "HOME": str(base),
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_NODENAME": f"test-{self.port}@localhost",
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(base / "feature_flags"),
+            "RABBITMQ_PID_FILE": str(base / "pid"),
+        }
+        with self._log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(self._ready_or_dead, 60, f"{self.name} on port {self.port}")
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited at start:\n{self.log()}")
+
+    def is_ready(self) -> bool:
+        return self._accepts_connections()
+
+    def _signal(self, signum: int) -> None:
+        # The node runs in a process group of its own (beam, epmd helpers): end all of it.
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signum)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
