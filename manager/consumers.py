@@ -164,6 +164,10 @@ class Dispatcher:
                     logger.debug("fetch from %s failed: %s", name, exc)
                     await asyncio.sleep(0.5)
                     continue
+                except Exception:
+                    logger.exception("pulling %s failed unexpectedly; retrying", name)
+                    await asyncio.sleep(1)
+                    continue
                 await self._hand_over(name, messages)
         finally:
             if subscription is not None:

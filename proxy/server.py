@@ -1,8 +1,8 @@
 """``eventing-proxy``: serve the proxy with granian, several worker processes.
 
-Why granian: measured here on 2 cores, the same Flask app publishing to JetStream served about
-3,100-3,500 requests/s under granian's WSGI interface against 1,000-1,700 under gunicorn gthread
-(``bench/publish.py`` has our current figures). Each worker process builds its own app through
+Why granian: on this project's 2-core machines a minimal Flask app publishing to JetStream served
+about twice as many requests per second under granian's WSGI interface as under gunicorn
+gthread; ``bench/publish.py`` measures the proxy itself. Each worker process builds its own app through
 the ``proxy:create_app`` factory and connects to NATS lazily.
 """
 

@@ -409,3 +409,17 @@ def test_rabbitmq_as_the_broker(
         )
     finally:
         system.stop()
+
+
+def test_fan_out_to_ten_subscriptions_of_one_type(system: System, sink_server: SinkServer) -> None:
+    for i in range(10):
+        system.subscribe(f"fan-{i}", _subscription(f"{sink_server.url}/{i}"))
+    for i in range(5):
+        assert (
+            system.publish_binary(f"fan-event-{i}", "shop", "order.created.v1").status_code == 204
+        )
+    wait_until(
+        lambda: len(sink_server.sink.received()) >= 50, 30, f"50 deliveries\n{system.logs()}"
+    )
+    paths = {(d.path, d.event_id) for d in sink_server.sink.received()}
+    assert paths == {(f"/events/{i}", f"fan-event-{e}") for i in range(10) for e in range(5)}
