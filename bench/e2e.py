@@ -273,7 +273,6 @@ class System:
             "WORKER_THREADS": "16",
             "MAX_REQUEST_SIZE": "1Mi",
             "LOG_LEVEL": "warning",
-            "dramatiq_worker_timeout": "100",
         }
 
     def spawn(self, name: str, command: list[str]) -> None:

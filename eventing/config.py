@@ -340,6 +340,13 @@ WORKER_THREADS = Variable(
     _int(1, 1024),
     "Delivery threads per worker process (concurrent requests).",
 )
+WORKER_QUEUE_POLL_MAX = Variable(
+    "WORKER_QUEUE_POLL_MAX",
+    "20ms",
+    _positive_duration,
+    "Longest pause between polls of an empty Redis queue: the worst pickup delay of a new job"
+    " (dramatiq's default, 1s, dominated delivery latency).",
+)
 WORKER_METRICS_PORT = Variable(
     "WORKER_METRICS_PORT",
     "9191",
@@ -390,6 +397,7 @@ VARIABLES: tuple[Variable[Any], ...] = (
     DELIVERY_EXTRA_DELIVERIES,
     WORKER_PROCESSES,
     WORKER_THREADS,
+    WORKER_QUEUE_POLL_MAX,
     WORKER_METRICS_PORT,
     LOG_LEVEL,
 )
@@ -465,6 +473,7 @@ class DeliverySettings:
     extra_deliveries: int
     processes: int  #: worker processes per eventing-worker
     threads: int  #: delivery threads per worker process
+    queue_poll_max: float  #: seconds
     metrics_port: int  #: 0: no metrics endpoint
 
 
@@ -544,6 +553,7 @@ class Settings:
                 extra_deliveries=read(DELIVERY_EXTRA_DELIVERIES),
                 processes=read(WORKER_PROCESSES),
                 threads=read(WORKER_THREADS),
+                queue_poll_max=read(WORKER_QUEUE_POLL_MAX),
                 metrics_port=read(WORKER_METRICS_PORT),
             ),
             log_level=read(LOG_LEVEL),

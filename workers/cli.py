@@ -15,7 +15,6 @@ import tempfile
 
 from eventing.config import Settings
 from eventing.errors import ConfigError
-from eventing.jobs import QUEUE
 
 
 def main() -> int:
@@ -26,8 +25,14 @@ def main() -> int:
         return 2
     metrics_dir = tempfile.mkdtemp(prefix="eventing-worker-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # dramatiq reads this when first imported, and its worker processes inherit the value.
+    os.environ["dramatiq_worker_timeout"] = str(  # noqa: SIM112 - dramatiq's own spelling
+        max(1, round(settings.delivery.queue_poll_max * 1000))
+    )
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
+
+    from eventing.jobs import QUEUE
 
     arguments = make_argument_parser().parse_args(  # type: ignore[no-untyped-call]
         [

@@ -80,11 +80,10 @@ class NatsAcknowledger(Middleware):
         self._send(reply, b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode())
 
     def keepalive(self, reply: str) -> None:
+        # Fire and forget: a keepalive only restarts the ack wait, and a lost one costs at most
+        # a redelivery, so the delivery thread does not wait for the loop to send it.
         loop, client = self._require()
-        try:
-            loop.run(client.in_progress(reply), timeout=_ACK_TIMEOUT)
-        except TimeoutError:
-            logger.debug("keepalive for %s not sent in time", reply)
+        loop.submit(client.in_progress(reply))
 
     def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
         """Store the event in the dead-letter stream with why it ends there.

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _RESPONSE_READ_LIMIT = 64 * 1024  # a sink's answer is drained this far, never more
 _CONNECT_TIMEOUT_MAX = 5.0
+_RNG = random.Random()  # jitter only; seeding one per job cost more than the rest of the job
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ def deliver(
         )
     group = plan[min(job.delivery_count, len(plan)) - 1]
     headers, body = cloudevent.to_binary_request(job.event.encode(), job.event_type)
-    rng = rng or random.Random()
+    rng = rng or _RNG
     keepalive()
     last: DeliveryError | None = None
     made = 0

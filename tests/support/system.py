@@ -102,7 +102,6 @@ class System:
             "PROXY_WORKERS": "1",
             "RECONNECT_WAIT": "200ms",
             "PYTHONUNBUFFERED": "1",
-            "dramatiq_worker_timeout": "100",
             **env,
         }
         self.proxy = Process("proxy", [script("eventing-proxy")], self.env, workdir)
