@@ -451,6 +451,8 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
+    # SIGTERM ends the run like Ctrl-C, so the processes below are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="eventing-bench-e2e-"))
     system = System(workdir)
     try:
