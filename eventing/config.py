@@ -11,7 +11,9 @@ Names follow Kyma's where Kyma has one (``NATS_URL``, ``EVENT_TYPE_PREFIX``, ``J
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -588,6 +590,19 @@ class _Reader:
             # A placeholder keeps construction going so later variables are checked too; the
             # caller raises before anyone can see it.
             return variable.parse(variable.default)
+
+
+def settings_or_exit(program: str) -> Settings:
+    """The settings from ``os.environ`` for an entry point, or exit 2 naming every bad variable.
+
+    Raises:
+        SystemExit: the environment is invalid (the message went to stderr, no traceback).
+    """
+    try:
+        return Settings.from_environ(os.environ)
+    except ConfigError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def markdown_table() -> str:

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 
-from eventing.config import Settings
-from eventing.errors import ConfigError
+from eventing.config import settings_or_exit
 from manager import runner
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_environ(os.environ)
-    except ConfigError as exc:
-        print(f"eventing-manager: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("eventing-manager")
     logging.basicConfig(
         level=settings.log_level,
         stream=sys.stdout,

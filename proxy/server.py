@@ -14,17 +14,12 @@ import shutil
 import sys
 import tempfile
 
-from eventing.config import Settings
-from eventing.errors import ConfigError
+from eventing.config import settings_or_exit
 
 
 def main() -> int:
     """Validate the environment, then serve until SIGINT/SIGTERM."""
-    try:
-        settings = Settings.from_environ(os.environ)
-    except ConfigError as exc:
-        print(f"eventing-proxy: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("eventing-proxy")
     log_config = _log_config(settings.log_level)
     logging.config.dictConfig(log_config)
 

@@ -7,13 +7,10 @@ connection for acks, metrics) → ``dramatiq.set_broker`` → the delivery actor
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 import dramatiq
 
-from eventing.config import Settings
-from eventing.errors import ConfigError
+from eventing.config import settings_or_exit
 from eventing.jobs import make_broker
 from workers import actors
 from workers.connection import NatsAcknowledger
@@ -22,11 +19,7 @@ from workers.metrics import DeliveryMetrics, MetricsServer
 
 def setup_broker() -> dramatiq.Broker:
     """Build, register and return the broker with the delivery actor declared."""
-    try:
-        settings = Settings.from_environ(os.environ)
-    except ConfigError as exc:
-        print(f"eventing-worker: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit("eventing-worker")
     logging.getLogger().setLevel(settings.log_level)
     broker = make_broker(settings.delivery.broker_url)
     acks = NatsAcknowledger(settings)

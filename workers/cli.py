@@ -13,16 +13,11 @@ import shutil
 import sys
 import tempfile
 
-from eventing.config import Settings
-from eventing.errors import ConfigError
+from eventing.config import settings_or_exit
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_environ(os.environ)
-    except ConfigError as exc:
-        print(f"eventing-worker: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("eventing-worker")
     metrics_dir = tempfile.mkdtemp(prefix="eventing-worker-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # dramatiq reads this when first imported, and its worker processes inherit the value.
