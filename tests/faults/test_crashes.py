@@ -1,0 +1,71 @@
+"""Nothing accepted is lost when processes crash, or when the broker loses every job.
+
+Each scenario publishes continuously, breaks something in the middle, repairs it, and then
+counts: every event the proxy accepted must reach the sink (duplicates are allowed, losses not).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.faults.harness import Load, report
+from tests.support.servers import RedisServer, wait_until
+from tests.support.sink import SinkServer
+from tests.support.system import System
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+RATE = 200.0
+
+
+def run_scenario(
+    name: str, system: System, sink_server: SinkServer, fault: Callable[[], None]
+) -> None:
+    load = Load(system.proxy_url, name, rate=RATE).start()
+    time.sleep(5)
+    fault()
+    time.sleep(5)
+    load.stop()
+    wait_until(
+        lambda: report(load, sink_server.sink).lost == 0,
+        90,
+        f"every accepted event of {name} at the sink",
+    )
+    result = report(load, sink_server.sink)
+    print(f"\n{name}: {result}")
+    assert result.accepted > RATE * 5
+    assert result.lost == 0
+
+
+def test_worker_killed_and_restarted(faulty: System, sink_server: SinkServer) -> None:
+    def kill_worker() -> None:
+        worker = faulty.workers[0]
+        worker.kill()
+        time.sleep(3)
+        worker.start()
+
+    run_scenario("worker-kill", faulty, sink_server, kill_worker)
+
+
+def test_manager_killed_and_restarted(faulty: System, sink_server: SinkServer) -> None:
+    def kill_manager() -> None:
+        faulty.manager.kill()
+        time.sleep(3)
+        faulty.manager.start()
+
+    run_scenario("manager-kill", faulty, sink_server, kill_manager)
+
+
+def test_redis_restarted_empty(
+    faulty: System, sink_server: SinkServer, redis_server: RedisServer
+) -> None:
+    def wipe_redis() -> None:
+        redis_server.kill()
+        redis_server.wipe()
+        time.sleep(2)
+        redis_server.start()
+
+    run_scenario("redis-wipe", faulty, sink_server, wipe_redis)
