@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.faults.harness import Load, report
-from tests.support.servers import RedisServer, wait_until
+from tests.support.servers import NatsServer, RedisServer, wait_until
 from tests.support.sink import SinkServer
 from tests.support.system import System
 
@@ -69,3 +69,23 @@ def test_redis_restarted_empty(
         redis_server.start()
 
     run_scenario("redis-wipe", faulty, sink_server, wipe_redis)
+
+
+def test_nats_killed_and_restarted_on_its_store(
+    faulty: System, sink_server: SinkServer, nats_server: NatsServer
+) -> None:
+    def kill_nats() -> None:
+        nats_server.kill()
+        time.sleep(3)
+        nats_server.start()
+
+    run_scenario("nats-kill", faulty, sink_server, kill_nats)
+
+
+def test_proxy_killed_and_restarted(faulty: System, sink_server: SinkServer) -> None:
+    def kill_proxy() -> None:
+        faulty.proxy.kill()
+        time.sleep(2)
+        faulty.proxy.start()
+
+    run_scenario("proxy-kill", faulty, sink_server, kill_proxy)
