@@ -14,6 +14,7 @@ from typing import Any
 
 import dramatiq
 import requests
+from dramatiq.middleware import Shutdown
 
 from eventing.config import Settings
 from eventing.jobs import ACTOR, QUEUE, DeliveryJob
@@ -39,14 +40,21 @@ def declare(
         except (KeyError, TypeError, ValueError) as exc:
             logger.error("dropped a malformed delivery job (%s): %.200r", exc, job)
             return
-        outcome = delivery.deliver(
-            parsed,
-            _session(sessions),
-            extra_deliveries=extra,
-            keepalive=lambda: acks.keepalive(parsed.ack_subject),
-            observe=metrics.observer(parsed),
-        )
         where = f"{parsed.subscription} seq {parsed.stream_sequence} to {parsed.sink}"
+        try:
+            outcome = delivery.deliver(
+                parsed,
+                _session(sessions),
+                extra_deliveries=extra,
+                keepalive=lambda: acks.keepalive(parsed.ack_subject),
+                observe=metrics.observer(parsed),
+            )
+        except Shutdown:
+            # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back
+            # now, so another worker takes it at once instead of after the ack wait.
+            acks.nak(parsed.ack_subject, 0.0)
+            logger.info("handed back %s: the worker is shutting down", where)
+            return
         match outcome:
             case delivery.Delivered(status=status, attempts=attempts):
                 acks.ack(parsed.ack_subject)
@@ -71,6 +79,7 @@ def declare(
         broker=broker,
         max_retries=0,
         time_limit=_TIME_LIMIT_MS,
+        notify_shutdown=True,
     )
     return declare_actor(deliver)
 

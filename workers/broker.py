@@ -15,6 +15,7 @@ from eventing.jobs import make_broker
 from workers import actors
 from workers.connection import NatsAcknowledger
 from workers.metrics import DeliveryMetrics, MetricsServer
+from workers.shutdown import GracefulStop
 
 
 def setup_broker() -> dramatiq.Broker:
@@ -24,6 +25,7 @@ def setup_broker() -> dramatiq.Broker:
     broker = make_broker(settings.delivery.broker_url)
     acks = NatsAcknowledger(settings)
     broker.add_middleware(acks)
+    broker.add_middleware(GracefulStop())
     if settings.delivery.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)

@@ -38,6 +38,9 @@ def main() -> int:
             str(settings.delivery.threads),
             "--queues",
             QUEUE,
+            # Jobs hand their events back on shutdown; honcho kills everything after 5 s.
+            "--worker-shutdown-timeout",
+            "4000",
         ]
     )
     try:

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _RESPONSE_READ_LIMIT = 64 * 1024  # a sink's answer is drained this far, never more
 _CONNECT_TIMEOUT_MAX = 5.0
+_SLEEP_STEP = 0.25
 _RNG = random.Random()  # jitter only; seeding one per job cost more than the rest of the job
 
 
@@ -244,12 +245,20 @@ def _attempts_so_far(plan: list[list[int]], job: DeliveryJob, made: int) -> int:
 def _sleep_alive(
     seconds: float, sleep: Callable[[float], None], keepalive: Callable[[], None], interval: float
 ) -> None:
-    remaining = seconds
+    """Sleep ``seconds``, sending a keepalive every ``interval``.
+
+    Sleeps in short steps: dramatiq's shutdown notice is an exception raised into this thread,
+    and it only lands between steps, so a long sleep would delay a worker's exit.
+    """
+    remaining, since_keepalive = seconds, 0.0
     while remaining > 0:
-        step = min(remaining, interval)
+        step = min(remaining, _SLEEP_STEP)
         sleep(step)
         remaining -= step
-        keepalive()
+        since_keepalive += step
+        if since_keepalive >= interval or remaining <= 0:
+            keepalive()
+            since_keepalive = 0.0
 
 
 def _short(exc: Exception) -> str:

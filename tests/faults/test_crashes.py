@@ -89,3 +89,28 @@ def test_proxy_killed_and_restarted(faulty: System, sink_server: SinkServer) -> 
         faulty.proxy.start()
 
     run_scenario("proxy-kill", faulty, sink_server, kill_proxy)
+
+
+def test_sigterm_stops_a_busy_worker_within_five_seconds(
+    faulty: System, sink_server: SinkServer
+) -> None:
+    """Jobs waiting between retries hand their events back, so the worker exits before honcho
+    would kill it, and another worker delivers them."""
+    sink = sink_server.sink
+    sink.answer = lambda request: 503
+    load = Load(faulty.proxy_url, "sigterm", rate=50).start()
+    wait_until(lambda: len(sink.received(503)) > 20, 20, "failing deliveries")
+    replacement = faulty.add_worker()
+    wait_until(lambda: "ready for action" in replacement.log(), 30, "a second worker")
+    busy = faulty.workers[0]
+    started = time.monotonic()
+    busy.stop(timeout=30)
+    stopped_after = time.monotonic() - started
+    sink.answer = lambda request: 204
+    load.stop()
+    wait_until(lambda: report(load, sink).lost == 0, 90, "every accepted event at the sink")
+    result = report(load, sink)
+    print(f"\nsigterm: stopped in {stopped_after:.1f}s; {result}")
+    assert stopped_after < 5
+    assert "handed back" in busy.log(), busy.log()[-3000:]
+    assert result.lost == 0
