@@ -114,3 +114,19 @@ def test_sigterm_stops_a_busy_worker_within_five_seconds(
     assert stopped_after < 5
     assert "handed back" in busy.log(), busy.log()[-3000:]
     assert result.lost == 0
+
+
+def test_a_poison_event_never_blocks_the_others(faulty: System, sink_server: SinkServer) -> None:
+    sink = sink_server.sink
+    sink.answer = lambda request: 500 if request.headers.get("ce-id") == "poison" else 204
+    assert faulty.publish_binary("poison", "faults", "order.created.v1").status_code == 204
+    load = Load(faulty.proxy_url, "poison-neighbours", rate=RATE).start()
+    time.sleep(8)
+    load.stop()
+    wait_until(lambda: report(load, sink).lost == 0, 60, "every other event at the sink")
+    result = report(load, sink)
+    poison_attempts = sum(1 for d in sink.received(500) if d.event_id == "poison")
+    print(f"\npoison: {poison_attempts} attempts at the poison event meanwhile; others: {result}")
+    assert result.lost == 0
+    assert poison_attempts >= 3
+    assert "poison" not in sink.ids(204)
