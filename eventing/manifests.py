@@ -7,7 +7,6 @@ file's name, size or modification time changed, so polling it every second is ch
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ import yaml
 from eventing.errors import InvalidSubscription
 from eventing.retries import DeliveryPolicy
 from eventing.subscription import KIND, Subscription, from_manifest, key_of
-
-logger = logging.getLogger(__name__)
 
 _SUFFIXES = (".yaml", ".yml")
 

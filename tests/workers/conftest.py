@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,10 +123,3 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-def json_body(received: Received) -> Any:
-    return json.loads(received.body)
-
-
-Keepalive = Callable[[], None]
