@@ -332,13 +332,14 @@ class JetStreamClient:
         return self._require_js()
 
     async def close(self) -> None:
-        """Flush and close the connection; stop connecting if still trying."""
+        """Flush and close the connection; stop connecting if still trying. Never raises: a
+        connection the server already dropped is simply closed."""
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()
-            except nats.errors.Error as exc:
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
                 logger.debug("%s: drain failed: %s", self._name, exc)
                 await self._nc.close()
 
