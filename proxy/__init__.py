@@ -11,7 +11,7 @@ import os
 from flask import Flask
 
 from eventing.config import Settings
-from eventing.manifests import DirectoryReader
+from eventing.manifests import reader_for
 from proxy.publisher import JetStreamPublisher, Publisher
 
 __all__ = ["create_app"]
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     """
     # prometheus_client picks single- or multi-process mode when first imported, so the
     # launcher (proxy.server, which imports this package) must set PROMETHEUS_MULTIPROC_DIR first.
-    from proxy import problems, views
+    from proxy import admission, problems, views
     from proxy.metrics import ProxyMetrics
 
     settings = settings or Settings.from_environ(os.environ)
@@ -39,12 +39,16 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     app.extensions["eventing.settings"] = settings
     app.extensions["eventing.publisher"] = publisher or JetStreamPublisher(settings)
     app.extensions["eventing.metrics"] = ProxyMetrics(destination=",".join(settings.nats.urls))
-    app.extensions["eventing.subscriptions"] = DirectoryReader(
-        settings.manager.subscriptions_dir,
-        prefix=settings.events.type_prefix,
-        defaults=settings.delivery.policy,
-        default_max_in_flight=settings.manager.default_max_in_flight,
-    )
+    app.extensions["eventing.subscriptions"] = reader_for(settings, watch=False)
     app.register_blueprint(views.blueprint)
     problems.register(app)
+    turns = admission.Admission(
+        slots=settings.proxy.threads,
+        waiting=admission.waiting_room(settings.proxy.threads),
+        patience=admission.PATIENCE,
+        retry_after=settings.proxy.retry_after,
+    )
+    app.wsgi_app = admission.Gate(  # type: ignore[method-assign]
+        app.wsgi_app, turns, app.extensions["eventing.metrics"]
+    )
     return app

@@ -98,7 +98,9 @@ def _publish_error(error: PublishError) -> Response:
         response = problem(error.status, "Event not stored", str(error))
     if isinstance(error, Overloaded):
         response.headers["Retry-After"] = str(error.retry_after)
-    if error.status >= 500:
+    if error.status >= 500 and not isinstance(error, Overloaded):
+        # an overload is counted in the request metrics; a line each would flood the log
+        # exactly when the process is short of time
         logger.warning("publish failed (%s): %s", error.status, error)
     return response
 
@@ -116,6 +118,16 @@ def _http_error(error: HTTPException) -> Response:
             },
         )
     detail = error.description or error.name
+    if status == 400 and request.endpoint == LEGACY_ENDPOINT:  # e.g. a body cut short
+        return legacy_error(
+            400,
+            {
+                "status": 400,
+                "type": "bad_payload_syntax",
+                "message": "Bad payload syntax",
+                "moreInfo": detail,
+            },
+        )
     if status == 413:
         limit = request.max_content_length
         detail = f"the request body is larger than the limit of {limit} bytes (MAX_REQUEST_SIZE)"

@@ -26,6 +26,8 @@ def main() -> int:
     from granian.constants import Interfaces
     from granian.server import Server
 
+    from proxy import admission
+
     metrics_dir = tempfile.mkdtemp(prefix="eventing-proxy-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
@@ -36,7 +38,8 @@ def main() -> int:
             address=settings.proxy.host,
             port=settings.proxy.port,
             workers=settings.proxy.workers,
-            blocking_threads=settings.proxy.threads,
+            blocking_threads=admission.thread_count(settings.proxy.threads),
+            backpressure=_CONNECTIONS_PER_WORKER,
             respawn_failed_workers=True,
             log_dictconfig=log_config,
             log_access=False,
@@ -44,6 +47,14 @@ def main() -> int:
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+#: Connections one worker serves at once. Granian's default (backlog / workers, 512 here) is
+#: a limit on connections, not requests, and idle keep-alive connections hold their place: 1,024
+#: clients that merely stayed connected (or opened a socket and sent nothing, which no timeout
+#: ends) locked every other client out. Load is bounded per request instead (proxy.admission);
+#: an open connection costs about 15 KiB.
+_CONNECTIONS_PER_WORKER = 8192
 
 
 def _log_config(level: str) -> dict[str, object]:

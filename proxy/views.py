@@ -11,14 +11,14 @@ import threading
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from eventing import cloudevent, eventtypes, legacy, subscription
 from eventing.config import Settings
-from eventing.errors import PublishError
+from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.jetstream import OutboundMessage, outbound
-from eventing.manifests import DirectoryReader
-from proxy import problems
+from eventing.manifests import Reader
+from proxy import guards, problems
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher
 
@@ -47,6 +47,12 @@ def publish() -> Response:
 def legacy_publish(application: str) -> Response:
     settings = _settings()
     converted = legacy.parse(application, _read_body(), settings.events.type_prefix)
+    try:
+        guards.check(converted.subject, converted.event.get_data())
+    except InvalidEvent as exc:
+        raise InvalidLegacyEvent(
+            legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
+        ) from None
     trace = cloudevent.trace_extensions(request.headers.items())
     event = cloudevent.with_extensions(converted.event, trace, replace=False)
     failures = _store([outbound(event, converted.subject)])
@@ -58,9 +64,14 @@ def legacy_publish(application: str) -> Response:
 @blueprint.get("/<application>/v1/events/subscribed")
 def subscribed(application: str) -> Response:
     settings = _settings()
-    reader: DirectoryReader = current_app.extensions["eventing.subscriptions"]
-    with _READ_LOCK:
-        snapshot, _ = reader.read()
+    reader: Reader = current_app.extensions["eventing.subscriptions"]
+    try:
+        with _READ_LOCK:
+            snapshot, _ = reader.read()
+    except Exception as exc:  # the Kubernetes API is unreachable; the folder never raises
+        return problems.problem(
+            503, "Subscriptions unavailable", f"cannot list subscriptions right now: {exc}"
+        )
     pairs = subscription.subscribed(application, snapshot.valid, settings.events.type_prefix)
     return jsonify({"eventsInfo": pairs})
 
@@ -106,13 +117,26 @@ def _count_request(response: Response) -> Response:
 
 
 def _read_body() -> bytes:
-    """The request body, or 413 when it is larger than ``MAX_REQUEST_SIZE``.
+    """The whole request body: 413 when it is larger than ``MAX_REQUEST_SIZE``, 400 when it
+    ended before its ``Content-Length``.
 
     Werkzeug refuses an oversized ``Content-Length``, but a chunked body it merely cuts at the
     limit, which would store a truncated event; so we read one byte past the limit ourselves.
+    Granian ends the input stream early, without an error, when the client goes away mid-body,
+    and Werkzeug trusts a server that ends the stream itself; so a body shorter than its
+    ``Content-Length`` would be stored cut off, and the client's retry then dropped as a
+    duplicate of it. Chunked bodies have no length to compare with: a cut-off one is refused
+    only where it no longer parses (every JSON mode), see the README's "Hostile input".
     """
-    if request.content_length is not None or "wsgi.input_terminated" not in request.environ:
-        return request.get_data(cache=False)
+    declared = request.content_length
+    if declared is not None or "wsgi.input_terminated" not in request.environ:
+        body = request.get_data(cache=False)
+        if declared is not None and len(body) < declared:
+            raise ClientDisconnected(
+                f"the body ended after {len(body)} of the {declared} bytes its Content-Length"
+                " announced"
+            )
+        return body
     limit: int = current_app.config["MAX_CONTENT_LENGTH"]
     stream = request.environ["wsgi.input"]
     chunks, size = [], 0
@@ -135,6 +159,7 @@ def _no_content() -> Response:
 
 def _prepare(event: cloudevent.Event, trace: dict[str, str], prefix: str) -> OutboundMessage:
     subject = eventtypes.subject_for(event.get_source(), event.get_type(), prefix)
+    guards.check(subject, event.get_data())
     event = cloudevent.with_extensions(event, {"originaltype": event.get_type()}, replace=True)
     if trace:
         event = cloudevent.with_extensions(event, trace, replace=False)
