@@ -12,8 +12,10 @@ retry at once. A sink's ``Retry-After`` stretches a delay up to ``retryAfterMax`
 
 Delays up to ``in_job_wait_max`` are slept inside one delivery job (the worker keeps the
 JetStream message alive meanwhile); a longer one ends the job with a delayed NAK, and the next
-JetStream delivery takes over. So the attempts fall into *groups*, one per JetStream delivery, and
-the delivery count of a message tells a worker which group to run (:func:`groups`).
+JetStream delivery takes over. So the attempts fall into *groups*, one per JetStream delivery
+(:func:`groups`); a worker runs the rest of the group of the next attempt due, which it learns
+from the count of attempts already made (kept by the workers across deliveries), or failing
+that from the message's delivery count.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@
 is thin: job from dict → :func:`workers.delivery.deliver` → one ``match`` that acks, NAKs with a
 delay, or dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
 dramatiq's own retries are off: tenacity retries inside the job and JetStream redelivers.
+A settled message's count of failed attempts (see :mod:`workers.delivery`) is deleted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dramatiq.middleware import Shutdown
 
 from eventing.config import Settings
 from eventing.jobs import ACTOR, QUEUE, DeliveryJob
-from workers import delivery
+from workers import deadline, delivery
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics
 
@@ -47,17 +48,23 @@ def declare(
                 _session(sessions),
                 extra_deliveries=extra,
                 keepalive=lambda: acks.keepalive(parsed.ack_subject),
+                log=acks,
                 observe=metrics.observer(parsed),
             )
         except Shutdown:
             # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back
-            # now, so another worker takes it at once instead of after the ack wait.
+            # now, so another worker takes it at once instead of after the ack wait; it goes on
+            # after the attempts counted so far.
             acks.nak(parsed.ack_subject, 0.0)
             logger.info("handed back %s: the worker is shutting down", where)
             return
         match outcome:
             case delivery.Delivered(status=status, attempts=attempts):
                 acks.ack(parsed.ack_subject)
+                if attempts > 1 or parsed.delivery_count > 1:
+                    # Only an event that failed before has a count to forget: one delivered at
+                    # its first attempt costs no request to the key-value store.
+                    acks.forget(parsed)
                 logger.info("delivered %s: %d after %d attempt(s)", where, status, attempts)
             case delivery.RetryLater(delay=delay, attempts=attempts, reason=reason):
                 acks.nak(parsed.ack_subject, delay)
@@ -71,6 +78,7 @@ def declare(
             case delivery.DeadLetter(reason=reason, status=status, attempts=attempts):
                 acks.dead_letter(parsed, reason, status, attempts)
                 acks.ack(parsed.ack_subject)
+                acks.forget(parsed)
                 logger.warning("dead-lettered %s after %d attempt(s): %s", where, attempts, reason)
 
     declare_actor = dramatiq.actor(
@@ -87,9 +95,6 @@ def declare(
 def _session(local: threading.local) -> requests.Session:
     session: requests.Session | None = getattr(local, "session", None)
     if session is None:
-        session = requests.Session()
-        # Looking up proxy and netrc settings in the environment on every request was the
-        # largest single cost of a delivery (profiled); sinks are reached directly.
-        session.trust_env = False
+        session = deadline.session()
         local.session = session
     return session

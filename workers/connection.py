@@ -1,29 +1,39 @@
-"""The worker's own NATS connection: acks, keepalives and dead letters for its jobs.
+"""The worker's own NATS connection: acks, keepalives, dead letters and attempt counts.
 
 Each worker process connects in ``before_worker_boot`` (never at import: dramatiq forks worker
 processes, and threads do not survive a fork) on a private loop thread, and drains in
 ``after_worker_shutdown``. Delivery threads call the synchronous methods of
 :class:`NatsAcknowledger`; :mod:`workers.actors` is the only caller.
+
+Attempt counts (:class:`workers.delivery.AttemptLog`) live in a JetStream key-value bucket, one
+key per consumer and stream sequence, so they survive the worker that wrote them. They are
+best effort: a bucket that does not answer within a second or two makes a job fall back to the
+delivery count, and never holds it up for longer.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from dramatiq import Middleware
 
-from eventing import jetstream
+from eventing import jetstream, jobs
 from eventing.config import Settings
 from eventing.errors import BackendUnavailable
-from eventing.jetstream import JetStreamClient, OutboundMessage
+from eventing.jetstream import JetStreamClient
 from eventing.jobs import DeliveryJob
 from eventing.loop import LoopThread
+from workers.delivery import NOTHING_MADE, Progress
 
 logger = logging.getLogger(__name__)
 
 _ACK_TIMEOUT = 5.0
+_KV_TIMEOUT = 2.0
+
+T = TypeVar("T")
 
 
 class Acknowledger(Protocol):
@@ -39,12 +49,19 @@ class Acknowledger(Protocol):
         self, job: DeliveryJob, reason: str, status: int | None, attempts: int
     ) -> None: ...
 
+    def progress(self, job: DeliveryJob) -> Progress | None: ...
+
+    def record(self, job: DeliveryJob, progress: Progress) -> None: ...
+
+    def forget(self, job: DeliveryJob) -> None: ...
+
 
 class NatsAcknowledger(Middleware):
     """A dramatiq middleware owning one NATS connection per worker process."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._attempts = jetstream.attempts_bucket(settings.stream)
         self._loop: LoopThread | None = None
         self._client: JetStreamClient | None = None
 
@@ -92,26 +109,53 @@ class NatsAcknowledger(Middleware):
             PublishError: the dead letter was not stored (the caller must not ack then).
         """
         loop, client = self._require()
-        headers = {
-            "Eventing-Dead-Letter-Reason": _header_safe(reason),
-            "Eventing-Dead-Letter-Status": str(status or ""),
-            "Eventing-Dead-Letter-Attempts": str(attempts),
-            "Eventing-Dead-Letter-Subscription": job.subscription,
-            "Eventing-Dead-Letter-Type": _header_safe(job.event_type),
-            "Eventing-Dead-Letter-Sink": _header_safe(job.sink),
-            "Eventing-Dead-Letter-Stream-Sequence": str(job.stream_sequence),
-            "Nats-Msg-Id": f"{job.consumer}-{job.stream_sequence}",
-        }
-        message = OutboundMessage(
-            subject=f"{jetstream.DEAD_LETTER_PREFIX}.{job.consumer}",
-            payload=job.event.encode(),
-            headers=headers,
-            event_type=job.event_type,
-            event_source="",
-        )
+        message = jobs.dead_letter(job, reason, status, attempts)
         timeout = self._settings.proxy.request_timeout
         stream = self._settings.stream.dead_letter_name
         loop.run(client.publish(message, timeout, stream=stream), timeout + 1)
+
+    def progress(self, job: DeliveryJob) -> Progress | None:
+        """The failed attempts counted for ``job``'s message; None if the bucket cannot say."""
+        try:
+            value = self._kv(lambda client: client.kv_get(self._attempts, _key(job), _KV_TIMEOUT))
+        except BackendUnavailable as exc:
+            logger.warning("attempts at %s unknown, going by the delivery count: %s", _at(job), exc)
+            return None
+        if value is None:
+            return NOTHING_MADE
+        try:
+            document = json.loads(value)
+            return Progress(int(document["made"]), float(document["at"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("attempts at %s unreadable (%r): %s", _at(job), value[:100], exc)
+            return None
+
+    def record(self, job: DeliveryJob, progress: Progress) -> None:
+        """Count ``progress.made`` failed attempts for ``job``'s message (best effort)."""
+        value = json.dumps({"made": progress.made, "at": round(progress.at, 3)}).encode()
+        try:
+            self._kv(lambda client: client.kv_put(self._attempts, _key(job), value, _KV_TIMEOUT))
+        except BackendUnavailable as exc:
+            logger.warning("could not count the attempts at %s: %s", _at(job), exc)
+
+    def forget(self, job: DeliveryJob) -> None:
+        """Delete the count of a settled message (best effort: the bucket's TTL ends the rest)."""
+        try:
+            self._kv(lambda client: client.kv_purge(self._attempts, _key(job), _KV_TIMEOUT))
+        except BackendUnavailable as exc:
+            logger.warning("could not forget the attempts at %s: %s", _at(job), exc)
+
+    def _kv(self, call: Callable[[JetStreamClient], Coroutine[Any, Any, T]]) -> T:
+        """Run ``call`` against the attempts bucket on the loop.
+
+        Raises:
+            BackendUnavailable: not connected, or no answer in time.
+        """
+        loop, client = self._require()
+        try:
+            return loop.run(call(client), _KV_TIMEOUT + 1)
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"the attempts bucket did not answer: {exc}") from exc
 
     def _send(self, reply: str, payload: bytes) -> None:
         loop, client = self._require()
@@ -126,5 +170,9 @@ class NatsAcknowledger(Middleware):
         return self._loop, self._client
 
 
-def _header_safe(value: str) -> str:
-    return " ".join(value.split())[:500]
+def _key(job: DeliveryJob) -> str:
+    return f"{job.consumer}.{job.stream_sequence}"
+
+
+def _at(job: DeliveryJob) -> str:
+    return f"{job.subscription} seq {job.stream_sequence}"

@@ -1,12 +1,17 @@
 """One delivery job: POST the event to the sink, retrying with backoff, and decide the outcome.
 
 Pure of NATS and dramatiq: the caller passes a ``requests.Session``, a ``keepalive`` callable
-that keeps the JetStream message alive, and a ``sleep``; this module returns an
-:class:`Outcome` and never acks anything itself (``workers.actors`` does, in one place).
+that keeps the JetStream message alive, an :class:`AttemptLog` and a ``sleep``; this module
+returns an :class:`Outcome` and never acks anything itself (``workers.actors`` does, in one place).
 
 Classification (one place, :func:`classify`): 2xx delivered; 408, 429, 5xx, timeouts and
 connection errors temporary (retry); anything else — other 4xx, and 3xx, since redirects are not
 followed — permanent (dead letter at once).
+
+Every attempt ends within the policy's timeout however the sink behaves (``workers.deadline``),
+and reads at most 64 KiB of its answer. Progress survives interruptions: after each failed attempt
+the job records how many were made, and a redelivery resumes from there instead of trusting
+JetStream's delivery count, which a worker killed or stopping mid-job advanced too.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import requests
 import tenacity
+import urllib3.exceptions
 
 from eventing import cloudevent, retries
 from eventing.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from eventing.jobs import DeliveryJob
+from workers import deadline
 
 logger = logging.getLogger(__name__)
 
@@ -66,51 +74,91 @@ class Attempt:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far the attempts at one event got in earlier deliveries of its message."""
+
+    made: int  #: attempts made, every one failed (0: none)
+    at: float  #: time.time() when the last of them failed
+
+
+NOTHING_MADE = Progress(0, 0.0)
+
+
+class AttemptLog(Protocol):
+    """Where jobs keep their :class:`Progress` across deliveries of a message.
+
+    Implementations never raise and never keep a job waiting long: a log that cannot answer
+    costs the event its exact attempt count, never its delivery.
+    """
+
+    def progress(self, job: DeliveryJob) -> Progress | None:
+        """What earlier deliveries made (:data:`NOTHING_MADE` if nothing); None if unknown."""
+        ...
+
+    def record(self, job: DeliveryJob, progress: Progress) -> None: ...
+
+
 def deliver(
     job: DeliveryJob,
     session: requests.Session,
     *,
     extra_deliveries: int,
     keepalive: Callable[[], None],
+    log: AttemptLog,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     observe: Callable[[Attempt], None] = lambda attempt: None,
 ) -> Outcome:
     """Run the attempts that belong to this JetStream delivery of the event.
 
+    A first delivery starts the plan (:func:`eventing.retries.groups`) and does not consult
+    ``log``, so a sink that takes the event at once costs no request to it. A redelivery resumes
+    after the attempts ``log`` recorded: the rest of their group, after what remains of the
+    wait; if ``log`` cannot say, it runs the group its delivery count points at.
+
     Parameters:
         job: the delivery job.
-        session: HTTP session (connection reuse across jobs of one thread).
+        session: HTTP session (connection reuse across jobs of one thread); one from
+            :func:`workers.deadline.session` holds every attempt to the policy's timeout.
         extra_deliveries: deliveries tolerated beyond the retry plan before dead-lettering.
         keepalive: restarts the message's ack wait; called at start and while waiting.
+        log: where failed attempts are counted, and read back on a redelivery.
         sleep: waits between attempts (tests pass a fake).
         rng: jitter source.
         observe: told about every HTTP attempt.
     """
     policy = job.policy
     plan = retries.groups(policy)
+    rng = rng or _RNG
+    progress = log.progress(job) if job.delivery_count > 1 else NOTHING_MADE
     if job.delivery_count > len(plan) + extra_deliveries:
         return DeadLetter(
             f"delivered {job.delivery_count} times by JetStream without an outcome (worker crashes"
             " or expired ack waits); giving up",
             None,
-            0,
+            progress.made if progress is not None else 0,
         )
-    group = plan[min(job.delivery_count, len(plan)) - 1]
+    start = _start(job, plan, progress, rng)
+    if not isinstance(start, tuple):
+        return start
+    todo, pause = start
     headers, body = cloudevent.to_binary_request(job.event.encode(), job.event_type)
-    rng = rng or _RNG
     keepalive()
-    last: DeliveryError | None = None
     made = 0
 
     def post() -> int:
         nonlocal made
+        number = todo[made]
         made += 1
-        return _post(session, job, headers, body, observe)
+        try:
+            return _post(session, job, headers, body, observe)
+        except TemporaryDeliveryError:
+            log.record(job, Progress(number, time.time()))
+            raise
 
     def wait(state: tenacity.RetryCallState) -> float:
-        attempt = group[state.attempt_number - 1]
-        return policy.jittered(attempt, _retry_after(state), rng)
+        return policy.jittered(todo[state.attempt_number - 1], _retry_after(state), rng)
 
     def too_long(state: tenacity.RetryCallState) -> bool:
         retry_after = _retry_after(state)
@@ -123,7 +171,7 @@ def deliver(
         _sleep_alive(seconds, sleep, keepalive, interval=max(job.ack_wait / 3, 0.1))
 
     retrying = tenacity.Retrying(
-        stop=lambda state: state.attempt_number >= len(group) or too_long(state),
+        stop=lambda state: state.attempt_number >= len(todo) or too_long(state),
         wait=wait,
         retry=tenacity.retry_if_exception_type(TemporaryDeliveryError),
         sleep=patient_sleep,
@@ -136,25 +184,52 @@ def deliver(
             state.outcome.exception() if state.outcome else "?",
         ),
     )
+    if pause:
+        patient_sleep(pause)
     try:
         status = retrying(post)
     except PermanentDeliveryError as exc:
-        return DeadLetter(str(exc), exc.status, _attempts_so_far(plan, job, made))
+        return DeadLetter(str(exc), exc.status, todo[made - 1])
     except TemporaryDeliveryError as exc:
         last = exc
     else:
-        return Delivered(status, _attempts_so_far(plan, job, made))
+        return Delivered(status, todo[made - 1])
 
-    attempts = _attempts_so_far(plan, job, made)
-    next_group = min(job.delivery_count, len(plan))  # index of the group after this one
-    if next_group >= len(plan):
-        if made >= len(group):
-            return DeadLetter(f"out of attempts: {last}", last.status, attempts)
-        retry_number = policy.retry  # a long Retry-After cut the last group short
-    else:
-        retry_number = plan[next_group][0] - 1
-    delay = policy.jittered(retry_number, last.retry_after, rng)
-    return RetryLater(delay, attempts, str(last))
+    attempt = todo[made - 1]
+    if attempt >= policy.attempts:
+        return DeadLetter(f"out of attempts: {last}", last.status, attempt)
+    delay = policy.jittered(attempt, last.retry_after, rng)
+    return RetryLater(delay, attempt, str(last))
+
+
+def _start(
+    job: DeliveryJob, plan: list[list[int]], progress: Progress | None, rng: random.Random
+) -> tuple[list[int], float] | Outcome:
+    """The attempt numbers this delivery makes and the wait before the first, or an outcome.
+
+    With ``progress`` known: the rest of the group of the next attempt, after what is left of
+    the wait before it (an interruption may have cut that wait short; a wait longer than the
+    policy lets a job sleep goes back to JetStream). Unknown: the group the delivery count
+    points at, or the last one again.
+    """
+    policy = job.policy
+    if progress is None:
+        return plan[min(job.delivery_count, len(plan)) - 1], 0.0
+    first = progress.made + 1
+    if first > policy.attempts:
+        return DeadLetter(
+            f"out of attempts: all {policy.attempts} failed before an interruption",
+            None,
+            progress.made,
+        )
+    group = next(group for group in plan if first in group)
+    pause = 0.0
+    if progress.made:
+        waited = time.time() - progress.at
+        pause = max(0.0, policy.jittered(progress.made, None, rng) - waited)
+    if pause > policy.in_job_wait_max:
+        return RetryLater(pause, progress.made, f"attempt {first} is not due yet")
+    return group[group.index(first) :], pause
 
 
 def classify(status: int, retry_after: float | None) -> None:
@@ -202,44 +277,49 @@ def _post(
 ) -> int:
     timeout = job.policy.timeout
     started = time.perf_counter()
-    try:
-        response = session.post(
-            job.sink,
-            data=body,
-            headers=headers,
-            timeout=(min(timeout, _CONNECT_TIMEOUT_MAX), timeout),
-            allow_redirects=False,
-            stream=True,
-        )
-    except requests.Timeout as exc:
+    with deadline.within(timeout) as limit:
+        try:
+            response = session.post(
+                job.sink,
+                data=body,
+                headers=headers,
+                timeout=(min(timeout, _CONNECT_TIMEOUT_MAX), timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.RequestException as exc:
+            observe(Attempt(None, time.perf_counter() - started))
+            raise _failure(exc, timeout, cut_off=limit.expired) from exc
+        # http.client takes a connection cut off amid the headers for their end, so a response
+        # that arrives past the deadline may be a fragment: it counts as no answer.
+        complete = not limit.expired
+        try:
+            if complete:
+                response.raw.read(_RESPONSE_READ_LIMIT, decode_content=False)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            pass  # the status line is what counts; a broken or endless body does not change it
+        finally:
+            response.close()
+    if not complete:
         observe(Attempt(None, time.perf_counter() - started))
-        raise TemporaryDeliveryError(f"no answer within {timeout:g}s") from exc
-    except requests.ConnectionError as exc:
-        observe(Attempt(None, time.perf_counter() - started))
-        raise TemporaryDeliveryError(f"cannot connect to the sink: {_short(exc)}") from exc
-    except requests.RequestException as exc:
-        observe(Attempt(None, time.perf_counter() - started))
-        raise PermanentDeliveryError(f"cannot send to the sink: {_short(exc)}") from exc
-    try:
-        response.raw.read(_RESPONSE_READ_LIMIT, decode_content=False)
-    except (requests.RequestException, OSError, ValueError):
-        pass  # the status line is what counts; a broken body does not change it
-    finally:
-        response.close()
+        raise TemporaryDeliveryError(f"no complete answer within {timeout:g}s")
     observe(Attempt(response.status_code, time.perf_counter() - started))
     classify(response.status_code, parse_retry_after(response.headers.get("Retry-After")))
     return response.status_code
 
 
+def _failure(exc: requests.RequestException, timeout: float, *, cut_off: bool) -> DeliveryError:
+    """The delivery error for a request that got no response (``cut_off``: by its deadline)."""
+    if cut_off or isinstance(exc, requests.Timeout):
+        return TemporaryDeliveryError(f"no complete answer within {timeout:g}s")
+    if isinstance(exc, requests.ConnectionError):
+        return TemporaryDeliveryError(f"cannot connect to the sink: {_short(exc)}")
+    return PermanentDeliveryError(f"cannot send to the sink: {_short(exc)}")
+
+
 def _retry_after(state: tenacity.RetryCallState) -> float | None:
     exception = state.outcome.exception() if state.outcome else None
     return exception.retry_after if isinstance(exception, DeliveryError) else None
-
-
-def _attempts_so_far(plan: list[list[int]], job: DeliveryJob, made: int) -> int:
-    """Attempt number of the last attempt made, counting the groups of earlier deliveries."""
-    group_index = min(job.delivery_count, len(plan)) - 1
-    return plan[group_index][0] - 1 + made
 
 
 def _sleep_alive(

@@ -89,5 +89,12 @@ class SinkServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving: connections to the port are refused until :meth:`restart`."""
         self._server.shutdown()
         self._server.server_close()
+
+    def restart(self) -> SinkServer:
+        """Serve the same sink on the same port again after :meth:`stop` (a sink coming back)."""
+        self._server = make_server("127.0.0.1", self.port, self.sink, threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        return self.start()

@@ -1,4 +1,5 @@
-"""An in-memory HTTP sink for delivery tests (a requests transport adapter, our own seam)."""
+"""In-memory seams for delivery tests: an HTTP sink (a requests transport adapter) and an
+attempt log."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from urllib3 import HTTPResponse
 from eventing import cloudevent
 from eventing.jobs import DeliveryJob
 from eventing.retries import DeliveryPolicy
+from workers.delivery import NOTHING_MADE, Progress
 
 POLICY = DeliveryPolicy(
     retry=3,
@@ -104,6 +106,37 @@ def make_job(
         **changes,
     }
     return DeliveryJob(**fields)
+
+
+@dataclass
+class MemoryLog:
+    """Attempt counts in memory; ``reachable=False`` plays a key-value store that cannot answer."""
+
+    counts: dict[int, Progress] = field(default_factory=dict)  #: by stream sequence
+    reachable: bool = True
+    reads: int = 0
+    writes: list[int] = field(default_factory=list)  #: ``made`` of every record, in order
+
+    def progress(self, job: DeliveryJob) -> Progress | None:
+        self.reads += 1
+        return self.counts.get(job.stream_sequence, NOTHING_MADE) if self.reachable else None
+
+    def record(self, job: DeliveryJob, progress: Progress) -> None:
+        self.writes.append(progress.made)
+        if self.reachable:
+            self.counts[job.stream_sequence] = progress
+
+    def elapse(self, seconds: float) -> None:
+        """Age every count by ``seconds``, as a NAK delay spent in JetStream would."""
+        self.counts = {
+            sequence: Progress(progress.made, progress.at - seconds)
+            for sequence, progress in self.counts.items()
+        }
+
+
+@pytest.fixture
+def log() -> MemoryLog:
+    return MemoryLog()
 
 
 class Clock:

@@ -16,12 +16,14 @@ from eventing.jobs import DeliveryJob
 from tests.support.sink import SinkServer
 from tests.workers.conftest import POLICY, make_job
 from workers import actors
+from workers.delivery import NOTHING_MADE, Progress
 from workers.metrics import DeliveryMetrics
 
 
 class RecordingAcks:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.counts: dict[int, Progress] = {}
 
     def ack(self, reply: str) -> None:
         self.calls.append(("ack", reply))
@@ -35,8 +37,23 @@ class RecordingAcks:
     def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
         self.calls.append(("dead_letter", job.stream_sequence, status, attempts))
 
+    def progress(self, job: DeliveryJob) -> Progress | None:
+        self.calls.append(("progress", job.stream_sequence))
+        return self.counts.get(job.stream_sequence, NOTHING_MADE)
+
+    def record(self, job: DeliveryJob, progress: Progress) -> None:
+        self.calls.append(("record", job.stream_sequence, progress.made))
+        self.counts[job.stream_sequence] = progress
+
+    def forget(self, job: DeliveryJob) -> None:
+        self.calls.append(("forget", job.stream_sequence))
+        self.counts.pop(job.stream_sequence, None)
+
     def outcomes(self) -> list[tuple[Any, ...]]:
-        return [c for c in self.calls if c[0] != "keepalive"]
+        return [c for c in self.calls if c[0] in ("ack", "nak", "dead_letter")]
+
+    def counting(self) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] in ("progress", "record", "forget")]
 
 
 @pytest.fixture
@@ -94,6 +111,39 @@ def test_a_failing_sink_gets_a_delayed_nak(
     assert (verb, reply) == ("nak", job.ack_subject)
     assert 18 <= delay <= 22  # the second attempt's 20 s delay, jittered, waits in JetStream
     assert len(sink_server.sink.received(None)) == 1
+
+
+def test_a_first_time_delivery_costs_no_count(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    deliver(broker, make_job(sink=sink_server.url))
+    assert acks.counting() == []
+
+
+def test_a_delivery_after_failures_forgets_its_count_after_the_ack(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    answers = iter([503, 503])
+    sink_server.sink.answer = lambda request: next(answers, 200)
+    job = make_job(sink=sink_server.url, policy=replace(POLICY, backoff_delay=0.01))
+    deliver(broker, job)
+    assert acks.counting() == [("record", 7, 1), ("record", 7, 2), ("forget", 7)]
+    assert acks.calls.index(("ack", job.ack_subject)) < acks.calls.index(("forget", 7))
+    assert acks.counts == {}
+
+
+def test_a_redelivery_resumes_from_the_count_and_forgets_it_once_dead_lettered(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    sink_server.sink.answer = lambda request: 503
+    acks.counts[7] = Progress(2, 0.0)  # long ago: no wait left before attempt 3
+    job = make_job(
+        sink=sink_server.url, delivery_count=2, policy=replace(POLICY, backoff_delay=0.01)
+    )
+    deliver(broker, job)
+    assert acks.outcomes() == [("dead_letter", 7, 503, 4), ("ack", job.ack_subject)]
+    assert acks.counting() == [("progress", 7), ("record", 7, 3), ("record", 7, 4), ("forget", 7)]
+    assert len(sink_server.sink.received(None)) == 2  # attempts 3 and 4 of 1 + retry 3
 
 
 def test_a_malformed_job_is_dropped_without_acking(broker: StubBroker, acks: RecordingAcks) -> None:

@@ -1,32 +1,47 @@
-"""One delivery job against an in-memory sink: outcomes, retries, binary mode."""
+"""One delivery job against an in-memory sink: outcomes, retries, binary mode, and resuming
+from the attempts counted in earlier deliveries."""
 
 from __future__ import annotations
 
 import base64
 import random
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 import requests
 
 from eventing.jobs import DeliveryJob
-from tests.workers.conftest import POLICY, Clock, ScriptedSink, make_job, stored_event
+from tests.workers.conftest import (
+    POLICY,
+    Clock,
+    MemoryLog,
+    ScriptedSink,
+    make_job,
+    stored_event,
+)
 from workers import delivery
-from workers.delivery import Attempt, DeadLetter, Delivered, RetryLater
+from workers.delivery import Attempt, DeadLetter, Delivered, Progress, RetryLater
+
+# Delays 1, 2 | 4 s: attempts 1-2 in the first job, 3 and 4 one per redelivery.
+GROUPED = replace(POLICY, in_job_wait_max=1.5)
 
 
 def run(
     job: DeliveryJob,
     session: requests.Session,
-    clock: Clock,
+    clock: Callable[[float], None],
     keepalives: list[int] | None = None,
     attempts: list[Attempt] | None = None,
+    log: MemoryLog | None = None,
 ) -> delivery.Outcome:
     return delivery.deliver(
         job,
         session,
         extra_deliveries=2,
         keepalive=lambda: keepalives.append(1) if keepalives is not None else None,
+        log=log if log is not None else MemoryLog(),
         sleep=clock,
         rng=random.Random(1),
         observe=attempts.append if attempts is not None else lambda attempt: None,
@@ -113,18 +128,23 @@ def test_connection_errors_and_timeouts_are_temporary(
 
 
 def test_long_delays_hand_over_to_jetstream(
-    sink: ScriptedSink, session: requests.Session, clock: Clock
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
 ) -> None:
     policy = replace(POLICY, retry=5, in_job_wait_max=3.0)  # delays 1, 2 | 4 | 8 | 16
     sink.replies = [500] * 10
-    outcome = run(make_job(policy=policy), session, clock)
+    outcome = run(make_job(policy=policy), session, clock, log=log)
     assert isinstance(outcome, RetryLater)
     assert outcome.attempts == 3
     assert 3.6 <= outcome.delay <= 4.4
-    later = run(make_job(delivery_count=2, policy=policy), session, clock)
+    log.elapse(outcome.delay)
+    later = run(make_job(delivery_count=2, policy=policy), session, clock, log=log)
     assert isinstance(later, RetryLater) and later.attempts == 4 and 7.2 <= later.delay <= 8.8
-    last = run(make_job(delivery_count=4, policy=policy), session, clock)
-    assert isinstance(last, DeadLetter) and last.attempts == 6
+    for count in (3, 4):
+        log.elapse(16 * 1.1)
+        outcome = run(make_job(delivery_count=count, policy=policy), session, clock, log=log)
+    assert isinstance(outcome, DeadLetter) and outcome.attempts == 6
+    assert len(sink.received) == 6
+    assert log.writes == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_long_retry_after_ends_the_job_early(
@@ -145,14 +165,106 @@ def test_a_short_retry_after_is_waited_in_the_job(
     assert clock.total >= 6.0
 
 
+def test_a_first_delivery_that_succeeds_never_touches_the_log(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
+) -> None:
+    assert run(make_job(), session, clock, log=log) == Delivered(204, 1)
+    assert (log.reads, log.writes) == (0, [])
+
+
+def test_every_failed_attempt_is_counted(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
+) -> None:
+    sink.replies = [500, requests.ConnectionError("refused"), 400]
+    outcome = run(make_job(), session, clock, log=log)
+    assert isinstance(outcome, DeadLetter) and outcome.attempts == 3
+    assert log.writes == [1, 2]  # the refusal dead-letters: no count needed after it
+
+
+class HandedBack(Exception):
+    """Stands for dramatiq's Shutdown, raised into a job asleep between attempts."""
+
+
+def hand_back(seconds: float) -> None:
+    raise HandedBack
+
+
+def test_a_handed_back_event_resumes_where_it_stopped(
+    sink: ScriptedSink, session: requests.Session, log: MemoryLog
+) -> None:
+    sink.replies = [503] * 10
+    with pytest.raises(HandedBack):
+        run(make_job(policy=GROUPED), session, hand_back, log=log)
+    clock = Clock()
+    resumed = run(make_job(delivery_count=2, policy=GROUPED), session, clock, log=log)
+    assert 0.85 <= clock.total <= 1.1  # what is left of the 1 s wait before attempt 2
+    assert isinstance(resumed, RetryLater) and resumed.attempts == 2
+    log.elapse(resumed.delay)
+    third = run(make_job(delivery_count=3, policy=GROUPED), session, clock, log=log)
+    assert isinstance(third, RetryLater) and third.attempts == 3
+    log.elapse(third.delay)
+    last = run(make_job(delivery_count=4, policy=GROUPED), session, clock, log=log)
+    assert isinstance(last, DeadLetter) and last.attempts == 4
+    assert len(sink.received) == 4  # 1 + retry 3, although the interruption cost a delivery
+
+
+def test_without_a_count_the_delivery_count_decides(
+    sink: ScriptedSink, session: requests.Session
+) -> None:
+    """The fallback when the key-value store cannot answer: an interrupted delivery still
+    counts, so the event skips ahead to the next group."""
+    log = MemoryLog(reachable=False)
+    sink.replies = [503] * 10
+    with pytest.raises(HandedBack):
+        run(make_job(policy=GROUPED), session, hand_back, log=log)
+    clock = Clock()
+    second = run(make_job(delivery_count=2, policy=GROUPED), session, clock, log=log)
+    assert isinstance(second, RetryLater) and second.attempts == 3
+    last = run(make_job(delivery_count=3, policy=GROUPED), session, clock, log=log)
+    assert isinstance(last, DeadLetter) and last.attempts == 4
+    assert len(sink.received) == 3
+
+
+def test_a_count_beyond_the_plan_dead_letters_without_a_request(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
+) -> None:
+    log.counts[7] = Progress(4, time.time() - 60)  # killed after the last attempt failed
+    outcome = run(make_job(delivery_count=2), session, clock, log=log)
+    assert isinstance(outcome, DeadLetter) and outcome.attempts == 4
+    assert "out of attempts" in outcome.reason
+    assert sink.received == []
+
+
+def test_a_wait_that_is_not_over_goes_back_to_jetstream(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
+) -> None:
+    log.counts[7] = Progress(2, time.time())  # attempt 3 is due in 2 s, beyond the in-job wait
+    outcome = run(make_job(delivery_count=2, policy=GROUPED), session, clock, log=log)
+    assert isinstance(outcome, RetryLater) and outcome.attempts == 2
+    assert 1.5 <= outcome.delay <= 2.2
+    assert sink.received == []
+
+
+def test_a_redelivery_without_a_count_starts_the_plan(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
+) -> None:
+    # No failed attempt was counted (say, the first job was lost with the broker's queue).
+    sink.replies = [503, 503, 503]
+    outcome = run(make_job(delivery_count=3, policy=GROUPED), session, clock, log=log)
+    assert isinstance(outcome, RetryLater) and outcome.attempts == 2
+    assert len(sink.received) == 2
+
+
 def test_redeliveries_beyond_the_plan_still_try_then_give_up(
-    sink: ScriptedSink, session: requests.Session, clock: Clock
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
 ) -> None:
     # One group (all in-job); a crash-caused second delivery still tries the event once more.
-    assert run(make_job(delivery_count=2), session, clock) == Delivered(204, 1)
-    outcome = run(make_job(delivery_count=4), session, clock)
+    assert run(make_job(delivery_count=2), session, clock, log=log) == Delivered(204, 1)
+    log.counts[7] = Progress(2, time.time() - 60)
+    outcome = run(make_job(delivery_count=4), session, clock, log=log)
     assert isinstance(outcome, DeadLetter)
     assert "delivered 4 times" in outcome.reason
+    assert outcome.attempts == 2
     assert len(sink.received) == 1
 
 

@@ -1,0 +1,91 @@
+"""An event whose delivery is interrupted mid-plan still gets exactly the attempts its policy
+promises: the count of failed attempts lives in JetStream, not in the worker that made them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import read_stream
+from tests.support.servers import NatsServer, RedisServer, wait_until
+from tests.support.sink import SinkServer
+from tests.support.system import Process, System
+
+pytestmark = pytest.mark.integration
+
+# Delays 2, 4, 6 s; waits over 3 s go back to JetStream: attempts 1-2 | 3 | 4, three deliveries.
+POLICY = {"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT2S", "timeout": "PT1S"}
+
+
+@pytest.fixture
+def two_workers(
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[System]:
+    system = System(
+        nats_server, redis_server, tmp_path, DELIVERY_IN_JOB_WAIT_MAX="3s", DELIVERY_ACK_WAIT="5s"
+    ).start(workers=2)
+    yield system
+    system.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(system.logs())
+
+
+def busy_worker(system: System) -> Process:
+    """The worker whose job is asleep between the first and second attempt."""
+    wait_until(
+        lambda: any("retrying default/interrupted" in w.log() for w in system.workers),
+        10,
+        "a job waiting to retry",
+    )
+    [busy] = [w for w in system.workers if "retrying default/interrupted" in w.log()]
+    return busy
+
+
+@pytest.mark.parametrize("interruption", ["sigterm", "sigkill"])
+def test_an_interrupted_event_gets_exactly_its_attempts(
+    two_workers: System, sink_server: SinkServer, nats_server: NatsServer, interruption: str
+) -> None:
+    sink = sink_server.sink
+    sink.answer = lambda request: 503
+    two_workers.subscribe(
+        "interrupted",
+        {
+            "sink": sink_server.url,
+            "source": "shop",
+            "types": ["order.created.v1"],
+            "delivery": POLICY,
+        },
+    )
+    assert two_workers.publish_binary("stubborn", "shop", "order.created.v1").status_code == 204
+    busy = busy_worker(two_workers)
+    if interruption == "sigterm":
+        busy.stop()  # hands the event back: a JetStream delivery without its second attempt
+        assert "handed back default/interrupted" in busy.log()
+    else:
+        busy.kill()  # comes back after the ack wait (7 s): likewise a delivery cut short
+
+    wait_until(lambda: len(read_stream(nats_server, "sap-dlq")) == 1, 60, "the dead letter")
+    [letter] = read_stream(nats_server, "sap-dlq")
+    assert letter.headers["Eventing-Dead-Letter-Attempts"] == "4"
+    assert letter.headers["Eventing-Dead-Letter-Status"] == "503"
+    assert json.loads(letter.payload)["id"] == "stubborn"
+    time.sleep(1)  # a wrongly repeated attempt would follow the dead letter at once
+    times = [delivery.at for delivery in sink.received(None)]
+    assert len(times) == 4, "1 + retry 3 attempts, no more and no fewer"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # The second attempt waits out its delay even though the first worker's job was cut short.
+    assert gaps[0] >= 2 * 0.9 - 0.1, gaps
+    assert gaps[1] >= 4 * 0.9 - 0.1 and gaps[2] >= 6 * 0.9 - 0.1, gaps
+    # The count is gone once the event is settled.
+    wait_until(
+        lambda: read_stream(nats_server, "KV_eventing-attempts") == [], 5, "the count deleted"
+    )

@@ -1,0 +1,73 @@
+"""The worker's NATS connection as an attempt log, against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import nats
+import pytest
+from nats.js.api import StorageType
+
+from eventing.config import Settings
+from tests.support.servers import NatsServer
+from tests.workers.conftest import make_job
+from workers.connection import NatsAcknowledger
+from workers.delivery import NOTHING_MADE, Progress
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def acks(nats_server: NatsServer) -> Iterator[NatsAcknowledger]:
+    settings = Settings.from_environ(
+        {"NATS_URL": nats_server.url, "RECONNECT_WAIT": "100ms", "JS_DLQ_MAX_AGE": "48h"}
+    )
+    connection = NatsAcknowledger(settings)
+    connection.before_worker_boot(None, None)
+    yield connection
+    connection.after_worker_shutdown(None, None)
+
+
+def bucket_stream(server: NatsServer) -> tuple[float | None, str, int]:
+    """(max age, storage, messages) of the stream behind the attempts bucket."""
+
+    async def read() -> tuple[float | None, str, int]:
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().stream_info("KV_eventing-attempts")
+            storage = StorageType(info.config.storage).value
+            return info.config.max_age, storage, info.state.messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def test_counts_are_kept_per_message_and_forgotten_without_a_trace(
+    acks: NatsAcknowledger, nats_server: NatsServer
+) -> None:
+    job, other = make_job(), make_job(stream_sequence=8)
+    assert acks.progress(job) == NOTHING_MADE  # creates the bucket
+    acks.record(job, Progress(2, 1700000000.25))
+    acks.record(job, Progress(3, 1700000001.5))
+    assert acks.progress(job) == Progress(3, 1700000001.5)
+    assert acks.progress(other) == NOTHING_MADE
+    assert bucket_stream(nats_server) == (48 * 3600, "file", 1)  # one value per key, no history
+    acks.forget(job)
+    assert acks.progress(job) == NOTHING_MADE
+    assert bucket_stream(nats_server)[2] == 0  # purged: no delete marker left behind
+
+
+def test_an_unreachable_bucket_never_holds_a_job_up(
+    acks: NatsAcknowledger, nats_server: NatsServer
+) -> None:
+    job = make_job()
+    acks.record(job, Progress(1, time.time()))
+    nats_server.kill()
+    started = time.monotonic()
+    assert acks.progress(job) is None  # unknown: the job goes by the delivery count
+    acks.record(job, Progress(2, time.time()))
+    acks.forget(job)
+    assert time.monotonic() - started < 3 * 3.5  # three calls, each bounded by its timeout
