@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import nats
@@ -20,7 +21,14 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
 
 from eventing import cloudevent
 from eventing.config import NatsSettings, StreamSettings
@@ -36,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 _STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messages exceeded)
 _CE_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
+_NO_STREAM_PAUSE = 0.1  # seconds between publishes to a stream that has no leader, or none yet
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,23 @@ def dead_letter_config(settings: StreamSettings) -> StreamConfig:
     )
 
 
+ATTEMPTS_BUCKET = "eventing-attempts"
+
+
+def attempts_bucket(settings: StreamSettings) -> KeyValueConfig:
+    """The key-value bucket where workers count the failed attempts at each message.
+
+    A count is rewritten after every failed attempt, so it only has to outlive the longest wait
+    between two attempts; it is kept as long as dead letters (``JS_DLQ_MAX_AGE``, a week).
+    """
+    return KeyValueConfig(
+        bucket=ATTEMPTS_BUCKET,
+        storage=StorageType(settings.storage),
+        replicas=settings.replicas,
+        ttl=settings.dead_letter_max_age,
+    )
+
+
 def stream_config(settings: StreamSettings) -> StreamConfig:
     """The configuration of the event stream: every subject below ``kyma.``."""
     return StreamConfig(
@@ -106,6 +133,9 @@ def stream_config(settings: StreamSettings) -> StreamConfig:
         max_bytes=settings.max_bytes,
         max_msgs=settings.max_msgs,
         max_msgs_per_subject=settings.max_msgs_per_subject,
+        # Without this flag a subject at its limit silently drops its oldest events whatever
+        # the discard policy says; with it, "new" refuses the publish (HTTP 507) instead.
+        discard_new_per_subject=settings.discard == "new" and settings.max_msgs_per_subject > 0,
         max_age=settings.max_age,
         duplicate_window=settings.duplicate_window,
     )
@@ -119,6 +149,7 @@ _COMPARED = (
     "max_bytes",
     "max_msgs",
     "max_msgs_per_subject",
+    "discard_new_per_subject",
     "max_age",
     "duplicate_window",
 )
@@ -148,6 +179,7 @@ class JetStreamClient:
         self._connecting: asyncio.Task[None] | None = None
         self._ensuring: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._buckets: dict[str, KeyValue] = {}
 
     @property
     def is_connected(self) -> bool:
@@ -245,8 +277,12 @@ class JetStreamClient:
     ) -> bool:
         """Store one message and wait for the PubAck.
 
-        A stream that does not answer is (re)created once and the message sent again, so
-        publishing works on a fresh or wiped server without a restart.
+        No responder on the subject means the stream is missing (a fresh or wiped server) or,
+        in a cluster, has no leader for a moment (a node died and the others elect a new one).
+        Either way the stream is (re)created in the background if missing, and the message is
+        sent again every ``_NO_STREAM_PAUSE`` until ``timeout``. Waiting for that creation
+        instead stalled publishing through a whole timeout after an election: without a leader
+        nobody answers the stream info it starts with.
 
         Returns:
             Whether JetStream recognised the message as a duplicate (stored before: success).
@@ -255,11 +291,19 @@ class JetStreamClient:
             PublishError: a subclass saying why the message was not stored.
         """
         stream = stream or self._stream.name
-        try:
-            return await self._publish_once(message, timeout, stream)
-        except _NoStream:
-            await self._ensure_stream_shared()
-            return await self._publish_once(message, timeout, stream)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        ensured = False
+        while True:
+            try:
+                return await self._publish_once(message, deadline - loop.time(), stream)
+            except _NoStream:
+                if not ensured:
+                    self.ensure_stream_soon()
+                    ensured = True
+                if deadline - loop.time() <= _NO_STREAM_PAUSE:
+                    raise
+            await asyncio.sleep(_NO_STREAM_PAUSE)
 
     async def _publish_once(self, message: OutboundMessage, timeout: float, stream: str) -> bool:
         if not self.is_connected or self._js is None:
@@ -289,11 +333,12 @@ class JetStreamClient:
         return bool(ack.duplicate)
 
     async def publish_many(
-        self, messages: list[OutboundMessage], timeout: float
+        self, messages: list[OutboundMessage], timeout: float, *, stream: str | None = None
     ) -> list[PublishError | None]:
         """Publish concurrently (pipelined on the one connection); one outcome per message."""
         results = await asyncio.gather(
-            *(self.publish(message, timeout) for message in messages), return_exceptions=True
+            *(self.publish(message, timeout, stream=stream) for message in messages),
+            return_exceptions=True,
         )
         outcomes: list[PublishError | None] = []
         for result in results:
@@ -325,6 +370,75 @@ class JetStreamClient:
         """Tell JetStream the message is still being worked on (restarts its ack wait)."""
         if self.is_connected and self._nc is not None:
             await self._nc.publish(reply, b"+WPI")
+
+    async def kv_get(self, bucket: KeyValueConfig, key: str, timeout: float) -> bytes | None:
+        """The value of ``key`` in ``bucket`` (created if missing); None if the key has none.
+
+        Raises:
+            BackendUnavailable: not connected, or no answer within ``timeout`` seconds.
+        """
+
+        async def get() -> bytes | None:
+            store = await self._bucket(bucket)
+            try:
+                entry = await store.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            return entry.value
+
+        return await self._kv_call(get(), bucket, timeout)
+
+    async def kv_put(self, bucket: KeyValueConfig, key: str, value: bytes, timeout: float) -> None:
+        """Store ``value`` under ``key`` in ``bucket`` (created if missing) and wait for the ack.
+
+        Raises:
+            BackendUnavailable: not connected, or no answer within ``timeout`` seconds.
+        """
+
+        async def put() -> None:
+            store = await self._bucket(bucket)
+            await store.put(key, value)
+
+        await self._kv_call(put(), bucket, timeout)
+
+    async def kv_purge(self, bucket: KeyValueConfig, key: str, timeout: float) -> None:
+        """Remove ``key`` from ``bucket`` without a trace (a delete would leave a marker).
+
+        Raises:
+            BackendUnavailable: not connected, or no answer within ``timeout`` seconds.
+        """
+
+        async def purge() -> None:
+            await self._require_js().purge_stream(
+                f"KV_{bucket.bucket}", subject=f"$KV.{bucket.bucket}.{key}"
+            )
+
+        await self._kv_call(purge(), bucket, timeout)
+
+    async def _bucket(self, config: KeyValueConfig) -> KeyValue:
+        store = self._buckets.get(config.bucket)
+        if store is None:
+            js = self._require_js()
+            try:
+                store = await js.key_value(config.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                store = await js.create_key_value(config)
+                logger.info("created key-value bucket %s", config.bucket)
+            self._buckets[config.bucket] = store
+        return store
+
+    async def _kv_call(
+        self, call: Coroutine[Any, Any, T], bucket: KeyValueConfig, timeout: float
+    ) -> T:
+        if not self.is_connected:
+            call.close()
+            raise BackendUnavailable("not connected to NATS")
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # The bucket may be gone (a wiped server): look it up, or create it, next time.
+            self._buckets.pop(bucket.bucket, None)
+            raise BackendUnavailable(f"key-value bucket {bucket.bucket}: {exc!r}") from exc
 
     @property
     def jetstream(self) -> JetStreamContext:

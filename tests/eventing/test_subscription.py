@@ -193,11 +193,16 @@ def test_status_in_kymas_shape() -> None:
     assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
         ("Subscription spec valid", "True", "Subscription spec has no validation errors"),
         ("Subscription active", "True", "NATS Subscription active"),
+        ("Backlog within limit", "True", "Backlog within limit"),
     ]
     failing = status_of(subscription, "nats: JetStream system temporarily unavailable")
     assert failing["ready"] is False
     assert failing["conditions"][1]["reason"] == "NATS Subscription not active"
     assert failing["conditions"][1]["message"] == "nats: JetStream system temporarily unavailable"
+    shedding = status_of(subscription, shedding="120 events dead-lettered")
+    assert shedding["ready"] is True
+    assert shedding["conditions"][2]["status"] == "False"
+    assert shedding["conditions"][2]["message"] == "120 events dead-lettered"
 
 
 def test_invalid_status_clears_types_and_keeps_one_condition() -> None:

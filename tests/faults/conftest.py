@@ -1,40 +1,72 @@
-"""A whole system tuned for fault tests: short ack waits, so lost jobs come back within seconds."""
+"""Whole systems tuned for fault tests: short ack waits, so lost jobs come back within seconds."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
-from tests.support.servers import NatsServer, RedisServer
+from tests.support.servers import NatsCluster, NatsServer, RedisServer
 from tests.support.sink import SinkServer
 from tests.support.system import System
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
+#: The subscription every scenario delivers through (to ``sink_server``), unless it overrides
+#: fields: quick retries, and a 1 s timeout so the consumer's ack wait stays at 7 s.
+SUBSCRIPTION: dict[str, Any] = {
+    "source": "faults",
+    "types": ["order.created.v1"],
+    "config": {"maxInFlightMessages": "20"},
+    "delivery": {"timeout": "PT1S", "backoffDelay": "PT0.2S", "retry": 8},
+}
+
+
+class StartSystem(Protocol):
+    def __call__(
+        self,
+        nats: NatsServer | NatsCluster,
+        *,
+        subscription: dict[str, Any] | None = ...,
+        **env: str,
+    ) -> System: ...
+
 
 @pytest.fixture
-def faulty(
-    nats_server: NatsServer,
+def start_system(
     redis_server: RedisServer,
     tmp_path: Path,
     sink_server: SinkServer,
     request: pytest.FixtureRequest,
-) -> Iterator[System]:
-    system = System(nats_server, redis_server, tmp_path, DELIVERY_ACK_WAIT="5s").start()
-    system.subscribe(
-        "faults",
-        {
-            "sink": sink_server.url,
-            "source": "faults",
-            "types": ["order.created.v1"],
-            "config": {"maxInFlightMessages": "20"},
-            "delivery": {"timeout": "PT1S", "backoffDelay": "PT0.2S", "retry": 8},
-        },
-    )
-    yield system
-    system.stop()
+) -> Iterator[StartSystem]:
+    """Start the system on the given NATS with ``env`` overrides, subscribed to ``sink_server``
+    with :data:`SUBSCRIPTION` updated by ``subscription``; stopped after the test, with its logs
+    printed if the test failed. Request the NATS fixture first, so it outlives the system."""
+    systems: list[System] = []
+
+    def start(
+        nats: NatsServer | NatsCluster, *, subscription: dict[str, Any] | None = None, **env: str
+    ) -> System:
+        system = System(nats, redis_server, tmp_path, **{"DELIVERY_ACK_WAIT": "5s", **env})
+        systems.append(system)
+        system.start()
+        system.subscribe(
+            "faults", {"sink": sink_server.url, **SUBSCRIPTION, **(subscription or {})}
+        )
+        return system
+
+    yield start
+    for system in systems:
+        system.stop()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
-        print(system.logs())
+        for system in systems:
+            print(system.logs())
+
+
+@pytest.fixture
+def faulty(nats_server: NatsServer, start_system: StartSystem) -> System:
+    """The system on one nats-server, subscribed with :data:`SUBSCRIPTION`."""
+    return start_system(nats_server)

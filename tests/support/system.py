@@ -1,7 +1,8 @@
 """The whole system as users run it: proxy, manager and workers as real subprocesses.
 
-Each process runs its console script with an environment pointing at the test's nats-server,
-Redis and subscription folder, logs to its own file, and can be stopped, killed and restarted.
+Each process runs its console script with an environment pointing at the test's nats-server (or
+NATS cluster), Redis and subscription folder, logs to its own file, and can be stopped, killed
+and restarted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import quote
 import requests
 import yaml
 
-from tests.support.servers import NatsServer, RedisServer, free_port, wait_until
+from tests.support.servers import NatsCluster, NatsServer, RedisServer, free_port, wait_until
 
 _CE_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 
@@ -80,8 +81,11 @@ class Process:
 class System:
     """Proxy, manager and N workers against real NATS and Redis."""
 
-    def __init__(self, nats: NatsServer, redis: RedisServer, workdir: Path, **env: str) -> None:
+    def __init__(
+        self, nats: NatsServer | NatsCluster, redis: RedisServer, workdir: Path, **env: str
+    ) -> None:
         self.workdir = workdir
+        self.nats_url = nats.url  #: every server, comma-separated (a cluster lists each node)
         self.subscriptions = workdir / "subscriptions"
         self.subscriptions.mkdir()
         self.proxy_port, self.manager_port, self.metrics_port = (
@@ -91,7 +95,7 @@ class System:
         )
         self.env = {
             **os.environ,
-            "NATS_URL": nats.url,
+            "NATS_URL": self.nats_url,
             "BROKER_URL": redis.url,
             "SUBSCRIPTIONS_DIR": str(self.subscriptions),
             "INGRESS_PORT": str(self.proxy_port),
