@@ -100,6 +100,13 @@ def _urls(raw: str) -> tuple[str, ...]:
     return urls
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not all(re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", name) for name in names):
+        raise ValueError("expected namespace names (DNS-1123 labels), separated by commas")
+    return names
+
+
 def _stream_name(raw: str) -> str:
     if not _STREAM_NAME.match(raw):
         raise ValueError("expected 1 to 32 letters, digits, '-' or '_'")
@@ -265,6 +272,45 @@ SUBSCRIPTIONS_DIR = Variable(
     _path,
     "Folder of Subscription manifests (YAML, several documents per file).",
 )
+SUBSCRIPTIONS_SOURCE = Variable(
+    "SUBSCRIPTIONS_SOURCE",
+    "directory",
+    _choice("directory", "kubernetes"),
+    "Where Subscriptions come from: manifests in SUBSCRIPTIONS_DIR, or Kubernetes custom"
+    " resources.",
+)
+KUBECONFIG = Variable(
+    "KUBECONFIG",
+    "",
+    str,
+    "Kubeconfig file of the kubernetes source (empty: the pod's service account, else"
+    " ~/.kube/config).",
+)
+KUBE_NAMESPACES = Variable(
+    "KUBE_NAMESPACES",
+    "",
+    _names,
+    "Namespaces whose Subscriptions are served, comma-separated (empty: all).",
+)
+KUBE_SINK_RULE = Variable(
+    "KUBE_SINK_RULE",
+    "on",
+    _choice("on", "off"),
+    "Kyma's sink rule in the kubernetes source: a sink must be <service>.<subscription's"
+    " namespace>.svc.cluster.local and the Service must exist.",
+)
+LEADER_ELECTION = Variable(
+    "LEADER_ELECTION",
+    "off",
+    _choice("on", "off"),
+    "With several manager replicas on Kubernetes, only the holder of a Lease works (on).",
+)
+LEADER_ELECTION_NAMESPACE = Variable(
+    "LEADER_ELECTION_NAMESPACE",
+    "eventing",
+    str,
+    "Namespace of the manager's Lease (eventing-manager).",
+)
 MANAGER_HOST = Variable(
     "MANAGER_HOST", "127.0.0.1", _host, "Address of the manager's status and metrics endpoint."
 )
@@ -276,6 +322,13 @@ DEFAULT_MAX_IN_FLIGHT_MESSAGES = Variable(
     "10",
     _int(1, 10_000),
     "maxInFlightMessages of a subscription that sets none: concurrent deliveries to its sink.",
+)
+MAX_BACKLOG = Variable(
+    "MAX_BACKLOG",
+    "100000",
+    _int(1),
+    "Events one subscription may have waiting; beyond it the oldest go to the dead-letter stream,"
+    " so a dead sink never fills the shared stream.",
 )
 BROKER_URL = Variable(
     "BROKER_URL",
@@ -384,9 +437,16 @@ VARIABLES: tuple[Variable[Any], ...] = (
     JS_DLQ_STREAM_NAME,
     JS_DLQ_MAX_AGE,
     SUBSCRIPTIONS_DIR,
+    SUBSCRIPTIONS_SOURCE,
+    KUBECONFIG,
+    KUBE_NAMESPACES,
+    KUBE_SINK_RULE,
+    LEADER_ELECTION,
+    LEADER_ELECTION_NAMESPACE,
     MANAGER_HOST,
     MANAGER_PORT,
     DEFAULT_MAX_IN_FLIGHT_MESSAGES,
+    MAX_BACKLOG,
     BROKER_URL,
     DELIVERY_RETRY,
     DELIVERY_BACKOFF_POLICY,
@@ -456,13 +516,26 @@ class ProxySettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ManagerSettings:
-    """Where subscriptions come from and where their status is served."""
+class SourceSettings:
+    """Where Subscriptions come from (the manager reconciles them, the proxy answers from them)."""
 
-    subscriptions_dir: str
+    kind: str  #: "directory" or "kubernetes"
+    directory: str
+    kubeconfig: str  #: "" : in-cluster service account, else ~/.kube/config
+    namespaces: tuple[str, ...]  #: () : every namespace
+    sink_rule: bool  #: Kyma's cluster-local sink rule (kubernetes only)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerSettings:
+    """Where the manager serves status, and how it treats consumers."""
+
+    leader_election: bool
+    lease_namespace: str
     host: str
     port: int
     default_max_in_flight: int
+    max_backlog: int  #: events a consumer may have pending before the oldest are dead-lettered
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +560,7 @@ class Settings:
     stream: StreamSettings
     events: EventSettings
     proxy: ProxySettings
+    source: SourceSettings
     manager: ManagerSettings
     delivery: DeliverySettings
     log_level: str
@@ -534,11 +608,20 @@ class Settings:
                 max_in_flight=read(PROXY_MAX_IN_FLIGHT),
                 retry_after=read(PROXY_RETRY_AFTER),
             ),
+            source=SourceSettings(
+                kind=read(SUBSCRIPTIONS_SOURCE),
+                directory=read(SUBSCRIPTIONS_DIR),
+                kubeconfig=read(KUBECONFIG),
+                namespaces=read(KUBE_NAMESPACES),
+                sink_rule=read(KUBE_SINK_RULE) == "on",
+            ),
             manager=ManagerSettings(
-                subscriptions_dir=read(SUBSCRIPTIONS_DIR),
+                leader_election=read(LEADER_ELECTION) == "on",
+                lease_namespace=read(LEADER_ELECTION_NAMESPACE),
                 host=read(MANAGER_HOST),
                 port=read(MANAGER_PORT),
                 default_max_in_flight=read(DEFAULT_MAX_IN_FLIGHT_MESSAGES),
+                max_backlog=read(MAX_BACKLOG),
             ),
             delivery=DeliverySettings(
                 broker_url=read(BROKER_URL),

@@ -3,6 +3,7 @@
 Shared by the manager, which reconciles them, and the proxy, which answers
 ``/<application>/v1/events/subscribed`` from the same files. A folder is re-read only when a
 file's name, size or modification time changed, so polling it every second is cheap.
+:func:`reader_for` picks this reader or the Kubernetes one (:mod:`eventing.kubernetes`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
+from eventing.config import Settings
 from eventing.errors import InvalidSubscription
 from eventing.retries import DeliveryPolicy
 from eventing.subscription import KIND, Subscription, from_manifest, key_of
@@ -22,6 +24,7 @@ from eventing.subscription import KIND, Subscription, from_manifest, key_of
 _SUFFIXES = (".yaml", ".yml")
 
 Entry = Subscription | InvalidSubscription
+UNREADABLE = "file "  #: key prefix of a file that could not be read or parsed as a whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,56 @@ class Snapshot:
     def valid(self) -> tuple[Subscription, ...]:
         return tuple(e for e in self.entries if isinstance(e, Subscription))
 
+    @property
+    def invalid_keys(self) -> frozenset[str] | None:
+        """``namespace/name`` of each subscription whose spec is invalid; None when a file could
+        not be read or parsed, so the subscriptions in it are unknown."""
+        keys = frozenset(e.key for e in self.entries if isinstance(e, InvalidSubscription))
+        return None if any(key.startswith(UNREADABLE) for key in keys) else keys
+
+
+class Reader(Protocol):
+    """A source of subscriptions: the folder, or Kubernetes."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether a snapshot is complete (an incomplete one must not delete consumers)."""
+        ...
+
+    def read(self) -> tuple[Snapshot, bool]:
+        """The current snapshot, and whether it differs from the previous read's (blocking)."""
+        ...
+
+
+def reader_for(settings: Settings, *, watch: bool) -> Reader:
+    """The configured source's reader; ``watch`` keeps a Kubernetes cache current in a thread
+    (the manager) instead of listing on demand (the proxy)."""
+    if settings.source.kind == "directory":
+        return DirectoryReader(
+            settings.source.directory,
+            prefix=settings.events.type_prefix,
+            defaults=settings.delivery.policy,
+            default_max_in_flight=settings.manager.default_max_in_flight,
+        )
+    # Imported here: the Kubernetes client is heavy, and the folder source never needs it.
+    from eventing import kubernetes
+
+    api = kubernetes.api_client(settings.source)
+    objects: kubernetes.SubscriptionCache | kubernetes.SubscriptionLister
+    if watch:
+        objects = kubernetes.SubscriptionCache(api, settings.source.namespaces)
+        objects.start()
+    else:
+        objects = kubernetes.SubscriptionLister(api, settings.source.namespaces)
+    return kubernetes.KubernetesReader(
+        objects,
+        api,
+        prefix=settings.events.type_prefix,
+        defaults=settings.delivery.policy,
+        default_max_in_flight=settings.manager.default_max_in_flight,
+        sink_rule=settings.source.sink_rule,
+    )
+
 
 def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | InvalidSubscription]:
     """The documents of one YAML file; a broken file or document yields an error instead."""
@@ -41,14 +94,14 @@ def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | Invalid
         documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         problem = " ".join(str(exc).split())[:300]
-        yield InvalidSubscription(f"file {origin}", [f"{origin}: not valid YAML: {problem}"])
+        yield InvalidSubscription(f"{UNREADABLE}{origin}", [f"{origin}: not valid YAML: {problem}"])
         return
     for index, document in enumerate(documents):
         if document is None:
             continue
         if not isinstance(document, dict):
             yield InvalidSubscription(
-                f"file {origin}#{index}", [f"{origin} document {index}: expected a mapping"]
+                f"{UNREADABLE}{origin}#{index}", [f"{origin} document {index}: expected a mapping"]
             )
         elif document.get("kind") == KIND:
             yield document
@@ -67,6 +120,10 @@ class DirectoryReader:
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self._snapshot = Snapshot(())
 
+    @property
+    def ready(self) -> bool:
+        return True  # a folder is read whole, every time
+
     def read(self) -> tuple[Snapshot, bool]:
         """The current snapshot, and whether it differs from the previous read's."""
         fingerprint = self._scan()
@@ -79,7 +136,7 @@ class DirectoryReader:
                 text = (self.path / name).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 entries.append(
-                    InvalidSubscription(f"file {name}", [f"{name}: cannot be read: {exc}"])
+                    InvalidSubscription(f"{UNREADABLE}{name}", [f"{name}: cannot be read: {exc}"])
                 )
                 continue
             for document in parse_documents(text, name):

@@ -4,7 +4,9 @@ One durable pull consumer per (subscription, type), named as Kyma names it. Its
 ``max_ack_pending`` is the subscription's ``maxInFlightMessages``: unacknowledged messages include
 jobs waiting in the broker, so that is the bound on concurrent requests to the sink. Consumers
 marked as ours that no subscription wants any more are deleted (orphans); consumers of other
-owners in the same stream are left alone.
+owners in the same stream are left alone. So are the consumers of a subscription whose spec
+became invalid: deleting a consumer drops its backlog from the interest stream, and a typo must
+not cost a subscriber its events (Kyma keeps them too). Only deleting the subscription does.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ActualConsumer:
     max_ack_pending: int
     ack_wait: float
     managed: bool  #: created by us (metadata managed-by)
+    subscription: str = ""  #: namespace/name from the consumer's metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +77,23 @@ def desired(
     return specs
 
 
-def plan(wanted: dict[str, ConsumerSpec], actual: dict[str, ActualConsumer]) -> list[Action]:
-    """The actions that turn ``actual`` into ``wanted``: deletions first, then the rest by name."""
+def plan(
+    wanted: dict[str, ConsumerSpec],
+    actual: dict[str, ActualConsumer],
+    keep: frozenset[str] | None = frozenset(),
+) -> list[Action]:
+    """The actions that turn ``actual`` into ``wanted``: deletions first, then the rest by name.
+
+    ``keep`` names (``namespace/name``) the invalid subscriptions whose consumers stay; None
+    keeps every consumer (some subscriptions could not even be named).
+    """
     actions: list[Action] = [
-        Delete(name) for name in sorted(actual) if name not in wanted and actual[name].managed
+        Delete(name)
+        for name, current in sorted(actual.items())
+        if name not in wanted
+        and current.managed
+        and keep is not None
+        and current.subscription not in keep
     ]
     for name in sorted(wanted):
         spec, current = wanted[name], actual.get(name)

@@ -19,15 +19,18 @@ from typing import Any
 from eventing import jetstream, jobs
 from eventing.config import Settings
 from eventing.jetstream import JetStreamClient
-from eventing.manifests import DirectoryReader, Snapshot
+from eventing.kubernetes import KubernetesReader
+from eventing.manifests import Reader, Snapshot, reader_for
 from eventing.subscription import API_VERSION, KIND, Subscription, status_invalid, status_of
 from manager import consumers, reconcile
+from manager.kubernetes import StatusWriter
 from manager.status import ManagerMetrics, StatusServer, View
 
 logger = logging.getLogger(__name__)
 
 _POLL = 1.0
 _RESYNC = 15.0
+_SHEDDING_SHOWN = 300.0  # how long a subscription's status reports that it shed events
 
 
 class Manager:
@@ -36,6 +39,7 @@ class Manager:
     def __init__(
         self,
         settings: Settings,
+        reader: Reader,
         client: JetStreamClient,
         broker: jobs.Broker,
         server: StatusServer,
@@ -46,18 +50,20 @@ class Manager:
         self._broker = broker
         self._server = server
         self._metrics = metrics
-        self._reader = DirectoryReader(
-            settings.manager.subscriptions_dir,
-            prefix=settings.events.type_prefix,
-            defaults=settings.delivery.policy,
-            default_max_in_flight=settings.manager.default_max_in_flight,
-        )
+        self._reader = reader
+        self._writer = StatusWriter(reader) if isinstance(reader, KubernetesReader) else None
         self._dispatcher = consumers.Dispatcher(
-            lambda: client.jetstream,
+            client,
             settings.stream.name,
             lambda work: jobs.enqueue(broker, work),
             lambda name, count: metrics.enqueued.labels(name).inc(count),
+            on_shed=lambda name, count: metrics.shed.labels(name).inc(count),
+            dead_letter_stream=settings.stream.dead_letter_name,
+            max_backlog=settings.manager.max_backlog,
+            publish_timeout=settings.proxy.request_timeout,
         )
+        self._last_view: tuple[Snapshot, dict[str, str], str | None] | None = None
+        self._shedding_shown: dict[str, str] = {}
         self._last_sync = 0.0
         self._was_connected = False
         self._dirty = True
@@ -66,11 +72,18 @@ class Manager:
         """Reconcile until ``stop`` is set, then stop pulling."""
         try:
             while not stop.is_set():
+                if not self._reader.ready:  # nothing listed yet: an empty snapshot would lie
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), _POLL)
+                    continue
                 snapshot, changed = await asyncio.to_thread(self._reader.read)
                 connected = self._client.is_connected
                 due = time.monotonic() - self._last_sync > _RESYNC
                 if changed or due or self._dirty or (connected and not self._was_connected):
                     await self.reconcile(snapshot)
+                elif self._last_view is not None and self._shedding() != self._shedding_shown:
+                    self._publish_view(*self._last_view)
+                self._record_backlogs()
                 self._was_connected = connected
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), _POLL)
@@ -91,7 +104,10 @@ class Manager:
                 js = self._client.jetstream
                 stream = self._settings.stream.name
                 actual = await consumers.actual_consumers(js, stream)
-                actions = reconcile.plan(wanted, actual)
+                keep = snapshot.invalid_keys
+                if keep is None:
+                    logger.warning("a subscription file is unreadable: no consumer is deleted")
+                actions = reconcile.plan(wanted, actual, keep)
                 errors = await consumers.apply(js, stream, actions)
                 for spec in consumers.created(actions):
                     namespace, _, name = spec.subscription.partition("/")
@@ -111,10 +127,33 @@ class Manager:
         }
         self._dispatcher.sync(targets)
         self._publish_view(snapshot, errors, problem)
+        if self._writer is not None:
+            consumers_gone = problem is None and not errors
+            await asyncio.to_thread(self._writer.write, self._server.view.items, consumers_gone)
+
+    def _shedding(self) -> dict[str, str]:
+        """Why each consumer that shed events within ``_SHEDDING_SHOWN`` did, by name."""
+        now = time.time()
+        return {
+            name: (
+                f"{backlog.shed} oldest waiting events moved to the dead-letter stream "
+                f"{self._settings.stream.dead_letter_name} (last at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(backlog.last_shed))}): "
+                f"more than MAX_BACKLOG={self._settings.manager.max_backlog} events were waiting"
+            )
+            for name, backlog in self._dispatcher.backlogs.items()
+            if backlog.last_shed is not None and now - backlog.last_shed < _SHEDDING_SHOWN
+        }
+
+    def _record_backlogs(self) -> None:
+        for name, backlog in self._dispatcher.backlogs.items():
+            self._metrics.pending.labels(name).set(backlog.pending)
 
     def _publish_view(
         self, snapshot: Snapshot, errors: dict[str, str], problem: str | None
     ) -> None:
+        self._last_view = (snapshot, errors, problem)
+        self._shedding_shown = shedding = self._shedding()
         items: list[dict[str, Any]] = []
         for entry in snapshot.entries:
             if isinstance(entry, Subscription):
@@ -122,9 +161,13 @@ class Manager:
                     (errors[b.consumer_name] for b in entry.bindings if b.consumer_name in errors),
                     None,
                 )
-                items.append(
-                    _item(entry.namespace, entry.name, _spec(entry), status_of(entry, failure))
+                shed = "; ".join(
+                    f"{b.original_type}: {shedding[b.consumer_name]}"
+                    for b in entry.bindings
+                    if b.consumer_name in shedding
                 )
+                status = status_of(entry, failure, shedding=shed or None)
+                items.append(_item(entry.namespace, entry.name, _spec(entry), status))
                 for binding in entry.bindings:
                     self._metrics.status.labels(
                         entry.name,
@@ -187,14 +230,22 @@ async def run(settings: Settings) -> None:
     metrics = ManagerMetrics()
     server = StatusServer(settings.manager.host, settings.manager.port, metrics)
     server.start()
+    source = settings.source
     logger.info(
-        "manager watching %s, status on http://%s:%d/subscriptions",
-        settings.manager.subscriptions_dir,
+        "manager reading subscriptions from %s, status on http://%s:%d/subscriptions",
+        source.directory
+        if source.kind == "directory"
+        else f"Kubernetes ({', '.join(source.namespaces) or 'all namespaces'})",
         settings.manager.host,
         server.port,
     )
     manager = Manager(
-        settings, client, jobs.make_broker(settings.delivery.broker_url), server, metrics
+        settings,
+        reader_for(settings, watch=True),
+        client,
+        jobs.make_broker(settings.delivery.broker_url),
+        server,
+        metrics,
     )
     try:
         await manager.run(stop)

@@ -58,3 +58,9 @@ def test_desired_consumers_follow_the_subscriptions() -> None:
     assert spec.max_ack_pending == 3
     assert spec.ack_wait == 85.0  # twice the request timeout plus a margin
     assert spec.subscription == "default/lastorder-sub"
+
+
+def test_the_consumers_of_an_invalid_subscription_are_kept() -> None:
+    kept = ActualConsumer("c9", ("kyma.x.y",), 10, 30.0, True, subscription="default/typo")
+    orphan = ActualConsumer("c8", ("kyma.x.z",), 10, 30.0, True, subscription="default/gone")
+    assert plan({}, {"c9": kept, "c8": orphan}, keep=frozenset({"default/typo"})) == [Delete("c8")]
