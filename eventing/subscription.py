@@ -35,7 +35,10 @@ DEFAULT_NAMESPACE = "default"
 VALID = "Subscription spec valid"
 ACTIVE = "Subscription active"
 BACKLOG = "Backlog within limit"
-_DELIVERY_FIELDS = {"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax"}
+#: The fields of ``spec`` (Kyma's, ``id`` read-only and unused, plus ``delivery``); the CRD in
+#: deploy/base declares exactly these (tests/kubernetes/test_crd.py).
+SPEC_FIELDS = frozenset({"id", "sink", "source", "types", "typeMatching", "config", "delivery"})
+DELIVERY_FIELDS = frozenset({"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax"})
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _EXACT_SUBJECT_UNSAFE = re.compile(r"[\s*>]")
 
@@ -114,6 +117,12 @@ def from_manifest(
                 f"{field}: must be a DNS-1123 name (lower-case letters, digits, '-', '.')"
             )
     spec = _mapping(document.get("spec"), "spec", problems)
+    unknown = sorted(set(spec) - SPEC_FIELDS)
+    if unknown:  # a typo such as "delivry" would otherwise silently keep the defaults
+        problems.append(
+            f"spec: unknown field(s) {', '.join(unknown)};"
+            f" expected {', '.join(sorted(SPEC_FIELDS))}"
+        )
 
     type_matching = spec.get("typeMatching", STANDARD)
     if type_matching not in (STANDARD, EXACT):
@@ -254,11 +263,11 @@ def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> Deli
     if not isinstance(value, Mapping):
         problems.append("spec.delivery: must be a mapping")
         return defaults
-    unknown = sorted(set(value) - _DELIVERY_FIELDS)
+    unknown = sorted(set(value) - DELIVERY_FIELDS)
     if unknown:
         problems.append(
             f"spec.delivery: unknown field(s) {', '.join(unknown)};"
-            f" expected {', '.join(sorted(_DELIVERY_FIELDS))}"
+            f" expected {', '.join(sorted(DELIVERY_FIELDS))}"
         )
     changes: dict[str, Any] = {}
     if "retry" in value:

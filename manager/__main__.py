@@ -18,11 +18,11 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        asyncio.run(runner.run(settings))
+        kept_leadership = asyncio.run(runner.run(settings))
     except OSError as exc:  # e.g. the status port is taken
         logging.getLogger("manager").error("cannot start: %s", exc)
         return 1
-    return 0
+    return 0 if kept_leadership else 1
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from typing import Any
 from eventing import jetstream, jobs
 from eventing.config import Settings
 from eventing.jetstream import JetStreamClient
-from eventing.kubernetes import KubernetesReader
+from eventing.kubernetes import KubernetesReader, api_client
 from eventing.manifests import Reader, Snapshot, reader_for
 from eventing.subscription import API_VERSION, KIND, Subscription, status_invalid, status_of
-from manager import consumers, reconcile
+from manager import consumers, leader, reconcile
 from manager.kubernetes import StatusWriter
 from manager.status import ManagerMetrics, StatusServer, View
 
@@ -211,8 +211,9 @@ def _spec(subscription: Subscription) -> dict[str, Any]:
     }
 
 
-async def run(settings: Settings) -> None:
-    """Run the manager until SIGTERM or SIGINT."""
+async def run(settings: Settings) -> bool:
+    """Run the manager until SIGTERM or SIGINT; False if it stopped because it lost the Lease
+    of leader election (its process should exit non-zero, to be restarted as a candidate)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -239,16 +240,28 @@ async def run(settings: Settings) -> None:
         settings.manager.host,
         server.port,
     )
-    manager = Manager(
-        settings,
-        reader_for(settings, watch=True),
-        client,
-        jobs.make_broker(settings.delivery.broker_url),
-        server,
-        metrics,
-    )
     try:
+        lease = None
+        if settings.manager.leader_election:
+            lease = leader.Lease(api_client(source), settings.manager.lease_namespace)
+            if not await leader.lead(lease, stop, metrics.leader.set):
+                return True
+        else:
+            metrics.leader.set(1)
+        manager = Manager(
+            settings,
+            reader_for(settings, watch=True),
+            client,
+            jobs.make_broker(settings.delivery.broker_url),
+            server,
+            metrics,
+        )
+        if lease is None:
+            await manager.run(stop)
+            return True
+        keeping = asyncio.create_task(leader.keep(lease, stop, metrics.leader.set))
         await manager.run(stop)
+        return await keeping
     finally:
         server.close()
         await client.close()

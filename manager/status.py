@@ -78,6 +78,11 @@ class ManagerMetrics:
             ["consumer_name"],
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "eventing_manager_leader",
+            "1 while this manager works: it holds the Lease, or LEADER_ELECTION is off.",
+            registry=self.registry,
+        )
         self.health.set(1)
 
 

@@ -153,6 +153,7 @@ def test_delivery_overrides_the_defaults_field_by_field() -> None:
         ),
         ({"delivery": {"timeout": "PT0S"}}, "spec.delivery.timeout: must be longer than zero"),
         ({"delivery": {"deadLetterSink": "x"}}, "spec.delivery: unknown field(s) deadLetterSink"),
+        ({"delivry": {"retry": 3}}, "spec: unknown field(s) delivry; expected config, delivery"),
         (
             {"typeMatching": "exact", "source": "", "types": ["a.*.b"]},
             "exact types must not contain",

@@ -17,6 +17,14 @@ import pytest
 from tests.support.kube import ControlPlane, Kube, Timings, kubebins
 
 _TIMINGS = pytest.StashKey[Timings]()
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything here is marked ``kubernetes``: ``pytest -m "not kubernetes"`` leaves it out."""
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.kubernetes)
 
 
 @pytest.fixture(scope="session")

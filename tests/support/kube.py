@@ -320,6 +320,24 @@ class Kube:
             raise self._error(answer)
         return dict(answer.json())
 
+    def delete(self, api_version: str, kind: str, name: str) -> None:
+        """Delete one object of :attr:`namespace` (or a cluster-scoped one); finalizers may
+        keep it a while, marked with a deletionTimestamp."""
+        manifest = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}
+        answer = self._session.delete(f"{self.url}{self._collection(manifest)}/{name}", timeout=30)
+        if not answer.ok:
+            raise self._error(answer)
+
+    def exists(self, api_version: str, kind: str, name: str) -> bool:
+        """Whether the object ``name`` of :attr:`namespace` (or cluster-scoped) exists."""
+        try:
+            self.get(api_version, kind, name, self.namespace)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def _apply(self, manifest: Mapping[str, Any], *, dry_run: bool) -> requests.Response:
         path = f"{self._collection(manifest)}/{manifest['metadata']['name']}"
         params = {"fieldManager": _FIELD_MANAGER, "force": "true", "fieldValidation": "Strict"}

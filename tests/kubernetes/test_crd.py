@@ -1,0 +1,83 @@
+"""The Subscription CRD (deploy/base) and the Python model (eventing/subscription.py) agree.
+
+Both are kept: the CRD is what ``kubectl apply`` checks and defaults, the model is what the
+manager validates in either source. These tests fail when one changes without the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from eventing import config, subscription
+from tests.support.kube import ControlPlane, Kube
+
+CRD_PATH = Path(__file__).resolve().parents[2] / "deploy" / "base" / "crd-subscriptions.yaml"
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+SETTINGS = config.Settings.from_environ({})
+
+
+def parse(document: dict[str, Any]) -> subscription.Subscription:
+    return subscription.from_manifest(
+        document,
+        prefix=SETTINGS.events.type_prefix,
+        defaults=SETTINGS.delivery.policy,
+        default_max_in_flight=1,
+    )
+
+
+def served_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    (version,) = crd["spec"]["versions"]
+    assert (crd["spec"]["group"], version["name"]) == tuple(subscription.API_VERSION.split("/"))
+    assert crd["spec"]["names"]["kind"] == subscription.KIND
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]
+    return schema
+
+
+def test_the_crd_declares_exactly_the_spec_fields_the_model_reads() -> None:
+    spec = served_schema()["spec"]["properties"]
+
+    assert set(spec) == subscription.SPEC_FIELDS
+    assert set(spec["delivery"]["properties"]) == subscription.DELIVERY_FIELDS
+
+
+def test_the_crd_defaults_are_the_models_defaults() -> None:
+    spec = served_schema()["spec"]["properties"]
+
+    assert spec["typeMatching"]["default"] == subscription.STANDARD
+    assert spec["config"]["default"] == {
+        "maxInFlightMessages": config.DEFAULT_MAX_IN_FLIGHT_MESSAGES.default
+    }
+
+
+def test_the_crd_status_holds_every_field_the_manager_writes() -> None:
+    """Fields the schema lacks would be pruned by the API server, and the manager would then
+    find the stored status different from its own on every reconcile, writing it forever."""
+    status = served_schema()["status"]["properties"]
+    written = subscription.status_of(parse(yaml.safe_load(EXAMPLES[0].read_text())))
+
+    assert set(written) == set(status)
+    assert set(written["types"][0]) == set(status["types"]["items"]["properties"])
+    assert set(written["conditions"][0]) == set(status["conditions"]["items"]["properties"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_is_accepted_by_the_api_server_and_the_model(
+    kube_control_plane: ControlPlane, kube: Kube, example: Path
+) -> None:
+    kube.apply(CRD_PATH.read_text())
+    manifest = {**yaml.safe_load(example.read_text())}
+    manifest["metadata"] = {"name": manifest["metadata"]["name"]}
+
+    (stored,) = kube.apply(manifest)
+
+    parsed = parse(stored)
+    assert parsed.namespace == kube.namespace
+    assert str(parsed.max_in_flight) == stored["spec"]["config"]["maxInFlightMessages"]
