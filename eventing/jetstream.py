@@ -180,6 +180,7 @@ class JetStreamClient:
         self._ensuring: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._buckets: dict[str, KeyValue] = {}
+        self._closing = False
 
     @property
     def is_connected(self) -> bool:
@@ -208,6 +209,7 @@ class JetStreamClient:
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
         )
         self._js = self._nc.jetstream()
         logger.info("%s connected to NATS", self._name)
@@ -223,6 +225,21 @@ class JetStreamClient:
     async def _on_reconnected(self) -> None:
         logger.info("%s reconnected to NATS", self._name)
         self.ensure_stream_soon()
+
+    async def _on_closed(self) -> None:
+        """nats-py gave the connection up for good (it does after some protocol errors, even
+        with unlimited reconnects): open a new one, unless we are the ones closing it."""
+        if self._closing:
+            return
+        logger.warning("%s: NATS connection closed; opening a new one", self._name)
+        self._js = None
+        self._buckets.clear()
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_task(self._connect_again())
+
+    async def _connect_again(self) -> None:
+        await asyncio.sleep(self._settings.reconnect_wait)
+        await self._connect()
 
     def ensure_stream_soon(self) -> None:
         """Create or update the event stream in the background, unless that is under way."""
@@ -448,6 +465,7 @@ class JetStreamClient:
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a
         connection the server already dropped is simply closed."""
+        self._closing = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._nc is not None and not self._nc.is_closed:

@@ -118,14 +118,18 @@ class Manager:
                 problem = f"{type(exc).__name__}: {exc}"
                 logger.warning("reconcile failed: %s", problem)
         self._dirty = problem is not None or bool(errors)
-        by_name = {s.name: s for s in wanted.values()}
-        targets = {
-            name: consumers.Target(subscription, by_name[name])
-            for subscription in valid
-            for name in (b.consumer_name for b in subscription.bindings)
-            if name not in errors and problem is None
-        }
-        self._dispatcher.sync(targets)
+        if problem is None:
+            # After a failed reconcile the pulls go on as they were: the consumers they read
+            # still exist, and stopping them would only delay delivery until the next success.
+            by_name = {s.name: s for s in wanted.values()}
+            self._dispatcher.sync(
+                {
+                    name: consumers.Target(subscription, by_name[name])
+                    for subscription in valid
+                    for name in (b.consumer_name for b in subscription.bindings)
+                    if name not in errors
+                }
+            )
         self._publish_view(snapshot, errors, problem)
         if self._writer is not None:
             consumers_gone = problem is None and not errors

@@ -9,8 +9,10 @@ A settled message's count of failed attempts (see :mod:`workers.delivery`) is de
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -18,6 +20,7 @@ import requests
 from dramatiq.middleware import Shutdown
 
 from eventing.config import Settings
+from eventing.errors import PublishError
 from eventing.jobs import ACTOR, QUEUE, DeliveryJob
 from workers import deadline, delivery
 from workers.connection import Acknowledger
@@ -55,9 +58,14 @@ def declare(
             # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back
             # now, so another worker takes it at once instead of after the ack wait; it goes on
             # after the attempts counted so far.
-            acks.nak(parsed.ack_subject, 0.0)
-            logger.info("handed back %s: the worker is shutting down", where)
+            with _unsettled(where):
+                acks.nak(parsed.ack_subject, 0.0)
+                logger.info("handed back %s: the worker is shutting down", where)
             return
+        with _unsettled(where):
+            settle(parsed, outcome, where)
+
+    def settle(parsed: DeliveryJob, outcome: delivery.Outcome, where: str) -> None:
         match outcome:
             case delivery.Delivered(status=status, attempts=attempts):
                 acks.ack(parsed.ack_subject)
@@ -90,6 +98,17 @@ def declare(
         notify_shutdown=True,
     )
     return declare_actor(deliver)
+
+
+@contextlib.contextmanager
+def _unsettled(where: str) -> Iterator[None]:
+    """Log, without a traceback, a message that could not be settled: NATS is away longer than
+    the acknowledger tries. JetStream redelivers it after the ack wait, so nothing is lost; a
+    delivered event then arrives twice."""
+    try:
+        yield
+    except PublishError as exc:
+        logger.warning("could not settle %s, JetStream will redeliver it: %s", where, exc)
 
 
 def _session(local: threading.local) -> requests.Session:

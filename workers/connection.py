@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -30,7 +31,9 @@ from workers.delivery import NOTHING_MADE, Progress
 
 logger = logging.getLogger(__name__)
 
-_ACK_TIMEOUT = 5.0
+_ACK_TIMEOUT = 2.0  # one try at an ack; the server answers in milliseconds when it can
+_SETTLE_WITHIN = 15.0  # tries go on this long: a consumer's leader election takes seconds
+_SETTLE_PAUSE = 0.25
 _KV_TIMEOUT = 2.0
 
 T = TypeVar("T")
@@ -158,11 +161,25 @@ class NatsAcknowledger(Middleware):
             raise BackendUnavailable(f"the attempts bucket did not answer: {exc}") from exc
 
     def _send(self, reply: str, payload: bytes) -> None:
+        """Send an ack or NAK, trying again for a while: while NATS reconnects or the consumer
+        elects a new leader, acks go unanswered, and an ack that never arrives costs a
+        duplicate delivery after the ack wait. Sending one twice is harmless.
+
+        Raises:
+            BackendUnavailable: no try was confirmed within ``_SETTLE_WITHIN`` seconds.
+        """
         loop, client = self._require()
-        try:
-            loop.run(client.acknowledge(reply, payload, _ACK_TIMEOUT), timeout=_ACK_TIMEOUT + 1)
-        except TimeoutError as exc:
-            raise BackendUnavailable("acknowledgement not confirmed in time") from exc
+        give_up = time.monotonic() + _SETTLE_WITHIN
+        while True:
+            try:
+                loop.run(client.acknowledge(reply, payload, _ACK_TIMEOUT), timeout=_ACK_TIMEOUT + 1)
+                return
+            except (BackendUnavailable, TimeoutError) as exc:
+                if time.monotonic() + _SETTLE_PAUSE >= give_up:
+                    raise BackendUnavailable(
+                        f"not confirmed within {_SETTLE_WITHIN:.0f}s: {exc}"
+                    ) from exc
+            time.sleep(_SETTLE_PAUSE)
 
     def _require(self) -> tuple[LoopThread, JetStreamClient]:
         if self._loop is None or self._client is None:

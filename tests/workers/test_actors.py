@@ -12,6 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from eventing import jobs
 from eventing.config import Settings
+from eventing.errors import BackendUnavailable
 from eventing.jobs import DeliveryJob
 from tests.support.sink import SinkServer
 from tests.workers.conftest import POLICY, make_job
@@ -24,8 +25,11 @@ class RecordingAcks:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.counts: dict[int, Progress] = {}
+        self.unreachable = False  #: acks raise, as when NATS stays away too long
 
     def ack(self, reply: str) -> None:
+        if self.unreachable:
+            raise BackendUnavailable("not confirmed within 15s")
         self.calls.append(("ack", reply))
 
     def nak(self, reply: str, delay: float) -> None:
@@ -75,7 +79,7 @@ def broker(acks: RecordingAcks) -> Iterator[StubBroker]:
 
 def deliver(broker: StubBroker, job: DeliveryJob) -> None:
     jobs.enqueue(broker, [job])
-    broker.join(jobs.QUEUE)
+    broker.join(jobs.QUEUE, fail_fast=True)  # an exception escaping the actor fails the test
 
 
 def test_a_delivered_job_is_acked(
@@ -87,6 +91,25 @@ def test_a_delivered_job_is_acked(
     assert acks.calls[0] == ("keepalive", job.ack_subject)
     [received] = sink_server.sink.received()
     assert received.headers["ce-id"] == "evt-1"
+
+
+def test_an_ack_that_cannot_be_sent_is_logged_and_left_to_redelivery(
+    broker: StubBroker,
+    acks: RecordingAcks,
+    sink_server: SinkServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    acks.unreachable = True
+    job = make_job(sink=sink_server.url)
+
+    deliver(broker, job)
+
+    assert acks.outcomes() == []
+    assert len(sink_server.sink.received()) == 1
+    [warning] = [r for r in caplog.records if r.name == "workers.actors"]
+    assert "could not settle" in warning.getMessage()
+    assert "redeliver" in warning.getMessage()
+    assert warning.exc_info is None
 
 
 def test_a_refused_job_is_dead_lettered_then_acked(
