@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.faults.harness import LINES
 from tests.support.servers import NatsCluster, NatsServer, RedisServer
 from tests.support.sink import SinkServer
 from tests.support.system import System
@@ -70,3 +71,11 @@ def start_system(
 def faulty(nats_server: NatsServer, start_system: StartSystem) -> System:
     """The system on one nats-server, subscribed with :data:`SUBSCRIPTION`."""
     return start_system(nats_server)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every scenario's count line, also when output was captured (as in CI)."""
+    if LINES:
+        terminalreporter.section("fault scenarios")
+        for line in LINES:
+            terminalreporter.write_line(line)

@@ -116,6 +116,10 @@ class Load:
             time.sleep(0.2)
 
 
+#: Every scenario's line, in order, for the terminal summary (tests/faults/conftest.py).
+LINES: list[str] = []
+
+
 @dataclass(frozen=True)
 class Report:
     """The count table of one scenario; ``str()`` is its one-line form."""
@@ -136,9 +140,11 @@ class Report:
         )
 
     def line(self, scenario: str, **notes: str) -> str:
-        """The line a scenario prints: its name, the counts, and what else it measured."""
+        """The line a scenario prints: its name, the counts, and what else it measured. Also
+        kept for the end of the run, where pytest shows every scenario's line."""
         extra = "".join(f" | {key.replace('_', ' ')} {value}" for key, value in notes.items())
-        return f"\n[faults] {scenario}: {self}{extra}"
+        LINES.append(f"[faults] {scenario}: {self}{extra}")
+        return f"\n{LINES[-1]}"
 
 
 def report(load: Load, sink: RecordingSink, dead_letters: Collection[str] = ()) -> Report:
