@@ -156,10 +156,26 @@ def test_only_the_leading_manager_works_and_a_standby_takes_over_when_it_stops(
     kube.apply(subscription("payments", sink_server.url, "payment.failed.v1"))
     wait_ready(kube, "payments")
 
-    print(f"\n[leader] standby leads {took_over:.1f} s after the leader got SIGTERM")
     assert took_over < Timing().lease_duration, "a released lease needs no waiting"
     assert len(consumer_names_when(system, 2)) == 2
     assert "released lease" in system.manager.log()
+
+    # The first manager comes back as the standby; the leader now dies without releasing.
+    system.manager.start()
+    wait_until(  # its log goes on from its first run, which waited too
+        lambda: system.manager.log().count("waiting to lead") == 2, 30, "the new standby"
+    )
+    killed_at = time.monotonic()
+    standby.kill()
+    wait_until(lambda: leading(system.manager_url) == 1, 45, f"a new leader\n{system.logs()}")
+    took_over_killed = time.monotonic() - killed_at
+
+    print(
+        f"\n[leader] the standby leads {took_over:.1f} s after the leader's SIGTERM,"
+        f" {took_over_killed:.1f} s after its SIGKILL"
+    )
+    # Never before the Lease could have expired: two managers must not work at once.
+    assert took_over_killed >= Timing().lease_duration - Timing().retry_period - 1
 
 
 def leading(manager_url: str) -> float:
