@@ -473,12 +473,31 @@ class JetStreamClient:
                 await self._nc.drain()
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 logger.debug("%s: drain failed: %s", self._name, exc)
-                await self._nc.close()
+                try:
+                    await self._nc.close()
+                except (nats.errors.Error, OSError) as closing:
+                    # Flushing into a socket the server just reset: the connection is gone
+                    # either way, and nothing unacknowledged depended on that flush.
+                    logger.debug("%s: close failed: %s", self._name, closing)
+                    _abandon(self._nc)
 
     def _require_js(self) -> JetStreamContext:
         if self._js is None:
             raise BackendUnavailable("not connected to NATS")
         return self._js
+
+
+def _abandon(nc: Client) -> None:
+    """Finish what nats-py's ``close`` skips when its final flush fails (2.16: the flush comes
+    before cancelling the subscriptions' tasks and closing the socket), so that no task of the
+    connection outlives it."""
+    for sub in list(nc._subs.values()):
+        task = sub._wait_for_msgs_task
+        if task is not None and not task.done():
+            task.cancel()
+    nc._subs.clear()
+    if nc._transport is not None:
+        nc._transport.close()  # type: ignore[no-untyped-call]
 
 
 class _NoStream(StreamNotAnswering):
