@@ -52,6 +52,7 @@ _MAX_BATCH = 100
 _BACKLOG_CHECK_INTERVAL = 1.0
 _SHED_CHUNK = 500  # events dead-lettered per round trip while shedding
 _SHED_TIMEOUT = 5.0
+_SWEEP_TIMEOUT = 0.5  # what was under way when the limit went back arrives within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,7 @@ class Dispatcher:
                         continue
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + _BACKLOG_CHECK_INTERVAL
-                    await self._check_backlog(name, target, subscription)
+                    await self._check_backlog(name, target)
                 batch = max(1, min(target.spec.max_ack_pending, _MAX_BATCH))
                 try:
                     messages = await subscription.fetch(batch, timeout=timeout)
@@ -218,9 +219,7 @@ class Dispatcher:
                 with contextlib.suppress(nats.errors.Error, TimeoutError):
                     await subscription.unsubscribe()
 
-    async def _check_backlog(
-        self, name: str, target: Target, subscription: JetStreamContext.PullSubscription
-    ) -> None:
+    async def _check_backlog(self, name: str, target: Target) -> None:
         """Record the consumer's backlog, and shed what exceeds ``MAX_BACKLOG``."""
         try:
             info = await self._client.jetstream.consumer_info(self._stream, name)
@@ -231,21 +230,19 @@ class Dispatcher:
         backlog = self.backlogs.get(name, Backlog())
         self.backlogs[name] = replace(backlog, pending=pending)
         if pending > self._max_backlog:
-            await self._shed(name, target, subscription, pending - self._max_backlog)
+            await self._shed(name, target, pending - self._max_backlog)
 
-    async def _shed(
-        self,
-        name: str,
-        target: Target,
-        subscription: JetStreamContext.PullSubscription,
-        excess: int,
-    ) -> None:
+    async def _shed(self, name: str, target: Target, excess: int) -> None:
         """Move the ``excess`` oldest waiting events of ``name`` to the dead-letter stream.
 
         The consumer's ``max_ack_pending`` is full of events its sink is not taking, so it is
         raised by one chunk while shedding and set back afterwards (a crash in between is undone
-        by the next reconcile, which sees the difference). Shed events never reach the sink, so
-        the sink's in-flight bound holds throughout.
+        by the next reconcile, which sees the difference). Shedding pulls through a
+        subscription of its own, swept empty before it closes: a fetch that times out leaves
+        its pull request open on the server, and what that delivers late must be shed too.
+        Pulled through the delivery subscription, it would become jobs beyond the sink's
+        in-flight bound, each holding a worker thread through its retries (found by
+        tests/faults/test_backlog.py). Shed events never reach the sink.
         """
         js = self._client.jetstream
         reason = (
@@ -254,15 +251,15 @@ class Dispatcher:
         )
         chunk = min(excess, _SHED_CHUNK)
         shed = 0
+        shedding: JetStreamContext.PullSubscription | None = None
         try:
+            shedding = await js.pull_subscribe_bind(durable=name, stream=self._stream)
             await js.add_consumer(
                 self._stream,
                 _config(target.spec, max_ack_pending=target.spec.max_ack_pending + chunk),
             )
             while shed < excess:
-                messages = await subscription.fetch(
-                    min(chunk, excess - shed), timeout=_SHED_TIMEOUT
-                )
+                messages = await shedding.fetch(min(chunk, excess - shed), timeout=_SHED_TIMEOUT)
                 stored = await self._dead_letter(messages, target, reason)
                 shed += stored
                 if stored < len(messages):
@@ -272,6 +269,8 @@ class Dispatcher:
         finally:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await js.add_consumer(self._stream, _config(target.spec))
+            if shedding is not None:
+                shed += await self._sweep(shedding, target, reason)
         if shed:
             self._on_shed(name, shed)
             backlog = self.backlogs.get(name, Backlog())
@@ -283,6 +282,25 @@ class Dispatcher:
                 target.spec.event_type,
                 self._max_backlog,
             )
+
+    async def _sweep(
+        self, shedding: JetStreamContext.PullSubscription, target: Target, reason: str
+    ) -> int:
+        """Shed what the server still delivers to ``shedding`` now that the consumer's limit
+        is back (nothing new comes then, only what was under way), then close it."""
+        swept = 0
+        try:
+            while True:
+                messages = await shedding.fetch(_SHED_CHUNK, timeout=_SWEEP_TIMEOUT)
+                swept += await self._dead_letter(messages, target, reason)
+        except (nats.errors.TimeoutError, TimeoutError):
+            pass  # swept empty
+        except nats.errors.Error as exc:
+            logger.warning("sweeping the shed events of %s stopped: %s", target.spec.name, exc)
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await shedding.unsubscribe()
+        return swept
 
     async def _dead_letter(self, messages: list[Msg], target: Target, reason: str) -> int:
         """Store a dead letter for each message, then ack it; how many were both."""

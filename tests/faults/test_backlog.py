@@ -11,19 +11,21 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.faults.conftest import StartSystem
 from tests.faults.harness import Load, dead_lettered, report
-from tests.support.servers import NatsServer, RedisServer, wait_until
+from tests.support.servers import NatsServer, wait_until
 from tests.support.sink import RecordingSink, SinkServer
 from tests.support.system import System
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-MAX_BACKLOG = 300
+# Small enough that the dead subscription sheds within seconds, large enough (about 7 s of
+# publishing) that the healthy one, on a busy 2-core machine, never gets near it.
+MAX_BACKLOG = 1000
 RATE = 150.0
 
 
@@ -36,29 +38,13 @@ def dead_sink() -> Iterator[SinkServer]:
 
 def test_a_dead_sink_sheds_its_oldest_events_and_never_blocks_the_others(
     nats_server: NatsServer,
-    redis_server: RedisServer,
-    tmp_path: Path,
+    start_system: StartSystem,
     sink_server: SinkServer,
     dead_sink: SinkServer,
-    request: pytest.FixtureRequest,
 ) -> None:
-    system = System(
-        nats_server,
-        redis_server,
-        tmp_path,
-        DELIVERY_ACK_WAIT="5s",
-        MAX_BACKLOG=str(MAX_BACKLOG),
-    ).start()
-    request.addfinalizer(system.stop)
-    system.subscribe(
-        "healthy",
-        {
-            "sink": sink_server.url,
-            "source": "faults",
-            "types": ["order.created.v1"],
-            "config": {"maxInFlightMessages": "20"},
-        },
-    )
+    # The healthy subscription is the scenarios' usual one, to sink_server.
+    # Threads for the dead sink's 5 events in flight, which wait between retries, and the rest.
+    system = start_system(nats_server, MAX_BACKLOG=str(MAX_BACKLOG), WORKER_THREADS="16")
     system.subscribe(
         "dead",
         {
@@ -86,13 +72,23 @@ def test_a_dead_sink_sheds_its_oldest_events_and_never_blocks_the_others(
     dead.stop()
 
     wait_until(
-        lambda: report(healthy, sink_server.sink).lost == 0, 60, "every healthy event delivered"
+        lambda: report(healthy, sink_server.sink, dead_lettered(nats_server.url)).lost == 0,
+        60,
+        "every healthy event delivered",
     )
-    healthy_result = report(healthy, sink_server.sink)
+    healthy_result = report(healthy, sink_server.sink, dead_lettered(nats_server.url))
+    # Shedding runs once a second and, on a busy machine, a round may take longer: the backlog
+    # gets back under the limit, however long that takes (its peak is reported, not judged).
+    wait_until(
+        lambda: _pending(system, dead_consumer) <= MAX_BACKLOG,
+        60,
+        f"the dead subscription's backlog under MAX_BACKLOG\n{system.logs()}",
+    )
     status = system.status("default", "dead")
     assert status is not None
     backlog = next(c for c in status["status"]["conditions"] if c["type"] == "Backlog within limit")
     shed_before_recovery = dead_lettered(nats_server.url)
+    accepted_dead = len(dead.snapshot()[1])
 
     # The sink comes back: what is still waiting is delivered, nothing is lost.
     dead_sink.sink.answer = lambda request: 204
@@ -114,13 +110,16 @@ def test_a_dead_sink_sheds_its_oldest_events_and_never_blocks_the_others(
 
     assert healthy_result.failures == {}, "publishing a healthy type must never fail"
     assert healthy_result.lost == 0
+    assert healthy_result.dead_lettered == 0, "the healthy subscription kept up: nothing shed"
     assert dead.failures == {}, "the dead sink's own publishers are not refused either"
     assert dead_result.lost == 0
-    # A check runs every second, so the backlog may exceed the limit by a second of publishing.
-    assert most_pending <= MAX_BACKLOG + 2 * RATE
-    assert len(shed_before_recovery) >= dead_result.accepted - MAX_BACKLOG - 2 * RATE
+    # Kept: at most MAX_BACKLOG waiting, 5 in flight (maxInFlightMessages), and at most one
+    # fetch (5) that a pull request of the delivery loop, expiring just then, took while the
+    # limit was raised for shedding. The rest was shed.
+    assert len(shed_before_recovery) >= accepted_dead - MAX_BACKLOG - 2 * 5
     assert backlog["status"] == "False"
-    assert "MAX_BACKLOG=300" in backlog["message"]
+    assert f"MAX_BACKLOG={MAX_BACKLOG}" in backlog["message"]
+    assert dead_sink.sink.most_in_flight <= 5, "shed events never reach the sink"
     shed_metric = re.search(
         rf'eventing_manager_backlog_dead_lettered_total{{consumer_name="{dead_consumer}"}} (\S+)',
         requests.get(f"{system.manager_url}/metrics", timeout=5).text,
