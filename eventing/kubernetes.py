@@ -27,9 +27,8 @@ from kubernetes.client.exceptions import ApiException
 
 from eventing.config import SourceSettings
 from eventing.errors import InvalidSubscription
-from eventing.manifests import Entry, Snapshot
-from eventing.retries import DeliveryPolicy
-from eventing.subscription import Subscription, from_manifest, key_of
+from eventing.manifests import Entry, Parse, Snapshot
+from eventing.subscription import Subscription, key_of
 
 logger = logging.getLogger(__name__)
 
@@ -185,18 +184,14 @@ class KubernetesReader:
         self,
         objects: SubscriptionCache | SubscriptionLister,
         api: Any,
+        parse: Parse,
         *,
-        prefix: str,
-        defaults: DeliveryPolicy,
-        default_max_in_flight: int,
         sink_rule: bool,
     ) -> None:
         self._objects = objects
         self.api = api
         self._core = client.CoreV1Api(api)
-        self._prefix = prefix
-        self._defaults = defaults
-        self._default_max_in_flight = default_max_in_flight
+        self._parse = parse  #: from_manifest with the settings' defaults bound
         self._sink_rule = sink_rule
         self._services: dict[tuple[str, str], tuple[float, bool]] = {}
         self._fingerprint: tuple[Any, ...] | None = None
@@ -227,12 +222,7 @@ class KubernetesReader:
     def _entry(self, item: dict[str, Any], missing: frozenset[str]) -> Entry:
         key = key_of(item)
         try:
-            subscription = from_manifest(
-                item,
-                prefix=self._prefix,
-                defaults=self._defaults,
-                default_max_in_flight=self._default_max_in_flight,
-            )
+            subscription = self._parse(item)
         except InvalidSubscription as exc:
             return exc
         if self._sink_rule:

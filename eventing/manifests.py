@@ -8,8 +8,9 @@ file's name, size or modification time changed, so polling it every second is ch
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,12 +19,14 @@ import yaml
 
 from eventing.config import Settings
 from eventing.errors import InvalidSubscription
-from eventing.retries import DeliveryPolicy
 from eventing.subscription import KIND, Subscription, from_manifest, key_of
 
 _SUFFIXES = (".yaml", ".yml")
 
 Entry = Subscription | InvalidSubscription
+#: A manifest to a subscription (raising InvalidSubscription): from_manifest with the settings'
+#: defaults bound, shared by every source.
+Parse = Callable[[Mapping[str, Any]], Subscription]
 UNREADABLE = "file "  #: key prefix of a file that could not be read or parsed as a whole
 
 
@@ -61,13 +64,14 @@ class Reader(Protocol):
 def reader_for(settings: Settings, *, watch: bool) -> Reader:
     """The configured source's reader; ``watch`` keeps a Kubernetes cache current in a thread
     (the manager) instead of listing on demand (the proxy)."""
+    parse = functools.partial(
+        from_manifest,
+        prefix=settings.events.type_prefix,
+        defaults=settings.delivery.policy,
+        default_max_in_flight=settings.manager.default_max_in_flight,
+    )
     if settings.source.kind == "directory":
-        return DirectoryReader(
-            settings.source.directory,
-            prefix=settings.events.type_prefix,
-            defaults=settings.delivery.policy,
-            default_max_in_flight=settings.manager.default_max_in_flight,
-        )
+        return DirectoryReader(settings.source.directory, parse)
     # Imported here: the Kubernetes client is heavy, and the folder source never needs it.
     from eventing import kubernetes
 
@@ -78,14 +82,7 @@ def reader_for(settings: Settings, *, watch: bool) -> Reader:
         objects.start()
     else:
         objects = kubernetes.SubscriptionLister(api, settings.source.namespaces)
-    return kubernetes.KubernetesReader(
-        objects,
-        api,
-        prefix=settings.events.type_prefix,
-        defaults=settings.delivery.policy,
-        default_max_in_flight=settings.manager.default_max_in_flight,
-        sink_rule=settings.source.sink_rule,
-    )
+    return kubernetes.KubernetesReader(objects, api, parse, sink_rule=settings.source.sink_rule)
 
 
 def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | InvalidSubscription]:
@@ -110,13 +107,9 @@ def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | Invalid
 class DirectoryReader:
     """Reads a folder of manifests into a :class:`Snapshot` (blocking; call it off a loop)."""
 
-    def __init__(
-        self, path: str, *, prefix: str, defaults: DeliveryPolicy, default_max_in_flight: int
-    ) -> None:
+    def __init__(self, path: str, parse: Parse) -> None:
         self.path = Path(path)
-        self._prefix = prefix
-        self._defaults = defaults
-        self._default_max_in_flight = default_max_in_flight
+        self._parse = parse  #: from_manifest with the settings' defaults bound
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self._snapshot = Snapshot(())
 
@@ -149,12 +142,7 @@ class DirectoryReader:
             return document
         key = key_of(document)
         try:
-            subscription = from_manifest(
-                document,
-                prefix=self._prefix,
-                defaults=self._defaults,
-                default_max_in_flight=self._default_max_in_flight,
-            )
+            subscription = self._parse(document)
         except InvalidSubscription as exc:
             return exc
         if key in seen:

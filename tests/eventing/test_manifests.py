@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from eventing.errors import InvalidSubscription
 from eventing.manifests import DirectoryReader
-from eventing.subscription import Subscription
+from eventing.subscription import Subscription, from_manifest
 from tests.eventing.test_subscription import DEFAULTS, PREFIX
 
 TWO = """
@@ -27,7 +28,12 @@ metadata: {name: ignored}
 
 
 def reader(path: Path) -> DirectoryReader:
-    return DirectoryReader(str(path), prefix=PREFIX, defaults=DEFAULTS, default_max_in_flight=10)
+    return DirectoryReader(
+        str(path),
+        functools.partial(
+            from_manifest, prefix=PREFIX, defaults=DEFAULTS, default_max_in_flight=10
+        ),
+    )
 
 
 def test_reads_every_subscription_document(tmp_path: Path) -> None:
