@@ -1,31 +1,39 @@
-"""End-to-end delivery: events/s and publish→sink latency, next to raw JetStream publish+pull+ack.
+"""End to end: publish → sink rates and latencies, fan-out and worker scaling, vs raw JetStream.
 
-Run ``.venv/bin/python bench/e2e.py [--events 5000] [--rate 300] [--seconds 10]``; it needs
-``redis-server`` and takes one to two minutes.
+Part of ``python -m bench`` (the entry point; ``--suite e2e,fanout,scaling``); it needs
+``redis-server``. Method (everything on loopback, every process real, as ``honcho start`` runs
+them):
 
-Method (everything on loopback, every process real, as ``honcho start`` runs them):
-
-- A nats-server and a redis-server of our own, in temporary folders.
-- Baseline, same run: raw nats-py in a process of its own publishes ``--events`` 1 KiB messages
-  (pipelined, 256 in flight) to a stream with one durable pull consumer, while a second
-  connection fetches batches and acks every message with a confirmed ack. Its rate is what
-  JetStream alone does here for "store, hand out, acknowledge".
-- The system: proxy (2 granian workers), manager, one ``eventing-worker`` (2 processes x 16
-  threads) and a fast sink (asyncio, keep-alive, answers 204) in a process of its own.
-  Subscriptions use ``maxInFlightMessages: "200"``.
-- Saturated: the publisher (its own process) sends ``--events`` events in batch mode (50 per
-  request, so the proxy is not what limits) as fast as it can; delivered/s = deliveries ÷ time
-  from the first publish to the last delivery.
-- Fixed rate: ``--rate`` single binary-mode events per second for ``--seconds``; latency is from
-  just before the publish request to the sink's arrival, both stamped with the same clock.
-- Both with 1 subscription, then with 10 subscriptions of the same type (each event delivered 10
-  times: the fan-out path).
+- A nats-server and a redis-server of our own, in temporary folders; the proxy (2 granian
+  workers), the manager, one ``eventing-worker`` (2 processes x 16 threads unless the scenario
+  says otherwise), all as subprocesses with the README's defaults. The sink is a fast asyncio
+  HTTP/1.1 server (keep-alive, answers 204) in a process of its own; subscriptions use
+  ``maxInFlightMessages: "200"``.
+- Baseline, same run, in a process of its own: raw nats-py publishes ``--events`` 1 KiB
+  messages pipelined (256 in flight, each awaited for its PubAck) into a stream with one durable
+  pull consumer, then a second connection fetches batches of 200 and acks every message with a
+  confirmed ack. "publish" and "pull+ack" are what JetStream alone does here for each half.
+- Saturated rows: the publisher (its own process, 8 threads) sends the events in batch mode (50
+  per request, so the proxy is not what limits) as fast as the system takes them; delivered/s =
+  deliveries ÷ time from the first publish to the last delivery. Publish latency is per batch
+  request.
+- Paced rows: single binary-mode events at a fixed rate from 16 threads; each latency counts
+  from when its request was due (a publisher that falls behind shows in p99), and publish→sink
+  from just before the request to the sink's arrival, both on this machine's clock.
+- Fan-out: 1, 10 and 100 subscriptions of the one type (every event delivered once per
+  subscription), with as many events as make the same number of deliveries.
+- Scaling: one subscription, saturated, with 1, 2 and 4 worker processes of 16 threads.
+- CPU per component, percent of one core, and peak resident memory of each process tree, both
+  sampled from /proc every 0.5 s while the scenario runs (publish start to last delivery, plus
+  up to half a second).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import itertools
 import json
 import multiprocessing
 import os
@@ -41,11 +49,18 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import RssSampler
+from bench.tables import render
+
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 PAYLOAD = b'{"pad": "' + b"x" * 1000 + b'"}'
+COMPONENTS = ("proxy", "manager", "workers", "nats", "redis")
+BATCH_SIZE = 50
 
 
 def free_port() -> int:
@@ -54,7 +69,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Any, timeout: float, what: str) -> None:
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -70,63 +85,75 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def percentiles(values: list[float]) -> tuple[float, float] | None:
+    """(p50, p99) in milliseconds of latencies in seconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return statistics.median(ordered) * 1000, ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000
+
+
 # ---------------------------------------------------------------- baseline
 
 
-def baseline(url: str, events: int, queue: Any) -> None:
-    """Raw nats-py: pipelined publish with acks, pull in batches, confirmed ack of each."""
-    import nats
-    from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+@dataclass(frozen=True)
+class Raw:
+    """Raw nats-py JetStream rates on this machine, this run."""
 
-    async def run() -> float:
+    publish: float  #: messages/s published with PubAcks, 256 in flight
+    pull_ack: float  #: messages/s fetched and acked (confirmed) from a durable pull consumer
+
+
+def baseline(url: str, events: int, results: Any) -> None:
+    """(child process) Raw nats-py: pipelined publish with acks, then pull + confirmed ack."""
+    import nats
+    import nats.errors
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    async def run() -> Raw:
         publisher, puller = await nats.connect(url), await nats.connect(url)
-        js, js2 = publisher.jetstream(), puller.jetstream()
-        await js.add_stream(name="BASE", subjects=["base.>"], retention=RetentionPolicy.INTEREST)
+        js = publisher.jetstream()
+        await js.add_stream(name="BASE", subjects=["base.>"])
         await js.add_consumer(
             "BASE",
             ConsumerConfig(
                 name="c", durable_name="c", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000
             ),
         )
-        subscription = await js2.pull_subscribe_bind(durable="c", stream="BASE")
-        done = asyncio.Event()
-        acked = 0
-
-        async def pull() -> None:
-            nonlocal acked
-            while acked < events:
-                try:
-                    messages = await subscription.fetch(200, timeout=1)
-                except nats.errors.TimeoutError:
-                    continue
-                await asyncio.gather(*(m.ack_sync() for m in messages))
-                acked += len(messages)
-            done.set()
-
-        started = time.perf_counter()
-        puller_task = asyncio.create_task(pull())
         window = asyncio.Semaphore(256)
 
         async def publish(i: int) -> None:
             async with window:
-                await js.publish("base.x", PAYLOAD)
+                await js.publish("base.x", PAYLOAD, headers={"Nats-Msg-Id": f"raw-{i}"})
 
+        started = time.perf_counter()
         await asyncio.gather(*(publish(i) for i in range(events)))
-        await done.wait()
-        elapsed = time.perf_counter() - started
-        await puller_task
+        published = events / (time.perf_counter() - started)
+
+        subscription = await puller.jetstream().pull_subscribe_bind(durable="c", stream="BASE")
+        acked = 0
+        started = time.perf_counter()
+        while acked < events:
+            try:
+                messages = await subscription.fetch(200, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            await asyncio.gather(*(m.ack_sync() for m in messages))
+            acked += len(messages)
+        pulled = events / (time.perf_counter() - started)
+        await js.delete_stream("BASE")
         await publisher.close()
         await puller.close()
-        return events / elapsed
+        return Raw(published, pulled)
 
-    queue.put(asyncio.run(run()))
+    results.put(asyncio.run(run()))
 
 
 # ---------------------------------------------------------------- sink
 
 
-def sink(port: int, queue: Any, stop: Any, counter: Any) -> None:
-    """A fast keep-alive HTTP sink: answers 204 and records (arrival, sent-at) per event."""
+def sink(port: int, records_out: Any, stop: Any, counter: Any) -> None:
+    """(child process) A fast keep-alive HTTP sink: answers 204, records (arrival, sent-at)."""
     records: list[tuple[float, float]] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -156,23 +183,27 @@ def sink(port: int, queue: Any, stop: Any, counter: Any) -> None:
                 await asyncio.sleep(0.1)
 
     asyncio.run(main())
-    queue.put(records)
+    records_out.put(records)
 
 
-# ---------------------------------------------------------------- publisher
+# ---------------------------------------------------------------- publishers
 
 
-def publish_saturated(proxy: str, tag: str, events: int, queue: Any) -> None:
-    """Batch mode, 50 events a request, 8 threads with keep-alive connections."""
-    import http.client
+@dataclass(frozen=True)
+class Published:
+    started: float  #: time.time() of the first request
+    failures: int  #: events not accepted (non-2xx or no answer)
+    latencies: list[float]  #: seconds per request
 
-    batch_size, threads = 50, 8
-    batches = [range(i, min(i + batch_size, events)) for i in range(0, events, batch_size)]
-    lock = threading.Lock()
-    failures = 0
+
+def publish_saturated(proxy: str, tag: str, events: int, results: Any) -> None:
+    """(child process) Batch mode, 50 events a request, 8 threads on keep-alive connections."""
+    threads = 8
+    batches = [range(i, min(i + BATCH_SIZE, events)) for i in range(0, events, BATCH_SIZE)]
+    latencies: list[float] = []
+    failures: list[int] = []
 
     def work(mine: list[range]) -> None:
-        nonlocal failures
         host, port = proxy.split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
         for batch in mine:
@@ -184,20 +215,21 @@ def publish_saturated(proxy: str, tag: str, events: int, queue: Any) -> None:
                         "source": "bench",
                         "type": "order.created.v1",
                         "datacontenttype": "application/json",
-                        "benchsent": str(time.time()),
+                        "benchsent": repr(time.time()),
                         "data": {"pad": "x" * 1000},
                     }
                     for i in batch
                 ]
             )
+            sent = time.perf_counter()
             connection.request(
                 "POST", "/publish", body, {"Content-Type": "application/cloudevents-batch+json"}
             )
             response = connection.getresponse()
             response.read()
+            latencies.append(time.perf_counter() - sent)
             if response.status != 204:
-                with lock:
-                    failures += len(batch)
+                failures.append(len(batch))
 
     started = time.time()
     pool = [threading.Thread(target=work, args=(batches[t::threads],)) for t in range(threads)]
@@ -205,58 +237,62 @@ def publish_saturated(proxy: str, tag: str, events: int, queue: Any) -> None:
         thread.start()
     for thread in pool:
         thread.join()
-    queue.put((started, failures))
+    results.put(Published(started, sum(failures), latencies))
 
 
-def publish_at_rate(proxy: str, tag: str, rate: int, seconds: float, queue: Any) -> None:
-    """Single binary-mode events at a fixed rate, spread over 8 keep-alive connections."""
-    import http.client
-
-    threads = 8
+def publish_at_rate(proxy: str, tag: str, rate: int, seconds: float, results: Any) -> None:
+    """(child process) Single binary-mode events at ``rate``/s: request ``n`` is due at
+    ``start + n / rate``, sent then by the next free thread, its latency counted from then."""
     total = int(rate * seconds)
-    start = time.monotonic() + 0.2
-    failures = 0
-    lock = threading.Lock()
+    tickets = itertools.count()  # next() is atomic under the GIL
+    latencies: list[float] = []
+    failures: list[int] = []
+    started = time.time() + 0.2
+    start = time.perf_counter() + 0.2
 
-    def work(offset: int) -> None:
-        nonlocal failures
+    def work() -> None:
         host, port = proxy.split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        for i in range(offset, total, threads):
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        while (ticket := next(tickets)) < total:
+            due = start + ticket / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
             headers = {
                 "ce-specversion": "1.0",
-                "ce-id": f"{tag}-r{i}",
+                "ce-id": f"{tag}-r{ticket}",
                 "ce-source": "bench",
                 "ce-type": "order.created.v1",
                 "ce-benchsent": repr(time.time()),
                 "Content-Type": "application/json",
             }
-            connection.request("POST", "/publish", PAYLOAD, headers)
-            response = connection.getresponse()
-            response.read()
+            try:
+                connection.request("POST", "/publish", PAYLOAD, headers)
+                response = connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                failures.append(ticket)
+                continue
+            latencies.append(time.perf_counter() - due)
             if response.status != 204:
-                with lock:
-                    failures += 1
+                failures.append(ticket)
 
-    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    pool = [threading.Thread(target=work) for _ in range(16)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    queue.put(failures)
+    results.put(Published(started, len(failures), latencies))
 
 
 # ---------------------------------------------------------------- system
 
 
 class System:
+    """The services of the Procfile as subprocesses, on free loopback ports."""
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.nats_port, self.redis_port = free_port(), free_port()
         self.proxy_port, self.manager_port, self.sink_port = free_port(), free_port(), free_port()
         self.subscriptions = workdir / "subscriptions"
@@ -275,53 +311,47 @@ class System:
             "LOG_LEVEL": "warning",
         }
 
-    def spawn(self, name: str, command: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("wb")
-        self.processes.append(
-            subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    @property
+    def proxy(self) -> str:
+        return f"127.0.0.1:{self.proxy_port}"
+
+    def roots(self) -> dict[str, int]:
+        return {name: self.processes[name].pid for name in COMPONENTS}
+
+    def spawn(self, name: str, command: list[str], **environ: str) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            command,
+            env={**self.env, **environ},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def start(self) -> None:
         redis = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.spawn(
-            "nats",
-            [
-                str(SCRIPTS / "nats-server"),
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.nats_port),
-                "-sd",
-                str(self.workdir / "nats"),
-            ],
-        )
+        nats = [str(SCRIPTS / "nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.nats_port)]
+        self.spawn("nats", [*nats, "-sd", str(self.workdir / "nats")])
+        redis_options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.spawn(
             "redis",
-            [
-                redis,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
+            [redis, "--port", str(self.redis_port), *redis_options, "--dir", str(self.workdir)],
         )
         self.spawn("proxy", [str(SCRIPTS / "eventing-proxy")])
         self.spawn("manager", [str(SCRIPTS / "eventing-manager")])
-        self.spawn("worker", [str(SCRIPTS / "eventing-worker")])
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{self.proxy_port}/readyz"), 30, "the proxy")
+        self.start_workers(2)
+        wait_for(lambda: http_ok(f"http://{self.proxy}/readyz"), 30, "the proxy")
         wait_for(lambda: http_ok(f"http://127.0.0.1:{self.manager_port}/readyz"), 30, "the manager")
-        time.sleep(2)  # dramatiq's worker processes boot
+
+    def start_workers(self, processes: int) -> None:
+        """(Re)start ``eventing-worker`` with ``processes`` worker processes."""
+        if "workers" in self.processes:
+            _stop(self.processes["workers"])
+        self.spawn("workers", [str(SCRIPTS / "eventing-worker")], WORKER_PROCESSES=str(processes))
+        time.sleep(2 + processes / 2)  # dramatiq's worker processes boot and connect
 
     def subscribe(self, count: int) -> None:
+        """Replace the subscriptions with ``count`` of order.created.v1 to the sink."""
         for path in self.subscriptions.iterdir():
             path.unlink()
         sink_url = f"http://127.0.0.1:{self.sink_port}/"
@@ -335,150 +365,240 @@ class System:
         (self.subscriptions / "bench.yaml").write_text("---\n".join(documents))
 
         def ready() -> bool:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.manager_port}/subscriptions", timeout=2
-            ) as response:
+            url = f"http://127.0.0.1:{self.manager_port}/subscriptions"
+            with urllib.request.urlopen(url, timeout=5) as response:
                 items = json.load(response)["items"]
             return len(items) == count and all(i["status"]["ready"] for i in items)
 
-        wait_for(ready, 20, f"{count} subscriptions")
+        wait_for(ready, 120, f"{count} subscriptions")
         time.sleep(1.5)  # pull tasks bind to their new consumers
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        for process in reversed(self.processes.values()):
+            _stop(process)
 
 
-def measure(
-    system: System, subscriptions: int, events: int, rate: int, seconds: float
-) -> list[tuple[str, float, float | None, float | None, int]]:
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One row of a table."""
+
+    scenario: str
+    deliveries: int
+    seconds: float  #: first publish to last delivery (saturated) or the paced duration
+    publish: tuple[float, float] | None  #: p50, p99 ms per publish request
+    transit: tuple[float, float] | None  #: p50, p99 ms publish → sink (paced rows)
+    lost: int  #: expected deliveries that did not arrive, plus events not accepted
+    cpu: dict[str, float]  #: percent of one core per component
+    rss: dict[str, int]  #: peak resident bytes per component
+
+    @property
+    def rate(self) -> float:
+        return self.deliveries / self.seconds if self.seconds else 0.0
+
+
+def run_scenario(
+    system: System,
+    name: str,
+    publisher: Callable[..., None],
+    arguments: tuple[Any, ...],
+    expected: int,
+    paced_seconds: float | None = None,
+) -> Measured:
+    """Run ``publisher`` in its own process against a fresh sink; wait for ``expected``
+    deliveries (or 15 s without one) while sampling every component's CPU and memory."""
+    print(f"running: {name}", flush=True)
     ctx = multiprocessing.get_context("spawn")
-    rows = []
-    system.subscribe(subscriptions)
-    proxy = f"127.0.0.1:{system.proxy_port}"
-    # JetStream stores a repeated (source, id) once: every scenario needs ids of its own.
-    tag = f"{subscriptions}subs"
-
-    # saturated
-    expected = events * subscriptions
-    records, started, failures = _with_sink(
-        ctx,
-        system.sink_port,
-        publish_saturated,
-        (proxy, tag, events),
-        lambda count: count >= expected,
-    )
-    last = max(r[0] for r in records) if records else time.time()
-    missing = failures + max(0, expected - len(records))
-    rows.append(
-        (
-            f"{subscriptions} sub(s), saturated ({events} events)",
-            len(records) / (last - started),
-            None,
-            None,
-            missing,
-        )
-    )
-
-    # fixed rate
-    expected = int(rate * seconds) * subscriptions
-    records, _, failures = _with_sink(
-        ctx,
-        system.sink_port,
-        publish_at_rate,
-        (proxy, tag, rate, seconds),
-        lambda count: count >= expected,
-    )
-    latencies = sorted((arrival - sent) * 1000 for arrival, sent in records if sent)
-    p50 = statistics.median(latencies) if latencies else None
-    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else None
-    rows.append(
-        (
-            f"{subscriptions} sub(s), {rate} events/s",
-            len(records) / seconds,
-            p50,
-            p99,
-            failures + max(0, expected - len(records)),
-        )
-    )
-    return rows
-
-
-def _with_sink(
-    ctx: Any, port: int, publisher: Any, arguments: tuple[Any, ...], enough: Any
-) -> tuple[list[tuple[float, float]], float, int]:
-    """Run a publisher process against a fresh sink process; wait until ``enough`` arrived
-    (or nothing arrived for 15 s); return the sink's records, the publish start, failures."""
-    queue, stop, counter = ctx.Queue(), ctx.Event(), ctx.Value("i", 0, lock=False)
-    sink_process = ctx.Process(target=sink, args=(port, queue, stop, counter))
+    records_out, stop, counter = ctx.Queue(), ctx.Event(), ctx.Value("i", 0, lock=False)
+    sink_process = ctx.Process(target=sink, args=(system.sink_port, records_out, stop, counter))
     sink_process.start()
     time.sleep(0.5)
     results = ctx.Queue()
     publishing = ctx.Process(target=publisher, args=(*arguments, results))
-    started = time.time()
-    publishing.start()
-    while True:
-        try:
-            failures = results.get(timeout=1)
-            break
-        except queue_module.Empty:
-            if not publishing.is_alive():
-                stop.set()
-                raise SystemExit("the publisher died (its traceback is above)") from None
-    publishing.join()
-    if isinstance(failures, tuple):
-        started, failures = failures
-    seen, quiet_since = -1, time.monotonic()
-    while not enough(counter.value) and time.monotonic() - quiet_since < 15:
-        if counter.value != seen:
-            seen, quiet_since = counter.value, time.monotonic()
-        time.sleep(0.2)
+    with RssSampler(system.roots()) as sampler:
+        sampled_from = time.perf_counter()
+        publishing.start()
+        while True:
+            try:
+                published: Published = results.get(timeout=1)
+                break
+            except queue_module.Empty:
+                if not publishing.is_alive():
+                    stop.set()
+                    raise SystemExit("the publisher died (its traceback is above)") from None
+        publishing.join()
+        seen, quiet_since = -1, time.monotonic()
+        while counter.value < expected and time.monotonic() - quiet_since < 15:
+            if counter.value != seen:
+                seen, quiet_since = counter.value, time.monotonic()
+            time.sleep(0.1)
+        sampler.sample()
+        sampled = time.perf_counter() - sampled_from
     stop.set()
-    records = queue.get(timeout=60)
+    records: list[tuple[float, float]] = records_out.get(timeout=60)
     sink_process.join()
-    return records, started, failures
+    if paced_seconds is None:
+        last = max((arrival for arrival, _ in records), default=published.started)
+        seconds = last - published.started
+    else:
+        seconds = paced_seconds
+    transit = percentiles([arrival - sent for arrival, sent in records if sent])
+    return Measured(
+        scenario=name,
+        deliveries=len(records),
+        seconds=seconds,
+        publish=percentiles(published.latencies),
+        transit=transit if paced_seconds is not None else None,
+        lost=published.failures + max(0, expected - len(records)),
+        cpu={n: p.cpu_used() / sampled * 100 for n, p in sampler.peaks.items()},
+        rss={n: p.total for n, p in sampler.peaks.items()},
+    )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--rate", type=int, default=300)
-    parser.add_argument("--seconds", type=float, default=10)
-    args = parser.parse_args()
-    # SIGTERM ends the run like Ctrl-C, so the processes below are stopped, not orphaned.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+#: Numbers scenarios, so each has event ids of its own: JetStream stores a repeated (source, id)
+#: once, within its duplicate window.
+_SCENARIOS = itertools.count()
+
+
+def saturated(system: System, subscriptions: int, deliveries: int, label: str) -> Measured:
+    events = max(BATCH_SIZE, deliveries // subscriptions)
+    tag = f"saturated-{next(_SCENARIOS)}"
+    return run_scenario(
+        system,
+        f"{subscriptions} sub{'s' if subscriptions > 1 else ''}, {label}",
+        publish_saturated,
+        (system.proxy, tag, events),
+        events * subscriptions,
+    )
+
+
+def paced(system: System, subscriptions: int, deliveries: int, seconds: float) -> Measured:
+    """``deliveries`` per second in all: ``deliveries ÷ subscriptions`` events per second."""
+    rate = max(1, deliveries // subscriptions)
+    plural = "s" if subscriptions > 1 else ""
+    return run_scenario(
+        system,
+        f"{subscriptions} sub{plural}, paced {rate:,} events/s = {rate * subscriptions:,}"
+        " deliveries/s",
+        publish_at_rate,
+        (system.proxy, f"paced-{next(_SCENARIOS)}", rate, seconds),
+        int(rate * seconds) * subscriptions,
+        paced_seconds=seconds,
+    )
+
+
+def table(rows: list[Measured], raw: Raw) -> str:
+    head = (
+        "scenario",
+        "delivered/s",
+        "publish p50 / p99 ms",
+        "publish→sink p50 / p99 ms",
+        "lost",
+        "÷ raw pull+ack",
+        "CPU % " + " / ".join(COMPONENTS),
+        "peak RSS MiB " + " / ".join(COMPONENTS),
+    )
+
+    def pair(values: tuple[float, float] | None) -> str:
+        return f"{values[0]:.1f} / {values[1]:.1f}" if values else "-"
+
+    lines = [
+        (
+            row.scenario,
+            f"{row.rate:,.0f}",
+            pair(row.publish),
+            pair(row.transit),
+            f"{row.lost:,}",
+            f"{row.rate / raw.pull_ack:.2f}x",
+            " / ".join(f"{row.cpu.get(c, 0):.0f}" for c in COMPONENTS),
+            " / ".join(f"{row.rss.get(c, 0) / 2**20:.0f}" for c in COMPONENTS),
+        )
+        for row in rows
+    ]
+    return render(head, lines)
+
+
+# ---------------------------------------------------------------- the run
+
+
+SUITES = ("e2e", "fanout", "scaling")
+
+
+def run(suites: list[str], events: int, rate: int, seconds: float) -> int:
+    """Run the end-to-end ``suites`` (see :data:`SUITES`) and print their tables."""
     workdir = Path(tempfile.mkdtemp(prefix="eventing-bench-e2e-"))
     system = System(workdir)
+    tables: list[tuple[str, list[Measured]]] = []
     try:
         system.start()
         ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        process = ctx.Process(target=baseline, args=(system.env["NATS_URL"], args.events, queue))
+        raw_out = ctx.Queue()
+        process = ctx.Process(target=baseline, args=(system.env["NATS_URL"], events, raw_out))
         process.start()
-        raw = queue.get(timeout=600)
+        raw: Raw = raw_out.get(timeout=600)
         process.join()
-        rows = measure(system, 1, args.events, args.rate, args.seconds)
-        rows += measure(system, 10, args.events // 5, max(1, args.rate // 10), args.seconds)
+        if "e2e" in suites:
+            system.subscribe(1)
+            rows = [saturated(system, 1, events, "saturated"), paced(system, 1, rate, seconds)]
+            tables.append(("End to end, 1 subscription", rows))
+        if "fanout" in suites:
+            rows = []
+            for count in (1, 10, 100):
+                system.subscribe(count)
+                rows.append(saturated(system, count, events, "fan-out saturated"))
+                rows.append(paced(system, count, rate, seconds))
+            tables.append(("Fan-out: one type, 1 / 10 / 100 subscriptions", rows))
+        if "scaling" in suites:
+            system.subscribe(1)
+            rows = []
+            for processes in (1, 2, 4):
+                system.start_workers(processes)
+                rows.append(saturated(system, 1, events, f"{processes} worker processes"))
+            tables.append(("Scaling: worker processes (16 threads each), 1 subscription", rows))
     finally:
         system.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    print(f"baseline: raw nats-py publish (256 in flight) + pull + confirmed ack: {raw:,.0f}/s\n")
-    columns = ("scenario", "delivered/s", "p50 ms", "p99 ms", "lost/failed", "vs raw")
-    line = "{:<40} {:>12} {:>8} {:>8} {:>11} {:>7}"
-    print(line.format(*columns))
-    for name, rate, p50, p99, missing in rows:
-        fifty = f"{p50:.1f}" if p50 is not None else "-"
-        ninety_nine = f"{p99:.1f}" if p99 is not None else "-"
-        print(line.format(name, f"{rate:,.0f}", fifty, ninety_nine, missing, f"{rate / raw:.2f}"))
-    return 0
+    print(
+        f"\nbaseline, raw nats-py JetStream on this machine now: publish with PubAcks (256 in"
+        f" flight) {raw.publish:,.0f}/s; pull + confirmed ack {raw.pull_ack:,.0f}/s"
+    )
+    for title, rows in tables:
+        print(f"\n{title}\n")
+        print(table(rows, raw))
+    print(
+        "\nCPU %: percent of one core over the scenario (2 cores = 200 %); peak RSS: the largest"
+        " sum over each component's processes.\nlost: deliveries that never arrived plus events"
+        " the proxy did not accept; it must be 0."
+    )
+    return 0 if all(row.lost == 0 for _, rows in tables for row in rows) else 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=10_000, help="deliveries per saturated row")
+    parser.add_argument("--rate", type=int, default=500, help="deliveries/s of the paced rows")
+    parser.add_argument("--seconds", type=float, default=10, help="length of the paced rows")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C, so the processes below are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    return run(list(SUITES), args.events, args.rate, args.seconds)
 
 
 if __name__ == "__main__":
