@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procstat import RssSampler
+from bench.publish import stop_group
 from bench.tables import render
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
@@ -346,7 +347,7 @@ class System:
     def start_workers(self, processes: int) -> None:
         """(Re)start ``eventing-worker`` with ``processes`` worker processes."""
         if "workers" in self.processes:
-            _stop(self.processes["workers"])
+            stop_group(self.processes["workers"])
         self.spawn("workers", [str(SCRIPTS / "eventing-worker")], WORKER_PROCESSES=str(processes))
         time.sleep(2 + processes / 2)  # dramatiq's worker processes boot and connect
 
@@ -375,17 +376,7 @@ class System:
 
     def stop(self) -> None:
         for process in reversed(self.processes.values()):
-            _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            stop_group(process)
 
 
 # ---------------------------------------------------------------- scenarios
