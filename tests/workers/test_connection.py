@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import nats
 import pytest
@@ -71,3 +72,36 @@ def test_an_unreachable_bucket_never_holds_a_job_up(
     acks.record(job, Progress(2, time.time()))
     acks.forget(job)
     assert time.monotonic() - started < 3 * 3.5  # three calls, each bounded by its timeout
+
+
+def test_acks_from_many_threads_are_all_confirmed(
+    acks: NatsAcknowledger, nats_server: NatsServer
+) -> None:
+    """Acks travel in shared rounds; every thread returns only once its own ack is confirmed."""
+
+    async def pull(count: int) -> list[str]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="ACKS", subjects=["acks.>"])
+            for i in range(count):
+                await js.publish("acks.x", str(i).encode())
+            subscription = await js.pull_subscribe("acks.x", durable="d", stream="ACKS")
+            messages = await subscription.fetch(count, timeout=5)
+            return [message.reply for message in messages]
+        finally:
+            await nc.close()
+
+    async def ack_pending() -> tuple[int, int]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            info = await nc.jetstream().consumer_info("ACKS", "d")
+            return info.num_ack_pending, info.ack_floor.stream_seq
+        finally:
+            await nc.close()
+
+    replies = asyncio.run(pull(200))
+    assert len(replies) == 200
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(acks.ack, replies))
+    assert asyncio.run(ack_pending()) == (0, 200)  # confirmed: nothing left to redeliver
