@@ -3,7 +3,9 @@
 One :class:`JetStreamPublisher` per app; it starts its loop thread and NATS connection lazily in
 the process that first publishes (granian starts worker processes after importing nothing of
 ours, and threads never survive a fork). It bounds the events a process holds in flight, so an
-overload becomes a quick 503 instead of a growing heap.
+overload becomes a quick 503 instead of a growing heap. Requests that arrive while the loop is
+busy share one handover to it (:class:`eventing.loop.Rounds`), and their events are pipelined
+on the connection together.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Protocol
 from eventing.config import Settings
 from eventing.errors import Overloaded, PublishError, StreamNotAnswering
 from eventing.jetstream import JetStreamClient, OutboundMessage
-from eventing.loop import LoopThread
+from eventing.loop import LoopThread, Rounds
 
 
 class Publisher(Protocol):
@@ -41,9 +43,10 @@ class JetStreamPublisher:
         self._pid: int | None = None
         self._loop: LoopThread | None = None
         self._client: JetStreamClient | None = None
+        self._rounds: Rounds[OutboundMessage, PublishError | None] | None = None
 
     def publish(self, messages: list[OutboundMessage]) -> list[PublishError | None]:
-        loop, client = self._started()
+        _, _, rounds = self._started()
         count = len(messages)
         with self._lock:
             if self._in_flight + count > self._max_in_flight:
@@ -54,7 +57,7 @@ class JetStreamPublisher:
                 )
             self._in_flight += count
         try:
-            return loop.run(client.publish_many(messages, self._timeout), self._timeout + 1)
+            return rounds.call(messages, self._timeout + 1)
         except TimeoutError:
             error = StreamNotAnswering(f"no acknowledgement within {self._timeout:g}s")
             return [error] * count
@@ -63,7 +66,7 @@ class JetStreamPublisher:
                 self._in_flight -= count
 
     def ready(self) -> bool:
-        loop, client = self._started()
+        loop, client, _ = self._started()
         try:
             return loop.run(client.stream_exists(timeout=1.0), timeout=2.0)
         except TimeoutError:
@@ -76,16 +79,18 @@ class JetStreamPublisher:
         with contextlib.suppress(TimeoutError):
             self._loop.run(self._client.close(), timeout=5.0)
         self._loop.close()
-        self._pid = self._loop = self._client = None
+        self._pid = self._loop = self._client = self._rounds = None
 
-    def _started(self) -> tuple[LoopThread, JetStreamClient]:
+    def _started(
+        self,
+    ) -> tuple[LoopThread, JetStreamClient, Rounds[OutboundMessage, PublishError | None]]:
         pid = os.getpid()
         if self._pid != pid:
             with self._lock:
                 if self._pid != pid:
                     self._start(pid)
-        assert self._loop is not None and self._client is not None
-        return self._loop, self._client
+        assert self._loop is not None and self._client is not None and self._rounds is not None
+        return self._loop, self._client, self._rounds
 
     def _start(self, pid: int) -> None:
         loop = LoopThread(f"proxy-nats-{pid}")
@@ -100,5 +105,9 @@ class JetStreamPublisher:
             # not fail; if NATS is down, answer 502 and keep reconnecting in the background.
             await client.wait_connected(self._settings.nats.connect_timeout)
 
+        async def publish(messages: list[OutboundMessage]) -> list[PublishError | None]:
+            return await client.publish_many(messages, self._timeout)
+
         loop.run(connect(), timeout=self._settings.nats.connect_timeout + 1)
+        self._rounds = Rounds(loop, publish)
         self._loop, self._client, self._pid = loop, client, pid

@@ -5,11 +5,9 @@ processes, and threads do not survive a fork) on a private loop thread, and drai
 ``after_worker_shutdown``. Delivery threads call the synchronous methods of
 :class:`NatsAcknowledger`; :mod:`workers.actors` is the only caller.
 
-Acks and keepalives travel in rounds (:class:`_Outbox`): a delivery thread adds its ack to the
-round being gathered and waits for that round's confirmation; the loop thread wakes once per
-round, sends everything in it and confirms each ack with the server. Under load a round holds
-many acks, so a delivery costs a list append and an Event wait instead of a coroutine, a future
-and a loop wake-up of its own: that handoff was a quarter of a worker's CPU per event.
+Acks and keepalives travel in :class:`eventing.loop.Rounds`: a delivery thread adds its ack to
+the round being gathered and waits until the server confirmed it; the loop thread wakes once per
+round. Handing each ack over on its own was a quarter of a worker's CPU per event.
 
 Attempt counts (:class:`workers.delivery.AttemptLog`) live in a JetStream key-value bucket, one
 key per consumer and stream sequence, so they survive the worker that wrote them. They are
@@ -22,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-import nats.errors
 from dramatiq import Middleware
 
 from eventing import jetstream, jobs
@@ -35,7 +31,7 @@ from eventing.config import Settings
 from eventing.errors import BackendUnavailable
 from eventing.jetstream import JetStreamClient
 from eventing.jobs import DeliveryJob
-from eventing.loop import LoopThread
+from eventing.loop import LoopThread, Rounds
 from workers.delivery import NOTHING_MADE, Progress
 
 logger = logging.getLogger(__name__)
@@ -76,7 +72,8 @@ class NatsAcknowledger(Middleware):
         self._attempts = jetstream.attempts_bucket(settings.stream)
         self._loop: LoopThread | None = None
         self._client: JetStreamClient | None = None
-        self._outbox: _Outbox | None = None
+        self._acks: Rounds[tuple[str, bytes], BaseException | None] | None = None
+        self._keepalives: Rounds[str, None] | None = None
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
         loop = LoopThread("worker-nats")
@@ -94,7 +91,19 @@ class NatsAcknowledger(Middleware):
 
         loop.run(connect(), timeout=self._settings.nats.connect_timeout + 1)
         self._loop, self._client = loop, client
-        self._outbox = _Outbox(loop, client)
+
+        async def confirm(acks: list[tuple[str, bytes]]) -> list[BaseException | None]:
+            return await asyncio.gather(
+                *(client.acknowledge(reply, payload, _ACK_TIMEOUT) for reply, payload in acks),
+                return_exceptions=True,
+            )
+
+        async def keep_alive(replies: list[str]) -> list[None]:
+            for reply in replies:
+                await client.in_progress(reply)
+            return [None] * len(replies)
+
+        self._acks, self._keepalives = Rounds(loop, confirm), Rounds(loop, keep_alive)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         if self._loop is not None and self._client is not None:
@@ -113,7 +122,9 @@ class NatsAcknowledger(Middleware):
     def keepalive(self, reply: str) -> None:
         # Fire and forget: a keepalive only restarts the ack wait, and a lost one costs at most
         # a redelivery, so the delivery thread does not wait for the loop to send it.
-        self._require_outbox().keepalive(reply)
+        if self._keepalives is None:
+            raise BackendUnavailable("the worker's NATS connection is not started")
+        self._keepalives.post([reply])
 
     def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
         """Store the event in the dead-letter stream with why it ends there.
@@ -178,11 +189,14 @@ class NatsAcknowledger(Middleware):
         Raises:
             BackendUnavailable: no try was confirmed within ``_SETTLE_WITHIN`` seconds.
         """
-        outbox = self._require_outbox()
+        if self._acks is None:
+            raise BackendUnavailable("the worker's NATS connection is not started")
         give_up = time.monotonic() + _SETTLE_WITHIN
         while True:
             try:
-                outbox.confirm(reply, payload)
+                (failure,) = self._acks.call([(reply, payload)], timeout=_ACK_TIMEOUT + 1)
+                if failure is not None:
+                    raise failure
                 return
             except (BackendUnavailable, TimeoutError) as exc:
                 if time.monotonic() + _SETTLE_PAUSE >= give_up:
@@ -195,85 +209,6 @@ class NatsAcknowledger(Middleware):
         if self._loop is None or self._client is None:
             raise BackendUnavailable("the worker's NATS connection is not started")
         return self._loop, self._client
-
-    def _require_outbox(self) -> _Outbox:
-        if self._outbox is None:
-            raise BackendUnavailable("the worker's NATS connection is not started")
-        return self._outbox
-
-
-class _Round:
-    """The acks and keepalives gathered while the loop thread was busy; sent together."""
-
-    __slots__ = ("acks", "failures", "keepalives", "sent")
-
-    def __init__(self) -> None:
-        self.acks: list[tuple[str, bytes]] = []
-        self.keepalives: list[str] = []
-        self.failures: dict[int, BaseException] = {}  #: by index in ``acks``
-        self.sent = threading.Event()  #: every ack in the round confirmed or failed
-
-
-class _Outbox:
-    """Carries acks and keepalives from delivery threads to the loop thread in rounds."""
-
-    def __init__(self, loop: LoopThread, client: JetStreamClient) -> None:
-        self._loop = loop
-        self._client = client
-        self._lock = threading.Lock()
-        self._gathering: _Round | None = None
-
-    def confirm(self, reply: str, payload: bytes) -> None:
-        """Send an ack-type message and wait until the server confirmed it.
-
-        Raises:
-            BackendUnavailable: the server did not confirm it (not connected, or no answer).
-            TimeoutError: the round was not sent in time.
-        """
-        with self._lock:
-            round_ = self._join()
-            index = len(round_.acks)
-            round_.acks.append((reply, payload))
-        if not round_.sent.wait(_ACK_TIMEOUT + 1):
-            raise TimeoutError(f"no confirmation within {_ACK_TIMEOUT + 1:g}s")
-        failure = round_.failures.get(index)
-        if failure is not None:
-            raise failure
-
-    def keepalive(self, reply: str) -> None:
-        """Send a keepalive with the next round; nobody waits for it."""
-        with self._lock:
-            self._join().keepalives.append(reply)
-
-    def _join(self) -> _Round:
-        """The round being gathered; a new one wakes the loop thread (call with the lock)."""
-        if self._gathering is None:
-            self._gathering = _Round()
-            self._loop.loop.call_soon_threadsafe(self._close_round)
-        return self._gathering
-
-    def _close_round(self) -> None:
-        with self._lock:
-            round_, self._gathering = self._gathering, None
-        if round_ is not None:
-            self._loop.loop.create_task(self._send(round_))
-
-    async def _send(self, round_: _Round) -> None:
-        try:
-            for reply in round_.keepalives:
-                try:
-                    await self._client.in_progress(reply)
-                except nats.errors.Error as exc:  # a lost keepalive costs a redelivery at most
-                    logger.debug("keepalive not sent: %r", exc)
-            results = await asyncio.gather(
-                *(self._client.acknowledge(r, p, _ACK_TIMEOUT) for r, p in round_.acks),
-                return_exceptions=True,
-            )
-            round_.failures = {
-                i: result for i, result in enumerate(results) if isinstance(result, BaseException)
-            }
-        finally:
-            round_.sent.set()
 
 
 def _key(job: DeliveryJob) -> str:
