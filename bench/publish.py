@@ -68,6 +68,8 @@ import nats
 import nats.errors
 from nats.js import JetStreamContext
 
+from bench.procstat import RssSampler
+from bench.tables import render
 from eventing.config import Settings
 from eventing.jetstream import stream_config
 
@@ -127,6 +129,7 @@ class Row:
     scenario: str
     result: Result
     cpu: CpuUse
+    rss: dict[str, int]  #: peak resident bytes of each server's process tree
     target_rate: int | None = None  #: requests/s the client tried to keep (paced runs)
 
 
@@ -340,9 +343,13 @@ class CpuMeter:
 
     def measure(self, scenario: str, run: Callable[[], Result]) -> Row:
         print(f"running: {scenario}", flush=True)
-        before = self._sample()
-        result = run()
-        after = self._sample()
+        roots = {"nats": self._nats_pid}
+        if self._proxy_pid is not None:
+            roots["proxy"] = self._proxy_pid
+        with RssSampler(roots) as memory:
+            before = self._sample()
+            result = run()
+            after = self._sample()
         wall = after.wall - before.wall
 
         def percent(side: str) -> float:
@@ -358,6 +365,7 @@ class CpuMeter:
                 client=percent("client"),
                 other=max(0.0, percent("machine") - ours),
             ),
+            {name: peaks.total for name, peaks in memory.peaks.items()},
         )
 
     def _sample(self) -> _CpuSample:
@@ -610,8 +618,9 @@ def table(rows: list[Row], sequential: Result, pipelined: Result) -> str:
         "÷ raw pipelined",
         "÷ raw sequential",
         "CPU % proxy / nats / client / other",
+        "peak RSS MiB proxy / nats",
     )
-    lines = [head]
+    lines = []
     for row in rows:
         result, cpu = row.result, row.cpu
         proxy_cpu = "-" if cpu.proxy is None else f"{cpu.proxy:.0f}"
@@ -625,17 +634,13 @@ def table(rows: list[Row], sequential: Result, pipelined: Result) -> str:
                 ratio(result, pipelined),
                 ratio(result, sequential),
                 f"{proxy_cpu} / {cpu.nats:.0f} / {cpu.client:.0f} / {cpu.other:.0f}",
+                " / ".join(
+                    f"{row.rss[name] / 2**20:.0f}" if name in row.rss else "-"
+                    for name in ("proxy", "nats")
+                ),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-
-    def render(cells: tuple[str, ...]) -> str:
-        padded = [cells[0].ljust(widths[0])]
-        padded += [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "| " + " | ".join(padded) + " |"
-
-    separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([render(lines[0]), separator, *map(render, lines[1:])])
+    return render(head, lines)
 
 
 def ratio(result: Result, baseline: Result) -> str:
