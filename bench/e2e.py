@@ -35,6 +35,7 @@ import asyncio
 import http.client
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import queue as queue_module
@@ -91,7 +92,8 @@ def percentiles(values: list[float]) -> tuple[float, float] | None:
     if not values:
         return None
     ordered = sorted(values)
-    return statistics.median(ordered) * 1000, ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1000
+    nearest_rank = math.ceil(len(ordered) * 0.99) - 1
+    return statistics.median(ordered) * 1000, ordered[nearest_rank] * 1000
 
 
 # ---------------------------------------------------------------- baseline

@@ -1,7 +1,8 @@
 """Publishing throughput and latency of the proxy, next to raw nats-py JetStream publishing.
 
-Run ``.venv/bin/python bench/publish.py [--duration 10] [--connections 1 16 64] [--rates 1000
-2000]``; it needs ``wrk`` (``apt-get install wrk``) and takes about 90 seconds with the defaults.
+Part of ``python -m bench`` (``--suite publish``); alone: ``.venv/bin/python -m bench.publish
+[--duration 10] [--connections 1 16 64] [--rates 1000 2000]``. It needs ``wrk`` (``apt-get
+install wrk``) and takes about 90 seconds with the defaults.
 
 Why a baseline in the same run: absolute figures describe the machine more than the proxy. Raw
 nats-py publishing to the same nats-server, into an identically configured stream, with the same
@@ -724,7 +725,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("wrk") is None:
-        print("bench/publish.py needs wrk: apt-get install wrk", file=sys.stderr)
+        print("bench.publish needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
     try:
         return run(args)

@@ -2,8 +2,8 @@
 
 Why granian: on this project's 2-core machines a minimal Flask app publishing to JetStream served
 about twice as many requests per second under granian's WSGI interface as under gunicorn
-gthread; ``bench/publish.py`` measures the proxy itself. Each worker process builds its own app
-through the ``proxy:create_app`` factory and connects to NATS lazily.
+gthread; ``python -m bench --suite publish`` measures the proxy itself. Each worker process
+builds its own app through the ``proxy:create_app`` factory and connects to NATS lazily.
 """
 
 from __future__ import annotations
