@@ -12,7 +12,7 @@ The last three share one running system (:mod:`bench.e2e`). Each starts the serv
 ``honcho start`` does, on loopback, with load from separate processes, and prints a table with
 events/s, publish and publish→sink latency, CPU and peak memory per component, and the ratio to
 raw nats-py JetStream measured in the same run. With the defaults the whole run takes about
-six minutes on two cores; ``--quick`` shortens every scenario for a smoke run.
+five minutes on two cores; ``--quick`` shortens every scenario for a smoke run.
 """
 
 from __future__ import annotations
