@@ -110,6 +110,7 @@ class Rounds(Generic[I, R]):
         self._handle = handle
         self._lock = threading.Lock()
         self._gathering: _Round[I, R] | None = None
+        self._running: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
     def call(self, items: list[I], timeout: float) -> list[R]:
         """The results of ``items``, in order, once their round is done.
@@ -146,7 +147,9 @@ class Rounds(Generic[I, R]):
         with self._lock:
             round_, self._gathering = self._gathering, None
         if round_ is not None:
-            self._loop.loop.create_task(self._run(round_))
+            task = self._loop.loop.create_task(self._run(round_))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _run(self, round_: _Round[I, R]) -> None:
         try:
