@@ -41,7 +41,6 @@ import os
 import queue as queue_module
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,19 +55,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.procstat import RssSampler
-from bench.publish import stop_group
+from bench.publish import free_port, stop_group
 from bench.tables import render
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 PAYLOAD = b'{"pad": "' + b"x" * 1000 + b'"}'
 COMPONENTS = ("proxy", "manager", "workers", "nats", "redis")
 BATCH_SIZE = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

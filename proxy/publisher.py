@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 from eventing.config import Settings
@@ -40,13 +41,10 @@ class JetStreamPublisher:
         self._max_in_flight = settings.proxy.max_in_flight
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._loop: LoopThread | None = None
-        self._client: JetStreamClient | None = None
-        self._rounds: Rounds[OutboundMessage, PublishError | None] | None = None
+        self._connection: _Connection | None = None  #: of this process, made lazily
 
     def publish(self, messages: list[OutboundMessage]) -> list[PublishError | None]:
-        _, _, rounds = self._started()
+        rounds = self._started().rounds
         count = len(messages)
         with self._lock:
             if self._in_flight + count > self._max_in_flight:
@@ -66,33 +64,34 @@ class JetStreamPublisher:
                 self._in_flight -= count
 
     def ready(self) -> bool:
-        loop, client, _ = self._started()
+        connection = self._started()
         try:
-            return loop.run(client.stream_exists(timeout=1.0), timeout=2.0)
+            return connection.loop.run(connection.client.stream_exists(timeout=1.0), timeout=2.0)
         except TimeoutError:
             return False
 
     def close(self) -> None:
         """Drain the connection and stop the loop thread of this process."""
-        if self._loop is None or self._client is None or self._pid != os.getpid():
+        connection = self._connection
+        if connection is None or connection.pid != os.getpid():
             return
         with contextlib.suppress(TimeoutError):
-            self._loop.run(self._client.close(), timeout=5.0)
-        self._loop.close()
-        self._pid = self._loop = self._client = self._rounds = None
+            connection.loop.run(connection.client.close(), timeout=5.0)
+        connection.loop.close()
+        self._connection = None
 
-    def _started(
-        self,
-    ) -> tuple[LoopThread, JetStreamClient, Rounds[OutboundMessage, PublishError | None]]:
+    def _started(self) -> _Connection:
+        """This process's connection, started at its first use (a forked process makes its own)."""
         pid = os.getpid()
-        if self._pid != pid:
+        connection = self._connection
+        if connection is None or connection.pid != pid:
             with self._lock:
-                if self._pid != pid:
-                    self._start(pid)
-        assert self._loop is not None and self._client is not None and self._rounds is not None
-        return self._loop, self._client, self._rounds
+                connection = self._connection
+                if connection is None or connection.pid != pid:
+                    connection = self._connection = self._start(pid)
+        return connection
 
-    def _start(self, pid: int) -> None:
+    def _start(self, pid: int) -> _Connection:
         loop = LoopThread(f"proxy-nats-{pid}")
         loop.start()
         client = JetStreamClient(
@@ -109,5 +108,14 @@ class JetStreamPublisher:
             return await client.publish_many(messages, self._timeout)
 
         loop.run(connect(), timeout=self._settings.nats.connect_timeout + 1)
-        self._rounds = Rounds(loop, publish)
-        self._loop, self._client, self._pid = loop, client, pid
+        return _Connection(pid, loop, client, Rounds(loop, publish))
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    """A process's NATS connection on its loop thread, and the rounds its publishes share."""
+
+    pid: int
+    loop: LoopThread
+    client: JetStreamClient
+    rounds: Rounds[OutboundMessage, PublishError | None]

@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from dramatiq import Middleware
@@ -70,10 +71,7 @@ class NatsAcknowledger(Middleware):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._attempts = jetstream.attempts_bucket(settings.stream)
-        self._loop: LoopThread | None = None
-        self._client: JetStreamClient | None = None
-        self._acks: Rounds[tuple[str, bytes], BaseException | None] | None = None
-        self._keepalives: Rounds[str, None] | None = None
+        self._connection: _Connection | None = None
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
         loop = LoopThread("worker-nats")
@@ -90,7 +88,6 @@ class NatsAcknowledger(Middleware):
             await client.wait_connected(self._settings.nats.connect_timeout)
 
         loop.run(connect(), timeout=self._settings.nats.connect_timeout + 1)
-        self._loop, self._client = loop, client
 
         async def confirm(acks: list[tuple[str, bytes]]) -> list[BaseException | None]:
             return await asyncio.gather(
@@ -103,15 +100,16 @@ class NatsAcknowledger(Middleware):
                 await client.in_progress(reply)
             return [None] * len(replies)
 
-        self._acks, self._keepalives = Rounds(loop, confirm), Rounds(loop, keep_alive)
+        acks, keepalives = Rounds(loop, confirm), Rounds(loop, keep_alive)
+        self._connection = _Connection(loop, client, acks, keepalives)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        if self._loop is not None and self._client is not None:
+        if self._connection is not None:
             try:
-                self._loop.run(self._client.close(), timeout=5.0)
+                self._connection.loop.run(self._connection.client.close(), timeout=5.0)
             except TimeoutError:
                 logger.warning("NATS connection did not drain within 5s")
-            self._loop.close()
+            self._connection.loop.close()
 
     def ack(self, reply: str) -> None:
         self._send(reply, b"+ACK")
@@ -122,9 +120,7 @@ class NatsAcknowledger(Middleware):
     def keepalive(self, reply: str) -> None:
         # Fire and forget: a keepalive only restarts the ack wait, and a lost one costs at most
         # a redelivery, so the delivery thread does not wait for the loop to send it.
-        if self._keepalives is None:
-            raise BackendUnavailable("the worker's NATS connection is not started")
-        self._keepalives.post([reply])
+        self._require().keepalives.post([reply])
 
     def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
         """Store the event in the dead-letter stream with why it ends there.
@@ -132,11 +128,11 @@ class NatsAcknowledger(Middleware):
         Raises:
             PublishError: the dead letter was not stored (the caller must not ack then).
         """
-        loop, client = self._require()
+        connection = self._require()
         message = jobs.dead_letter(job, reason, status, attempts)
         timeout = self._settings.proxy.request_timeout
         stream = self._settings.stream.dead_letter_name
-        loop.run(client.publish(message, timeout, stream=stream), timeout + 1)
+        connection.loop.run(connection.client.publish(message, timeout, stream=stream), timeout + 1)
 
     def progress(self, job: DeliveryJob) -> Progress | None:
         """The failed attempts counted for ``job``'s message; None if the bucket cannot say."""
@@ -175,9 +171,9 @@ class NatsAcknowledger(Middleware):
         Raises:
             BackendUnavailable: not connected, or no answer in time.
         """
-        loop, client = self._require()
+        connection = self._require()
         try:
-            return loop.run(call(client), _KV_TIMEOUT + 1)
+            return connection.loop.run(call(connection.client), _KV_TIMEOUT + 1)
         except TimeoutError as exc:
             raise BackendUnavailable(f"the attempts bucket did not answer: {exc}") from exc
 
@@ -189,12 +185,11 @@ class NatsAcknowledger(Middleware):
         Raises:
             BackendUnavailable: no try was confirmed within ``_SETTLE_WITHIN`` seconds.
         """
-        if self._acks is None:
-            raise BackendUnavailable("the worker's NATS connection is not started")
+        acks = self._require().acks
         give_up = time.monotonic() + _SETTLE_WITHIN
         while True:
             try:
-                (failure,) = self._acks.call([(reply, payload)], timeout=_ACK_TIMEOUT + 1)
+                (failure,) = acks.call([(reply, payload)], timeout=_ACK_TIMEOUT + 1)
                 if failure is not None:
                     raise failure
                 return
@@ -205,10 +200,20 @@ class NatsAcknowledger(Middleware):
                     ) from exc
             time.sleep(_SETTLE_PAUSE)
 
-    def _require(self) -> tuple[LoopThread, JetStreamClient]:
-        if self._loop is None or self._client is None:
+    def _require(self) -> _Connection:
+        if self._connection is None:
             raise BackendUnavailable("the worker's NATS connection is not started")
-        return self._loop, self._client
+        return self._connection
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    """What ``before_worker_boot`` starts in each worker process."""
+
+    loop: LoopThread
+    client: JetStreamClient
+    acks: Rounds[tuple[str, bytes], BaseException | None]  #: confirmed: the result per ack
+    keepalives: Rounds[str, None]  #: posted, never waited for
 
 
 def _key(job: DeliveryJob) -> str:
