@@ -68,8 +68,10 @@ function received(event) {
   for (const [name, value] of Object.entries(event)) {
     if (value === undefined || name === "data_base64") continue;
     if (name === "data") {
+      // The SDK hands JSON data over parsed (a JSON string as a string), anything else as read.
+      const parsed = /^application\/([^;]*\+)?json/i.test(event.datacontenttype || "");
       const bytes =
-        typeof value === "string" || ArrayBuffer.isView(value)
+        ArrayBuffer.isView(value) || (typeof value === "string" && !parsed)
           ? Buffer.from(value)
           : Buffer.from(JSON.stringify(value));
       data = bytes.toString("base64");
