@@ -89,11 +89,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("interop matrix")
     names = list(RECEIVERS)
     terminalreporter.write_line(
-        f"{'publisher':9} {'mode':10} {'case':16} " + " ".join(f"{n:6}" for n in names)
+        f"{'publisher':9} {'mode':10} {'case':19} " + " ".join(f"{n:6}" for n in names)
     )
     for (sdk, mode, case), row in sorted(MATRIX.items(), key=lambda item: _order(item[0])):
         cells = " ".join(f"{row.get(name, '-'):6}" for name in names)
-        terminalreporter.write_line(f"{sdk:9} {mode:10} {case:16} {cells}")
+        terminalreporter.write_line(f"{sdk:9} {mode:10} {case:19} {cells}")
     for receiver in RECEIVERS.values():
         decoding = (
             "decodes percent-encoding itself"

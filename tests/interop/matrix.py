@@ -27,8 +27,8 @@ from tests.support.system import System
 #: Receivers in matrix order, with what their SDKs do to values (README "Interoperability").
 RECEIVERS = {
     "go": Receiver("go", decodes_percent=False, time_digits=9),
-    "node": Receiver("node", decodes_percent=False, time_digits=3),
-    "python": Receiver("python", decodes_percent=True, time_digits=6),
+    "node": Receiver("node", decodes_percent=False, time_digits=3, stamps_time=True),
+    "python": Receiver("python", decodes_percent=True, time_digits=6, stamps_time=True),
     "wire": Receiver("wire", decodes_percent=True, time_digits=None),
 }
 DELIVERY_TIMEOUT = 30.0

@@ -6,10 +6,13 @@ wire, attribute by attribute, extension by extension, byte by byte. The only add
 are ``originaltype`` (the type as published) and trace extensions. Where an SDK keeps binary-mode
 values percent-encoded the test decodes them, as the binding says a receiver should; where an
 SDK's time type is coarser than the wire's, times compare at that SDK's precision (``wire``
-compares the text).
+compares the text). A binary-mode request with unencoded non-ASCII bytes in a ``ce-*`` header
+breaks the binding: a clear 4xx for it passes, a changed value does not.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -46,6 +49,13 @@ def test_every_receiver_holds_what_the_sdk_published(
     ]
     if sent_as:
         NOTES.append(f"{cell.event_id}: the {sdk} SDK sent " + "; ".join(sent_as))
+    if cell.published.raw_non_ascii and _clear_refusal(cell.proxy_status, cell.proxy_error):
+        # Unencoded non-ASCII breaks the binding, and the proxy's HTTP server cannot read it:
+        # a 4xx saying so is the right answer, as long as no receiver gets the event.
+        delivered = sorted(cell.received)
+        row.update(dict.fromkeys(RECEIVERS, "4xx"))
+        assert not delivered, f"{cell.event_id} was refused, yet delivered to {delivered}"
+        return
     if not 200 <= cell.proxy_status < 300:
         row.update(dict.fromkeys(RECEIVERS, "FAIL"))
         pytest.fail(
@@ -73,3 +83,12 @@ def test_every_receiver_holds_what_the_sdk_published(
 def _parse_errors(run: InteropRun, receiver: str) -> str:
     errors = run.receiver_errors.get(receiver, [])
     return f" (the SDK refused {len(errors)} requests, e.g. {errors[0]})" if errors else ""
+
+
+def _clear_refusal(status: int, body: str) -> bool:
+    """A 4xx with a problem+json body that says what was wrong."""
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        return False
+    return 400 <= status < 500 and isinstance(problem, dict) and bool(problem.get("detail"))
