@@ -60,7 +60,7 @@ CASES: dict[str, dict[str, Any]] = {
 def neutral_event(event_id: str, case: str) -> dict[str, Any]:
     """The case as the JSON line every SDK program reads (null fields left out)."""
     fields = {"id": event_id, "source": SOURCE, "type": TYPE, **CASES[case]}
-    if case not in ("binary-data", "empty-data") and "data_json" not in fields:
+    if case != "empty-data" and "data_base64" not in fields and "data_json" not in fields:
         fields["data_json"] = {"case": case}
     return {name: value for name, value in fields.items() if value is not None}
 
@@ -68,7 +68,10 @@ def neutral_event(event_id: str, case: str) -> dict[str, Any]:
 def intended(event_id: str, case: str) -> SpecEvent:
     """What the application meant to send, read as the spec would."""
     fields = neutral_event(event_id, case)
-    return read_structured({"specversion": "1.0", **fields.pop("extensions", {}), **fields})
+    extensions = fields.pop("extensions", {})
+    if "data_json" in fields:
+        fields["data"] = fields.pop("data_json")
+    return read_structured({"specversion": "1.0", **extensions, **fields})
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,7 @@ def canonical(value: Any) -> str:
 def read_structured(document: dict[str, Any]) -> SpecEvent:
     """One event in the JSON format (structured mode, or one element of a batch)."""
     fields = dict(document)
-    data_base64, data = fields.pop("data_base64", None), fields.pop("data_json", None)
-    if "data" in fields:
-        data = fields.pop("data")
+    data_base64, data = fields.pop("data_base64", None), fields.pop("data", None)
     attributes = {name: canonical(value) for name, value in fields.items() if value is not None}
     if data_base64 is not None:
         return SpecEvent(attributes, base64.b64decode(data_base64))
