@@ -121,7 +121,7 @@ def read_binary(headers: dict[str, str], body: bytes) -> SpecEvent:
         elif lowered.startswith("ce-"):
             raw = value.encode("latin-1")
             if re.search(rb'[^\x21-\x7e]|"', raw):
-                notes.append(f"{lowered} sent without percent-encoding: {raw!r}")
+                notes.append(f"{lowered} not percent-encoded: {raw!r}")
                 raw_non_ascii = raw_non_ascii or re.search(rb"[\x80-\xff]", raw) is not None
             text = raw.decode("utf-8", errors="replace")
             attributes[lowered[3:]] = unquote(text, errors="strict")
