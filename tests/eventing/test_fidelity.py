@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
-from eventing import cloudevent
-from eventing.errors import InvalidEvent
+from eventing import cloudevent, legacy
+from eventing.errors import InvalidEvent, InvalidLegacyEvent
 from tests.eventing.test_cloudevent import BINARY, EVENT, STRUCTURED
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -260,3 +260,12 @@ def test_json_data_under_an_upper_case_json_type_is_stored_as_json() -> None:
     )
     assert stored["data"] == {"a": 1}
     assert body == b'{"a":1}'
+
+
+def test_a_legacy_event_keeps_its_time_and_refuses_a_lone_surrogate() -> None:
+    body = b'{"event-type":"order.created","event-type-version":"v1","event-time":"%s","data":%s}'
+    converted = legacy.parse("app", body % (b"2016-12-31T23:59:60.5Z", b'"x"'), "sap.kyma.custom")
+    assert converted.event.get_time() == "2016-12-31T23:59:60.5Z"
+    with pytest.raises(InvalidLegacyEvent) as caught:
+        legacy.parse("app", body % (b"2020-04-02T21:37:00Z", b'"\\ud800"'), "sap.kyma.custom")
+    assert "surrogate" in (caught.value.more_info or "")
