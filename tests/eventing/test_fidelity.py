@@ -8,10 +8,13 @@ POSTs to the sink).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventing import cloudevent, legacy
 from eventing.errors import InvalidEvent, InvalidLegacyEvent
@@ -269,3 +272,32 @@ def test_a_legacy_event_keeps_its_time_and_refuses_a_lone_surrogate() -> None:
     with pytest.raises(InvalidLegacyEvent) as caught:
         legacy.parse("app", body % (b"2020-04-02T21:37:00Z", b'"\\ud800"'), "sap.kyma.custom")
     assert "surrogate" in (caught.value.more_info or "")
+
+
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(min_size=1),
+    extensions=st.dictionaries(
+        st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True).filter(
+            lambda name: (
+                name not in {"data", "time", "subject", "datacontenttype", "dataschema"}
+                and name not in {"traceparent", "tracestate"}
+                and not name.startswith("b3")
+            )
+        ),
+        st.text() | st.booleans() | st.integers(-(2**31), 2**31 - 1),
+        max_size=5,
+    ),
+)
+def test_any_attribute_arrives_as_published_once_percent_decoded(
+    subject: str, extensions: dict[str, Any]
+) -> None:
+    document = {**EVENT, **extensions, "subject": subject}
+    _, headers, _ = _publish(STRUCTURED, json.dumps(document).encode())
+    for name, value in document.items():
+        sent = headers[f"ce-{name}"]
+        assert _PRINTABLE_ASCII.fullmatch(sent) and " " not in sent and '"' not in sent
+        assert unquote(sent, errors="strict") == cloudevent.header_form(value)
