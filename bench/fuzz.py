@@ -16,8 +16,9 @@ Method:
 - A load process of its own sends ``--count`` cases of :mod:`tests.support.hostile` (seeded:
   the seed is printed, and any case can be rebuilt from it and its index) from ``--threads``
   threads over raw sockets: valid events in every mode next to malformed and deeply nested JSON,
-  huge numbers, invalid UTF-8, odd header combinations, oversized, truncated and trickled
-  bodies, wrong legacy fields, odd methods, paths and request lines.
+  huge numbers, invalid UTF-8, odd header combinations, repeated attribute headers, raw
+  non-ASCII and CR/LF header values, trace context that is no W3C Trace Context, oversized,
+  truncated and trickled bodies, wrong legacy fields, odd methods, paths and request lines.
 - Meanwhile the resident memory of the proxy's processes and of nats-server is sampled every
   0.5 s, and every granian worker pid is noted (a crashed worker is respawned silently).
 - Afterwards every event in the stream is traced to its request by the marker in its id, and

@@ -1,35 +1,41 @@
 """CloudEvents in and out: the three HTTP modes, validation, and the stored form (pure).
 
-The sole importer of the cloudevents SDK. The SDK fills in a missing ``id`` or ``time`` instead of
-refusing the event, accepts any ``source`` and reports a bad ``time`` as a bare ``ValueError``, so
-we check the raw input ourselves first, with messages that name the attribute and say what was
-expected, and only then build the SDK's ``CloudEvent``, whose JSON format gives the stored form.
+What a sink receives is what the publisher sent: every attribute keeps the value and the text it
+was published with, and nothing is added but the documented ``originaltype`` and the trace
+extensions taken from request headers. That is why the event model is ours and not the
+cloudevents SDK's: the SDK's event fills in a missing ``id`` and ``time``, holds ``time`` as a
+datetime (nanoseconds cut to microseconds, ``.491Z`` written back as ``.491000Z``, a leap second
+refused), renders a boolean extension as Python's ``True``, and its JSON writer, whose JSON check
+is case-sensitive, stores ``Application/JSON`` data as a Python repr. We check the raw input
+ourselves, with messages that name the attribute (or header) and say what was expected.
 
 What is stored in JetStream is the event in the structured JSON format: ``data`` as a JSON value
 when it arrived as one (structured mode, legacy events), ``data_base64`` when it arrived as bytes
 (binary mode), so a sink later receives the very bytes the publisher sent.
+
+Header values are read as a WSGI server passes them (PEP 3333: the bytes, latin-1-decoded), as
+UTF-8, then percent-decoded (``ce-*`` only), as the CloudEvents HTTP binding says. Two things a
+server may do to a value cannot be undone, so such values are refused (400) instead of stored
+changed: granian's WSGI environ holds ``""`` for a value with bytes outside visible ASCII, and
+joins repeated header lines with ``,``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
-from urllib.parse import unquote, urlsplit
-
-from cloudevents.core.bindings.http import to_binary
-from cloudevents.core.exceptions import BaseCloudEventException
-from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
+from urllib.parse import quote, unquote, urlsplit
 
 from eventing.errors import InvalidBatch, InvalidEvent, UnsupportedMode
 
-#: The SDK's event class is our event model.
-Event = CloudEvent
+#: An attribute value: a string, or a JSON boolean or integer (extensions only).
+Value = str | bool | int
 T = TypeVar("T")
 
 STRUCTURED: Final = "application/cloudevents+json"
@@ -38,12 +44,31 @@ JSON: Final = "application/json"
 
 _REQUIRED: Final = ("specversion", "id", "source", "type")
 _CONTEXT: Final = frozenset({*_REQUIRED, "datacontenttype", "dataschema", "subject", "time"})
-_EXTENSION_NAME = re.compile(r"^[a-z0-9]+$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-_MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$")
-_JSON_MEDIA_TYPE = re.compile(r"^(application|text)/([\w.-]+\+)?json(\s*;.*)?$", re.IGNORECASE)
+#: Headers whose value is the event's identity or routing: a comma there may be two header lines
+#: joined by the server, and a merged id or type would be stored as another event.
+_SINGLE_HEADERS: Final = frozenset({"ce-specversion", "ce-id", "ce-source", "ce-type"})
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))"
+)
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+#: RFC 9110 media type; parameters in printable ASCII, as it is sent as Content-Type unencoded.
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}([ \t]*;[\x20-\x7e\t]*)?")
+_JSON_MEDIA_TYPE = re.compile(r"(application|text)/([\w.-]+\+)?json(\s*;.*)?", re.IGNORECASE)
 _INT32 = range(-(2**31), 2**31)
-_FORMAT = JSONFormat()
+#: A JSON string escape of a UTF-16 surrogate: only then can a parsed document hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+#: W3C Trace Context (https://www.w3.org/TR/trace-context/): version, trace id, parent id, flags,
+#: and after a version above 00 possibly more fields.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACESTATE_KEY = re.compile(
+    r"[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}"
+)
+_TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+_TRACESTATE_MEMBERS = 32
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 #: Request headers that carry trace context, and the extension each one becomes (§2.8).
 TRACE_HEADERS: Final = {
@@ -55,6 +80,61 @@ TRACE_HEADERS: Final = {
     "x-b3-sampled": "b3sampled",
     "x-b3-flags": "b3flags",
 }
+#: Trace extensions and the HTTP header each one goes back to when delivered (§2.8).
+_TRACE_OUT: Final = {
+    "traceparent": "traceparent",
+    "tracestate": "tracestate",
+    "b3traceid": "X-B3-TraceId",
+    "b3parentspanid": "X-B3-ParentSpanId",
+    "b3spanid": "X-B3-SpanId",
+    "b3sampled": "X-B3-Sampled",
+    "b3flags": "X-B3-Flags",
+}
+#: What the HTTP binding (3.1.3.2) lets stand in a ``ce-*`` value: printable ASCII but space,
+#: ``"`` and ``%``. Everything else is percent-encoded, non-ASCII as its UTF-8 bytes.
+_CE_HEADER_SAFE: Final = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '"%')
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid CloudEvent, every attribute as it was published.
+
+    ``attributes`` maps names to strings (``time`` too: the published text), or JSON booleans
+    and integers for extensions; ``data`` is ``bytes`` (binary mode), a JSON value, or None.
+    The getters are named as the cloudevents SDK names them.
+    """
+
+    attributes: Mapping[str, Value]
+    data: Any = field(default=None)
+
+    def get_id(self) -> str:
+        return str(self.attributes["id"])
+
+    def get_source(self) -> str:
+        return str(self.attributes["source"])
+
+    def get_type(self) -> str:
+        return str(self.attributes["type"])
+
+    def get_specversion(self) -> str:
+        return str(self.attributes["specversion"])
+
+    def get_datacontenttype(self) -> str | None:
+        value = self.attributes.get("datacontenttype")
+        return None if value is None else str(value)
+
+    def get_time(self) -> str | None:
+        value = self.attributes.get("time")
+        return None if value is None else str(value)
+
+    def get_extension(self, name: str) -> Value | None:
+        return self.attributes.get(name)
+
+    def get_attributes(self) -> dict[str, Value]:
+        return dict(self.attributes)
+
+    def get_data(self) -> Any:
+        return self.data
 
 
 def media_type(content_type: str | None) -> str:
@@ -64,7 +144,7 @@ def media_type(content_type: str | None) -> str:
 
 def is_json(content_type: str | None) -> bool:
     """Whether a datacontenttype declares JSON content (``application/json``, ``…+json``)."""
-    return bool(content_type and _JSON_MEDIA_TYPE.match(content_type))
+    return bool(content_type and _JSON_MEDIA_TYPE.fullmatch(content_type))
 
 
 def parse_http(
@@ -73,7 +153,9 @@ def parse_http(
     """Read the CloudEvent(s) of a ``POST /publish`` request.
 
     Parameters:
-        headers: request headers; names are matched case-insensitively.
+        headers: request headers as a WSGI server passes them (PEP 3333); names are matched
+            case-insensitively. A ``Content-Type`` the server could not read must be passed
+            as ``""``, not left out.
         body: the raw request body.
         prepare: applied to each valid event (e.g. to find its subject); an
             :class:`InvalidEvent` it raises counts as that event's error.
@@ -85,10 +167,13 @@ def parse_http(
     Raises:
         UnsupportedMode: neither a CloudEvents content type nor a ``ce-specversion`` header.
         InvalidBatch: some events of a batch are invalid (each error keyed by index).
-        InvalidEvent: the single event is invalid.
+        InvalidEvent: the single event is invalid, or a header it needs cannot be read.
     """
     lowered = {name.lower(): value for name, value in headers.items()}
-    mode = media_type(lowered.get("content-type"))
+    content_type = lowered.get("content-type")
+    if content_type is not None:
+        content_type = header_text("content-type", content_type)
+    mode = media_type(content_type)
     if mode == BATCH:
         return "batch", parse_batch(body, prepare)
     if mode == STRUCTURED:
@@ -108,20 +193,53 @@ def parse_http(
 
 
 def parse_binary(headers: Mapping[str, str], body: bytes) -> Event:
-    """A binary-mode event: attributes from ``ce-*`` headers (lower-case names), data = body."""
+    """A binary-mode event: attributes from ``ce-*`` headers (lower-case names), data = body.
+
+    Values are percent-decoded as UTF-8 (HTTP binding 3.1.3.2); a comma in ``ce-id``,
+    ``ce-source``, ``ce-type`` or ``ce-specversion`` must come as ``%2C``, as the server may
+    have joined two header lines with one.
+    """
     attributes: dict[str, Any] = {}
     for name, value in headers.items():
         if name.startswith("ce-"):
-            attribute = name[3:]
+            text = header_text(name, value)
+            if name in _SINGLE_HEADERS and "," in text:
+                raise InvalidEvent(
+                    f"header {name}: a ',' cannot be told from two {name} headers, which the"
+                    " HTTP server joins with one; send a comma in the value as %2C",
+                    attribute=name,
+                )
             try:
-                attributes[attribute] = unquote(value, errors="strict")
+                attributes[name[3:]] = unquote(text, errors="strict")
             except UnicodeDecodeError:
                 raise InvalidEvent(
-                    f"header {name}: percent-encoded bytes must be UTF-8", attribute=attribute
+                    f"header {name}: percent-encoded bytes must be UTF-8", attribute=name
                 ) from None
     if "content-type" in headers:
-        attributes["datacontenttype"] = headers["content-type"]
+        attributes["datacontenttype"] = header_text("content-type", headers["content-type"])
     return build(attributes, body if body else None)
+
+
+def header_text(name: str, value: str) -> str:
+    """A header value as text: the bytes a PEP 3333 server passes (latin-1) read as UTF-8.
+
+    Raises:
+        InvalidEvent: the value is empty (granian passes a value it cannot read as ``""``, so
+            an empty one may have been anything), or its bytes are not UTF-8.
+    """
+    if not value:
+        raise InvalidEvent(
+            f"header {name}: empty, or it held bytes outside printable ASCII, which the proxy's"
+            " HTTP server passes on as an empty value; send non-ASCII characters percent-encoded"
+            " as UTF-8 (é as %C3%A9), as the CloudEvents HTTP binding does",
+            attribute=name,
+        )
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise InvalidEvent(f"header {name}: the value is not UTF-8", attribute=name) from None
 
 
 def parse_structured(body: bytes) -> Event:
@@ -191,8 +309,8 @@ def from_json_object(document: Mapping[str, Any]) -> Event:
     return build(attributes, data)
 
 
-def build(attributes: dict[str, Any], data: Any) -> Event:
-    """Validate raw attributes and make the event.
+def build(attributes: Mapping[str, Any], data: Any) -> Event:
+    """Validate raw attributes and make the event, every value kept as it came.
 
     Parameters:
         attributes: attribute name → value as received; JSON booleans and integers allowed for
@@ -213,16 +331,12 @@ def build(attributes: dict[str, Any], data: Any) -> Event:
             attribute="specversion",
         )
     _check_uri_reference("source", attributes["source"])
-    values: dict[str, Any] = {}
     for name, value in attributes.items():
         if name in _CONTEXT:
-            values[name] = _context_value(name, value)
+            _check_context_value(name, value)
         else:
-            values[name] = _extension_value(name, value)
-    try:
-        return CloudEvent(values, data)
-    except BaseCloudEventException as exc:  # our checks are stricter; this is a safety net
-        raise InvalidEvent(f"not a valid CloudEvent: {exc}") from None
+            _check_extension_value(name, value)
+    return Event(dict(attributes), data)
 
 
 def with_extensions(event: Event, extensions: Mapping[str, str], *, replace: bool) -> Event:
@@ -231,64 +345,71 @@ def with_extensions(event: Event, extensions: Mapping[str, str], *, replace: boo
     ``replace=False`` keeps values the event already has (trace context set by the publisher
     wins over request headers).
     """
-    attributes = dict(event.get_attributes())
+    attributes = event.get_attributes()
     for name, value in extensions.items():
         if replace or name not in attributes:
             attributes[name] = value
-    return CloudEvent(attributes, event.get_data())
+    return Event(attributes, event.data)
 
 
 def trace_extensions(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Trace-context request headers as CloudEvent extensions (traceparent, B3)."""
+    """Trace-context request headers as CloudEvent extensions (traceparent, B3).
+
+    Raises:
+        InvalidEvent: a trace header is empty or unreadable, ``traceparent`` or ``tracestate``
+            is not W3C Trace Context, or a B3 value is not visible ASCII.
+    """
     found: dict[str, str] = {}
     for name, value in headers:
         extension = TRACE_HEADERS.get(name.lower())
-        if extension and value:
-            found[extension] = value
+        if extension:
+            text = header_text(name.lower(), value)
+            _check_trace_value(extension, text, attribute=name.lower())
+            found[extension] = text
     return found
 
 
 def to_stored(event: Event) -> bytes:
     """The event in the structured JSON format, as stored in JetStream."""
-    return _FORMAT.write(event)
+    document: dict[str, Any] = event.get_attributes()
+    if isinstance(event.data, bytes):
+        document["data_base64"] = base64.b64encode(event.data).decode("ascii")
+    elif event.data is not None:
+        document["data"] = event.data
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def from_stored(payload: bytes) -> Event:
     """An event read back from JetStream (written by :func:`to_stored`)."""
-    event = _FORMAT.read(CloudEvent, payload)
-    assert isinstance(event, CloudEvent)
-    return event
-
-
-#: Trace extensions and the HTTP header each one goes back to when delivered (§2.8).
-_TRACE_OUT: Final = {
-    "traceparent": "traceparent",
-    "tracestate": "tracestate",
-    "b3traceid": "X-B3-TraceId",
-    "b3parentspanid": "X-B3-ParentSpanId",
-    "b3spanid": "X-B3-SpanId",
-    "b3sampled": "X-B3-Sampled",
-    "b3flags": "X-B3-Flags",
-}
+    document = json.loads(payload)
+    data: Any = document.pop("data", None)
+    encoded = document.pop("data_base64", None)
+    if encoded is not None:
+        data = base64.b64decode(encoded)
+    return Event(document, data)
 
 
 def to_binary_request(stored: bytes, event_type: str) -> tuple[dict[str, str], bytes]:
     """Headers and body that deliver a stored event in binary mode, typed ``event_type``.
 
-    Trace extensions become trace headers again; everything else is a ``ce-*`` header. The body
-    is the data as the publisher sent it: binary-mode bytes unchanged, a JSON value serialised
-    compactly (a JSON string keeps its quotes, as JSON requires).
+    Trace extensions become trace headers again, ``datacontenttype`` the Content-Type (none if
+    the publisher set none), everything else a ``ce-*`` header: strings as published, booleans
+    ``true``/``false``, integers in decimal, percent-encoded as the HTTP binding requires and
+    no further. The body is the data as the publisher sent it: binary-mode bytes unchanged, a
+    JSON value serialised compactly (a JSON string keeps its quotes, as JSON requires).
     """
     event = from_stored(stored)
-    attributes = dict(event.get_attributes())
-    attributes["type"] = event_type
-    trace = {
-        _TRACE_OUT[name]: str(attributes.pop(name))
-        for name in list(attributes)
-        if name in _TRACE_OUT
-    }
-    data = event.get_data()
-    content_type = attributes.get("datacontenttype")
+    headers: dict[str, str] = {}
+    for name, value in {**event.attributes, "type": event_type}.items():
+        text = header_form(value)
+        if name in _TRACE_OUT:
+            headers[_TRACE_OUT[name]] = text
+        elif name == "datacontenttype":
+            headers["content-type"] = text
+        else:
+            headers[f"ce-{name}"] = quote(text, safe=_CE_HEADER_SAFE)
+    data = event.data
+    content_type = event.get_datacontenttype()
     body: bytes
     if data is None:
         body = b""
@@ -296,24 +417,79 @@ def to_binary_request(stored: bytes, event_type: str) -> tuple[dict[str, str], b
         body = data
     elif content_type is None or is_json(content_type):
         body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-        attributes.setdefault("datacontenttype", JSON)
     else:
         body = str(data).encode()
-    message = to_binary(CloudEvent(attributes, body), _FORMAT)
-    return {**message.headers, **trace}, message.body
+    return headers, body
+
+
+def header_form(value: Value) -> str:
+    """An attribute value as CloudEvents writes it in text (spec, "Type System")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def check_time(value: str) -> str:
+    """An RFC 3339 timestamp (``2020-04-02T21:37:00Z``), returned unchanged.
+
+    Any number of fractional digits and a leap second (``23:59:60Z``) are valid; the date must
+    exist and the clock fields be in range.
+
+    Raises:
+        InvalidEvent: not RFC 3339.
+    """
+    found = _RFC3339.fullmatch(value)
+    if found:
+        hour, minute, second = (int(part) for part in found.groups()[3:6])
+        offset_hour, offset_minute = (int(part or 0) for part in found.groups()[6:])
+        clock_in_range = hour <= 23 and minute <= 59 and second <= 60  # 60: a leap second
+        if clock_in_range and offset_hour <= 23 and offset_minute <= 59 and _is_date(found):
+            return value
+    raise InvalidEvent(
+        f"time: expected an RFC 3339 timestamp such as 2020-04-02T21:37:00Z, got {_show(value)}",
+        attribute="time",
+    )
+
+
+def _is_date(found: re.Match[str]) -> bool:
+    try:
+        datetime.date(*(int(part) for part in found.groups()[:3]))
+    except ValueError:
+        return False
+    return True
+
+
+def refuse_lone_surrogates(body: bytes, document: Any) -> None:
+    """Refuse parsed JSON holding a lone UTF-16 surrogate (``"\\ud800"``): it is no character,
+    no UTF-8 can carry it, and a worker could not encode it for the sink.
+
+    Raises:
+        InvalidEvent: a string of ``document`` holds one.
+    """
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(
+            "the body escapes a lone UTF-16 surrogate (such as \\ud800), which is no character",
+            attribute="body",
+        ) from None
 
 
 def _load_json(body: bytes) -> Any:
     if not body:
         raise InvalidEvent("the body is empty; expected JSON", attribute="body")
     try:
-        return json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"the body is not UTF-8 (byte {exc.start})", attribute="body") from None
     except RecursionError:
         raise InvalidEvent("the body is JSON nested too deeply", attribute="body") from None
     except ValueError as exc:
         raise InvalidEvent(f"the body is not valid JSON: {exc}", attribute="body") from None
+    refuse_lone_surrogates(body, document)
+    return document
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -343,16 +519,17 @@ def _check_uri_reference(name: str, value: str) -> None:
         ) from None
 
 
-def _context_value(name: str, value: Any) -> Any:
+def _check_context_value(name: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidEvent(
             f"{name}: expected a non-empty string, got {_show(value)}", attribute=name
         )
     if name == "time":
-        return parse_time(value)
-    if name == "datacontenttype" and not _MEDIA_TYPE.match(value):
+        check_time(value)
+    if name == "datacontenttype" and not _MEDIA_TYPE.fullmatch(value):
         raise InvalidEvent(
-            f"datacontenttype: expected a media type such as application/json, got {_show(value)}",
+            "datacontenttype: expected a media type such as application/json, in printable"
+            f" ASCII (it is delivered as the Content-Type header), got {_show(value)}",
             attribute=name,
         )
     if name == "dataschema":
@@ -361,42 +538,68 @@ def _context_value(name: str, value: Any) -> Any:
             raise InvalidEvent(
                 f"dataschema: expected an absolute URI, got {_show(value)}", attribute=name
             )
-    return value
 
 
-def _extension_value(name: str, value: Any) -> Any:
-    if not _EXTENSION_NAME.match(name) or name == "data":
+def _check_extension_value(name: str, value: Any) -> None:
+    if not _EXTENSION_NAME.fullmatch(name) or name == "data":
         raise InvalidEvent(
             f"extension {_show(name)}: names are lower-case letters and digits only, and 'data'"
             " is reserved",
             attribute=name,
         )
-    if isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        if value not in _INT32:
-            raise InvalidEvent(
-                f"extension {name!r}: integers must fit in 32 bits, got {value}", attribute=name
-            )
-        return value
-    raise InvalidEvent(
-        f"extension {name!r}: expected a string, integer or boolean, got {_show(value)}",
-        attribute=name,
-    )
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT32:
+        raise InvalidEvent(
+            f"extension {name!r}: integers must fit in 32 bits, got {value}", attribute=name
+        )
+    if not isinstance(value, bool | str | int):
+        raise InvalidEvent(
+            f"extension {name!r}: expected a string, integer or boolean, got {_show(value)}",
+            attribute=name,
+        )
+    if name in _TRACE_OUT:
+        _check_trace_value(name, header_form(value), attribute=name)
 
 
-def parse_time(value: str) -> datetime:
-    """An RFC 3339 timestamp (``2020-04-02T21:37:00Z``); nanoseconds are cut to microseconds.
+def _check_trace_value(extension: str, value: str, *, attribute: str) -> None:
+    """Trace context must be what its spec says: it is delivered as a header of its own."""
+    if extension == "traceparent":
+        problem = _traceparent_problem(value)
+    elif extension == "tracestate":
+        problem = _tracestate_problem(value)
+    else:
+        problem = None if _VISIBLE_ASCII.fullmatch(value) else "expected visible ASCII (B3)"
+    if problem:
+        raise InvalidEvent(f"{attribute}: {problem}, got {_show(value)}", attribute=attribute)
 
-    Raises:
-        InvalidEvent: not RFC 3339.
-    """
-    if _RFC3339.match(value):
-        try:
-            return datetime.fromisoformat(value.upper())
-        except ValueError:
-            pass
-    raise InvalidEvent(
-        f"time: expected an RFC 3339 timestamp such as 2020-04-02T21:37:00Z, got {_show(value)}",
-        attribute="time",
-    )
+
+def _traceparent_problem(value: str) -> str | None:
+    found = _TRACEPARENT.fullmatch(value)
+    expected = "expected a W3C traceparent such as 00-<32 hex digits>-<16 hex digits>-01"
+    if not found:
+        return expected
+    version, trace_id, parent_id, _, rest = found.groups()
+    if version == "ff" or (version == "00" and rest):
+        return f"{expected} (version {version} admits no other form)"
+    if rest and not _VISIBLE_ASCII.fullmatch(rest):
+        return expected
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return f"{expected}, W3C: an all-zero trace id or parent id is invalid"
+    return None
+
+
+def _tracestate_problem(value: str) -> str | None:
+    expected = "expected a W3C tracestate: up to 32 key=value members separated by commas"
+    members = [member.strip(" \t") for member in value.split(",")]
+    keys: set[str] = set()
+    for member in filter(None, members):
+        key, equals, member_value = member.partition("=")
+        if not equals or not _TRACESTATE_KEY.fullmatch(key):
+            return expected
+        if not _TRACESTATE_VALUE.fullmatch(member_value):
+            return f"{expected}, values in printable ASCII without ',' and '='"
+        if key in keys:
+            return f"{expected}, W3C: each key at most once"
+        keys.add(key)
+    if len(keys) > _TRACESTATE_MEMBERS:
+        return f"{expected}, W3C: at most {_TRACESTATE_MEMBERS} members"
+    return None

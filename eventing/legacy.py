@@ -62,7 +62,7 @@ def parse(application: str, body: bytes, prefix: str) -> LegacyEvent:
     if not time:
         raise _missing("event-time")
     try:
-        cloudevent.parse_time(time)
+        cloudevent.check_time(time)
     except InvalidEvent:
         raise _invalid("event-time") from None
     if event_id and not _EVENT_ID.match(event_id):
@@ -100,6 +100,10 @@ def _load(body: bytes) -> dict[str, Any]:
         raise InvalidLegacyEvent(
             BAD_PAYLOAD, "Bad payload syntax", more_info=_describe(exc)
         ) from None
+    try:
+        cloudevent.refuse_lone_surrogates(body, document)
+    except InvalidEvent as exc:
+        raise InvalidLegacyEvent(BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)) from None
     if not isinstance(document, dict):
         raise InvalidLegacyEvent(
             BAD_PAYLOAD,

@@ -31,7 +31,7 @@ def publish() -> Response:
     prefix = _settings().events.type_prefix
     trace = cloudevent.trace_extensions(request.headers.items())
     mode, messages = cloudevent.parse_http(
-        dict(request.headers),
+        _headers(),
         _read_body(),
         lambda event: _prepare(event, trace, prefix),
     )
@@ -53,7 +53,12 @@ def legacy_publish(application: str) -> Response:
         raise InvalidLegacyEvent(
             legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
         ) from None
-    trace = cloudevent.trace_extensions(request.headers.items())
+    try:
+        trace = cloudevent.trace_extensions(request.headers.items())
+    except InvalidEvent as exc:
+        raise InvalidLegacyEvent(
+            legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
+        ) from None
     event = cloudevent.with_extensions(converted.event, trace, replace=False)
     failures = _store([outbound(event, converted.subject)])
     if failures:
@@ -114,6 +119,19 @@ def _count_request(response: Response) -> Response:
         time.perf_counter() - g.get("started", time.perf_counter())
     )
     return response
+
+
+def _headers() -> dict[str, str]:
+    """The request headers, with a Content-Type granian could not read kept as ``""``.
+
+    Granian puts ``""`` into the environ for a header value with bytes outside visible ASCII;
+    Werkzeug leaves an empty ``CONTENT_TYPE`` out of ``request.headers``, which would deliver
+    such an event without its datacontenttype instead of refusing it.
+    """
+    headers = dict(request.headers)
+    if request.environ.get("CONTENT_TYPE") == "":
+        headers["Content-Type"] = ""
+    return headers
 
 
 def _read_body() -> bytes:

@@ -194,6 +194,61 @@ def test_a_body_cut_short_is_not_stored(
     assert [m.headers["ce-id"] for m in read_stream(nats_server)] == ["event-0"]  # … only this
 
 
+def _raw_publish(url: str, path: str, head: bytes, body: bytes = b"{}") -> tuple[int, bytes]:
+    """One request written byte for byte, for header lines no HTTP client would send."""
+    host, port = url.removeprefix("http://").split(":")
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n".encode()
+        + head
+        + b"\r\n"
+        + body
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_header_values_granian_cannot_pass_on_are_refused_naming_the_header(
+    proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
+) -> None:
+    """Granian's WSGI environ holds "" for a value with non-ASCII bytes and joins repeated
+    lines with ','; both were stored (as "" and "first,second") and answered 204."""
+    url, _, log = proxy
+    event = b"ce-specversion: 1.0\r\nce-source: s\r\nce-type: a.b.v1\r\n"
+    refused = [  # what the problem's "attribute" names, the request's headers
+        ("ce-subject", event + b"ce-id: utf8\r\nce-subject: caf\xc3\xa9\r\n"),
+        ("ce-id", event + b"ce-id: first\r\nce-id: second\r\n"),
+        ("content-type", event + b"ce-id: ct\r\nContent-Type: text/plain; a=\xc3\xa9\r\n"),
+        ("traceparent", event + b"ce-id: tp\r\ntraceparent: 00-junk\r\n"),
+        ("traceparent", event + b"ce-id: cetp\r\nce-traceparent: caf%C3%A9\r\n"),
+    ]
+    for header, head in refused:
+        status, body = _raw_publish(url, "/publish", head)
+        assert status == 400, (header, body)
+        assert json.loads(body)["attribute"] == header
+    legacy_body = json.dumps(
+        {
+            "event-type": "order.created",
+            "event-type-version": "v1",
+            "event-time": "2020-04-02T21:37:00Z",
+            "data": {"a": 1},
+        }
+    ).encode()
+    status, body = _raw_publish(url, "/app/v1/events", b"traceparent: x\r\n", legacy_body)
+    assert (status, json.loads(body)["type"]) == (400, "bad_payload_syntax")
+
+    status, _ = _raw_publish(url, "/publish", event + b"ce-id: ok\r\nce-subject: caf%C3%A9\r\n")
+    assert status == 204
+    [stored] = read_stream(nats_server)
+    assert json.loads(stored.payload)["subject"] == "café"
+    assert "Traceback" not in log.read_text()
+
+
 def test_hostile_requests_get_no_5xx_and_store_only_what_was_accepted(
     proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
 ) -> None:
