@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 _STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messages exceeded)
 _CE_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 _NO_STREAM_PAUSE = 0.1  # seconds between publishes to a stream that has no leader, or none yet
+_CLOSE_TIMEOUT = 1.0  # seconds a drain, then a close, may take when the server does not answer
 T = TypeVar("T")
 
 
@@ -220,6 +221,8 @@ class JetStreamClient:
         logger.debug("%s: NATS connection error: %s", self._name, exc)
 
     async def _on_disconnected(self) -> None:
+        if self._closing:  # our own close: nothing to report
+            return
         logger.warning("%s disconnected from NATS; reconnecting", self._name)
 
     async def _on_reconnected(self) -> None:
@@ -464,21 +467,27 @@ class JetStreamClient:
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a
-        connection the server already dropped is simply closed."""
+        connection the server already dropped is simply closed.
+
+        Takes at most about ``2 * _CLOSE_TIMEOUT``: a drain waits for the server to confirm a
+        flush, which a server that went away mid-drain never does (nats-py would wait for its
+        30 s drain timeout, past honcho's 5 s), and whatever needed that server has failed
+        already.
+        """
         self._closing = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._nc is not None and not self._nc.is_closed:
             try:
-                await self._nc.drain()
+                await asyncio.wait_for(self._nc.drain(), _CLOSE_TIMEOUT)
             except (nats.errors.Error, OSError, TimeoutError) as exc:
-                logger.debug("%s: drain failed: %s", self._name, exc)
+                logger.debug("%s: drain failed: %r", self._name, exc)
                 try:
-                    await self._nc.close()
-                except (nats.errors.Error, OSError) as closing:
+                    await asyncio.wait_for(self._nc.close(), _CLOSE_TIMEOUT)
+                except (nats.errors.Error, OSError, TimeoutError) as closing:
                     # Flushing into a socket the server just reset: the connection is gone
                     # either way, and nothing unacknowledged depended on that flush.
-                    logger.debug("%s: close failed: %s", self._name, closing)
+                    logger.debug("%s: close failed: %r", self._name, closing)
                     _abandon(self._nc)
 
     def _require_js(self) -> JetStreamContext:

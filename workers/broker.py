@@ -23,11 +23,12 @@ def setup_broker() -> dramatiq.Broker:
     settings = settings_or_exit("eventing-worker")
     logging.getLogger().setLevel(settings.log_level)
     broker = make_broker(settings.delivery.broker_url)
-    acks = NatsAcknowledger(settings)
+    stop = GracefulStop()
+    acks = NatsAcknowledger(settings, stop)
     broker.add_middleware(acks)
-    broker.add_middleware(GracefulStop())
+    broker.add_middleware(stop)
     if settings.delivery.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)
-    actors.declare(broker, settings, acks, DeliveryMetrics())
+    actors.declare(broker, settings, acks, DeliveryMetrics(), stop.stopping)
     return broker
