@@ -80,3 +80,16 @@ def test_ctrl_c_stops_everything_in_time_when_dependencies_stop_first(tmp_path: 
     assert {stop.name for stop in stops} == _NAMES, run.output()
     for stop in stops:
         assert not stop.killed, f"{stop.name} was SIGKILLed\n{run.output()}"
+
+
+def test_settings_in_the_shell_win_over_the_defaults(tmp_path: Path) -> None:
+    """``NATS_PORT=… INGRESS_PORT=… honcho start``: honcho lets ``.env`` win over the shell, so
+    the defaults live in the Procfile, and the services find NATS and Redis on the new ports."""
+    run = HonchoRun(tmp_path, from_shell=True)
+    try:
+        run.start()  # the proxy and the manager answer on the ports set in the shell
+        assert run.stored_events() == 0  # nats-server's monitoring port, set in the shell too
+        stops = run.interrupt()
+    finally:
+        run.close()
+    assert {stop.name for stop in stops} == _NAMES

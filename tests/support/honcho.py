@@ -79,11 +79,20 @@ class HonchoRun:
         workdir: holds the env file, the data folder and the subscription manifests.
         sink_delay: seconds the sink takes per event, so events are in flight when it stops.
         procfile: the repository's by default.
+        from_shell: set the ports in honcho's own environment (as ``NATS_PORT=… honcho
+            start`` does) instead of an env file, leave ``NATS_URL`` and ``BROKER_URL`` to the
+            Procfile, and let honcho read the repository's ``.env``.
         env: extra settings for the env file.
     """
 
     def __init__(
-        self, workdir: Path, sink_delay: float = 0.3, procfile: Path | None = None, **env: str
+        self,
+        workdir: Path,
+        sink_delay: float = 0.3,
+        procfile: Path | None = None,
+        *,
+        from_shell: bool = False,
+        **env: str,
     ) -> None:
         self.workdir = workdir
         self.procfile = procfile or REPOSITORY / "Procfile"
@@ -125,16 +134,19 @@ class HonchoRun:
         )
         settings = {
             **{name: str(port) for name, port in self.ports.items()},
-            "NATS_URL": f"nats://127.0.0.1:{self.ports['NATS_PORT']}",
-            "BROKER_URL": f"redis://127.0.0.1:{self.ports['REDIS_PORT']}/0",
             "EVENTING_DATA_DIR": str(workdir / "data"),
             "SUBSCRIPTIONS_DIR": str(subscriptions),
             "DELIVERY_ACK_WAIT": "5s",
-            "PYTHONUNBUFFERED": "1",
             **env,
         }
-        self.env_file = workdir / "run.env"
-        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        self._shell = settings if from_shell else {}
+        if not from_shell:
+            settings["NATS_URL"] = f"nats://127.0.0.1:{self.ports['NATS_PORT']}"
+            settings["BROKER_URL"] = f"redis://127.0.0.1:{self.ports['REDIS_PORT']}/0"
+            settings["PYTHONUNBUFFERED"] = "1"
+        self.env_file = None if from_shell else workdir / "run.env"
+        if self.env_file is not None:
+            self.env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         self.lines: list[tuple[float, str]] = []
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -155,6 +167,7 @@ class HonchoRun:
             cwd=REPOSITORY,
             env={
                 **{k: v for k, v in os.environ.items() if k != "PROCFILE"},
+                **self._shell,
                 # The Procfile's commands are found on PATH, as in an activated venv.
                 "PATH": f"{sysconfig.get_path('scripts')}{os.pathsep}{os.environ.get('PATH', '')}",
             },
@@ -173,7 +186,8 @@ class HonchoRun:
         )
 
     def _files(self) -> list[str]:
-        return ["-f", str(self.procfile), "-e", str(self.env_file)]
+        env_file = [] if self.env_file is None else ["-e", str(self.env_file)]
+        return ["-f", str(self.procfile), *env_file]
 
     def publish_steadily(self, rate: float) -> None:
         """Publish ``rate`` events per second in the background until :meth:`interrupt`."""
