@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,7 +32,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from eventing import cloudevent
-from eventing.config import NatsSettings, StreamSettings
+from eventing.config import NatsSettings, StreamSettings, without_credentials
 from eventing.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -46,6 +47,7 @@ _STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messa
 _CE_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 _NO_STREAM_PAUSE = 0.1  # seconds between publishes to a stream that has no leader, or none yet
 _CLOSE_TIMEOUT = 1.0  # seconds a drain, then a close, may take when the server does not answer
+_FAILURE_REPORT_EVERY = 30.0  # seconds between warnings while NATS cannot be reached
 T = TypeVar("T")
 
 
@@ -182,6 +184,7 @@ class JetStreamClient:
         self._connected = asyncio.Event()
         self._buckets: dict[str, KeyValue] = {}
         self._closing = False
+        self._failure_reported_at: float | None = None  #: monotonic; None while connected
 
     @property
     def is_connected(self) -> bool:
@@ -213,12 +216,32 @@ class JetStreamClient:
             closed_cb=self._on_closed,
         )
         self._js = self._nc.jetstream()
+        self._failure_reported_at = None
         logger.info("%s connected to NATS", self._name)
         await self._ensure_stream_shared()
         self._connected.set()
 
     async def _on_error(self, exc: Exception) -> None:
-        logger.debug("%s: NATS connection error: %s", self._name, exc)
+        """nats-py reports every failed connection attempt here: the first one while
+        disconnected, and one every ``_FAILURE_REPORT_EVERY`` after it, are logged as warnings,
+        naming the servers (without credentials), so a wrong ``NATS_URL`` is not silent."""
+        now = time.monotonic()
+        last = self._failure_reported_at
+        if (
+            self.is_connected
+            or self._closing
+            or (last is not None and now - last < _FAILURE_REPORT_EVERY)
+        ):
+            logger.debug("%s: NATS connection error: %r", self._name, exc)
+            return
+        self._failure_reported_at = now
+        logger.warning(
+            "%s cannot connect to NATS at %s: %s; retrying every %gs",
+            self._name,
+            without_credentials(", ".join(self._settings.urls)),
+            without_credentials(str(exc) or repr(exc)),
+            self._settings.reconnect_wait,
+        )
 
     async def _on_disconnected(self) -> None:
         if self._closing:  # our own close: nothing to report
@@ -226,6 +249,7 @@ class JetStreamClient:
         logger.warning("%s disconnected from NATS; reconnecting", self._name)
 
     async def _on_reconnected(self) -> None:
+        self._failure_reported_at = None
         logger.info("%s reconnected to NATS", self._name)
         self.ensure_stream_soon()
 

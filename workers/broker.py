@@ -20,7 +20,7 @@ from workers.shutdown import GracefulStop
 
 def setup_broker() -> dramatiq.Broker:
     """Build, register and return the broker with the delivery actor declared."""
-    settings = settings_or_exit("eventing-worker")
+    settings = settings_or_exit("eventing-worker", warn=False)  # eventing-worker warned
     logging.getLogger().setLevel(settings.log_level)
     broker = make_broker(settings.delivery.broker_url)
     stop = GracefulStop()
