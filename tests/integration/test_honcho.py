@@ -49,13 +49,7 @@ def test_ctrl_c_stops_everything_in_time_and_acknowledges_what_sinks_took(run: H
     taken = {event_id: run.sink.count(event_id) for event_id in run.sink.answered}
 
     run.start()
-    # Every event is settled once the stream is empty (interest retention). An ack lost in the
-    # shutdown would keep its event there until the ack wait sent it to the sink again.
-    wait_until(
-        lambda: set(run.published) <= set(run.sink.answered) and run.stored_events() == 0,
-        30,
-        f"every event settled\n{run.output()}",
-    )
+    run.wait_settled(30)
     again = sorted(i for i, count in taken.items() if run.sink.count(i) > count)
     assert again == [], f"delivered again after a 2xx before the stop\n{run.output()}"
 

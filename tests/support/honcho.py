@@ -237,6 +237,16 @@ class HonchoRun:
             if stream["name"] == "sap"
         )
 
+    def wait_settled(self, timeout: float) -> None:
+        """Wait until the sink has every published event and the stream is empty (interest
+        retention: every event acknowledged). An ack lost in a shutdown keeps its event in the
+        stream until the ack wait (9 s) sends it to the sink again."""
+        wait_until(
+            lambda: set(self.published) <= set(self.sink.answered) and self.stored_events() == 0,
+            timeout,
+            f"every event settled\n{self.output()}",
+        )
+
     def output(self) -> str:
         return "".join(line for _, line in self.lines)
 
