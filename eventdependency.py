@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -92,7 +93,7 @@ def run(command: list[str], clients: Callable[[], int], grace: float) -> int:
         deadline = stopping[0] + grace
         left = _wait_for_clients(clients, deadline, lambda: len(stopping) > 1)
         print(
-            f"eventing-dependency: stopping {command[0]}"
+            f"eventing-dependency: stopping {os.path.basename(command[0])}"
             + (f" ({left} clients still connected)" if left else " (no client left)"),
             file=sys.stderr,
             flush=True,
