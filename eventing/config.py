@@ -11,6 +11,7 @@ Names follow Kyma's where Kyma has one (``NATS_URL``, ``EVENT_TYPE_PREFIX``, ``J
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -148,6 +149,24 @@ def _log_level(raw: str) -> str:
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ValueError("expected one of debug, info, warning, error")
     return value
+
+
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*)(?P<secret>:[^@/\s]*)?@"
+)
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the password (or token) of every URL in it masked, for logs and errors:
+    ``nats://app:secret@host`` → ``nats://app:***@host``, ``nats://token@host`` → ``nats://***@host``.
+    """
+
+    def mask(match: re.Match[str]) -> str:
+        if match["secret"] is not None:
+            return f"{match['scheme']}{match['user']}:***@"
+        return f"{match['scheme']}***@"
+
+    return _USERINFO.sub(mask, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +484,61 @@ VARIABLES: tuple[Variable[Any], ...] = (
 )
 
 
+#: Read by the Procfile or other tools, not by the services: with one of our prefixes, but known.
+OTHER_VARIABLES = frozenset(
+    {
+        "EVENTING_DATA_DIR",  # the Procfile: where nats-server and Redis keep their data
+        "NATS_PORT",  # the Procfile: the local nats-server's ports
+        "NATS_MONITOR_PORT",
+        "EVENT_DISPLAY_PORT",  # eventing-display
+        "WORKER_METRICS_HOST",  # workers/metrics.py: where the metrics listen (a container)
+        "EVENTING_KUBEBINS",  # tests/kubernetes: where kube-apiserver and etcd are
+    }
+)
+#: Prefixes that mark a variable as ours: a misspelled one would otherwise be ignored silently.
+OUR_PREFIXES = (
+    "NATS_",
+    "JS_",
+    "PROXY_",
+    "MANAGER_",
+    "WORKER_",
+    "DELIVERY_",
+    "EVENTING_",
+    "EVENT_",
+    "INGRESS_",
+    "SUBSCRIPTIONS_",
+    "KUBE_",
+    "LEADER_ELECTION",
+)
+# Kubernetes adds <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://… and so on for every Service of
+# the namespace (e.g. EVENTING_NATS_PORT for the Service eventing-nats): not ours to warn about.
+_SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)$")
+_SERVICE_LINK_PORT = re.compile(r"^(tcp|udp|sctp)://")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each variable that carries one of :data:`OUR_PREFIXES` but is no setting.
+
+    Such a variable is most likely a misspelling (``DELIVERY_RETRIES``), which would otherwise be
+    ignored without a word; the closest declared name is suggested.
+    """
+    declared = [variable.name for variable in VARIABLES]
+    warnings = []
+    for name in sorted(environ):
+        if (
+            not name.startswith(OUR_PREFIXES)
+            or name in declared
+            or name in OTHER_VARIABLES
+            or _SERVICE_LINK.search(name)
+            or (name.endswith("_PORT") and _SERVICE_LINK_PORT.match(environ[name]))
+        ):
+            continue
+        closest = difflib.get_close_matches(name, [*declared, *OTHER_VARIABLES], n=1, cutoff=0.75)
+        hint = f"did you mean {closest[0]}?" if closest else "see the README's table of settings"
+        warnings.append(f"{name} is not a setting and is ignored ({hint})")
+    return warnings
+
+
 @dataclass(frozen=True, slots=True)
 class NatsSettings:
     """How to reach NATS."""
@@ -669,23 +743,29 @@ class _Reader:
         try:
             return variable.parse(raw)
         except ValueError as exc:
-            self.problems[variable.name] = f"{exc}, got {raw!r}"
+            self.problems[variable.name] = f"{exc}, got {without_credentials(repr(raw))}"
             # A placeholder keeps construction going so later variables are checked too; the
             # caller raises before anyone can see it.
             return variable.parse(variable.default)
 
 
-def settings_or_exit(program: str) -> Settings:
+def settings_or_exit(program: str, *, warn: bool = True) -> Settings:
     """The settings from ``os.environ`` for an entry point, or exit 2 naming every bad variable.
+
+    With ``warn``, each variable that looks like a setting but is none is named on stderr (see
+    :func:`unknown_variables`); a process started by another that warned already passes False.
 
     Raises:
         SystemExit: the environment is invalid (the message went to stderr, no traceback).
     """
     try:
-        return Settings.from_environ(os.environ)
+        settings = Settings.from_environ(os.environ)
     except ConfigError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    for warning in unknown_variables(os.environ) if warn else ():
+        print(f"{program}: warning: {warning}", file=sys.stderr, flush=True)
+    return settings
 
 
 def markdown_table() -> str:

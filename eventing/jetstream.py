@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,7 +32,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from eventing import cloudevent
-from eventing.config import NatsSettings, StreamSettings
+from eventing.config import NatsSettings, StreamSettings, without_credentials
 from eventing.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 _STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messages exceeded)
 _CE_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 _NO_STREAM_PAUSE = 0.1  # seconds between publishes to a stream that has no leader, or none yet
+_CLOSE_TIMEOUT = 1.0  # seconds a drain, then a close, may take when the server does not answer
+_FAILURE_REPORT_EVERY = 30.0  # seconds between warnings while NATS cannot be reached
 T = TypeVar("T")
 
 
@@ -181,6 +184,7 @@ class JetStreamClient:
         self._connected = asyncio.Event()
         self._buckets: dict[str, KeyValue] = {}
         self._closing = False
+        self._failure_reported_at: float | None = None  #: monotonic; None while connected
 
     @property
     def is_connected(self) -> bool:
@@ -212,17 +216,40 @@ class JetStreamClient:
             closed_cb=self._on_closed,
         )
         self._js = self._nc.jetstream()
+        self._failure_reported_at = None
         logger.info("%s connected to NATS", self._name)
         await self._ensure_stream_shared()
         self._connected.set()
 
     async def _on_error(self, exc: Exception) -> None:
-        logger.debug("%s: NATS connection error: %s", self._name, exc)
+        """nats-py reports every failed connection attempt here: the first one while
+        disconnected, and one every ``_FAILURE_REPORT_EVERY`` after it, are logged as warnings,
+        naming the servers (without credentials), so a wrong ``NATS_URL`` is not silent."""
+        now = time.monotonic()
+        last = self._failure_reported_at
+        if (
+            self.is_connected
+            or self._closing
+            or (last is not None and now - last < _FAILURE_REPORT_EVERY)
+        ):
+            logger.debug("%s: NATS connection error: %r", self._name, exc)
+            return
+        self._failure_reported_at = now
+        logger.warning(
+            "%s cannot connect to NATS at %s: %s; retrying every %gs",
+            self._name,
+            without_credentials(", ".join(self._settings.urls)),
+            without_credentials(str(exc) or repr(exc)),
+            self._settings.reconnect_wait,
+        )
 
     async def _on_disconnected(self) -> None:
+        if self._closing:  # our own close: nothing to report
+            return
         logger.warning("%s disconnected from NATS; reconnecting", self._name)
 
     async def _on_reconnected(self) -> None:
+        self._failure_reported_at = None
         logger.info("%s reconnected to NATS", self._name)
         self.ensure_stream_soon()
 
@@ -464,21 +491,27 @@ class JetStreamClient:
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a
-        connection the server already dropped is simply closed."""
+        connection the server already dropped is simply closed.
+
+        Takes at most about ``2 * _CLOSE_TIMEOUT``: a drain waits for the server to confirm a
+        flush, which a server that went away mid-drain never does (nats-py would wait for its
+        30 s drain timeout, past honcho's 5 s), and whatever needed that server has failed
+        already.
+        """
         self._closing = True
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._nc is not None and not self._nc.is_closed:
             try:
-                await self._nc.drain()
+                await asyncio.wait_for(self._nc.drain(), _CLOSE_TIMEOUT)
             except (nats.errors.Error, OSError, TimeoutError) as exc:
-                logger.debug("%s: drain failed: %s", self._name, exc)
+                logger.debug("%s: drain failed: %r", self._name, exc)
                 try:
-                    await self._nc.close()
-                except (nats.errors.Error, OSError) as closing:
+                    await asyncio.wait_for(self._nc.close(), _CLOSE_TIMEOUT)
+                except (nats.errors.Error, OSError, TimeoutError) as closing:
                     # Flushing into a socket the server just reset: the connection is gone
                     # either way, and nothing unacknowledged depended on that flush.
-                    logger.debug("%s: close failed: %s", self._name, closing)
+                    logger.debug("%s: close failed: %r", self._name, closing)
                     _abandon(self._nc)
 
     def _require_js(self) -> JetStreamContext:

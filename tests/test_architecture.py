@@ -38,6 +38,7 @@ def test_code_is_strictly_typed() -> None:
             "manager",
             "workers",
             "eventdisplay.py",
+            "eventdependency.py",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -17,7 +17,6 @@ from typing import Any
 
 import dramatiq
 import requests
-from dramatiq.middleware import Shutdown
 
 from eventing.config import Settings
 from eventing.errors import PublishError
@@ -32,9 +31,18 @@ _TIME_LIMIT_MS = 60 * 60 * 1000  # a job's own timeouts end it long before
 
 
 def declare(
-    broker: dramatiq.Broker, settings: Settings, acks: Acknowledger, metrics: DeliveryMetrics
+    broker: dramatiq.Broker,
+    settings: Settings,
+    acks: Acknowledger,
+    metrics: DeliveryMetrics,
+    stopping: threading.Event | None = None,
 ) -> dramatiq.Actor[Any, Any]:
-    """Register the delivery actor on ``broker`` and return it."""
+    """Register the delivery actor on ``broker`` and return it.
+
+    ``stopping`` is set when the worker stops (:class:`workers.shutdown.GracefulStop`); jobs
+    then hand their events back instead of going on, unless the sink has taken them.
+    """
+    stopping = stopping or threading.Event()
     sessions = threading.local()
     extra = settings.delivery.extra_deliveries
 
@@ -53,8 +61,9 @@ def declare(
                 keepalive=lambda: acks.keepalive(parsed.ack_subject),
                 log=acks,
                 observe=metrics.observer(parsed),
+                stopping=stopping.is_set,
             )
-        except Shutdown:
+        except delivery.Interrupted:
             # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back
             # now, so another worker takes it at once instead of after the ack wait; it goes on
             # after the attempts counted so far.
@@ -95,7 +104,6 @@ def declare(
         broker=broker,
         max_retries=0,
         time_limit=_TIME_LIMIT_MS,
-        notify_shutdown=True,
     )
     return declare_actor(deliver)
 

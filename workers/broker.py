@@ -20,14 +20,15 @@ from workers.shutdown import GracefulStop
 
 def setup_broker() -> dramatiq.Broker:
     """Build, register and return the broker with the delivery actor declared."""
-    settings = settings_or_exit("eventing-worker")
+    settings = settings_or_exit("eventing-worker", warn=False)  # eventing-worker warned
     logging.getLogger().setLevel(settings.log_level)
     broker = make_broker(settings.delivery.broker_url)
-    acks = NatsAcknowledger(settings)
+    stop = GracefulStop()
+    acks = NatsAcknowledger(settings, stop)
     broker.add_middleware(acks)
-    broker.add_middleware(GracefulStop())
+    broker.add_middleware(stop)
     if settings.delivery.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)
-    actors.declare(broker, settings, acks, DeliveryMetrics())
+    actors.declare(broker, settings, acks, DeliveryMetrics(), stop.stopping)
     return broker

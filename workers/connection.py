@@ -34,12 +34,15 @@ from eventing.jetstream import JetStreamClient
 from eventing.jobs import DeliveryJob
 from eventing.loop import LoopThread, Rounds
 from workers.delivery import NOTHING_MADE, Progress
+from workers.shutdown import GracefulStop
 
 logger = logging.getLogger(__name__)
 
 _ACK_TIMEOUT = 2.0  # one try at an ack; the server answers in milliseconds when it can
 _SETTLE_WITHIN = 15.0  # tries go on this long: a consumer's leader election takes seconds
 _SETTLE_PAUSE = 0.25
+_SETTLE_WHILE_STOPPING = 2.0  # seconds after the worker began stopping that tries go on
+_CLOSE_TIMEOUT = 2.5  # seconds the connection may take to close (JetStreamClient bounds it)
 _KV_TIMEOUT = 2.0
 
 T = TypeVar("T")
@@ -68,10 +71,11 @@ class Acknowledger(Protocol):
 class NatsAcknowledger(Middleware):
     """A dramatiq middleware owning one NATS connection per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stop: GracefulStop | None = None) -> None:
         self._settings = settings
         self._attempts = jetstream.attempts_bucket(settings.stream)
         self._connection: _Connection | None = None
+        self._stop = stop
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
         loop = LoopThread("worker-nats")
@@ -106,9 +110,9 @@ class NatsAcknowledger(Middleware):
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         if self._connection is not None:
             try:
-                self._connection.loop.run(self._connection.client.close(), timeout=5.0)
+                self._connection.loop.run(self._connection.client.close(), _CLOSE_TIMEOUT)
             except TimeoutError:
-                logger.warning("NATS connection did not drain within 5s")
+                logger.warning("NATS connection did not close within %gs", _CLOSE_TIMEOUT)
             self._connection.loop.close()
 
     def ack(self, reply: str) -> None:
@@ -180,10 +184,12 @@ class NatsAcknowledger(Middleware):
     def _send(self, reply: str, payload: bytes) -> None:
         """Send an ack or NAK, trying again for a while: while NATS reconnects or the consumer
         elects a new leader, acks go unanswered, and an ack that never arrives costs a
-        duplicate delivery after the ack wait. Sending one twice is harmless.
+        duplicate delivery after the ack wait. Sending one twice is harmless. Once the worker
+        is stopping, tries end ``_SETTLE_WHILE_STOPPING`` after that began: a NATS that went
+        away first would otherwise hold the process past honcho's 5 s.
 
         Raises:
-            BackendUnavailable: no try was confirmed within ``_SETTLE_WITHIN`` seconds.
+            BackendUnavailable: no try was confirmed in time.
         """
         acks = self._require().acks
         give_up = time.monotonic() + _SETTLE_WITHIN
@@ -194,10 +200,10 @@ class NatsAcknowledger(Middleware):
                     raise failure
                 return
             except (BackendUnavailable, TimeoutError) as exc:
+                if self._stop is not None and self._stop.since is not None:
+                    give_up = min(give_up, self._stop.since + _SETTLE_WHILE_STOPPING)
                 if time.monotonic() + _SETTLE_PAUSE >= give_up:
-                    raise BackendUnavailable(
-                        f"not confirmed within {_SETTLE_WITHIN:.0f}s: {exc}"
-                    ) from exc
+                    raise BackendUnavailable(f"not confirmed in time: {exc}") from exc
             time.sleep(_SETTLE_PAUSE)
 
     def _require(self) -> _Connection:

@@ -89,6 +89,15 @@ class _Watchdog:
             if self._due[0][2] is deadline:
                 self._changed.notify()
 
+    def hurry(self, seconds: float) -> None:
+        """Bring every deadline still under way forward to at most ``seconds`` from now."""
+        with self._changed:
+            soon = time.monotonic() + seconds
+            for at, _, deadline in list(self._due):
+                if not deadline.done and at > soon:
+                    heapq.heappush(self._due, (soon, next(self._order), deadline))
+            self._changed.notify()
+
     def _run(self) -> None:
         with self._changed:
             while True:
@@ -116,6 +125,12 @@ def within(seconds: float) -> Iterator[Deadline]:
     finally:
         deadline.finish()
         _current.reset(token)
+
+
+def hurry(seconds: float) -> None:
+    """Cut off every attempt under way in this process at most ``seconds`` from now (the
+    worker is stopping, and honcho kills what is left 5 s after SIGTERM)."""
+    _WATCHDOG.hurry(seconds)
 
 
 def session() -> requests.Session:

@@ -68,6 +68,16 @@ class DeadLetter:
 Outcome = Delivered | RetryLater | DeadLetter
 
 
+class Interrupted(Exception):
+    """The worker is stopping before the event had an outcome: the caller hands it back.
+
+    Raised only where nothing is lost by stopping: before an attempt, in a wait, or after an
+    attempt that failed. An attempt the sink answered 2xx always ends as :class:`Delivered`
+    (dramatiq's own shutdown notice, an exception raised into the thread wherever it runs,
+    landed after such answers too, and handed delivered events back for a second delivery).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """What one HTTP attempt did, for metrics and logs."""
@@ -111,6 +121,7 @@ def deliver(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
     observe: Callable[[Attempt], None] = lambda attempt: None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     """Run the attempts that belong to this JetStream delivery of the event.
 
@@ -129,6 +140,11 @@ def deliver(
         sleep: waits between attempts (tests pass a fake).
         rng: jitter source.
         observe: told about every HTTP attempt.
+        stopping: whether the worker is stopping; then no attempt starts, no wait goes on, and
+            an attempt that fails is not counted (the shutdown may have cut it off).
+
+    Raises:
+        Interrupted: the worker is stopping and the event has no outcome yet.
     """
     policy = job.policy
     plan = retries.groups(policy)
@@ -151,11 +167,15 @@ def deliver(
 
     def post() -> int:
         nonlocal made
+        if stopping():
+            raise Interrupted
         number = todo[made]
         made += 1
         try:
             return _post(session, job, headers, body, observe)
         except TemporaryDeliveryError:
+            if stopping():
+                raise Interrupted from None
             log.record(job, Progress(number, time.time()))
             raise
 
@@ -170,7 +190,7 @@ def deliver(
         )
 
     def patient_sleep(seconds: float) -> None:
-        _sleep_alive(seconds, sleep, keepalive, interval=max(job.ack_wait / 3, 0.1))
+        _sleep_alive(seconds, sleep, keepalive, max(job.ack_wait / 3, 0.1), stopping)
 
     retrying = tenacity.Retrying(
         stop=lambda state: state.attempt_number >= len(todo) or too_long(state),
@@ -347,15 +367,24 @@ def _retry_after(state: tenacity.RetryCallState) -> float | None:
 
 
 def _sleep_alive(
-    seconds: float, sleep: Callable[[float], None], keepalive: Callable[[], None], interval: float
+    seconds: float,
+    sleep: Callable[[float], None],
+    keepalive: Callable[[], None],
+    interval: float,
+    stopping: Callable[[], bool],
 ) -> None:
     """Sleep ``seconds``, sending a keepalive every ``interval``.
 
-    Sleeps in short steps: dramatiq's shutdown notice is an exception raised into this thread,
-    and it only lands between steps, so a long sleep would delay a worker's exit.
+    Sleeps in short steps and looks at ``stopping`` between them, so a long wait does not delay
+    a worker's exit.
+
+    Raises:
+        Interrupted: the worker is stopping.
     """
     remaining, since_keepalive = seconds, 0.0
     while remaining > 0:
+        if stopping():
+            raise Interrupted
         step = min(remaining, _SLEEP_STEP)
         sleep(step)
         remaining -= step

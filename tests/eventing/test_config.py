@@ -85,3 +85,37 @@ def test_several_nats_urls() -> None:
 def test_readme_lists_every_variable_as_generated() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert config.markdown_table() in readme, "regenerate the table: python -m eventing.config"
+
+
+def test_a_misspelled_setting_is_named_with_the_closest_declared_one() -> None:
+    warnings = config.unknown_variables(
+        {"DELIVERY_RETRIES": "3", "NATS_URLS": "nats://x:1", "EVENTING_TYPO": "1", "HOME": "/"}
+    )
+    assert warnings == [
+        "DELIVERY_RETRIES is not a setting and is ignored (did you mean DELIVERY_RETRY?)",
+        "EVENTING_TYPO is not a setting and is ignored (see the README's table of settings)",
+        "NATS_URLS is not a setting and is ignored (did you mean NATS_URL?)",
+    ]
+
+
+def test_settings_procfile_ports_and_kubernetes_service_links_are_no_typos() -> None:
+    environ = {
+        **{variable.name: variable.default for variable in config.VARIABLES},
+        "NATS_PORT": "4222",
+        "EVENTING_DATA_DIR": ".data",
+        "EVENTING_NATS_SERVICE_HOST": "10.0.0.7",
+        "EVENTING_NATS_SERVICE_PORT_CLIENT": "4222",
+        "EVENTING_NATS_PORT": "tcp://10.0.0.7:4222",
+        "EVENTING_NATS_PORT_4222_TCP_ADDR": "10.0.0.7",
+    }
+    assert config.unknown_variables(environ) == []
+    assert config.unknown_variables({"WORKER_METRICS_PROT": "9191"}) == [
+        "WORKER_METRICS_PROT is not a setting and is ignored (did you mean WORKER_METRICS_PORT?)"
+    ]
+
+
+def test_a_bad_url_is_reported_without_its_password() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({"NATS_URL": "http://app:s3cret@nats:4222", "BROKER_URL": "x://t@y"})
+    assert "s3cret" not in str(raised.value) and "http://app:***@nats:4222" in str(raised.value)
+    assert "x://***@y" in str(raised.value)

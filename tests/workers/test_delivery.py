@@ -35,6 +35,7 @@ def run(
     keepalives: list[int] | None = None,
     attempts: list[Attempt] | None = None,
     log: MemoryLog | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> delivery.Outcome:
     return delivery.deliver(
         job,
@@ -45,7 +46,20 @@ def run(
         sleep=clock,
         rng=random.Random(1),
         observe=attempts.append if attempts is not None else lambda attempt: None,
+        stopping=stopping,
     )
+
+
+def stops_after(looks: int) -> Callable[[], bool]:
+    """A worker that starts stopping after ``looks`` looks at whether it is stopping."""
+    seen = 0
+
+    def stopping() -> bool:
+        nonlocal seen
+        seen += 1
+        return seen > looks
+
+    return stopping
 
 
 def test_delivered_in_binary_mode_as_the_subscription_types_it(
@@ -182,7 +196,7 @@ def test_every_failed_attempt_is_counted(
 
 
 class HandedBack(Exception):
-    """Stands for dramatiq's Shutdown, raised into a job asleep between attempts."""
+    """Stands for any interruption of a job asleep between attempts."""
 
 
 def hand_back(seconds: float) -> None:
@@ -272,3 +286,33 @@ def test_retry_after_http_dates() -> None:
     assert delivery.parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     assert delivery.parse_retry_after("soon") is None
     assert delivery.parse_retry_after(None) is None
+
+
+def test_an_answer_that_arrives_while_the_worker_stops_is_delivered(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, log: MemoryLog
+) -> None:
+    """The sink has the event: handing it back would deliver it twice."""
+    sink.replies = [204]
+    assert run(make_job(), session, clock, log=log, stopping=stops_after(1)) == Delivered(204, 1)
+
+
+@pytest.mark.parametrize(
+    ("looks", "counted"),
+    [
+        (1, []),  # stopping as the attempt fails: the shutdown may have cut it off, uncounted
+        (3, [1]),  # stopping during the 1 s wait after a counted failure: the wait ends
+    ],
+)
+def test_a_worker_that_stops_hands_back_an_undelivered_event(
+    sink: ScriptedSink,
+    session: requests.Session,
+    clock: Clock,
+    log: MemoryLog,
+    looks: int,
+    counted: list[int],
+) -> None:
+    sink.replies = [503, 204]
+    with pytest.raises(delivery.Interrupted):
+        run(make_job(), session, clock, log=log, stopping=stops_after(looks))
+    assert len(sink.received) == 1 and log.writes == counted
+    assert clock.total < 1
