@@ -47,6 +47,24 @@ def test_the_crd_declares_exactly_the_spec_fields_the_model_reads() -> None:
     assert set(spec["delivery"]["properties"]) == subscription.DELIVERY_FIELDS
 
 
+def test_the_crd_caps_types_where_the_model_does() -> None:
+    assert served_schema()["spec"]["properties"]["types"]["maxItems"] == subscription.MAX_TYPES
+
+
+@pytest.mark.integration
+def test_the_api_server_refuses_more_types_than_the_model_accepts(
+    kube_control_plane: ControlPlane, kube: Kube
+) -> None:
+    kube.apply(CRD_PATH.read_text())
+    manifest = yaml.safe_load(EXAMPLES[0].read_text())
+    manifest["metadata"] = {"name": "too-many-types"}
+    manifest["spec"]["types"] = [f"order.n{i}.v1" for i in range(subscription.MAX_TYPES + 1)]
+    verdict = kube.dry_run(manifest)[0]
+    assert verdict.status == 422 and "must have at most 100 items" in verdict.message, verdict
+    manifest["spec"]["types"] = manifest["spec"]["types"][: subscription.MAX_TYPES]
+    assert kube.dry_run(manifest)[0].status in (200, 201)
+
+
 def test_the_crd_defaults_are_the_models_defaults() -> None:
     spec = served_schema()["spec"]["properties"]
 
