@@ -16,6 +16,7 @@ entry naming it; every other file is served as usual.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +29,8 @@ import yaml
 from eventing.config import Settings
 from eventing.errors import InvalidSubscription
 from eventing.subscription import KIND, Subscription, from_manifest, key_of
+
+logger = logging.getLogger(__name__)
 
 _SUFFIXES = (".yaml", ".yml")
 
@@ -170,6 +173,25 @@ class _BoundedLoader(yaml.SafeLoader):
             )
 
 
+def validated(parse: Parse, document: Mapping[str, Any], origin: str = "") -> Entry:
+    """``document`` as a subscription, or the reason it is none; never raises.
+
+    A validation bug (an exception other than InvalidSubscription) costs one subscription, not
+    the whole source: it is logged with its traceback and reported in that one's status.
+    """
+    try:
+        return replace(parse(document), origin=origin)
+    except InvalidSubscription as exc:
+        exc.origin = origin
+        return exc
+    except Exception as exc:
+        key = key_of(document)
+        logger.exception("validating subscription %s failed unexpectedly", key)
+        return InvalidSubscription(
+            key, [f"cannot be validated: {type(exc).__name__}"], origin=origin
+        )
+
+
 def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | Unreadable]:
     """The Subscription documents of one YAML file; a broken file or document yields an
     :class:`Unreadable` instead."""
@@ -248,18 +270,15 @@ class DirectoryReader:
         return self._snapshot, True
 
     def _entry(self, document: dict[str, Any], origin: str, seen: set[str]) -> Entry:
-        key = key_of(document)
-        try:
-            subscription = self._parse(document)
-        except InvalidSubscription as exc:
-            exc.origin = origin
-            return exc
-        if key in seen:
+        entry = validated(self._parse, document, origin)
+        if isinstance(entry, InvalidSubscription):
+            return entry
+        if entry.key in seen:
             return InvalidSubscription(
-                key, [f"metadata.name: {key} is defined more than once"], origin=origin
+                entry.key, [f"metadata.name: {entry.key} is defined more than once"], origin=origin
             )
-        seen.add(key)
-        return replace(subscription, origin=origin)
+        seen.add(entry.key)
+        return entry
 
     def _scan(self) -> tuple[tuple[str, int, int, int], ...]:
         try:

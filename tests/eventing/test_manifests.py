@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,3 +214,17 @@ def test_a_yaml_error_names_the_place_but_shows_no_content(tmp_path: Path) -> No
     assert bad.file == "broken.yaml"
     assert "line 3" in bad.problem or "line 2" in bad.problem
     assert "s3cr3t" not in bad.problem and "unclosed" not in bad.problem
+
+
+def test_a_validation_bug_costs_one_subscription_not_the_folder(tmp_path: Path) -> None:
+    def parse(document: Mapping[str, Any]) -> Subscription:
+        if document["metadata"]["name"] == "two":
+            raise RuntimeError("a bug")
+        return reader(tmp_path)._parse(document)
+
+    (tmp_path / "subs.yaml").write_text(TWO)
+    snapshot, _ = DirectoryReader(str(tmp_path), parse).read()
+    assert [s.key for s in snapshot.valid] == ["default/one"]
+    [broken] = [e for e in snapshot.entries if isinstance(e, InvalidSubscription)]
+    assert (broken.key, broken.origin) == ("team/two", "subs.yaml")
+    assert broken.problems == ["cannot be validated: RuntimeError"]
