@@ -2,7 +2,7 @@
 
 Shared by the manager, which reconciles them, and the proxy, which answers
 ``/<application>/v1/events/subscribed`` from the same files. A folder is re-read only when a
-file's name, size or modification time changed, so polling it every second is cheap.
+file's name, size, modification time or inode changed, so polling it every second is cheap.
 :func:`reader_for` picks this reader or the Kubernetes one (:mod:`eventing.kubernetes`).
 
 Nothing in the folder may stop or blind its readers: only regular files inside the folder are

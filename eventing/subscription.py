@@ -75,7 +75,7 @@ class Subscription:
     max_in_flight: int
     delivery: DeliveryPolicy
     bindings: tuple[TypeBinding, ...]
-    written: str = "{}"  #: the spec as written, as JSON (the status echoes it)
+    written: str  #: the spec as written, as JSON (the status echoes it)
     origin: str = ""  #: the manifest file it came from; empty for a Kubernetes object
 
     @property
