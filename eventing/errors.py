@@ -100,11 +100,13 @@ class InvalidLegacyEvent(EventingError):
 
 
 class InvalidSubscription(EventingError):
-    """A Subscription is invalid; ``problems`` lists each one with its field."""
+    """A Subscription is invalid; ``problems`` lists each one with its field, ``origin`` names
+    the manifest file it came from (empty for a Kubernetes object)."""
 
-    def __init__(self, key: str, problems: list[str]) -> None:
+    def __init__(self, key: str, problems: list[str], *, origin: str = "") -> None:
         self.key = key
         self.problems = list(problems)
+        self.origin = origin
         super().__init__("Subscription validation failed: " + "; ".join(self.problems))
 
 

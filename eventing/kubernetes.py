@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from eventing.config import SourceSettings
 from eventing.errors import InvalidSubscription
-from eventing.manifests import Entry, Parse, Snapshot
+from eventing.manifests import Entry, Parse, Snapshot, validated
 from eventing.subscription import Subscription, key_of
 
 logger = logging.getLogger(__name__)
@@ -221,10 +221,9 @@ class KubernetesReader:
 
     def _entry(self, item: dict[str, Any], missing: frozenset[str]) -> Entry:
         key = key_of(item)
-        try:
-            subscription = self._parse(item)
-        except InvalidSubscription as exc:
-            return exc
+        subscription = validated(self._parse, item)
+        if isinstance(subscription, InvalidSubscription):
+            return subscription
         if self._sink_rule:
             problem = sink_rule_problem(subscription)
             if problem is None and key in missing:

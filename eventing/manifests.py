@@ -2,16 +2,25 @@
 
 Shared by the manager, which reconciles them, and the proxy, which answers
 ``/<application>/v1/events/subscribed`` from the same files. A folder is re-read only when a
-file's name, size or modification time changed, so polling it every second is cheap.
+file's name, size, modification time or inode changed, so polling it every second is cheap.
 :func:`reader_for` picks this reader or the Kubernetes one (:mod:`eventing.kubernetes`).
+
+Nothing in the folder may stop or blind its readers: only regular files inside the folder are
+read (a FIFO would block forever, ``/dev/zero`` never end, a symlink out of the folder leak a
+file), at most :data:`MAX_FILE_BYTES` of them, and YAML is composed with a bound on nesting
+(deep brackets would raise RecursionError) and on what aliases expand to (an alias bomb of a
+few hundred bytes grows to gigabytes). A file that breaks a rule becomes an :class:`Unreadable`
+entry naming it; every other file is served as usual.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,31 +30,49 @@ from eventing.config import Settings
 from eventing.errors import InvalidSubscription
 from eventing.subscription import KIND, Subscription, from_manifest, key_of
 
+logger = logging.getLogger(__name__)
+
 _SUFFIXES = (".yaml", ".yml")
 
 Entry = Subscription | InvalidSubscription
 #: A manifest to a subscription (raising InvalidSubscription): from_manifest with the settings'
 #: defaults bound, shared by every source.
 Parse = Callable[[Mapping[str, Any]], Subscription]
-UNREADABLE = "file "  #: key prefix of a file that could not be read or parsed as a whole
+
+MAX_FILE_BYTES = 1024 * 1024  #: a larger manifest file is refused unread
+MAX_DEPTH = 64  #: deepest nesting of YAML collections in a document
+MAX_NODES = 100_000  #: YAML nodes of one document, counting what each alias expands to
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A manifest file that could not be read or parsed, wholly or in part (its subscriptions
+    are unknown, so the consumers created from it stay)."""
+
+    file: str
+    problem: str  #: names the rule it broke and where, never echoes its content
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every subscription of the folder: valid ones, and the invalid ones with their errors."""
+    """Every subscription of the source: valid ones, invalid ones with their errors, and the
+    files that could not be read."""
 
     entries: tuple[Entry, ...]
+    unreadable: tuple[Unreadable, ...] = ()
 
     @property
     def valid(self) -> tuple[Subscription, ...]:
         return tuple(e for e in self.entries if isinstance(e, Subscription))
 
     @property
-    def invalid_keys(self) -> frozenset[str] | None:
-        """``namespace/name`` of each subscription whose spec is invalid; None when a file could
-        not be read or parsed, so the subscriptions in it are unknown."""
-        keys = frozenset(e.key for e in self.entries if isinstance(e, InvalidSubscription))
-        return None if any(key.startswith(UNREADABLE) for key in keys) else keys
+    def invalid_keys(self) -> frozenset[str]:
+        """``namespace/name`` of each subscription whose spec is invalid."""
+        return frozenset(e.key for e in self.entries if isinstance(e, InvalidSubscription))
+
+    @property
+    def unreadable_files(self) -> frozenset[str]:
+        return frozenset(bad.file for bad in self.unreadable)
 
 
 class Reader(Protocol):
@@ -85,23 +112,122 @@ def reader_for(settings: Settings, *, watch: bool) -> Reader:
     return kubernetes.KubernetesReader(objects, api, parse, sink_rule=settings.source.sink_rule)
 
 
-def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | InvalidSubscription]:
-    """The documents of one YAML file; a broken file or document yields an error instead."""
+class _Refused(yaml.YAMLError):
+    """A document broke a bound of :class:`_BoundedLoader` at ``mark``."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document nested deeper than :data:`MAX_DEPTH` or whose
+    aliases expand it beyond :data:`MAX_NODES` nodes, while composing, before anything is built.
+
+    The constructor shares an aliased node's object, but everything downstream that walks a
+    value (validation messages, the status's echo of the spec) expands it, so the bound is on
+    the expanded size. An alias to a collection still being composed (``&a [*a]``) is refused:
+    it would make a value that contains itself.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._sizes: dict[str, int] = {}  #: expanded size of each anchored node, by anchor
+
+    def compose_document(self) -> yaml.Node | None:
+        self._nodes = 0
+        self._sizes = {}
+        return super().compose_document()
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark = event.start_mark
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self.anchors and anchor not in self._sizes:
+                raise _Refused(f"alias *{anchor} refers to itself", mark)
+            self._count(self._sizes.get(str(anchor), 0), mark)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep", mark)
+        before = self._nodes
+        self._count(1, mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if anchor is not None:
+            self._sizes[str(anchor)] = self._nodes - before
+        return node
+
+    def _count(self, nodes: int, mark: Any) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_NODES:
+            raise _Refused(
+                f"document of more than {MAX_NODES} nodes, counting what its aliases expand to",
+                mark,
+            )
+
+
+def validated(parse: Parse, document: Mapping[str, Any], origin: str = "") -> Entry:
+    """``document`` as a subscription, or the reason it is none; never raises.
+
+    A validation bug (an exception other than InvalidSubscription) costs one subscription, not
+    the whole source: it is logged with its traceback and reported in that one's status.
+    """
     try:
-        documents = list(yaml.safe_load_all(text))
+        return replace(parse(document), origin=origin)
+    except InvalidSubscription as exc:
+        exc.origin = origin
+        return exc
+    except Exception as exc:
+        key = key_of(document)
+        logger.exception("validating subscription %s failed unexpectedly", key)
+        return InvalidSubscription(
+            key, [f"cannot be validated: {type(exc).__name__}"], origin=origin
+        )
+
+
+def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | Unreadable]:
+    """The Subscription documents of one YAML file; a broken file or document yields an
+    :class:`Unreadable` instead."""
+    try:
+        documents = list(yaml.load_all(text, Loader=_BoundedLoader))
     except yaml.YAMLError as exc:
-        problem = " ".join(str(exc).split())[:300]
-        yield InvalidSubscription(f"{UNREADABLE}{origin}", [f"{origin}: not valid YAML: {problem}"])
+        yield Unreadable(origin, f"not valid YAML: {_yaml_problem(exc)}")
         return
     for index, document in enumerate(documents):
         if document is None:
             continue
         if not isinstance(document, dict):
-            yield InvalidSubscription(
-                f"{UNREADABLE}{origin}#{index}", [f"{origin} document {index}: expected a mapping"]
+            yield Unreadable(
+                origin, f"document {index}: expected a mapping, got {type(document).__name__}"
             )
         elif document.get("kind") == KIND:
             yield document
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the snippet of the file PyYAML quotes (the status must
+    not echo a file's content)."""
+    mark: Any
+    if isinstance(exc, _Refused):
+        problem, mark = exc.problem, exc.mark
+    elif isinstance(exc, yaml.MarkedYAMLError):
+        problem = exc.problem or exc.context or type(exc).__name__
+        mark = exc.problem_mark or exc.context_mark
+    else:
+        return type(exc).__name__
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())[:200]
+
+
+class _FileRefused(Exception):
+    """A manifest file that is not read, and why."""
 
 
 class DirectoryReader:
@@ -110,7 +236,7 @@ class DirectoryReader:
     def __init__(self, path: str, parse: Parse) -> None:
         self.path = Path(path)
         self._parse = parse  #: from_manifest with the settings' defaults bound
-        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self._fingerprint: tuple[tuple[str, int, int, int], ...] | None = None
         self._snapshot = Snapshot(())
 
     @property
@@ -123,34 +249,38 @@ class DirectoryReader:
         if fingerprint == self._fingerprint:
             return self._snapshot, False
         entries: list[Entry] = []
+        unreadable: list[Unreadable] = []
         seen: set[str] = set()
-        for name, _, _ in fingerprint:
+        root = os.path.realpath(self.path)
+        for name, *_ in fingerprint:
             try:
-                text = (self.path / name).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                entries.append(
-                    InvalidSubscription(f"{UNREADABLE}{name}", [f"{name}: cannot be read: {exc}"])
-                )
+                text = _read_manifest(root, name)
+            except FileNotFoundError:
+                continue  # deleted since the scan: its subscriptions are gone
+            except _FileRefused as exc:
+                unreadable.append(Unreadable(name, str(exc)))
                 continue
             for document in parse_documents(text, name):
-                entries.append(self._entry(document, seen))
-        self._fingerprint, self._snapshot = fingerprint, Snapshot(tuple(entries))
+                if isinstance(document, Unreadable):
+                    unreadable.append(document)
+                else:
+                    entries.append(self._entry(document, name, seen))
+        self._fingerprint = fingerprint
+        self._snapshot = Snapshot(tuple(entries), tuple(unreadable))
         return self._snapshot, True
 
-    def _entry(self, document: dict[str, Any] | InvalidSubscription, seen: set[str]) -> Entry:
-        if isinstance(document, InvalidSubscription):
-            return document
-        key = key_of(document)
-        try:
-            subscription = self._parse(document)
-        except InvalidSubscription as exc:
-            return exc
-        if key in seen:
-            return InvalidSubscription(key, [f"metadata.name: {key} is defined more than once"])
-        seen.add(key)
-        return subscription
+    def _entry(self, document: dict[str, Any], origin: str, seen: set[str]) -> Entry:
+        entry = validated(self._parse, document, origin)
+        if isinstance(entry, InvalidSubscription):
+            return entry
+        if entry.key in seen:
+            return InvalidSubscription(
+                entry.key, [f"metadata.name: {entry.key} is defined more than once"], origin=origin
+            )
+        seen.add(entry.key)
+        return entry
 
-    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+    def _scan(self) -> tuple[tuple[str, int, int, int], ...]:
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
@@ -158,9 +288,53 @@ class DirectoryReader:
         files = []
         for entry in entries:
             if entry.name.endswith(_SUFFIXES) and not entry.name.startswith("."):
-                try:
-                    stat = entry.stat()
+                try:  # the target of a symlink (a ConfigMap's update replaces it), else the link
+                    info = (
+                        entry.stat()
+                        if os.path.exists(entry.path)
+                        else entry.stat(follow_symlinks=False)
+                    )
                 except FileNotFoundError:
                     continue
-                files.append((entry.name, stat.st_mtime_ns, stat.st_size))
+                files.append((entry.name, info.st_mtime_ns, info.st_size, info.st_ino))
         return tuple(sorted(files))
+
+
+def _read_manifest(root: str, name: str) -> str:
+    """The text of manifest ``name`` in the folder whose real path is ``root``.
+
+    Raises:
+        _FileRefused: it leads out of the folder, is no regular file, is too large, or is not
+            UTF-8.
+        FileNotFoundError: it is gone.
+    """
+    real = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, real]) != root:
+        raise _FileRefused("a symlink that points outside the folder; not followed")
+    # Non-blocking: opening a FIFO for reading would otherwise wait for a writer. No-follow: the
+    # path was resolved, so a symlink here was swapped in since.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(real, flags)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise _FileRefused(f"cannot be read: {exc.strerror}") from exc
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise _FileRefused("not a regular file; only regular files are read")
+        data = b""
+        while info.st_size <= MAX_FILE_BYTES and len(data) <= MAX_FILE_BYTES:
+            chunk = os.read(descriptor, MAX_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if info.st_size > MAX_FILE_BYTES or len(data) > MAX_FILE_BYTES:  # or it grew meanwhile
+            raise _FileRefused(f"larger than {MAX_FILE_BYTES} bytes; not read")
+    finally:
+        os.close(descriptor)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _FileRefused(f"not UTF-8 text (byte {exc.start})") from exc

@@ -15,7 +15,10 @@ so existing NATS state maps over.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import reprlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -39,8 +42,14 @@ BACKLOG = "Backlog within limit"
 #: deploy/base declares exactly these (tests/kubernetes/test_crd.py).
 SPEC_FIELDS = frozenset({"id", "sink", "source", "types", "typeMatching", "config", "delivery"})
 DELIVERY_FIELDS = frozenset({"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax"})
+MAX_TYPES = 100  #: types (so consumers) of one subscription; the CRD's maxItems
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _EXACT_SUBJECT_UNSAFE = re.compile(r"[\s*>]")
+# A wrong value is quoted in a problem message, shortened: a manifest's value may be huge (an
+# alias bomb's repr runs into gigabytes), and the message goes into status and logs.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 2, 4, 4
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 80, 80, 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +75,16 @@ class Subscription:
     max_in_flight: int
     delivery: DeliveryPolicy
     bindings: tuple[TypeBinding, ...]
+    written: str  #: the spec as written, as JSON (the status echoes it)
+    origin: str = ""  #: the manifest file it came from; empty for a Kubernetes object
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def spec_as_written(self) -> dict[str, Any]:
+        """The spec as the manifest wrote it: no defaults added, durations as written."""
+        return dict(json.loads(self.written))
 
 
 def consumer_name(namespace: str, name: str, subject: str) -> str:
@@ -81,8 +96,21 @@ def key_of(document: Mapping[str, Any]) -> str:
     """``namespace/name`` of a manifest, as far as it can be read (for status of broken ones)."""
     metadata = document.get("metadata") if isinstance(document, Mapping) else None
     metadata = metadata if isinstance(metadata, Mapping) else {}
-    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
-    return f"{namespace}/{metadata.get('name') or '?'}"
+    namespace, name = metadata.get("namespace") or DEFAULT_NAMESPACE, metadata.get("name")
+    return f"{namespace if isinstance(namespace, str) else '?'}/{_text_or(name, '?')}"
+
+
+def _text_or(value: Any, fallback: str) -> str:
+    return value if isinstance(value, str) and value else fallback
+
+
+def _shown(value: Any) -> str:
+    return _SHOWN.repr(value)
+
+
+def _names(keys: Any) -> str:
+    """Field names for a message, sorted (a YAML key need not be a string)."""
+    return ", ".join(sorted(_shown(k) if not isinstance(k, str) else k for k in keys))
 
 
 def from_manifest(
@@ -117,17 +145,14 @@ def from_manifest(
                 f"{field}: must be a DNS-1123 name (lower-case letters, digits, '-', '.')"
             )
     spec = _mapping(document.get("spec"), "spec", problems)
-    unknown = sorted(set(spec) - SPEC_FIELDS)
+    unknown = set(spec) - SPEC_FIELDS
     if unknown:  # a typo such as "delivry" would otherwise silently keep the defaults
-        problems.append(
-            f"spec: unknown field(s) {', '.join(unknown)};"
-            f" expected {', '.join(sorted(SPEC_FIELDS))}"
-        )
+        problems.append(f"spec: unknown field(s) {_names(unknown)}; expected {_names(SPEC_FIELDS)}")
 
     type_matching = spec.get("typeMatching", STANDARD)
     if type_matching not in (STANDARD, EXACT):
         problems.append(
-            f"spec.typeMatching: must be {STANDARD!r} or {EXACT!r}, got {type_matching!r}"
+            f"spec.typeMatching: must be {STANDARD!r} or {EXACT!r}, got {_shown(type_matching)}"
         )
     source = spec.get("source", "")
     if not isinstance(source, str):
@@ -152,7 +177,7 @@ def from_manifest(
             except InvalidEvent as exc:
                 problems.append(f"spec.types: {exc}")
     if problems:
-        raise InvalidSubscription(f"{namespace}/{name or '?'}", problems)
+        raise InvalidSubscription(key_of(document), problems)
     return Subscription(
         namespace=str(namespace),
         name=str(name),
@@ -163,6 +188,8 @@ def from_manifest(
         max_in_flight=max_in_flight,
         delivery=delivery,
         bindings=tuple(bindings),
+        # default=str: YAML reads an unquoted 2026-01-01 in spec.id or config as a date
+        written=json.dumps(dict(spec), default=str),
     )
 
 
@@ -201,21 +228,27 @@ def _types(value: Any, matching: str, prefix: str, problems: list[str]) -> list[
     if not isinstance(value, list) or not value:
         problems.append("spec.types: must not be empty")
         return []
+    if len(value) > MAX_TYPES:
+        problems.append(f"spec.types: at most {MAX_TYPES} types, got {len(value)}")
+        return []
     types: list[str] = []
     for item in value:
         if not isinstance(item, str) or not item:
             problems.append("spec.types: must not be of length zero")
             continue
         if len(item.split(".")) < 2:
-            problems.append(f"spec.types: must have minimum 2 segments, got {item!r}")
+            problems.append(f"spec.types: must have minimum 2 segments, got {_shown(item)}")
         elif matching == STANDARD and eventtypes.is_prefixed(item, prefix):
-            problems.append(f"spec.types: must not have {prefix} as type prefix, got {item!r}")
+            problems.append(
+                f"spec.types: must not have {prefix} as type prefix, got {_shown(item)}"
+            )
         elif matching == EXACT and _EXACT_SUBJECT_UNSAFE.search(item):
             problems.append(
-                f"spec.types: exact types must not contain whitespace, '*' or '>', got {item!r}"
+                "spec.types: exact types must not contain whitespace, '*' or '>',"
+                f" got {_shown(item)}"
             )
         types.append(item)
-    duplicates = sorted({t for t in types if types.count(t) > 1})
+    duplicates = sorted(t for t, count in Counter(types).items() if count > 1)
     if duplicates:
         problems.append(f"spec.types: must not have duplicate types: {','.join(duplicates)}")
     return types
@@ -231,6 +264,8 @@ def _max_in_flight(config: Any, default: int, problems: list[str]) -> int:
     if raw is None:
         return default
     try:
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise ValueError(raw)
         value = int(str(raw).strip())
     except ValueError:
         problems.append("spec.config: maxInFlightMessages must be a stringified int value")
@@ -253,7 +288,7 @@ def _sink(value: Any, problems: list[str]) -> str:
     except ValueError:
         valid = False
     if not valid:
-        problems.append(f"spec.sink: must be an http(s) URL, got {value!r}")
+        problems.append(f"spec.sink: must be an http(s) URL, got {_shown(value)}")
     return value
 
 
@@ -263,24 +298,25 @@ def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> Deli
     if not isinstance(value, Mapping):
         problems.append("spec.delivery: must be a mapping")
         return defaults
-    unknown = sorted(set(value) - DELIVERY_FIELDS)
+    unknown = set(value) - DELIVERY_FIELDS
     if unknown:
         problems.append(
-            f"spec.delivery: unknown field(s) {', '.join(unknown)};"
-            f" expected {', '.join(sorted(DELIVERY_FIELDS))}"
+            f"spec.delivery: unknown field(s) {_names(unknown)}; expected {_names(DELIVERY_FIELDS)}"
         )
     changes: dict[str, Any] = {}
     if "retry" in value:
         retry = value["retry"]
         if isinstance(retry, bool) or not isinstance(retry, int) or not 0 <= retry <= 100:
-            problems.append(f"spec.delivery.retry: must be an integer from 0 to 100, got {retry!r}")
+            problems.append(
+                f"spec.delivery.retry: must be an integer from 0 to 100, got {_shown(retry)}"
+            )
         else:
             changes["retry"] = retry
     if "backoffPolicy" in value:
         policy = value["backoffPolicy"]
         if policy not in ("exponential", "linear"):
             problems.append(
-                f"spec.delivery.backoffPolicy: must be exponential or linear, got {policy!r}"
+                f"spec.delivery.backoffPolicy: must be exponential or linear, got {_shown(policy)}"
             )
         else:
             changes["backoff_policy"] = policy
@@ -290,10 +326,14 @@ def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> Deli
         ("retryAfterMax", "retry_after_max", 0.0),
     ):
         if field in value:
+            raw = value[field]
             try:
-                seconds = parse_iso_duration(str(value[field]))
-            except ValueError as exc:
-                problems.append(f"spec.delivery.{field}: {exc}")
+                seconds = parse_iso_duration(raw if isinstance(raw, str) else "")
+            except ValueError:
+                problems.append(
+                    f"spec.delivery.{field}: expected an ISO-8601 duration such as PT0.5S or"
+                    f" PT2M, got {_shown(raw)}"
+                )
                 continue
             if seconds < minimum:
                 problems.append(f"spec.delivery.{field}: must be longer than zero")
@@ -346,6 +386,22 @@ def condition(
         "reason": reason,
         "message": message,
     }
+
+
+def keep_transition_times(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with each condition's ``lastTransitionTime`` taken from ``old`` when the
+    condition's type, status, reason and message did not change (Kubernetes' convention: the
+    time says when the condition last changed, not when it was last computed)."""
+    before = {c.get("type"): c for c in old.get("conditions") or []}
+    conditions = []
+    for condition in new.get("conditions") or []:
+        previous = before.get(condition["type"])
+        if previous is not None and all(
+            previous.get(f) == condition[f] for f in ("status", "reason", "message")
+        ):
+            condition = {**condition, "lastTransitionTime": previous["lastTransitionTime"]}
+        conditions.append(condition)
+    return {**new, "conditions": conditions}
 
 
 def status_invalid(error: InvalidSubscription, *, now: datetime | None = None) -> dict[str, Any]:

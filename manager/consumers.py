@@ -92,6 +92,7 @@ async def actual_consumers(js: JetStreamContext, stream: str) -> dict[str, Actua
                 ack_wait=config.ack_wait or 0.0,
                 managed=(config.metadata or {}).get("managed-by") == MANAGED_BY,
                 subscription=(config.metadata or {}).get("subscription", ""),
+                origin=(config.metadata or {}).get("origin"),
             )
         if len(page) < _PAGE:
             return found
@@ -99,7 +100,8 @@ async def actual_consumers(js: JetStreamContext, stream: str) -> dict[str, Actua
 
 
 async def apply(js: JetStreamContext, stream: str, actions: list[Action]) -> dict[str, str]:
-    """Carry out ``actions``; the error of each consumer that could not be set up, by name."""
+    """Carry out ``actions``; the error of each consumer that could not be set up, by name
+    (logged by the caller, once per change: past the consumer limit thousands fail alike)."""
     errors: dict[str, str] = {}
     for action in actions:
         try:
@@ -122,7 +124,6 @@ async def apply(js: JetStreamContext, stream: str, actions: list[Action]) -> dic
         except (nats.errors.Error, TimeoutError) as exc:
             name = action.name if isinstance(action, Delete) else action.spec.name
             errors[name] = _describe(exc)
-            logger.warning("consumer %s: %s", name, errors[name])
     return errors
 
 
@@ -370,6 +371,7 @@ def _config(spec: ConsumerSpec, *, max_ack_pending: int | None = None) -> Consum
             "managed-by": MANAGED_BY,
             "subscription": spec.subscription,
             "type": spec.event_type,
+            "origin": spec.origin,
         },
     )
 

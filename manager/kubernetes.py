@@ -16,6 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from eventing.kubernetes import FINALIZER, GROUP, PLURAL, VERSION, KubernetesReader
+from eventing.subscription import keep_transition_times
 
 logger = logging.getLogger(__name__)
 
@@ -96,22 +97,6 @@ class StatusWriter:
                 logger.warning("writing to subscription %s failed: %s", _key(arguments[0]), exc)
         except Exception as exc:  # API server unreachable: the next reconcile writes again
             logger.warning("writing to subscription %s failed: %s", _key(arguments[0]), exc)
-
-
-def keep_transition_times(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` with each condition's ``lastTransitionTime`` taken from ``old`` when the
-    condition's type, status, reason and message did not change (Kubernetes' convention, and
-    what keeps an unchanged status from being rewritten)."""
-    before = {c.get("type"): c for c in old.get("conditions") or []}
-    conditions = []
-    for condition in new.get("conditions") or []:
-        previous = before.get(condition["type"])
-        if previous is not None and all(
-            previous.get(f) == condition[f] for f in ("status", "reason", "message")
-        ):
-            condition = {**condition, "lastTransitionTime": previous["lastTransitionTime"]}
-        conditions.append(condition)
-    return {**new, "conditions": conditions}
 
 
 def _key(current: dict[str, Any]) -> str:

@@ -3,8 +3,10 @@
 Every second the subscription folder is checked; a change (or a reconnection to NATS, or a
 periodic resync) reconciles the consumers, restarts the pull tasks that changed, and publishes a
 fresh status view. Nothing here blocks the event loop: file reads and broker calls run in
-threads. SIGTERM/SIGINT stop the pull tasks first, then drain the NATS connection; JetStream
-redelivers whatever was pulled but not yet enqueued.
+threads. Every problem of a subscription or a manifest file is logged once, when it appears or
+changes, naming the subscription and its file; consumer actions that fail are retried with
+back-off (:class:`~manager.reconcile.Retries`). SIGTERM/SIGINT stop the pull tasks first, then
+drain the NATS connection; JetStream redelivers whatever was pulled but not yet enqueued.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ from typing import Any
 
 from eventing import jetstream, jobs
 from eventing.config import Settings
+from eventing.errors import InvalidSubscription
 from eventing.jetstream import JetStreamClient
 from eventing.kubernetes import KubernetesReader, api_client
 from eventing.manifests import Reader, Snapshot, reader_for
-from eventing.subscription import API_VERSION, KIND, Subscription, status_invalid, status_of
+from eventing.subscription import (
+    API_VERSION,
+    KIND,
+    Subscription,
+    keep_transition_times,
+    status_invalid,
+    status_of,
+)
 from manager import consumers, leader, reconcile
 from manager.kubernetes import StatusWriter
+from manager.reconcile import Action
 from manager.status import ManagerMetrics, StatusServer, View
 
 logger = logging.getLogger(__name__)
@@ -67,6 +78,9 @@ class Manager:
         self._last_sync = 0.0
         self._was_connected = False
         self._dirty = True
+        self._retries = reconcile.Retries()
+        self._reported: frozenset[str] = frozenset()  #: problems logged, until they change
+        self._read_error: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile until ``stop`` is set, then stop pulling."""
@@ -76,9 +90,17 @@ class Manager:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), _POLL)
                     continue
-                snapshot, changed = await asyncio.to_thread(self._reader.read)
+                read = await self._read()
+                if read is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), _POLL)
+                    continue
+                snapshot, changed = read
                 connected = self._client.is_connected
-                due = time.monotonic() - self._last_sync > _RESYNC
+                now = time.monotonic()
+                due = now - self._last_sync > _RESYNC
+                retry = self._retries.next_attempt
+                due = due or (retry is not None and now >= retry)
                 if changed or due or self._dirty or (connected and not self._was_connected):
                     await self.reconcile(snapshot)
                 elif self._last_view is not None and self._shedding() != self._shedding_shown:
@@ -90,12 +112,28 @@ class Manager:
         finally:
             await self._dispatcher.stop()
 
+    async def _read(self) -> tuple[Snapshot, bool] | None:
+        """The reader's snapshot; None if reading failed in a way no file rule foresaw (logged
+        once), which must not stop the manager: the last snapshot stays in force."""
+        try:
+            read = await asyncio.to_thread(self._reader.read)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            if error != self._read_error:
+                logger.exception("reading the subscriptions failed; the last ones stay in force")
+            self._read_error = error
+            return None
+        self._read_error = None
+        return read
+
     async def reconcile(self, snapshot: Snapshot) -> None:
         """Bring consumers, pull tasks and status in line with ``snapshot``."""
         self._last_sync = time.monotonic()
+        self._report(snapshot)
         valid = snapshot.valid
         wanted = reconcile.desired(valid, self._settings.delivery.ack_wait)
         errors: dict[str, str] = {}
+        deletions_done = False
         problem: str | None = None
         if not self._client.is_connected:
             problem = "NATS connection not ready"
@@ -104,20 +142,17 @@ class Manager:
                 js = self._client.jetstream
                 stream = self._settings.stream.name
                 actual = await consumers.actual_consumers(js, stream)
-                keep = snapshot.invalid_keys
-                if keep is None:
-                    logger.warning("a subscription file is unreadable: no consumer is deleted")
-                actions = reconcile.plan(wanted, actual, keep)
-                errors = await consumers.apply(js, stream, actions)
-                for spec in consumers.created(actions):
-                    namespace, _, name = spec.subscription.partition("/")
-                    self._metrics.subscribed.labels(
-                        name, namespace, spec.event_type, spec.name
-                    ).inc()
+                actions = reconcile.plan(
+                    wanted, actual, snapshot.invalid_keys, snapshot.unreadable_files
+                )
+                errors = await self._apply(js, stream, actions)
+                deletions_done = not any(
+                    isinstance(a, reconcile.Delete) and a.name in errors for a in actions
+                )
             except Exception as exc:  # NATS trouble of any kind: report it, retry on the next poll
                 problem = f"{type(exc).__name__}: {exc}"
                 logger.warning("reconcile failed: %s", problem)
-        self._dirty = problem is not None or bool(errors)
+        self._dirty = problem is not None
         if problem is None:
             # After a failed reconcile the pulls go on as they were: the consumers they read
             # still exist, and stopping them would only delay delivery until the next success.
@@ -132,8 +167,53 @@ class Manager:
             )
         self._publish_view(snapshot, errors, problem)
         if self._writer is not None:
-            consumers_gone = problem is None and not errors
+            consumers_gone = problem is None and deletions_done
             await asyncio.to_thread(self._writer.write, self._server.view.items, consumers_gone)
+
+    async def _apply(self, js: Any, stream: str, actions: list[Action]) -> dict[str, str]:
+        """Carry out the actions that are due; the error of each consumer not set up (held
+        back or failed now), by name."""
+        self._retries.forget_except({reconcile.target_of(a) for a in actions})
+        attempt, errors = self._retries.due(actions, time.monotonic())
+        failed = await consumers.apply(js, stream, attempt)
+        for failure in self._retries.record(attempt, failed, time.monotonic()):
+            action = failure.action
+            what = (
+                f"deleting consumer {action.name}"
+                if isinstance(action, reconcile.Delete)
+                else f"consumer {action.spec.name} of {action.spec.subscription}"
+                f" ({action.spec.event_type})"
+            )
+            logger.warning("%s failed: %s", what, failure.error)
+        if failed:
+            pause = min(self._retries.failures[name].pause for name in failed)
+            logger.warning(
+                "%d consumer action(s) failed; each is retried with back-off, the next in %g s",
+                len(failed),
+                pause,
+            )
+        for spec in consumers.created(attempt):
+            if spec.name not in failed:
+                namespace, _, name = spec.subscription.partition("/")
+                self._metrics.subscribed.labels(name, namespace, spec.event_type, spec.name).inc()
+        return {**errors, **failed}
+
+    def _report(self, snapshot: Snapshot) -> None:
+        """Log each problem of the snapshot once: when it appears, or after it changed."""
+        problems = {
+            f"manifest file {bad.file} is unreadable: {bad.problem}; the consumers of its"
+            " subscriptions stay, every other file is served"
+            for bad in snapshot.unreadable
+        }
+        problems.update(
+            f"subscription {entry.key}{f' (file {entry.origin})' if entry.origin else ''}"
+            f" is invalid: {'; '.join(entry.problems)}"
+            for entry in snapshot.entries
+            if isinstance(entry, InvalidSubscription)
+        )
+        for problem in sorted(problems - self._reported):
+            logger.warning("%s", problem)
+        self._reported = frozenset(problems)
 
     def _shedding(self) -> dict[str, str]:
         """Why each consumer that shed events within ``_SHEDDING_SHOWN`` did, by name."""
@@ -158,6 +238,7 @@ class Manager:
     ) -> None:
         self._last_view = (snapshot, errors, problem)
         self._shedding_shown = shedding = self._shedding()
+        shown = self._server.view.by_key
         items: list[dict[str, Any]] = []
         for entry in snapshot.entries:
             if isinstance(entry, Subscription):
@@ -171,7 +252,7 @@ class Manager:
                     if b.consumer_name in shedding
                 )
                 status = status_of(entry, failure, shedding=shed or None)
-                items.append(_item(entry.namespace, entry.name, _spec(entry), status))
+                items.append(_item(entry.namespace, entry.name, entry.spec_as_written(), status))
                 for binding in entry.bindings:
                     self._metrics.status.labels(
                         entry.name,
@@ -183,10 +264,15 @@ class Manager:
             else:
                 namespace, _, name = entry.key.partition("/")
                 items.append(_item(namespace, name, None, status_invalid(entry)))
+        for item in items:
+            before = shown.get(f"{item['metadata']['namespace']}/{item['metadata']['name']}")
+            if before is not None:
+                item["status"] = keep_transition_times(before["status"], item["status"])
         self._server.view = View(
             items=tuple(items),
             ready=problem is None,
             by_key={f"{i['metadata']['namespace']}/{i['metadata']['name']}": i for i in items},
+            unreadable=tuple({"file": b.file, "problem": b.problem} for b in snapshot.unreadable),
         )
 
 
@@ -202,17 +288,6 @@ def _item(
         item["spec"] = spec
     item["status"] = status
     return item
-
-
-def _spec(subscription: Subscription) -> dict[str, Any]:
-    return {
-        "sink": subscription.sink,
-        "source": subscription.source,
-        "types": list(subscription.types),
-        "typeMatching": subscription.type_matching,
-        "config": {"maxInFlightMessages": str(subscription.max_in_flight)},
-        "delivery": subscription.delivery.to_dict(),
-    }
 
 
 async def run(settings: Settings) -> bool:

@@ -26,11 +26,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class View:
-    """What the endpoint shows: every subscription object with its status, and readiness."""
+    """What the endpoint shows: every subscription object with its status, readiness, and the
+    manifest files that could not be read (``{file, problem}``; a file is no subscription)."""
 
     items: tuple[dict[str, Any], ...] = ()
     ready: bool = False
     by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unreadable: tuple[dict[str, str], ...] = ()
 
 
 class ManagerMetrics:
@@ -130,7 +132,9 @@ class StatusServer:
         elif path == "/metrics":
             self._send(request, 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry))
         elif path == "/subscriptions":
-            self._json(request, 200, {"items": list(view.items)})
+            self._json(
+                request, 200, {"items": list(view.items), "unreadable": list(view.unreadable)}
+            )
         elif len(parts) == 3 and parts[0] == "subscriptions":
             item = view.by_key.get(f"{parts[1]}/{parts[2]}")
             if item is None:

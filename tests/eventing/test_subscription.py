@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from eventing.errors import InvalidSubscription
 from eventing.retries import DeliveryPolicy
 from eventing.subscription import (
+    MAX_TYPES,
     Subscription,
     consumer_name,
     from_manifest,
@@ -235,3 +237,56 @@ def test_subscribed_lists_name_and_version_per_application() -> None:
         {"name": "order.deleted", "version": "v2"},
     ]
     assert subscribed("nobody", (standard, exact), PREFIX) == []
+
+
+def test_twenty_thousand_types_are_refused_at_the_cap() -> None:
+    types = [f"order.created{i}.v1" for i in range(20_000)]
+    with pytest.raises(InvalidSubscription) as caught:
+        parse(manifest({"types": types}))
+    assert caught.value.problems == [f"spec.types: at most {MAX_TYPES} types, got 20000"]
+
+
+def test_types_up_to_the_cap_are_accepted_and_duplicates_found_among_them() -> None:
+    types = [f"order.created{i}.v1" for i in range(MAX_TYPES)]
+    assert len(parse(manifest({"types": types})).bindings) == MAX_TYPES
+    with pytest.raises(InvalidSubscription) as caught:
+        parse(manifest({"types": [*types[:-1], types[0]]}))
+    assert caught.value.problems == ["spec.types: must not have duplicate types: order.created0.v1"]
+
+
+def test_a_huge_wrong_value_is_shown_shortened() -> None:
+    nested: list[Any] = ["x" * 10_000]
+    for _ in range(50):
+        nested = [nested, nested]
+    for spec in (
+        {"typeMatching": nested},
+        {"delivery": {"retry": nested}},
+        {"delivery": {"backoffPolicy": nested}},
+        {"delivery": {"timeout": nested}},
+        {"sink": "ftp://" + "x" * 100_000},
+    ):
+        with pytest.raises(InvalidSubscription) as caught:
+            parse(manifest(spec))
+        assert len(str(caught.value)) < 400
+
+
+def test_keys_that_are_not_strings_are_reported_not_raised() -> None:
+    with pytest.raises(InvalidSubscription) as caught:
+        parse(manifest({1: "x", "delivery": {2: "y", "retry": 1}}))  # type: ignore[dict-item]
+    assert "spec: unknown field(s) 1" in str(caught.value)
+    assert "spec.delivery: unknown field(s) 2" in str(caught.value)
+
+
+def test_the_spec_is_kept_as_written() -> None:
+    written = {
+        "sink": "http://127.0.0.1:9000/events",
+        "source": "myapp",
+        "types": ["order.received.v1"],
+        "delivery": {"backoffDelay": "PT1S", "retry": 3},
+        "config": {"maxInFlightMessages": 4, "since": datetime.date(2026, 1, 1)},
+    }
+    subscription = parse(manifest(written))
+    assert subscription.spec_as_written() == {
+        **written,
+        "config": {"maxInFlightMessages": 4, "since": "2026-01-01"},
+    }

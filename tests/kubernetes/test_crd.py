@@ -6,6 +6,7 @@ manager validates in either source. These tests fail when one changes without th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,46 @@ def test_the_crd_declares_exactly_the_spec_fields_the_model_reads() -> None:
     assert set(spec["delivery"]["properties"]) == subscription.DELIVERY_FIELDS
 
 
+def test_the_crd_caps_types_where_the_model_does() -> None:
+    assert served_schema()["spec"]["properties"]["types"]["maxItems"] == subscription.MAX_TYPES
+
+
+@pytest.mark.integration
+def test_the_api_server_refuses_more_types_than_the_model_accepts(
+    kube_control_plane: ControlPlane, kube: Kube
+) -> None:
+    kube.apply(CRD_PATH.read_text())
+    manifest = yaml.safe_load(EXAMPLES[0].read_text())
+    manifest["metadata"] = {"name": "too-many-types"}
+    manifest["spec"]["types"] = [f"order.n{i}.v1" for i in range(subscription.MAX_TYPES + 1)]
+    verdict = kube.dry_run(manifest)[0]
+    assert verdict.status == 422 and "must have at most 100 items" in verdict.message, verdict
+    manifest["spec"]["types"] = manifest["spec"]["types"][: subscription.MAX_TYPES]
+    assert kube.dry_run(manifest)[0].status in (200, 201)
+
+
+@pytest.mark.integration
+def test_a_deep_status_is_pruned_so_it_cannot_blind_the_manager(
+    kube_control_plane: ControlPlane, kube: Kube
+) -> None:
+    """JSON nested 2,000 deep makes the Python client's decoder raise RecursionError: one such
+    object would fail every list and watch of the manager, so the schema stores none."""
+    kube.apply(CRD_PATH.read_text())
+    manifest = yaml.safe_load(EXAMPLES[0].read_text())
+    manifest["metadata"] = {"name": "deep-status"}
+    kube.apply(manifest)
+    deep = '{"x":' * 2000 + "1" + "}" * 2000
+    binding = '{"originalType": "a.b.v1", "consumerName": "c"}'
+    stored = kube.merge_patch_status(
+        subscription.API_VERSION,
+        subscription.KIND,
+        "deep-status",
+        f'{{"status": {{"ready": false, "backend": {{"types": [{binding}], "deep": {deep}}}}}}}',
+    )
+    backend = json.loads(stored)["status"]["backend"]
+    assert backend == {"types": [{"originalType": "a.b.v1", "consumerName": "c"}]}
+
+
 def test_the_crd_defaults_are_the_models_defaults() -> None:
     spec = served_schema()["spec"]["properties"]
 
@@ -64,6 +105,9 @@ def test_the_crd_status_holds_every_field_the_manager_writes() -> None:
 
     assert set(written) == set(status)
     assert set(written["types"][0]) == set(status["types"]["items"]["properties"])
+    assert set(written["backend"]) == set(status["backend"]["properties"])
+    backend_types = status["backend"]["properties"]["types"]["items"]["properties"]
+    assert set(written["backend"]["types"][0]) == set(backend_types)
     assert set(written["conditions"][0]) == set(status["conditions"]["items"]["properties"])
 
 

@@ -320,6 +320,20 @@ class Kube:
             raise self._error(answer)
         return dict(answer.json())
 
+    def merge_patch_status(self, api_version: str, kind: str, name: str, patch: str) -> str:
+        """Merge-patch the status subresource of ``name`` in :attr:`namespace` with the JSON
+        text ``patch``; returns the stored object as text (it may be too deep to parse)."""
+        manifest = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}
+        answer = self._session.patch(
+            f"{self.url}{self._collection(manifest)}/{name}/status",
+            data=patch,
+            headers={"Content-Type": "application/merge-patch+json"},
+            timeout=30,
+        )
+        if not answer.ok:
+            raise self._error(answer)
+        return answer.text
+
     def delete(self, api_version: str, kind: str, name: str) -> None:
         """Delete one object of :attr:`namespace` (or a cluster-scoped one); finalizers may
         keep it a while, marked with a deletionTimestamp."""

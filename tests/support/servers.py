@@ -135,10 +135,14 @@ class NatsServer(_Server):
 
     name = "nats-server"
 
-    def __init__(self, binary: Path, workdir: Path, *, jetstream: bool = True) -> None:
+    def __init__(
+        self, binary: Path, workdir: Path, *, jetstream: bool = True, config: str | None = None
+    ) -> None:
+        """``config`` is nats-server configuration text (account limits, say), passed with -c."""
         super().__init__(binary, workdir)
         self.monitor_port = free_port()
         self.jetstream = jetstream
+        self.config = config
 
     @property
     def url(self) -> str:
@@ -148,6 +152,7 @@ class NatsServer(_Server):
         return [
             str(self.binary),
             *(["-js"] if self.jetstream else []),
+            *(["-c", str(self._config_file())] if self.config is not None else []),
             "-a",
             "127.0.0.1",
             "-p",
@@ -157,6 +162,11 @@ class NatsServer(_Server):
             "-sd",
             str(self.workdir / "store"),
         ]
+
+    def _config_file(self) -> Path:
+        path = self.workdir / "nats-server.conf"
+        path.write_text(self.config or "")
+        return path
 
     def is_ready(self) -> bool:
         query = "?js-enabled-only=true" if self.jetstream else ""
