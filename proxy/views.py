@@ -15,7 +15,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from eventing import cloudevent, eventtypes, legacy, subscription
 from eventing.config import Settings
-from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
+from eventing.errors import BatchTooLarge, InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.jetstream import OutboundMessage, outbound
 from eventing.manifests import Reader
 from proxy import guards, problems
@@ -28,13 +28,17 @@ _READ_LOCK = threading.Lock()  # the reader caches; one thread refreshes it at a
 
 @blueprint.post("/publish")
 def publish() -> Response:
-    prefix = _settings().events.type_prefix
+    settings = _settings()
+    prefix = settings.events.type_prefix
     trace = cloudevent.trace_extensions(request.headers.items())
     mode, messages = cloudevent.parse_http(
         dict(request.headers),
         _read_body(),
         lambda event: _prepare(event, trace, prefix),
     )
+    limit = settings.proxy.max_in_flight
+    if len(messages) > limit:
+        raise BatchTooLarge(len(messages), limit)
     failures = _store(messages)
     if not failures:
         return _no_content()
