@@ -254,6 +254,18 @@ PROXY_MAX_IN_FLIGHT = Variable(
     _int(1),
     "Events one proxy process may have waiting for JetStream; more get 503 with Retry-After.",
 )
+PROXY_BODY_TIMEOUT = Variable(
+    "PROXY_BODY_TIMEOUT",
+    "10s",
+    _positive_duration,
+    "Longest a request body may take to arrive after its headers; later gets 408.",
+)
+PROXY_BODY_MIN_RATE = Variable(
+    "PROXY_BODY_MIN_RATE",
+    "1024",
+    _int(1),
+    "Bytes/s a request body must arrive at on average after its first 2 s; slower gets 408.",
+)
 PROXY_RETRY_AFTER = Variable(
     "PROXY_RETRY_AFTER", "1", _int(1, 3600), "Seconds in the Retry-After header of a 503."
 )
@@ -433,6 +445,8 @@ VARIABLES: tuple[Variable[Any], ...] = (
     PROXY_WORKERS,
     PROXY_THREADS,
     PROXY_MAX_IN_FLIGHT,
+    PROXY_BODY_TIMEOUT,
+    PROXY_BODY_MIN_RATE,
     PROXY_RETRY_AFTER,
     JS_DLQ_STREAM_NAME,
     JS_DLQ_MAX_AGE,
@@ -513,6 +527,8 @@ class ProxySettings:
     threads: int
     max_in_flight: int  #: events per process awaiting a PubAck
     retry_after: int  #: seconds
+    body_timeout: float  #: seconds from a request's headers to its body's last byte
+    body_min_rate: int  #: bytes per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,6 +623,8 @@ class Settings:
                 threads=read(PROXY_THREADS),
                 max_in_flight=read(PROXY_MAX_IN_FLIGHT),
                 retry_after=read(PROXY_RETRY_AFTER),
+                body_timeout=read(PROXY_BODY_TIMEOUT),
+                body_min_rate=read(PROXY_BODY_MIN_RATE),
             ),
             source=SourceSettings(
                 kind=read(SUBSCRIPTIONS_SOURCE),

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from proxy import admission
 from tests.integration.conftest import STREAM, read_stream
 from tests.support import fuzzing
 from tests.support.servers import NatsServer, free_port, wait_until
@@ -41,8 +43,14 @@ def _proxy_command() -> list[str]:
 
 
 @pytest.fixture
+def proxy_env() -> dict[str, str]:
+    """More environment for the proxy; a test parametrizes it to change settings."""
+    return {}
+
+
+@pytest.fixture
 def proxy(
-    nats_server: NatsServer, tmp_path: Path
+    nats_server: NatsServer, tmp_path: Path, proxy_env: dict[str, str]
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     port = free_port()
     log = tmp_path / "proxy.log"
@@ -53,6 +61,7 @@ def proxy(
         "PROXY_WORKERS": "2",
         "JS_STREAM_NAME": STREAM,
         "JS_STREAM_RETENTION_POLICY": "limits",
+        **proxy_env,
     }
     with log.open("wb") as out:
         # A session of its own, so teardown can end granian's worker processes too.
@@ -192,6 +201,58 @@ def test_a_body_cut_short_is_not_stored(
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert _publish_many(url, count=1, threads=1) == [204]  # the stream exists, and holds …
     assert [m.headers["ce-id"] for m in read_stream(nats_server)] == ["event-0"]  # … only this
+
+
+@pytest.mark.parametrize("proxy_env", [{"PROXY_THREADS": "4", "PROXY_BODY_TIMEOUT": "4s"}])
+def test_trickled_bodies_get_408_and_leave_threads_to_other_publishers(
+    proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
+) -> None:
+    """Under granian's WSGI interface a body being read held its thread (and its turn to
+    publish) for as long as the client kept trickling: as many tricklers as threads locked
+    every publisher out (503). Bodies are now read before a thread sees them, within a deadline
+    and at a minimum rate (proxy.bodies)."""
+    url, _, log = proxy
+    host, port = url.removeprefix("http://").split(":")
+    threads = 2 * admission.thread_count(4)  # of both worker processes
+    tricklers = []
+    for index in range(threads + 8):
+        sock = socket.create_connection((host, int(port)), timeout=15)
+        sock.sendall(
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-source: s\r\n"
+            b"ce-type: a.b.v1\r\nce-id: trickle-%d\r\nContent-Length: 200\r\n\r\n" % index
+        )
+        tricklers.append(sock)
+    stop = threading.Event()
+
+    def trickle() -> None:  # a byte per socket every 0.2 s: far below the minimum rate
+        while not stop.wait(0.2):
+            for sock in tricklers:
+                with contextlib.suppress(OSError):  # answered and closed by now
+                    sock.send(b"x")
+
+    def answer(sock: socket.socket) -> bytes:
+        received = b""
+        while chunk := sock.recv(4096):  # until the proxy closes the connection
+            received += chunk
+        return received
+
+    with ThreadPoolExecutor(1) as pool:
+        trickling = pool.submit(trickle)
+        try:
+            time.sleep(1)  # every trickler's headers are in
+            assert _publish_many(url, count=8, threads=2) == [204] * 8
+            answers = [answer(sock) for sock in tricklers]
+        finally:
+            stop.set()
+            trickling.result()
+            for sock in tricklers:
+                sock.close()
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
+    assert b"PROXY_BODY_MIN_RATE" in answers[0]
+    assert sorted(m.headers["ce-id"] for m in read_stream(nats_server)) == [
+        f"event-{i}" for i in range(8)
+    ]
+    assert "Traceback" not in log.read_text()
 
 
 def test_hostile_requests_get_no_5xx_and_store_only_what_was_accepted(
