@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from proxy import admission
 
@@ -98,7 +99,7 @@ class BodiesFirst:
         self, app: WSGIApp, *, threads: int, limits: BodyLimits, metrics: ProxyMetrics
     ) -> None:
         self._app = app
-        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="proxy-request")
+        self._threads = _Threads(threads, "proxy-request")
         self._limits = limits
         self._metrics = metrics
 
@@ -109,8 +110,7 @@ class BodiesFirst:
             self._answer_timeout(scope, protocol, started)
             return
         environ = _environ(scope, body)
-        loop = asyncio.get_running_loop()
-        status, headers, content = await loop.run_in_executor(self._threads, self._call, environ)
+        status, headers, content = await self._threads.run(self._call, environ)
         protocol.response_bytes(status, headers, content)
 
     async def _read(self, scope: Scope, protocol: HTTPProtocol) -> bytes | None:
@@ -122,12 +122,15 @@ class BodiesFirst:
         started = loop.time()
         chunks: list[bytes] = []
         received = 0
+        enough = self._limits.max_size + 1 if declared is None else declared
+        if enough == 0:
+            return b""
         try:
             async with asyncio.timeout_at(body_deadline(started, 0, self._limits)) as timer:
                 async for chunk in protocol:
                     chunks.append(chunk)
                     received += len(chunk)
-                    if received > self._limits.max_size:
+                    if received >= enough:  # no need to wait for the end of the stream
                         break
                     timer.reschedule(body_deadline(started, received, self._limits))
         except TimeoutError:
@@ -170,6 +173,47 @@ class BodiesFirst:
         labels = ("408", scope.method, route or "")
         self._metrics.requests.labels(*labels).inc()
         self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+class _Threads:
+    """Threads that run calls for the event loop. Why not ``run_in_executor``: its concurrent
+    Future (a lock and a condition each) and the chaining of two futures cost the event loop,
+    which every request passes through, a tenth of a request's time."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for number in range(count):
+            threading.Thread(target=self._serve, name=f"{name}-{number}", daemon=True).start()
+
+    def run(self, function: Callable[[A], T], argument: A) -> asyncio.Future[T]:
+        """``function(argument)`` on one of the threads; the future completes on this loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._work.put((loop, future, function, argument))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, function, argument = self._work.get()
+            try:
+                result = function(argument)
+            except BaseException as exc:  # handed to the awaiting coroutine, raised there
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 def _content_length(headers: Headers) -> int | None:
