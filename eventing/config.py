@@ -266,6 +266,13 @@ PROXY_BODY_MIN_RATE = Variable(
     _int(1),
     "Bytes/s a request body must arrive at on average after its first 2 s; slower gets 408.",
 )
+PROXY_METRICS_MAX_EVENT_TYPES = Variable(
+    "PROXY_METRICS_MAX_EVENT_TYPES",
+    "1000",
+    _int(1),
+    "Distinct event type and source pairs a proxy process labels its metrics with; later ones"
+    " are counted as `other`.",
+)
 PROXY_RETRY_AFTER = Variable(
     "PROXY_RETRY_AFTER", "1", _int(1, 3600), "Seconds in the Retry-After header of a 503."
 )
@@ -447,6 +454,7 @@ VARIABLES: tuple[Variable[Any], ...] = (
     PROXY_MAX_IN_FLIGHT,
     PROXY_BODY_TIMEOUT,
     PROXY_BODY_MIN_RATE,
+    PROXY_METRICS_MAX_EVENT_TYPES,
     PROXY_RETRY_AFTER,
     JS_DLQ_STREAM_NAME,
     JS_DLQ_MAX_AGE,
@@ -529,6 +537,7 @@ class ProxySettings:
     retry_after: int  #: seconds
     body_timeout: float  #: seconds from a request's headers to its body's last byte
     body_min_rate: int  #: bytes per second
+    metrics_max_event_types: int  #: distinct (type, source) label pairs per process
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +634,7 @@ class Settings:
                 retry_after=read(PROXY_RETRY_AFTER),
                 body_timeout=read(PROXY_BODY_TIMEOUT),
                 body_min_rate=read(PROXY_BODY_MIN_RATE),
+                metrics_max_event_types=read(PROXY_METRICS_MAX_EVENT_TYPES),
             ),
             source=SourceSettings(
                 kind=read(SUBSCRIPTIONS_SOURCE),

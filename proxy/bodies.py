@@ -170,7 +170,7 @@ class BodiesFirst:
             ("Connection", "close"),
         ]
         protocol.response_bytes(408, headers, content)
-        labels = ("408", scope.method, route or "")
+        labels = ("408", self._metrics.method_label(scope.method), route or "")
         self._metrics.requests.labels(*labels).inc()
         self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
 

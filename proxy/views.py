@@ -111,8 +111,8 @@ def _start_timer() -> None:
 @blueprint.after_app_request
 def _count_request(response: Response) -> Response:
     rule = request.url_rule.rule.replace("<", "{").replace(">", "}") if request.url_rule else ""
-    labels = (str(response.status_code), request.method, rule)
     metrics = _metrics()
+    labels = (str(response.status_code), metrics.method_label(request.method), rule)
     metrics.requests.labels(*labels).inc()
     metrics.request_duration.labels(*labels).observe(
         time.perf_counter() - g.get("started", time.perf_counter())
@@ -182,7 +182,8 @@ def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
     metrics.backend_duration.labels(code, metrics.destination).observe(elapsed_ms)
     for index, message in enumerate(messages):
         if index not in failures:
-            metrics.published.labels(message.event_type, message.event_source, "204").inc()
+            event_type, source = metrics.event_labels(message.event_type, message.event_source)
+            metrics.published.labels(event_type, source, "204").inc()
     return failures
 
 
