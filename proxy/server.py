@@ -29,7 +29,7 @@ def main() -> int:
     log_config = _log_config(settings.log_level)
     logging.config.dictConfig(log_config)
 
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.server import Server
 
     metrics_dir = tempfile.mkdtemp(prefix="eventing-proxy-metrics-")
@@ -39,6 +39,9 @@ def main() -> int:
             "proxy.server:app",
             factory=True,
             interface=Interfaces.RSGI,
+            # every request passes through this loop: under asyncio's own loop the proxy served
+            # a quarter fewer requests than under the WSGI interface, under uvloop as many
+            loop=Loops.uvloop,
             address=settings.proxy.host,
             port=settings.proxy.port,
             workers=settings.proxy.workers,
