@@ -6,7 +6,7 @@ wait, so an overloaded proxy answered nothing quickly: at twice its capacity, re
 by single-event requests, 32 threads being far fewer than 1,000 events. Now at most ``slots``
 requests publish at once, a burst of at most ``waiting`` more waits up to ``patience`` seconds
 for a turn, and any other request is answered 503 with ``Retry-After`` at once.
-``eventing-proxy`` gives granian threads for all three groups (:func:`thread_count`), so the
+``eventing-proxy`` gives the app threads for all three groups (:func:`thread_count`), so the
 503s come from threads that are free.
 
 The check is a WSGI middleware in front of Flask and answers by itself: a refusal must cost far

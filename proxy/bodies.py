@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import queue
 import sys
 import threading
@@ -32,7 +31,6 @@ from proxy import admission
 if TYPE_CHECKING:  # importing prometheus_client fixes its mode: only create_app may do so
     from proxy.metrics import ProxyMetrics
 
-logger = logging.getLogger(__name__)
 
 #: Seconds any body has before the minimum rate counts: a body sent with its headers arrives
 #: at once, and a loaded event loop may be late to notice by a fraction of this.
