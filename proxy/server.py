@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging.config
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from typing import TYPE_CHECKING
@@ -48,6 +49,9 @@ def main() -> int:
             websockets=False,
             backpressure=_CONNECTIONS_PER_WORKER,
             respawn_failed_workers=True,
+            # granian loses a SIGTERM that reaches a worker between its handlers and its server
+            # starting; the launcher would then wait for that worker for good
+            workers_kill_timeout=_WORKERS_KILL_TIMEOUT,
             log_dictconfig=log_config,
             log_access=False,
         ).serve()
@@ -59,6 +63,12 @@ def main() -> int:
 def app() -> BodiesFirst:
     """The RSGI application of one granian worker process: the Flask app, bodies read first,
     on as many threads as admission needs (:func:`proxy.admission.thread_count`)."""
+    # A forked worker inherits the launcher's handlers, so a SIGTERM (honcho's, or granian's
+    # own at shutdown) that came while this factory ran was swallowed, and the worker then
+    # served on while the launcher waited for it: `eventing-proxy` hung on SIGTERM about one
+    # start in ten. Until granian installs the worker's handlers, a signal ends the worker.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
     from proxy import admission, bodies, create_app
 
     settings = Settings.from_environ(os.environ)  # main() validated it already
@@ -74,6 +84,9 @@ def app() -> BodiesFirst:
         metrics=flask_app.extensions["eventing.metrics"],
     )
 
+
+#: Seconds the launcher waits for its workers to stop before it kills them: within honcho's 5 s.
+_WORKERS_KILL_TIMEOUT = 3
 
 #: Connections one worker serves at once. Granian's default (backlog / workers, 512 here) is
 #: a limit on connections, not requests, and idle keep-alive connections hold their place: 1,024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import random
@@ -167,6 +168,39 @@ def test_sigterm_stops_the_proxy_quickly(proxy: tuple[str, subprocess.Popen[byte
     process.send_signal(signal.SIGTERM)
     process.wait(10)
     assert time.monotonic() - started < 5
+
+
+def test_sigterm_right_after_start_stops_the_proxy(nats_server: NatsServer, tmp_path: Path) -> None:
+    """A SIGTERM that reached a granian worker while it was still starting was swallowed (it had
+    the launcher's handler), and the launcher then waited for that worker for good: most starts
+    stopped right after /healthz first answered hung."""
+    for attempt in range(5):
+        port = free_port()
+        healthz = f"http://127.0.0.1:{port}/healthz"
+        env = {**os.environ, "NATS_URL": nats_server.url, "INGRESS_PORT": str(port)}
+        with (tmp_path / f"proxy-{attempt}.log").open("wb") as out:
+            process = subprocess.Popen(
+                _proxy_command(),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until(functools.partial(_answers, healthz), 20, "the proxy to answer")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(5) == 0, f"attempt {attempt}"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=0.5).status_code == 200
+    except requests.ConnectionError:
+        return False
 
 
 def test_a_subject_too_long_for_nats_leaves_the_proxy_connected(
