@@ -273,6 +273,25 @@ PROXY_MAX_IN_FLIGHT = Variable(
     _int(1),
     "Events one proxy process may have waiting for JetStream; more get 503 with Retry-After.",
 )
+PROXY_BODY_TIMEOUT = Variable(
+    "PROXY_BODY_TIMEOUT",
+    "10s",
+    _positive_duration,
+    "Longest a request body may take to arrive after its headers; later gets 408.",
+)
+PROXY_BODY_MIN_RATE = Variable(
+    "PROXY_BODY_MIN_RATE",
+    "1024",
+    _int(1),
+    "Bytes/s a request body must arrive at on average after its first 2 s; slower gets 408.",
+)
+PROXY_METRICS_MAX_EVENT_TYPES = Variable(
+    "PROXY_METRICS_MAX_EVENT_TYPES",
+    "1000",
+    _int(1),
+    "Distinct event type and source pairs a proxy process labels its metrics with; later ones"
+    " are counted as `other`.",
+)
 PROXY_RETRY_AFTER = Variable(
     "PROXY_RETRY_AFTER", "1", _int(1, 3600), "Seconds in the Retry-After header of a 503."
 )
@@ -452,6 +471,9 @@ VARIABLES: tuple[Variable[Any], ...] = (
     PROXY_WORKERS,
     PROXY_THREADS,
     PROXY_MAX_IN_FLIGHT,
+    PROXY_BODY_TIMEOUT,
+    PROXY_BODY_MIN_RATE,
+    PROXY_METRICS_MAX_EVENT_TYPES,
     PROXY_RETRY_AFTER,
     JS_DLQ_STREAM_NAME,
     JS_DLQ_MAX_AGE,
@@ -587,6 +609,9 @@ class ProxySettings:
     threads: int
     max_in_flight: int  #: events per process awaiting a PubAck
     retry_after: int  #: seconds
+    body_timeout: float  #: seconds from a request's headers to its body's last byte
+    body_min_rate: int  #: bytes per second
+    metrics_max_event_types: int  #: distinct (type, source) label pairs per process
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,6 +706,9 @@ class Settings:
                 threads=read(PROXY_THREADS),
                 max_in_flight=read(PROXY_MAX_IN_FLIGHT),
                 retry_after=read(PROXY_RETRY_AFTER),
+                body_timeout=read(PROXY_BODY_TIMEOUT),
+                body_min_rate=read(PROXY_BODY_MIN_RATE),
+                metrics_max_event_types=read(PROXY_METRICS_MAX_EVENT_TYPES),
             ),
             source=SourceSettings(
                 kind=read(SUBSCRIPTIONS_SOURCE),

@@ -10,7 +10,8 @@ translated into this tree in the one module that imports the library, with ``rai
     ├── ConfigError                  bad environment; lists every bad variable
     ├── InvalidEvent                 a publisher sent something that is no valid event (HTTP 400)
     │   ├── UnsupportedMode          the body is no CloudEvent in any mode we know (HTTP 415)
-    │   └── InvalidBatch             some events of a batch are invalid (HTTP 400, per index)
+    │   ├── InvalidBatch             some events of a batch are invalid (HTTP 400, per index)
+    │   └── BatchTooLarge            a batch of more events than a process may hold (HTTP 413)
     ├── InvalidLegacyEvent           a legacy Kyma body failed Kyma's validation (HTTP 400)
     ├── InvalidSubscription          a Subscription manifest failed validation (shown in status)
     ├── DeliveryError                a sink did not take an event
@@ -73,6 +74,22 @@ class InvalidBatch(InvalidEvent):
         self.errors = dict(errors)
         super().__init__(
             f"{len(self.errors)} event(s) of the batch are invalid; none was published"
+        )
+
+
+class BatchTooLarge(InvalidEvent):
+    """A batch holds more events than a proxy process may have in flight: it could never be
+    taken, so retrying it (as a 503 would tell the client to) cannot help; split it."""
+
+    status = 413
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count = count
+        self.limit = limit
+        super().__init__(
+            f"the batch holds {count} events, a batch may hold at most {limit}"
+            " (PROXY_MAX_IN_FLIGHT); split it into smaller batches",
+            attribute="body",
         )
 
 

@@ -38,7 +38,10 @@ def create_app(settings: Settings | None = None, *, publisher: Publisher | None 
     app.config["MAX_CONTENT_LENGTH"] = settings.proxy.max_request_size
     app.extensions["eventing.settings"] = settings
     app.extensions["eventing.publisher"] = publisher or JetStreamPublisher(settings)
-    app.extensions["eventing.metrics"] = ProxyMetrics(destination=",".join(settings.nats.urls))
+    app.extensions["eventing.metrics"] = ProxyMetrics(
+        destination=",".join(settings.nats.urls),
+        max_event_types=settings.proxy.metrics_max_event_types,
+    )
     app.extensions["eventing.subscriptions"] = reader_for(settings, watch=False)
     app.register_blueprint(views.blueprint)
     problems.register(app)

@@ -6,7 +6,7 @@ wait, so an overloaded proxy answered nothing quickly: at twice its capacity, re
 by single-event requests, 32 threads being far fewer than 1,000 events. Now at most ``slots``
 requests publish at once, a burst of at most ``waiting`` more waits up to ``patience`` seconds
 for a turn, and any other request is answered 503 with ``Retry-After`` at once.
-``eventing-proxy`` gives granian threads for all three groups (:func:`thread_count`), so the
+``eventing-proxy`` gives the app threads for all three groups (:func:`thread_count`), so the
 503s come from threads that are free.
 
 The check is a WSGI middleware in front of Flask and answers by itself: a refusal must cost far
@@ -118,7 +118,7 @@ class Gate:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        route = _publishing_route(environ)
+        route = publishing_route(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
         if route is None:
             return self._app(environ, start_response)
         started = time.perf_counter()
@@ -139,18 +139,7 @@ class Gate:
         start_response: Callable[..., Any],
     ) -> Iterable[bytes]:
         """503 in the endpoint's own error format (Kyma's on the legacy endpoint)."""
-        if route == _PUBLISH:
-            document: dict[str, Any] = {
-                "type": "about:blank",
-                "title": "Event not stored",
-                "status": 503,
-                "detail": str(refusal),
-            }
-            content_type = "application/problem+json"
-        else:
-            document = {"status": 503, "message": str(refusal)}
-            content_type = "application/json"
-        body = json.dumps(document).encode()
+        content_type, body = error_document(route, 503, "Event not stored", str(refusal))
         start_response(
             "503 Service Unavailable",
             [
@@ -188,18 +177,30 @@ _PUBLISH = "/publish"
 _LEGACY = "/{application}/v1/events"  # as the request metrics label Flask's rule
 
 
-def _publishing_route(environ: dict[str, Any]) -> str | None:
+def publishing_route(method: str, path: str) -> str | None:
     """The metrics label of a publishing request's route, or None for any other request.
 
     Mirrors the two POST rules of :mod:`proxy.views` without Flask's router, which would cost
     more than the refusal itself.
     """
-    if environ.get("REQUEST_METHOD") != "POST":
+    if method != "POST":
         return None
-    path = environ.get("PATH_INFO", "")
     if path == _PUBLISH:
         return _PUBLISH
     parts = path.split("/")
     if len(parts) == 4 and parts[0] == "" and parts[1] and parts[2:] == ["v1", "events"]:
         return _LEGACY
     return None
+
+
+def error_document(route: str | None, status: int, title: str, detail: str) -> tuple[str, bytes]:
+    """The content type and body of an error answered before Flask: Kyma's ``{"status",
+    "message"}`` on the legacy endpoint, a problem document (RFC 9457) anywhere else."""
+    document: dict[str, Any]
+    if route == _LEGACY:
+        document = {"status": status, "message": detail}
+        content_type = "application/json"
+    else:
+        document = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+        content_type = "application/problem+json"
+    return content_type, json.dumps(document).encode()

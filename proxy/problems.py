@@ -78,8 +78,11 @@ def _invalid_event(error: InvalidEvent) -> Response:
             {"index": index, "attribute": exc.attribute, "detail": str(exc)}
             for index, exc in sorted(error.errors.items())
         ]
-    title = "Unsupported Media Type" if error.status == 415 else "Invalid CloudEvent"
+    title = _INVALID_TITLES.get(error.status, "Invalid CloudEvent")
     return problem(error.status, title, str(error), **extra)
+
+
+_INVALID_TITLES = {413: "Batch too large", 415: "Unsupported Media Type"}
 
 
 def _invalid_legacy_event(error: InvalidLegacyEvent) -> Response:

@@ -3,7 +3,9 @@
 Why granian: on this project's 2-core machines a minimal Flask app publishing to JetStream served
 about twice as many requests per second under granian's WSGI interface as under gunicorn
 gthread; ``python -m bench --suite publish`` measures the proxy itself. Each worker process
-builds its own app through the ``proxy:create_app`` factory and connects to NATS lazily.
+builds its own app through the :func:`app` factory and connects to NATS lazily. Granian serves
+it through its RSGI interface, so that request bodies are read before any thread is given to
+them (:mod:`proxy.bodies`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from __future__ import annotations
 import logging.config
 import os
 import shutil
+import signal
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
-from eventing.config import settings_or_exit
+from eventing.config import Settings, settings_or_exit
+
+if TYPE_CHECKING:  # importing the app fixes prometheus_client's mode: only app() may do so
+    from proxy.bodies import BodiesFirst
 
 
 def main() -> int:
@@ -23,24 +30,28 @@ def main() -> int:
     log_config = _log_config(settings.log_level)
     logging.config.dictConfig(log_config)
 
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.server import Server
-
-    from proxy import admission
 
     metrics_dir = tempfile.mkdtemp(prefix="eventing-proxy-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         Server(
-            "proxy:create_app",
+            "proxy.server:app",
             factory=True,
-            interface=Interfaces.WSGI,
+            interface=Interfaces.RSGI,
+            # every request passes through this loop: under asyncio's own loop the proxy served
+            # a quarter fewer requests than under the WSGI interface, under uvloop as many
+            loop=Loops.uvloop,
             address=settings.proxy.host,
             port=settings.proxy.port,
             workers=settings.proxy.workers,
-            blocking_threads=admission.thread_count(settings.proxy.threads),
+            websockets=False,
             backpressure=_CONNECTIONS_PER_WORKER,
             respawn_failed_workers=True,
+            # granian loses a SIGTERM that reaches a worker between its handlers and its server
+            # starting; the launcher would then wait for that worker for good
+            workers_kill_timeout=_WORKERS_KILL_TIMEOUT,
             log_dictconfig=log_config,
             log_access=False,
         ).serve()
@@ -48,6 +59,34 @@ def main() -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
+
+def app() -> BodiesFirst:
+    """The RSGI application of one granian worker process: the Flask app, bodies read first,
+    on as many threads as admission needs (:func:`proxy.admission.thread_count`)."""
+    # A forked worker inherits the launcher's handlers, so a SIGTERM (honcho's, or granian's
+    # own at shutdown) that came while this factory ran was swallowed, and the worker then
+    # served on while the launcher waited for it: `eventing-proxy` hung on SIGTERM about one
+    # start in ten. Until granian installs the worker's handlers, a signal ends the worker.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+    from proxy import admission, bodies, create_app
+
+    settings = Settings.from_environ(os.environ)  # main() validated it already
+    flask_app = create_app(settings)
+    return bodies.BodiesFirst(
+        flask_app,
+        threads=admission.thread_count(settings.proxy.threads),
+        limits=bodies.BodyLimits(
+            timeout=settings.proxy.body_timeout,
+            min_rate=settings.proxy.body_min_rate,
+            max_size=settings.proxy.max_request_size,
+        ),
+        metrics=flask_app.extensions["eventing.metrics"],
+    )
+
+
+#: Seconds the launcher waits for its workers to stop before it kills them: within honcho's 5 s.
+_WORKERS_KILL_TIMEOUT = 3
 
 #: Connections one worker serves at once. Granian's default (backlog / workers, 512 here) is
 #: a limit on connections, not requests, and idle keep-alive connections hold their place: 1,024

@@ -15,7 +15,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from eventing import cloudevent, eventtypes, legacy, subscription
 from eventing.config import Settings
-from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
+from eventing.errors import BatchTooLarge, InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.jetstream import OutboundMessage, outbound
 from eventing.manifests import Reader
 from proxy import guards, problems
@@ -28,13 +28,17 @@ _READ_LOCK = threading.Lock()  # the reader caches; one thread refreshes it at a
 
 @blueprint.post("/publish")
 def publish() -> Response:
-    prefix = _settings().events.type_prefix
+    settings = _settings()
+    prefix = settings.events.type_prefix
     trace = cloudevent.trace_extensions(request.headers.items())
     mode, messages = cloudevent.parse_http(
         _headers(),
         _read_body(),
         lambda event: _prepare(event, trace, prefix),
     )
+    limit = settings.proxy.max_in_flight
+    if len(messages) > limit:
+        raise BatchTooLarge(len(messages), limit)
     failures = _store(messages)
     if not failures:
         return _no_content()
@@ -112,8 +116,8 @@ def _start_timer() -> None:
 @blueprint.after_app_request
 def _count_request(response: Response) -> Response:
     rule = request.url_rule.rule.replace("<", "{").replace(">", "}") if request.url_rule else ""
-    labels = (str(response.status_code), request.method, rule)
     metrics = _metrics()
+    labels = (str(response.status_code), metrics.method_label(request.method), rule)
     metrics.requests.labels(*labels).inc()
     metrics.request_duration.labels(*labels).observe(
         time.perf_counter() - g.get("started", time.perf_counter())
@@ -196,7 +200,8 @@ def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
     metrics.backend_duration.labels(code, metrics.destination).observe(elapsed_ms)
     for index, message in enumerate(messages):
         if index not in failures:
-            metrics.published.labels(message.event_type, message.event_source, "204").inc()
+            event_type, source = metrics.event_labels(message.event_type, message.event_source)
+            metrics.published.labels(event_type, source, "204").inc()
     return failures
 
 

@@ -2,12 +2,18 @@
 
 Worker processes write to ``PROMETHEUS_MULTIPROC_DIR`` (set by ``eventing-worker`` before any of
 them starts); one forked process serves the sum on ``WORKER_METRICS_PORT``.
+
+Every label is bounded: the subscription's name, namespace, event type, sink and consumer come
+from the Subscriptions an operator wrote, and the one label a sink chooses, its response code,
+is one of HTTP's registered statuses or ``other`` (a sink answering a new three-digit status
+each time would otherwise add series to every subscription for good).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from dramatiq import Middleware
@@ -24,6 +30,7 @@ from eventing.jobs import DeliveryJob
 from workers.delivery import Attempt
 
 _BUCKETS = tuple(0.002 * 2**n for n in range(10))
+_CODES = frozenset(str(status.value) for status in HTTPStatus)
 
 
 class DeliveryMetrics:
@@ -58,6 +65,7 @@ class DeliveryMetrics:
 
         def observe(attempt: Attempt) -> None:
             code = str(attempt.status if attempt.status is not None else 500)
+            code = code if code in _CODES else "other"
             labels = (name, namespace, job.event_type, job.sink, code, job.consumer)
             self.deliveries.labels(*labels).inc()
             self.duration.labels(*labels).observe(attempt.seconds)

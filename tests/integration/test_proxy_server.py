@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from proxy import admission
 from tests.integration.conftest import STREAM, read_stream
 from tests.support import fuzzing
 from tests.support.servers import NatsServer, free_port, wait_until
@@ -41,8 +44,14 @@ def _proxy_command() -> list[str]:
 
 
 @pytest.fixture
+def proxy_env() -> dict[str, str]:
+    """More environment for the proxy; a test parametrizes it to change settings."""
+    return {}
+
+
+@pytest.fixture
 def proxy(
-    nats_server: NatsServer, tmp_path: Path
+    nats_server: NatsServer, tmp_path: Path, proxy_env: dict[str, str]
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     port = free_port()
     log = tmp_path / "proxy.log"
@@ -53,6 +62,7 @@ def proxy(
         "PROXY_WORKERS": "2",
         "JS_STREAM_NAME": STREAM,
         "JS_STREAM_RETENTION_POLICY": "limits",
+        **proxy_env,
     }
     with log.open("wb") as out:
         # A session of its own, so teardown can end granian's worker processes too.
@@ -80,7 +90,9 @@ def proxy(
         process.wait(5)
 
 
-def _publish_many(url: str, count: int, threads: int) -> list[int]:
+def _publish_many(url: str, count: int, threads: int, *, types: int = 1) -> list[int]:
+    """``count`` binary-mode publishes from ``threads`` threads, of ``types`` event types."""
+
     def send(chunk: range) -> list[int]:
         with requests.Session() as session:
             return [
@@ -90,7 +102,7 @@ def _publish_many(url: str, count: int, threads: int) -> list[int]:
                         "ce-specversion": "1.0",
                         "ce-id": f"event-{i}",
                         "ce-source": "loadtest",
-                        "ce-type": "order.created.v1",
+                        "ce-type": "order.created.v1" if types == 1 else f"kind{i % types}.v1",
                         "content-type": "application/json",
                     },
                     data=b'{"n": %d}' % i,
@@ -158,6 +170,39 @@ def test_sigterm_stops_the_proxy_quickly(proxy: tuple[str, subprocess.Popen[byte
     assert time.monotonic() - started < 5
 
 
+def test_sigterm_right_after_start_stops_the_proxy(nats_server: NatsServer, tmp_path: Path) -> None:
+    """A SIGTERM that reached a granian worker while it was still starting was swallowed (it had
+    the launcher's handler), and the launcher then waited for that worker for good: most starts
+    stopped right after /healthz first answered hung."""
+    for attempt in range(5):
+        port = free_port()
+        healthz = f"http://127.0.0.1:{port}/healthz"
+        env = {**os.environ, "NATS_URL": nats_server.url, "INGRESS_PORT": str(port)}
+        with (tmp_path / f"proxy-{attempt}.log").open("wb") as out:
+            process = subprocess.Popen(
+                _proxy_command(),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until(functools.partial(_answers, healthz), 20, "the proxy to answer")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(5) == 0, f"attempt {attempt}"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=0.5).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
 def test_a_subject_too_long_for_nats_leaves_the_proxy_connected(
     proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
 ) -> None:
@@ -216,7 +261,7 @@ def _raw_publish(url: str, path: str, head: bytes, body: bytes = b"{}") -> tuple
 def test_header_values_granian_cannot_pass_on_are_refused_naming_the_header(
     proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
 ) -> None:
-    """Granian's WSGI environ holds "" for a value with non-ASCII bytes and joins repeated
+    """Granian hands the app "" for a value with non-ASCII bytes and joins repeated
     lines with ','; both were stored (as "" and "first,second") and answered 204."""
     url, _, log = proxy
     event = b"ce-specversion: 1.0\r\nce-source: s\r\nce-type: a.b.v1\r\n"
@@ -247,6 +292,75 @@ def test_header_values_granian_cannot_pass_on_are_refused_naming_the_header(
     [stored] = read_stream(nats_server)
     assert json.loads(stored.payload)["subject"] == "café"
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("proxy_env", [{"PROXY_THREADS": "4", "PROXY_BODY_TIMEOUT": "4s"}])
+def test_trickled_bodies_get_408_and_leave_threads_to_other_publishers(
+    proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
+) -> None:
+    """Under granian's WSGI interface a body being read held its thread (and its turn to
+    publish) for as long as the client kept trickling: as many tricklers as threads locked
+    every publisher out (503). Bodies are now read before a thread sees them, within a deadline
+    and at a minimum rate (proxy.bodies)."""
+    url, _, log = proxy
+    host, port = url.removeprefix("http://").split(":")
+    threads = 2 * admission.thread_count(4)  # of both worker processes
+    tricklers = []
+    for index in range(threads + 8):
+        sock = socket.create_connection((host, int(port)), timeout=15)
+        sock.sendall(
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-source: s\r\n"
+            b"ce-type: a.b.v1\r\nce-id: trickle-%d\r\nContent-Length: 200\r\n\r\n" % index
+        )
+        tricklers.append(sock)
+    stop = threading.Event()
+
+    def trickle() -> None:  # a byte per socket every 0.2 s: far below the minimum rate
+        while not stop.wait(0.2):
+            for sock in tricklers:
+                with contextlib.suppress(OSError):  # answered and closed by now
+                    sock.send(b"x")
+
+    def answer(sock: socket.socket) -> bytes:
+        received = b""
+        while chunk := sock.recv(4096):  # until the proxy closes the connection
+            received += chunk
+        return received
+
+    with ThreadPoolExecutor(1) as pool:
+        trickling = pool.submit(trickle)
+        try:
+            time.sleep(1)  # every trickler's headers are in
+            assert _publish_many(url, count=8, threads=2) == [204] * 8
+            answers = [answer(sock) for sock in tricklers]
+        finally:
+            stop.set()
+            trickling.result()
+            for sock in tricklers:
+                sock.close()
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
+    assert b"PROXY_BODY_MIN_RATE" in answers[0]
+    assert sorted(m.headers["ce-id"] for m in read_stream(nats_server)) == [
+        f"event-{i}" for i in range(8)
+    ]
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("proxy_env", [{"PROXY_METRICS_MAX_EVENT_TYPES": "20"}])
+def test_metrics_bound_the_event_types_they_name(
+    proxy: tuple[str, subprocess.Popen[bytes], Path],
+) -> None:
+    """Every distinct event type was a series for good, in memory and in each process's file:
+    62,000 types made /metrics 6.4 MB and doubled the proxy's memory."""
+    url, _, _ = proxy
+    assert _publish_many(url, count=300, threads=4, types=150) == [204] * 300
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    series = re.findall(
+        r'eventing_epp_event_type_published_total\{.*event_type="([^"]*)"\} (\S+)', text
+    )
+    named = {event_type for event_type, _ in series} - {"other"}
+    assert len(named) <= 2 * 20  # at most 20 for each of the two worker processes
+    assert sum(float(count) for _, count in series) == 300  # the rest counted as "other"
 
 
 def test_hostile_requests_get_no_5xx_and_store_only_what_was_accepted(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from flask import Flask
@@ -185,17 +188,23 @@ def test_no_jetstream_is_504_and_not_ready(
         server.kill()
 
 
-def test_in_flight_limit_answers_503_with_retry_after(
+def test_a_batch_larger_than_the_in_flight_limit_is_413_not_503(
     nats_server: NatsServer, make_app: Callable[[Settings], Flask]
 ) -> None:
+    """Such a batch could never be taken: a 503 with Retry-After made a client retry forever."""
     settings = settings_for(nats_server, PROXY_MAX_IN_FLIGHT="2", PROXY_RETRY_AFTER="7")
     client = make_app(settings).test_client()
     batch = [{**EVENT, "id": str(i)} for i in range(3)]
     response = client.post(
         "/publish", data=json.dumps(batch), content_type="application/cloudevents-batch+json"
     )
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "7"
+    assert response.status_code == 413
+    assert "Retry-After" not in response.headers
+    assert response.mimetype == "application/problem+json"
+    detail = response.get_json()["detail"]
+    assert "3 events" in detail
+    assert "at most 2" in detail
+    assert "PROXY_MAX_IN_FLIGHT" in detail
     assert read_stream(nats_server) == []
     assert (
         client.post(
@@ -205,3 +214,32 @@ def test_in_flight_limit_answers_503_with_retry_after(
         ).status_code
         == 204
     )
+
+
+def test_in_flight_limit_answers_503_with_retry_after(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask]
+) -> None:
+    """A batch that fits the limit, but not beside the events already in flight, may retry."""
+    settings = settings_for(nats_server, PROXY_MAX_IN_FLIGHT="3", PROXY_RETRY_AFTER="7")
+    app = make_app(settings)
+
+    def post(*ids: str) -> tuple[int, str | None]:
+        events = [{**EVENT, "id": event_id} for event_id in ids]
+        response = app.test_client().post(
+            "/publish", data=json.dumps(events), content_type="application/cloudevents-batch+json"
+        )
+        return response.status_code, response.headers.get("Retry-After")
+
+    assert post("first-1", "first-2") == (204, None)  # connected; now hold a batch in flight
+    assert nats_server.process is not None
+    nats_server.process.send_signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, "held-1", "held-2")
+            time.sleep(0.5)  # the held batch waits for its PubAcks by now
+            assert post("late-1", "late-2") == (503, "7")
+            nats_server.process.send_signal(signal.SIGCONT)
+            held.result(10)
+    finally:
+        nats_server.process.send_signal(signal.SIGCONT)
+    assert not any(b'"late-' in m.payload for m in read_stream(nats_server))

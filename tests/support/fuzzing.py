@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import select
 import socket
 import threading
 import time
@@ -170,6 +171,8 @@ class Client:
             return self._on_kept_connection(case)
         connection = _Connection(self._host, self._port)
         try:
+            if case.send == hostile.SLOW_BODY:
+                return _slow_body(connection, case)
             if case.send == hostile.TRICKLE:
                 piece, pause = case.trickle
                 for start in range(0, len(case.request), piece):
@@ -208,6 +211,23 @@ class Client:
                 self.close()
             return (*answer, sent)
         raise AssertionError("unreachable")
+
+
+def _slow_body(
+    connection: _Connection, case: hostile.Case
+) -> tuple[int, dict[str, str], bytes, float]:
+    """The head at once, then the body ``piece`` bytes every ``pause`` seconds until an answer
+    is there to read (the proxy must not wait for the rest)."""
+    piece, pause = case.trickle
+    body_start = case.request.index(b"\r\n\r\n") + 4
+    connection.sock.sendall(case.request[:body_start])
+    for start in range(body_start, len(case.request), piece):
+        answered, _, _ = select.select([connection.sock], [], [], pause)
+        if answered:
+            break
+        connection.sock.sendall(case.request[start : start + piece])
+    sent = time.monotonic()
+    return (*connection.read_answer(head=False), sent)
 
 
 def run(url: str, seed: int, count: int, *, limit: int, threads: int = 16) -> list[Outcome]:

@@ -36,6 +36,9 @@ KEEPALIVE: Final = "keepalive"  #: well framed: may share a keep-alive connectio
 ALONE: Final = "alone"  #: on a connection of its own, closed after the answer
 TRUNCATED: Final = "truncated"  #: sent, then the write side is shut: the body never completes
 TRICKLE: Final = "trickle"  #: sent a few bytes at a time with pauses (a slow client)
+#: headers at once, then the body a few bytes at a time, below the proxy's minimum body rate,
+#: until an answer comes (a slow-body attack: the proxy must answer 408, not wait)
+SLOW_BODY: Final = "slow-body"
 
 #: CPython refuses integer literals with more digits than this (``sys.int_info``).
 MAX_INT_DIGITS: Final = 4300
@@ -68,7 +71,7 @@ class Case:
     events: int = 0  #: events a 2xx answer means were stored
     send: str = KEEPALIVE
     head: bool = False  #: a HEAD request: the answer has no body
-    trickle: tuple[int, float] = (0, 0.0)  #: bytes per piece and pause, for TRICKLE
+    trickle: tuple[int, float] = (0, 0.0)  #: bytes per piece and pause, for TRICKLE, SLOW_BODY
 
 
 def marker(run: int, index: int, item: int = 0) -> str:
@@ -672,14 +675,33 @@ def _truncated_chunked(ctx: _Context) -> Case:
 
 
 def _slow(ctx: _Context) -> Case:
-    """A valid event sent a few bytes at a time over one to four seconds."""
+    """A valid event sent a few bytes at a time over half a second to a second and a half:
+    slow, but within the proxy's body limits (2 s before PROXY_BODY_MIN_RATE counts)."""
     rng = ctx.rng
     request = _post("/publish", _binary_headers(ctx), _dump(_json_value(rng), rng))
     piece = rng.randint(1, 40)
-    pause = rng.uniform(1, 4) / max(1, len(request) // piece)
+    pause = rng.uniform(0.5, 1.5) / max(1, len(request) // piece)
     return ctx.case(
         "slow-client", request, expect=ACCEPT, events=1, send=TRICKLE, trickle=(piece, pause)
     )
+
+
+def _slow_body(ctx: _Context) -> Case:
+    """A valid event of any mode whose body trickles at 40 bytes/s at most, far below the
+    proxy's minimum rate (PROXY_BODY_MIN_RATE): refused (408), and nothing of it stored."""
+    rng = ctx.rng
+    data = {"note": "x" * rng.randint(100, 400)}
+    mode = rng.choice(["binary", "structured", "legacy"])
+    if mode == "binary":
+        request = _post("/publish", _binary_headers(ctx), _dump(data, rng))
+    elif mode == "structured":
+        request = _post("/publish", _structured_headers(rng), _dump(_event(ctx, data=data), rng))
+    else:
+        headers: list[Header] = [("Content-Type", "application/json")]
+        body = _dump(_legacy_body(ctx, data=data), rng)
+        request = _post(f"/{rng.choice(_APPS)}/v1/events", headers, body)
+    trickle = (rng.randint(1, 8), rng.uniform(0.2, 0.5))
+    return ctx.case("slow-body", request, expect=REJECT, send=SLOW_BODY, trickle=trickle)
 
 
 def _legacy_wrong(ctx: _Context) -> Case:
@@ -791,6 +813,7 @@ _FAMILIES: Final = [
     ("truncated", 3),
     ("truncated-chunked", 1),
     ("slow-client", 0.1),
+    ("slow-body", 0.2),
     ("legacy-wrong", 8),
     ("odd-request", 6),
 ]
@@ -811,6 +834,7 @@ _BUILDERS: Final[dict[str, Callable[[_Context], Case]]] = {
     "truncated": _truncated,
     "truncated-chunked": _truncated_chunked,
     "slow-client": _slow,
+    "slow-body": _slow_body,
     "legacy-wrong": _legacy_wrong,
     "odd-request": _odd_request,
 }
