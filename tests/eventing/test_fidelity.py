@@ -283,7 +283,8 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
     extensions=st.dictionaries(
         st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True).filter(
             lambda name: (
-                name not in {"data", "time", "subject", "datacontenttype", "dataschema"}
+                name not in {"id", "source", "type", "specversion", "data", "time", "subject"}
+                and name not in {"datacontenttype", "dataschema"}
                 and name not in {"traceparent", "tracestate"}
                 and not name.startswith("b3")
             )
