@@ -24,7 +24,7 @@ ACTOR = "deliver"
 class DeliveryJob:
     """One delivery of one stored event to one subscription's sink."""
 
-    event: str  #: the stored event, structured JSON (UTF-8 text)
+    event: str  #: the stored event, structured JSON (UTF-8 text; other bytes as surrogates)
     sink: str
     subscription: str  #: namespace/name
     event_type: str  #: the type as the subscription wrote it; sent as ce-type
@@ -86,7 +86,7 @@ def dead_letter(
     }
     return OutboundMessage(
         subject=f"{DEAD_LETTER_PREFIX}.{job.consumer}",
-        payload=job.event.encode(),
+        payload=job.event.encode("utf-8", errors="surrogateescape"),  # the bytes as stored
         headers=headers,
         event_type=job.event_type,
         event_source="",
