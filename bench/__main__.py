@@ -7,6 +7,8 @@ Suites (all by default, or pick with ``--suite``):
 - ``e2e``: publish → sink with one subscription, saturated and paced.
 - ``fanout``: 1, 10 and 100 subscriptions of one type.
 - ``scaling``: 1, 2 and 4 worker processes.
+- ``idle``: CPU of every process and Redis commands/s with nothing published, then
+  publish→sink latency at 5 events/s (:mod:`bench.idle`).
 
 The last three share one running system (:mod:`bench.e2e`). Each starts the services as
 ``honcho start`` does, on loopback, with load from separate processes, and prints a table with
@@ -22,7 +24,7 @@ import shutil
 import signal
 import sys
 
-from bench import e2e, publish
+from bench import e2e, idle, publish
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suite",
         action="append",
-        choices=("publish", *e2e.SUITES),
+        choices=("publish", *e2e.SUITES, "idle"),
         help="run only this suite (repeatable; default: all)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="short scenarios: a smoke run, not figures to quote"
     )
     args = parser.parse_args(argv)
-    suites = args.suite or ["publish", *e2e.SUITES]
+    suites = args.suite or ["publish", *e2e.SUITES, "idle"]
     # SIGTERM ends the run like Ctrl-C, so the services are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     status = 0
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if chosen:
         events, seconds = (2_000, 3.0) if args.quick else (10_000, 10.0)
         status |= e2e.run(chosen, events=events, rate=500, seconds=seconds)
+    if "idle" in suites:
+        status |= idle.run(seconds=10.0 if args.quick else 30.0)
     return status
 
 

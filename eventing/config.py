@@ -399,8 +399,9 @@ WORKER_QUEUE_POLL_MAX = Variable(
     "WORKER_QUEUE_POLL_MAX",
     "20ms",
     _positive_duration,
-    "Longest pause between polls of an empty Redis queue: the worst pickup delay of a new job"
-    " (dramatiq's default, 1s, dominated delivery latency).",
+    "Longest pause between polls of an empty RabbitMQ queue, and how soon a stopping worker's"
+    " loops see the end. An idle Redis worker does not poll: each enqueue wakes it, and it"
+    " fetches once a second in case a wake-up is lost.",
 )
 WORKER_METRICS_PORT = Variable(
     "WORKER_METRICS_PORT",

@@ -104,15 +104,16 @@ class Broker(Protocol):
 
 
 def make_broker(url: str) -> dramatiq.Broker:
-    """A dramatiq broker for ``BROKER_URL``: Redis, or RabbitMQ with publisher confirms."""
+    """A dramatiq broker for ``BROKER_URL``: Redis (whose idle workers an enqueue wakes, see
+    :mod:`eventing.wakeup`), or RabbitMQ with publisher confirms."""
     if url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         # Confirms make enqueue mean "RabbitMQ has it", which at-least-once needs.
         return RabbitmqBroker(url=url, confirm_delivery=True)
-    from dramatiq.brokers.redis import RedisBroker
+    from eventing.wakeup import WakingRedisBroker
 
-    return RedisBroker(url=url)  # type: ignore[no-untyped-call]
+    return WakingRedisBroker(url=url)
 
 
 def enqueue(broker: Broker, jobs: list[DeliveryJob]) -> None:

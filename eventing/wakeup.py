@@ -1,0 +1,134 @@
+"""dramatiq's Redis broker with idle consumers that wait for a wake-up instead of polling.
+
+dramatiq's Redis consumer takes jobs with a Lua script (ack sets, heartbeats) that has no
+blocking form, so a consumer with an empty queue polls it. Polling every 20 ms (what kept the
+pickup of a new job fast) cost each worker process about 7 % of a core, and Redis 200 script
+calls a second, with nothing to do.
+
+:class:`WakingRedisBroker` publishes a wake-up (Redis Pub/Sub, channel ``<namespace>:<queue>.wake``)
+after every enqueue, and its consumers, once a fetch found nothing, wait on their subscription
+to that channel: a socket read, no CPU and no commands, ended by the next enqueue within a
+round trip. Wake-ups published while a consumer fetches wait in its subscription, so none is
+lost between an empty fetch and the wait. A consumer still fetches after ``idle_poll`` (1 s)
+without a wake-up: that bounds the pickup of a job whose wake-up was lost (the subscription
+broke and is being restored) and of a delayed job coming due, and it keeps the heartbeat
+dramatiq's maintenance reads (60 s) fresh. Every process that enqueues must use this broker
+(``eventing.jobs.make_broker`` builds it) or its jobs wait for that poll.
+
+Stopping: when the worker shuts down, consumers stop fetching (jobs fetched then would only go
+back), and a wake-up on the process's own channel ends their wait, so they notice the end
+within dramatiq's ``worker_timeout`` (``WORKER_QUEUE_POLL_MAX``) as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+import redis
+from dramatiq import Middleware
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+IDLE_POLL = 1.0  #: seconds an idle consumer waits for a wake-up before it fetches anyway
+_SUBSCRIBED_WITHIN = 5.0
+
+
+class WakingRedisBroker(RedisBroker):
+    """A :class:`~dramatiq.brokers.redis.RedisBroker` whose enqueues wake idle consumers."""
+
+    def __init__(self, *, url: str, idle_poll: float = IDLE_POLL) -> None:
+        super().__init__(url=url)  # type: ignore[no-untyped-call]
+        self.idle_poll = idle_poll
+        self.stopping = threading.Event()  #: set when the worker starts shutting down
+        self.add_middleware(_StopWaiting(self))
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakingConsumer
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        enqueued: Message[Any] = super().enqueue(message, delay=delay)
+        self.client.publish(self.wake_channel(enqueued.queue_name), b"")
+        return enqueued
+
+    def wake_channel(self, queue_name: str) -> str:
+        return f"{self.namespace}:{queue_name}.wake"
+
+    @property
+    def stop_channel(self) -> str:
+        """Heard by this broker's consumers only: ``broker_id`` is new in each process."""
+        return f"{self.namespace}:{self.broker_id}.stop"
+
+
+class _StopWaiting(Middleware):
+    def __init__(self, broker: WakingRedisBroker) -> None:
+        self._broker = broker
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._broker.stopping.set()
+        # With Redis away, the waits end within idle_poll all the same.
+        with contextlib.suppress(redis.RedisError):
+            self._broker.client.publish(self._broker.stop_channel, b"")
+
+
+class _WakingConsumer(_RedisConsumer):
+    """Fetches like dramatiq's consumer, but waits for a wake-up, not a timer, when idle."""
+
+    def __init__(
+        self, broker: WakingRedisBroker, queue_name: str, prefetch: int, timeout: int
+    ) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self._stopping = broker.stopping
+        self._idle_poll = broker.idle_poll
+        self._step = timeout / 1000
+        self.timeout = 0  # dramatiq's consumer then returns at once when it finds nothing
+        self._freed = threading.Event()  #: an ack or nack made room below the prefetch limit
+        self._wakeups = broker.client.pubsub()
+        try:
+            self._wakeups.subscribe(broker.wake_channel(queue_name), broker.stop_channel)
+            # Confirmed before the first fetch: an enqueue after that fetch wakes this consumer.
+            self._wakeups.get_message(timeout=_SUBSCRIBED_WITHIN)
+        except redis.ConnectionError as exc:
+            self._wakeups.close()
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def ack(self, message: Any) -> None:
+        try:
+            super().ack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._freed.set()
+
+    def nack(self, message: Any) -> None:
+        try:
+            super().nack(message)  # type: ignore[no-untyped-call]
+        finally:
+            self._freed.set()
+
+    def __next__(self) -> Any:
+        if self._stopping.is_set() and not self.message_cache:
+            time.sleep(self._step)  # no fetch: what it took would only go back
+            return None
+        message = super().__next__()  # type: ignore[no-untyped-call]
+        if message is None and not self._stopping.is_set():
+            self._idle()
+        return message
+
+    def close(self) -> None:
+        self._wakeups.close()
+
+    def _idle(self) -> None:
+        """Wait until fetching again can bring a job: room was made, or one was enqueued."""
+        if self.outstanding_message_count >= self.prefetch:
+            self._freed.wait(self._idle_poll)
+            self._freed.clear()
+            return
+        try:
+            if self._wakeups.get_message(timeout=self._idle_poll) is not None:
+                while self._wakeups.get_message() is not None:
+                    pass  # one fetch answers every wake-up that is waiting
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
