@@ -15,6 +15,7 @@ import dramatiq
 
 from eventing.jetstream import DEAD_LETTER_PREFIX, OutboundMessage
 from eventing.retries import DeliveryPolicy
+from eventing.wakeup import WakingRedisBroker
 
 QUEUE = "eventing.delivery"
 ACTOR = "deliver"
@@ -111,8 +112,6 @@ def make_broker(url: str) -> dramatiq.Broker:
 
         # Confirms make enqueue mean "RabbitMQ has it", which at-least-once needs.
         return RabbitmqBroker(url=url, confirm_delivery=True)
-    from eventing.wakeup import WakingRedisBroker
-
     return WakingRedisBroker(url=url)
 
 
@@ -122,13 +121,14 @@ def enqueue(broker: Broker, jobs: list[DeliveryJob]) -> None:
     Messages are addressed by queue and actor name, so the manager needs no actor object and
     never imports the workers.
     """
-    for job in jobs:
-        broker.enqueue(
-            dramatiq.Message(
-                queue_name=QUEUE,
-                actor_name=ACTOR,
-                args=(),
-                kwargs={"job": job.to_dict()},
-                options={},
-            )
+    messages: list[dramatiq.Message[Any]] = [
+        dramatiq.Message(
+            queue_name=QUEUE, actor_name=ACTOR, args=(), kwargs={"job": job.to_dict()}, options={}
         )
+        for job in jobs
+    ]
+    if isinstance(broker, WakingRedisBroker):
+        broker.enqueue_all(messages)  # one wake-up for the batch
+        return
+    for message in messages:
+        broker.enqueue(message)

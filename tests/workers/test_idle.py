@@ -108,3 +108,27 @@ def test_every_broker_of_the_project_wakes_workers(redis_server: RedisServer) ->
     message = listener.get_message(timeout=10)
     assert message is not None and message["type"] == "message"
     broker.close()
+
+
+def test_a_full_consumer_fetches_again_once_a_quarter_of_its_prefetch_is_free(
+    broker: WakingRedisBroker,
+) -> None:
+    """Not one fetch per ack: a busy worker takes its jobs several at a time."""
+
+    @dramatiq.actor(broker=broker, queue_name="fill-test")
+    def job() -> None:
+        pass
+
+    for _ in range(20):
+        job.send()
+    consumer = broker.consume("fill-test", prefetch=8, timeout=20)
+    try:
+        taken = [message for _ in range(8) if (message := next(consumer)) is not None]
+        assert len(taken) == 8
+        consumer.ack(taken[0])
+        assert next(consumer) is None  # 7 of 8 outstanding: no fetch yet
+        consumer.ack(taken[1])
+        assert next(consumer) is not None  # 6 of 8: the two free places are fetched at once
+        assert len(consumer.message_cache) == 1  # type: ignore[attr-defined]
+    finally:
+        consumer.close()
