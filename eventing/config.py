@@ -407,7 +407,8 @@ WORKER_METRICS_PORT = Variable(
     "WORKER_METRICS_PORT",
     "9191",
     _int(0, 65535),
-    "Port of the workers' Prometheus metrics (0: off).",
+    "Port of the workers' Prometheus metrics (0: off); one that another eventing-worker on the"
+    " host serves on already takes the next free of the 9 above (each logs its port).",
 )
 LOG_LEVEL = Variable("LOG_LEVEL", "info", _log_level, "debug, info, warning or error.")
 
