@@ -27,6 +27,7 @@ within dramatiq's ``worker_timeout`` (``WORKER_QUEUE_POLL_MAX``) as before.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from typing import Any
@@ -36,6 +37,8 @@ from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
+
+logger = logging.getLogger(__name__)
 
 IDLE_POLL = 1.0  #: seconds an idle consumer waits for a wake-up before it fetches anyway
 _SUBSCRIBED_WITHIN = 5.0
@@ -56,7 +59,7 @@ class WakingRedisBroker(RedisBroker):
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         enqueued: Message[Any] = super().enqueue(message, delay=delay)
-        self.client.publish(self.wake_channel(enqueued.queue_name), b"")
+        self._wake(enqueued.queue_name)
         return enqueued
 
     def enqueue_all(self, messages: list[Message[Any]]) -> None:
@@ -65,10 +68,17 @@ class WakingRedisBroker(RedisBroker):
             super(WakingRedisBroker, self).enqueue(message).queue_name for message in messages
         }
         for queue_name in queues:
-            self.client.publish(self.wake_channel(queue_name), b"")
+            self._wake(queue_name)
 
     def wake_channel(self, queue_name: str) -> str:
         return f"{self.namespace}:{queue_name}.wake"
+
+    def _wake(self, queue_name: str) -> None:
+        """Best effort: the job is enqueued, and without its wake-up it waits for the poll."""
+        try:
+            self.client.publish(self.wake_channel(queue_name), b"")
+        except redis.RedisError as exc:
+            logger.warning("could not wake the consumers of %s: %s", queue_name, exc)
 
     @property
     def stop_channel(self) -> str:
@@ -105,7 +115,7 @@ class _WakingConsumer(_RedisConsumer):
             self._wakeups.subscribe(broker.wake_channel(queue_name), broker.stop_channel)
             # Confirmed before the first fetch: an enqueue after that fetch wakes this consumer.
             self._wakeups.get_message(timeout=_SUBSCRIBED_WITHIN)
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._wakeups.close()
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
@@ -154,5 +164,5 @@ class _WakingConsumer(_RedisConsumer):
             if self._wakeups.get_message(timeout=self._idle_poll) is not None:
                 while self._wakeups.get_message() is not None:
                     pass  # one fetch answers every wake-up that is waiting
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
