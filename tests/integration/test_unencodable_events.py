@@ -55,7 +55,7 @@ UNENCODABLE: dict[str, tuple[bytes, str]] = {
     ),
     "tracestate-control": (_stored("tracestate-control", tracestate="vendor=a\x01b"), "tracestate"),
     "bad-base64": (_stored("bad-base64", data=None, data_base64="!! not base64 !!"), "base64"),
-    "bad-time": (_stored("bad-time", time="yesterday"), "time"),
+    "lone-surrogate": (_stored("lone-surrogate", myext="\ud800"), "surrogate"),
     "not-utf8": (_stored("not-utf8").replace(b'"n"', b'"\xff\xfe"'), "UTF-8"),
 }
 
