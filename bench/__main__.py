@@ -9,6 +9,8 @@ Suites (all by default, or pick with ``--suite``):
 - ``scaling``: 1, 2 and 4 worker processes.
 - ``slowbodies``: 256 sockets trickling bodies while a steady publisher probes
   (:mod:`bench.slowbodies`).
+- ``idle``: CPU of every process and Redis commands/s with nothing published, then
+  publish→sink latency at 5 events/s (:mod:`bench.idle`).
 
 The last three share one running system (:mod:`bench.e2e`). Each starts the services as
 ``honcho start`` does, on loopback, with load from separate processes, and prints a table with
@@ -24,7 +26,7 @@ import shutil
 import signal
 import sys
 
-from bench import e2e, publish, slowbodies
+from bench import e2e, idle, publish, slowbodies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suite",
         action="append",
-        choices=("publish", *e2e.SUITES, "slowbodies"),
+        choices=("publish", *e2e.SUITES, "slowbodies", "idle"),
         help="run only this suite (repeatable; default: all)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="short scenarios: a smoke run, not figures to quote"
     )
     args = parser.parse_args(argv)
-    suites = args.suite or ["publish", *e2e.SUITES, "slowbodies"]
+    suites = args.suite or ["publish", *e2e.SUITES, "slowbodies", "idle"]
     # SIGTERM ends the run like Ctrl-C, so the services are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     status = 0
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         status |= e2e.run(chosen, events=events, rate=500, seconds=seconds)
     if "slowbodies" in suites:
         status |= slowbodies.main(["--seconds", "5"] if args.quick else [])
+    if "idle" in suites:
+        status |= idle.run(seconds=10.0 if args.quick else 30.0)
     return status
 
 

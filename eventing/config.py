@@ -437,14 +437,16 @@ WORKER_QUEUE_POLL_MAX = Variable(
     "WORKER_QUEUE_POLL_MAX",
     "20ms",
     _positive_duration,
-    "Longest pause between polls of an empty Redis queue: the worst pickup delay of a new job"
-    " (dramatiq's default, 1s, dominated delivery latency).",
+    "Longest pause between polls of an empty RabbitMQ queue, and how soon a stopping worker's"
+    " loops see the end. An idle Redis worker does not poll: each enqueue wakes it, and it"
+    " fetches once a second in case a wake-up is lost.",
 )
 WORKER_METRICS_PORT = Variable(
     "WORKER_METRICS_PORT",
     "9191",
     _int(0, 65535),
-    "Port of the workers' Prometheus metrics (0: off).",
+    "Port of the workers' Prometheus metrics (0: off); one that another eventing-worker on the"
+    " host serves on already takes the next free of the 9 above (each logs its port).",
 )
 LOG_LEVEL = Variable("LOG_LEVEL", "info", _log_level, "debug, info, warning or error.")
 

@@ -15,6 +15,7 @@ import dramatiq
 
 from eventing.jetstream import DEAD_LETTER_PREFIX, OutboundMessage
 from eventing.retries import DeliveryPolicy
+from eventing.wakeup import WakingRedisBroker
 
 QUEUE = "eventing.delivery"
 ACTOR = "deliver"
@@ -24,7 +25,7 @@ ACTOR = "deliver"
 class DeliveryJob:
     """One delivery of one stored event to one subscription's sink."""
 
-    event: str  #: the stored event, structured JSON (UTF-8 text)
+    event: str  #: the stored event, structured JSON (UTF-8 text; other bytes as surrogates)
     sink: str
     subscription: str  #: namespace/name
     event_type: str  #: the type as the subscription wrote it; sent as ce-type
@@ -86,7 +87,7 @@ def dead_letter(
     }
     return OutboundMessage(
         subject=f"{DEAD_LETTER_PREFIX}.{job.consumer}",
-        payload=job.event.encode(),
+        payload=job.event.encode("utf-8", errors="surrogateescape"),  # the bytes as stored
         headers=headers,
         event_type=job.event_type,
         event_source="",
@@ -104,15 +105,14 @@ class Broker(Protocol):
 
 
 def make_broker(url: str) -> dramatiq.Broker:
-    """A dramatiq broker for ``BROKER_URL``: Redis, or RabbitMQ with publisher confirms."""
+    """A dramatiq broker for ``BROKER_URL``: Redis (whose idle workers an enqueue wakes, see
+    :mod:`eventing.wakeup`), or RabbitMQ with publisher confirms."""
     if url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         # Confirms make enqueue mean "RabbitMQ has it", which at-least-once needs.
         return RabbitmqBroker(url=url, confirm_delivery=True)
-    from dramatiq.brokers.redis import RedisBroker
-
-    return RedisBroker(url=url)  # type: ignore[no-untyped-call]
+    return WakingRedisBroker(url=url)
 
 
 def enqueue(broker: Broker, jobs: list[DeliveryJob]) -> None:
@@ -121,13 +121,14 @@ def enqueue(broker: Broker, jobs: list[DeliveryJob]) -> None:
     Messages are addressed by queue and actor name, so the manager needs no actor object and
     never imports the workers.
     """
-    for job in jobs:
-        broker.enqueue(
-            dramatiq.Message(
-                queue_name=QUEUE,
-                actor_name=ACTOR,
-                args=(),
-                kwargs={"job": job.to_dict()},
-                options={},
-            )
+    messages: list[dramatiq.Message[Any]] = [
+        dramatiq.Message(
+            queue_name=QUEUE, actor_name=ACTOR, args=(), kwargs={"job": job.to_dict()}, options={}
         )
+        for job in jobs
+    ]
+    if isinstance(broker, WakingRedisBroker):
+        broker.enqueue_all(messages)  # one wake-up for the batch
+        return
+    for message in messages:
+        broker.enqueue(message)

@@ -343,7 +343,9 @@ class Dispatcher:
 def _job(message: Msg, target: Target) -> jobs.DeliveryJob:
     metadata = message.metadata
     return jobs.DeliveryJob(
-        event=message.data.decode("utf-8", errors="replace"),
+        # Bytes that are no UTF-8 (stored past the proxy) stay as surrogates, not replaced: the
+        # worker dead-letters such an event with its bytes as they were.
+        event=message.data.decode("utf-8", errors="surrogateescape"),
         sink=target.subscription.sink,
         subscription=target.subscription.key,
         event_type=target.spec.event_type,

@@ -71,6 +71,16 @@ def declare(
                 acks.nak(parsed.ack_subject, 0.0)
                 logger.info("handed back %s: the worker is shutting down", where)
             return
+        except Exception:
+            # A fault of ours, not of the event or the sink (those are outcomes): give the
+            # message back after the policy's delay instead of leaving it unsettled, holding a
+            # place of the subscription's in-flight window until the ack wait. Its delivery
+            # count ends it in a dead letter if the fault stays.
+            delay = parsed.policy.delay(parsed.delivery_count)
+            logger.exception("delivering %s failed; redelivering in %.0fs", where, delay)
+            with _unsettled(where):
+                acks.nak(parsed.ack_subject, delay)
+            return
         with _unsettled(where):
             settle(parsed, outcome, where)
 

@@ -1,7 +1,7 @@
 """``setup_broker``: what dramatiq's CLI calls in every process to get our broker.
 
 Settings → broker (Redis, or RabbitMQ with publisher confirms) → our middleware (the NATS
-connection for acks, metrics) → ``dramatiq.set_broker`` → the delivery actor.
+connection for acks, quiet idle threads, metrics) → ``dramatiq.set_broker`` → the delivery actor.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from eventing.config import settings_or_exit
 from eventing.jobs import make_broker
 from workers import actors
 from workers.connection import NatsAcknowledger
+from workers.idle import QuietThreads
 from workers.metrics import DeliveryMetrics, MetricsServer
 from workers.shutdown import GracefulStop
 
@@ -27,6 +28,7 @@ def setup_broker() -> dramatiq.Broker:
     acks = NatsAcknowledger(settings, stop)
     broker.add_middleware(acks)
     broker.add_middleware(stop)
+    broker.add_middleware(QuietThreads())
     if settings.delivery.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)

@@ -4,9 +4,15 @@ Pure of NATS and dramatiq: the caller passes a ``requests.Session``, a ``keepali
 that keeps the JetStream message alive, an :class:`AttemptLog` and a ``sleep``; this module
 returns an :class:`Outcome` and never acks anything itself (``workers.actors`` does, in one place).
 
-Classification (one place, :func:`classify`): 2xx delivered; 408, 429, 5xx, timeouts and
-connection errors temporary (retry); anything else — other 4xx, and 3xx, since redirects are not
-followed — permanent (dead letter at once).
+Classification (one place: :func:`classify` for answers, :func:`classify_failure` for requests
+that got none): 2xx delivered; 408, 429, 5xx, timeouts and connection errors temporary (retry);
+anything else — other 4xx, and 3xx, since redirects are not followed — permanent (dead letter at
+once). So is an event that can never become a request (:func:`encode`): a publisher that wrote
+straight into the stream, or did so before the proxy validated what it now validates, can store
+CR/LF in ``traceparent`` or ``data_base64`` that is no base64. Whatever fails while building or
+sending a request is one of these outcomes; nothing escapes to dramatiq, where a job that
+raises would leave its message unsettled, holding a place of its subscription's in-flight window
+until the ack wait ends, again at every redelivery.
 
 Every attempt ends within the policy's timeout however the sink behaves (``workers.deadline``),
 and reads at most 64 KiB of its answer. Progress survives interruptions: after each failed attempt
@@ -19,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +38,12 @@ import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
 from eventing import cloudevent, retries
-from eventing.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from eventing.errors import (
+    DeliveryError,
+    InvalidEvent,
+    PermanentDeliveryError,
+    TemporaryDeliveryError,
+)
 from eventing.jobs import DeliveryJob
 from workers import deadline
 
@@ -41,6 +53,9 @@ _RESPONSE_READ_LIMIT = 64 * 1024  # a sink's answer is drained this far, never m
 _CONNECT_TIMEOUT_MAX = 5.0
 _SLEEP_STEP = 0.25
 _RNG = random.Random()  # jitter only; seeding one per job cost more than the rest of the job
+#: What a header value may hold on the wire (RFC 9110 §5.5, without obs-text): http.client
+#: refuses CR and LF and cannot encode most non-ASCII text, and would send NUL or DEL as they are.
+_FIELD_VALUE = re.compile(r"[\x20-\x7e\t]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +172,14 @@ def deliver(
             None,
             progress.made if progress is not None else 0,
         )
+    try:
+        headers, body = encode(job)
+    except PermanentDeliveryError as exc:
+        return DeadLetter(str(exc), None, progress.made if progress is not None else 0)
     start = _start(job, plan, progress, rng)
     if not isinstance(start, tuple):
         return start
     todo, pause = start
-    headers, body = cloudevent.to_binary_request(job.event.encode(), job.event_type)
     keepalive()
     made = 0
 
@@ -254,6 +272,42 @@ def _start(
     return group[group.index(first) :], pause
 
 
+def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
+    """The headers and body that deliver ``job``'s event in binary mode.
+
+    Raises:
+        PermanentDeliveryError: the event as stored can never be sent (it is no UTF-8, no event
+            the SDK can read, or it would put in a header what no header may carry).
+    """
+    unable = "the stored event cannot be sent as an HTTP request"
+    try:
+        stored = job.event.encode()
+    except UnicodeEncodeError as exc:  # the manager keeps bytes that are no UTF-8 as surrogates
+        raise PermanentDeliveryError(f"{unable}: it is not UTF-8 (byte {exc.start})") from None
+    try:
+        headers, body = cloudevent.to_binary_request(stored, job.event_type)
+    except Exception as exc:  # whatever the SDK raises for what it cannot read
+        raise PermanentDeliveryError(f"{unable}: {_unreadable(stored, exc)}") from exc
+    for name, value in headers.items():
+        if not _FIELD_VALUE.fullmatch(value):
+            raise PermanentDeliveryError(
+                f"{unable}: its {name} header would be {_short(ascii(value))}; a header value is"
+                " visible ASCII, spaces and tabs (RFC 9110)"
+            )
+    return headers, body
+
+
+def _unreadable(stored: bytes, exc: Exception) -> str:
+    """Why the SDK could not read ``stored``: the proxy's own validation names the attribute
+    and what was expected, where the SDK's errors often do not (a bad ``time`` is a bare
+    ``ValueError``); the SDK's error when that validation finds nothing wrong."""
+    try:
+        cloudevent.parse_structured(stored)
+    except InvalidEvent as invalid:
+        return _short(invalid)
+    return f"{type(exc).__name__}: {_short(exc)}"
+
+
 def classify(status: int, retry_after: float | None) -> None:
     """Raise for a status that is no success; return for 2xx.
 
@@ -306,9 +360,9 @@ def _post(
                 stream=True,
                 timeout=(min(timeout, _CONNECT_TIMEOUT_MAX), timeout),
             )
-        except requests.RequestException as exc:
+        except Exception as exc:  # every failure to send is an outcome: classify_failure
             observe(Attempt(None, time.perf_counter() - started))
-            raise _failure(exc, timeout, cut_off=limit.expired) from exc
+            raise classify_failure(exc, timeout, cut_off=limit.expired) from exc
         # http.client takes a connection cut off amid the headers for their end, so a response
         # that arrives past the deadline may be a fragment: it counts as no answer.
         complete = not limit.expired
@@ -352,13 +406,22 @@ def _prepared_url(sink: str) -> str:
     return str(request.url)  # prepare_url sets it or raises
 
 
-def _failure(exc: requests.RequestException, timeout: float, *, cut_off: bool) -> DeliveryError:
-    """The delivery error for a request that got no response (``cut_off``: by its deadline)."""
+def classify_failure(exc: Exception, timeout: float, *, cut_off: bool) -> DeliveryError:
+    """The delivery error for a request that got no response (``cut_off``: by its deadline).
+
+    Timeouts and connection errors are temporary. So is any other error that is not requests'
+    (a fault on the way, say a socket error it did not wrap): the plan's attempts bound it.
+    What cannot be sent as asked is permanent: requests' other errors (a sink URL it cannot
+    parse or has no adapter for) and the ``ValueError`` http.client and urllib3 raise for a
+    request they cannot encode (a host name too long for DNS, a header value they refuse).
+    """
     if cut_off or isinstance(exc, requests.Timeout):
         return TemporaryDeliveryError(f"no complete answer within {timeout:g}s")
     if isinstance(exc, requests.ConnectionError):
         return TemporaryDeliveryError(f"cannot connect to the sink: {_short(exc)}")
-    return PermanentDeliveryError(f"cannot send to the sink: {_short(exc)}")
+    if isinstance(exc, requests.RequestException | ValueError | TypeError):
+        return PermanentDeliveryError(f"cannot send to the sink: {_short(exc)}")
+    return TemporaryDeliveryError(f"sending failed: {type(exc).__name__}: {_short(exc)}")
 
 
 def _retry_after(state: tenacity.RetryCallState) -> float | None:
@@ -394,6 +457,6 @@ def _sleep_alive(
             since_keepalive = 0.0
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc)
+def _short(what: object) -> str:
+    text = str(what)
     return text if len(text) <= 200 else text[:200] + "…"

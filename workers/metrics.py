@@ -1,7 +1,11 @@
 """Delivery metrics with Kyma's names (kyma-eventing.md §5.8), across all worker processes.
 
 Worker processes write to ``PROMETHEUS_MULTIPROC_DIR`` (set by ``eventing-worker`` before any of
-them starts); one forked process serves the sum on ``WORKER_METRICS_PORT``.
+them starts, one folder per ``eventing-worker``); one forked process serves their sum on
+``WORKER_METRICS_PORT``, or, when another ``eventing-worker`` on the host serves there already
+(``honcho start -c worker=3``), on the next free port of the :data:`PORT_RANGE` above it, and
+logs the one it took. So every ``eventing-worker`` serves complete metrics of its own, and a
+scrape of every port of the range counts every delivery on the host.
 
 Every label is bounded: the subscription's name, namespace, event type, sink and consumer come
 from the Subscriptions an operator wrote, and the one label a sink chooses, its response code,
@@ -11,6 +15,8 @@ each time would otherwise add series to every subscription for good).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Callable
 from http import HTTPStatus
@@ -31,6 +37,9 @@ from workers.delivery import Attempt
 
 _BUCKETS = tuple(0.002 * 2**n for n in range(10))
 _CODES = frozenset(str(status.value) for status in HTTPStatus)
+PORT_RANGE = 10  #: ports tried from WORKER_METRICS_PORT up: one per eventing-worker on a host
+
+logger = logging.getLogger(__name__)
 
 
 class DeliveryMetrics:
@@ -82,9 +91,13 @@ class MetricsServer(Middleware):
 
 
 def serve_metrics() -> int:
-    """Serve the summed metrics of every worker process until killed (a dramatiq fork)."""
+    """Serve the summed metrics of every worker process until killed (a dramatiq fork).
+
+    Returns 1 when every port of the range is taken (logged as an error: the metrics of this
+    eventing-worker are not served).
+    """
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    port = int(os.environ.get("WORKER_METRICS_PORT", "9191"))
+    first = int(os.environ.get("WORKER_METRICS_PORT", "9191"))
     host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
 
     class Handler(BaseHTTPRequestHandler):
@@ -101,6 +114,24 @@ def serve_metrics() -> int:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    with ThreadingHTTPServer((host, port), Handler) as server:
-        server.serve_forever()
-    return 0
+    for port in range(first, min(first + PORT_RANGE, 65536)):
+        try:
+            server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        taken = "" if port == first else f" ({first} to {port - 1} are taken)"
+        logger.info("serving the delivery metrics on http://%s:%d/metrics%s", host, port, taken)
+        with server:
+            server.serve_forever()
+        return 0
+    logger.error(
+        "cannot serve the delivery metrics: ports %d to %d on %s are all taken; this"
+        " eventing-worker's deliveries are not counted anywhere (raise WORKER_METRICS_PORT or free"
+        " a port)",
+        first,
+        first + PORT_RANGE - 1,
+        host,
+    )
+    return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import yaml
 
 from tests.support.servers import NatsCluster, NatsServer, RedisServer, free_port, wait_until
 
+_METRICS_AT = re.compile(r"serving the delivery metrics on (http://\S+/metrics)")
 _CE_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 
 
@@ -139,14 +141,24 @@ class System:
             )
         return self
 
-    def worker_metrics(self) -> str:
-        """The first worker's Prometheus text (later workers serve none, their port is taken)."""
-        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+    def worker_metrics(self, worker: Process | None = None) -> str:
+        """The Prometheus text of ``worker`` (the first one by default)."""
+        url = self.metrics_url(worker or self.workers[0])
+        return requests.get(url, timeout=5).text
+
+    def metrics_url(self, worker: Process) -> str:
+        """Where ``worker`` serves its metrics: each takes the next free port from
+        ``WORKER_METRICS_PORT`` and logs it."""
+        wait_until(
+            lambda: bool(_METRICS_AT.findall(worker.log())),
+            20,
+            f"{worker.name} serving metrics\n{worker.log()}",
+        )
+        return str(_METRICS_AT.findall(worker.log())[-1])
 
     def add_worker(self) -> Process:
-        env = self.env if not self.workers else {**self.env, "WORKER_METRICS_PORT": "0"}
         worker = Process(
-            f"worker{len(self.workers) + 1}", [script("eventing-worker")], env, self.workdir
+            f"worker{len(self.workers) + 1}", [script("eventing-worker")], self.env, self.workdir
         )
         worker.start()
         self.workers.append(worker)

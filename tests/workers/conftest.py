@@ -3,6 +3,7 @@ attempt log."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +74,9 @@ def session(sink: ScriptedSink) -> requests.Session:
     return http
 
 
-def stored_event(**changes: Any) -> str:
+def raw_event(**changes: Any) -> str:
+    """An event as stored, unvalidated: what a publisher past the proxy may have written
+    (a change to None drops the attribute)."""
     document = {
         "specversion": "1.0",
         "id": "evt-1",
@@ -85,7 +88,12 @@ def stored_event(**changes: Any) -> str:
         "data": {"orderId": 42},
         **changes,
     }
-    event = cloudevent.from_json_object(document)
+    return json.dumps({name: value for name, value in document.items() if value is not None})
+
+
+def stored_event(**changes: Any) -> str:
+    """An event as the proxy stores it."""
+    event = cloudevent.from_json_object(json.loads(raw_event(**changes)))
     return cloudevent.to_stored(event).decode()
 
 

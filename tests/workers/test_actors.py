@@ -169,6 +169,25 @@ def test_a_redelivery_resumes_from_the_count_and_forgets_it_once_dead_lettered(
     assert len(sink_server.sink.received(None)) == 2  # attempts 3 and 4 of 1 + retry 3
 
 
+def test_a_fault_of_ours_gives_the_message_back_after_a_delay(
+    broker: StubBroker,
+    acks: RecordingAcks,
+    sink_server: SinkServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(reply: str) -> None:
+        raise RuntimeError("a bug")
+
+    acks.keepalive = broken  # type: ignore[method-assign]
+    job = make_job(sink=sink_server.url, delivery_count=2, policy=replace(POLICY, backoff_delay=8))
+
+    deliver(broker, job)  # nothing escapes the actor
+
+    assert acks.outcomes() == [("nak", job.ack_subject, 16)]  # the second delivery's delay
+    [error] = [r for r in caplog.records if r.name == "workers.actors"]
+    assert "redelivering in 16s" in error.getMessage() and error.exc_info is not None
+
+
 def test_a_malformed_job_is_dropped_without_acking(broker: StubBroker, acks: RecordingAcks) -> None:
     broker.enqueue(
         dramatiq.Message(

@@ -19,6 +19,7 @@ from tests.workers.conftest import (
     MemoryLog,
     ScriptedSink,
     make_job,
+    raw_event,
     stored_event,
 )
 from workers import delivery
@@ -139,6 +140,63 @@ def test_connection_errors_and_timeouts_are_temporary(
     attempts: list[Attempt] = []
     assert run(make_job(), session, clock, attempts=attempts) == Delivered(204, 3)
     assert [a.status for a in attempts] == [None, None, 204]
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize(
+    ("event", "named"),
+    [
+        (raw_event(traceparent=TRACEPARENT + "\r\nX-Injected: 1"), "traceparent"),
+        (raw_event(traceparent=TRACEPARENT + "\n"), "traceparent"),
+        (raw_event(traceparent="00-ä-01"), "traceparent"),
+        (raw_event(traceparent="00-€-01"), "traceparent"),
+        (raw_event(tracestate="vendor=a\x00b"), "tracestate"),
+        (raw_event(tracestate="vendor=a\x7fb"), "tracestate"),
+        (raw_event(traceparent=TRACEPARENT, datacontenttype="text/plain;\r\n"), "content-type"),
+        (raw_event(data=None, data_base64="!! not base64 !!"), "base64"),
+        (raw_event(myext="\ud800"), "surrogate"),
+        (raw_event().replace('"orderId"', '"\udcff"'), "not UTF-8"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_an_event_that_cannot_become_a_request_is_dead_lettered_without_one(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, event: str, named: str
+) -> None:
+    keepalives: list[int] = []
+    outcome = run(make_job(event=event), session, clock, keepalives)
+    assert isinstance(outcome, DeadLetter)
+    assert outcome.attempts == 0 and outcome.status is None
+    assert "cannot be sent as an HTTP request" in outcome.reason
+    assert named in outcome.reason
+    assert outcome.reason.isascii()  # it becomes a NATS header of the dead letter
+    assert sink.received == [] and keepalives == [] and clock.slept == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "permanent"),
+    [
+        (ValueError("Invalid header value b'a\\r\\nb'"), True),  # http.client refuses it
+        (UnicodeEncodeError("latin-1", "€", 0, 1, "ordinal not in range(256)"), True),
+        (requests.exceptions.InvalidURL("bad"), True),
+        (OSError("a socket error requests did not wrap"), False),
+        (RuntimeError("anything else"), False),
+    ],
+)
+def test_every_failure_to_send_is_classified(
+    sink: ScriptedSink, session: requests.Session, clock: Clock, failure: Exception, permanent: bool
+) -> None:
+    sink.replies = [failure, 204]
+    attempts: list[Attempt] = []
+    outcome = run(make_job(), session, clock, attempts=attempts)
+    if permanent:
+        assert isinstance(outcome, DeadLetter) and outcome.attempts == 1
+        assert "cannot send to the sink" in outcome.reason
+        assert [a.status for a in attempts] == [None]
+    else:
+        assert outcome == Delivered(204, 2)
+        assert [a.status for a in attempts] == [None, 204]
 
 
 def test_long_delays_hand_over_to_jetstream(
