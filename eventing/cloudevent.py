@@ -16,8 +16,9 @@ when it arrived as one (structured mode, legacy events), ``data_base64`` when it
 Header values are read as a WSGI server passes them (PEP 3333: the bytes, latin-1-decoded), as
 UTF-8, then percent-decoded (``ce-*`` only), as the CloudEvents HTTP binding says. Two things a
 server may do to a value cannot be undone, so such values are refused (400) instead of stored
-changed: granian's WSGI environ holds ``""`` for a value with bytes outside visible ASCII, and
-joins repeated header lines with ``,``.
+changed: granian (in its WSGI and RSGI interfaces alike, and so in the environ proxy.bodies
+builds) passes ``""`` for a value with bytes outside visible ASCII, and joins repeated header
+lines with ``,``.
 """
 
 from __future__ import annotations
@@ -380,12 +381,33 @@ def to_stored(event: Event) -> bytes:
 
 
 def from_stored(payload: bytes) -> Event:
-    """An event read back from JetStream (written by :func:`to_stored`)."""
+    """An event read back from JetStream (written by :func:`to_stored`).
+
+    The proxy validated it on the way in, but anyone with NATS access may have written the
+    stream, so what delivery relies on is checked again where it costs little: the required
+    attributes, and strict base64 (lenient decoding turns ``!!!!abcd`` into other bytes).
+
+    Raises:
+        InvalidEvent: a required attribute is missing or empty, or ``data_base64`` is no base64.
+        ValueError: the payload is no JSON object.
+    """
     document = json.loads(payload)
+    if not isinstance(document, dict):
+        raise ValueError(f"a stored event is a JSON object, got {type(document).__name__}")
+    for name in _REQUIRED:
+        value = document.get(name)
+        if not isinstance(value, str) or not value:
+            got = "nothing" if value is None else _show(value)
+            raise InvalidEvent(f"{name}: required, a non-empty string; got {got}", attribute=name)
     data: Any = document.pop("data", None)
     encoded = document.pop("data_base64", None)
     if encoded is not None:
-        data = base64.b64decode(encoded)
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise InvalidEvent(
+                "data_base64 is not valid base64", attribute="data_base64"
+            ) from None
     return Event(document, data)
 
 

@@ -1,7 +1,7 @@
 """The one exception tree of the project.
 
 Every error we raise on purpose derives from :class:`EventingError`, so an entry point can tell
-our own, explained failures from bugs. Library errors (nats-py, the cloudevents SDK, YAML) are
+our own, explained failures from bugs. Library errors (nats-py, YAML, the Kubernetes client) are
 translated into this tree in the one module that imports the library, with ``raise ... from``.
 
 ::

@@ -277,7 +277,7 @@ def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
 
     Raises:
         PermanentDeliveryError: the event as stored can never be sent (it is no UTF-8, no event
-            the SDK can read, or it would put in a header what no header may carry).
+            we can read back, or it would put in a header what no header may carry).
     """
     unable = "the stored event cannot be sent as an HTTP request"
     try:
@@ -286,7 +286,7 @@ def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
         raise PermanentDeliveryError(f"{unable}: it is not UTF-8 (byte {exc.start})") from None
     try:
         headers, body = cloudevent.to_binary_request(stored, job.event_type)
-    except Exception as exc:  # whatever the SDK raises for what it cannot read
+    except Exception as exc:  # whatever reading back an event nobody validated raises
         raise PermanentDeliveryError(f"{unable}: {_unreadable(stored, exc)}") from exc
     for name, value in headers.items():
         if not _FIELD_VALUE.fullmatch(value):
@@ -298,9 +298,9 @@ def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
 
 
 def _unreadable(stored: bytes, exc: Exception) -> str:
-    """Why the SDK could not read ``stored``: the proxy's own validation names the attribute
-    and what was expected, where the SDK's errors often do not (a bad ``time`` is a bare
-    ``ValueError``); the SDK's error when that validation finds nothing wrong."""
+    """Why ``stored`` could not be read back: the proxy's own validation names the attribute
+    and what was expected, where a bare ``ValueError`` or ``KeyError`` does not; that error
+    itself when the validation finds nothing wrong."""
     try:
         cloudevent.parse_structured(stored)
     except InvalidEvent as invalid:

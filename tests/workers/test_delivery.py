@@ -156,6 +156,9 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         (raw_event(tracestate="vendor=a\x7fb"), "tracestate"),
         (raw_event(traceparent=TRACEPARENT, datacontenttype="text/plain;\r\n"), "content-type"),
         (raw_event(data=None, data_base64="!! not base64 !!"), "base64"),
+        (raw_event(data=None, data_base64="!!!!abcd"), "base64"),  # lenient decoding: b"i\xb7\x1d"
+        (raw_event(id=None), "id: required"),
+        (raw_event(source=""), "source: required"),
         (raw_event(myext="\ud800"), "surrogate"),
         (raw_event().replace('"orderId"', '"\udcff"'), "not UTF-8"),
         ("{not json", "not valid JSON"),
