@@ -18,9 +18,9 @@ from typing import Any
 import dramatiq
 import requests
 
-from eventing.config import Settings
 from eventing.errors import PublishError
 from eventing.jobs import ACTOR, QUEUE, DeliveryJob
+from eventing.settings import Settings
 from workers import deadline, delivery
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics

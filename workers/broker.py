@@ -10,8 +10,8 @@ import logging
 
 import dramatiq
 
-from eventing.config import settings_or_exit
 from eventing.jobs import make_broker
+from eventing.settings import settings_or_exit
 from workers import actors
 from workers.connection import NatsAcknowledger
 from workers.idle import QuietThreads
@@ -29,7 +29,7 @@ def setup_broker() -> dramatiq.Broker:
     broker.add_middleware(acks)
     broker.add_middleware(stop)
     broker.add_middleware(QuietThreads())
-    if settings.delivery.metrics_port:
+    if settings.workers.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)
     actors.declare(broker, settings, acks, DeliveryMetrics(), stop.stopping)

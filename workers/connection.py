@@ -28,11 +28,11 @@ from typing import Any, Protocol, TypeVar
 from dramatiq import Middleware
 
 from eventing import jetstream, jobs
-from eventing.config import Settings
 from eventing.errors import BackendUnavailable
 from eventing.jetstream import JetStreamClient
 from eventing.jobs import DeliveryJob
 from eventing.loop import LoopThread, Rounds
+from eventing.settings import Settings
 from workers.delivery import NOTHING_MADE, Progress
 from workers.shutdown import GracefulStop
 
@@ -134,7 +134,7 @@ class NatsAcknowledger(Middleware):
         """
         connection = self._require()
         message = jobs.dead_letter(job, reason, status, attempts)
-        timeout = self._settings.proxy.request_timeout
+        timeout = self._settings.stream.dead_letter_publish_timeout
         stream = self._settings.stream.dead_letter_name
         connection.loop.run(connection.client.publish(message, timeout, stream=stream), timeout + 1)
 

@@ -11,9 +11,9 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 from eventing import jobs
-from eventing.config import Settings
 from eventing.errors import BackendUnavailable
 from eventing.jobs import DeliveryJob
+from eventing.settings import Settings
 from tests.support.sink import SinkServer
 from tests.workers.conftest import POLICY, make_job
 from workers import actors

@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
-from eventing.config import Settings
+from eventing.settings import Settings
 from tests.support.servers import NatsServer
 from tests.workers.conftest import make_job
 from workers.connection import NatsAcknowledger

@@ -1,4 +1,4 @@
-"""Settings: defaults, parsing, and one error listing every bad variable."""
+"""Settings: defaults, parsing, one error listing every bad variable, the README's table."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eventing import config
-from eventing.config import Settings
 from eventing.errors import ConfigError
+from eventing.settings import VARIABLES, Settings, markdown_table, unknown_variables
 
 
 def test_defaults_match_kyma_where_kyma_has_a_name() -> None:
@@ -84,11 +83,11 @@ def test_several_nats_urls() -> None:
 
 def test_readme_lists_every_variable_as_generated() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert config.markdown_table() in readme, "regenerate the table: python -m eventing.config"
+    assert markdown_table() in readme, "regenerate the table: python -m eventing.settings"
 
 
 def test_a_misspelled_setting_is_named_with_the_closest_declared_one() -> None:
-    warnings = config.unknown_variables(
+    warnings = unknown_variables(
         {"DELIVERY_RETRIES": "3", "NATS_URLS": "nats://x:1", "EVENTING_TYPO": "1", "HOME": "/"}
     )
     assert warnings == [
@@ -100,7 +99,7 @@ def test_a_misspelled_setting_is_named_with_the_closest_declared_one() -> None:
 
 def test_settings_procfile_ports_and_kubernetes_service_links_are_no_typos() -> None:
     environ = {
-        **{variable.name: variable.default for variable in config.VARIABLES},
+        **{variable.name: variable.default for variable in VARIABLES},
         "NATS_PORT": "4222",
         "EVENTING_DATA_DIR": ".data",
         "EVENTING_NATS_SERVICE_HOST": "10.0.0.7",
@@ -108,8 +107,8 @@ def test_settings_procfile_ports_and_kubernetes_service_links_are_no_typos() -> 
         "EVENTING_NATS_PORT": "tcp://10.0.0.7:4222",
         "EVENTING_NATS_PORT_4222_TCP_ADDR": "10.0.0.7",
     }
-    assert config.unknown_variables(environ) == []
-    assert config.unknown_variables({"WORKER_METRICS_PROT": "9191"}) == [
+    assert unknown_variables(environ) == []
+    assert unknown_variables({"WORKER_METRICS_PROT": "9191"}) == [
         "WORKER_METRICS_PROT is not a setting and is ignored (did you mean WORKER_METRICS_PORT?)"
     ]
 
