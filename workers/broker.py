@@ -25,12 +25,12 @@ def setup_broker() -> dramatiq.Broker:
     logging.getLogger().setLevel(settings.log_level)
     broker = make_broker(settings.delivery.broker_url)
     stop = GracefulStop()
-    acks = NatsAcknowledger(settings, stop)
+    acks = NatsAcknowledger(settings.nats, settings.stream, stop)
     broker.add_middleware(acks)
     broker.add_middleware(stop)
     broker.add_middleware(QuietThreads())
     if settings.workers.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)
-    actors.declare(broker, settings, acks, DeliveryMetrics(), stop.stopping)
+    actors.declare(broker, settings.delivery, acks, DeliveryMetrics(), stop.stopping)
     return broker

@@ -118,3 +118,24 @@ def test_a_bad_url_is_reported_without_its_password() -> None:
         Settings.from_environ({"NATS_URL": "http://app:s3cret@nats:4222", "BROKER_URL": "x://t@y"})
     assert "s3cret" not in str(raised.value) and "http://app:***@nats:4222" in str(raised.value)
     assert "x://***@y" in str(raised.value)
+
+
+def test_each_declaration_is_the_fields_default_and_reading() -> None:
+    assert Settings() == Settings.from_environ({})
+    assert len({variable.name for variable in VARIABLES}) == len(VARIABLES)
+
+
+def test_dead_letters_wait_for_their_own_timeout_not_the_proxys() -> None:
+    settings = Settings.from_environ({"REQUEST_TIMEOUT": "1s", "JS_DLQ_PUBLISH_TIMEOUT": "7s"})
+    assert settings.proxy.request_timeout == 1.0
+    assert settings.stream.dead_letter_publish_timeout == 7.0
+    assert Settings.from_environ({"REQUEST_TIMEOUT": "1s"}).stream.dead_letter_publish_timeout == 5
+
+
+def test_the_worker_metrics_address_is_a_setting() -> None:
+    settings = Settings.from_environ({"WORKER_METRICS_HOST": "0.0.0.0"})
+    assert settings.workers.metrics_host == "0.0.0.0"
+    assert unknown_variables({"WORKER_METRICS_HOST": "0.0.0.0"}) == []
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({"WORKER_METRICS_HOST": " "})
+    assert list(raised.value.problems) == ["WORKER_METRICS_HOST"]
