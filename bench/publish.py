@@ -71,8 +71,8 @@ from nats.js import JetStreamContext
 
 from bench.procstat import RssSampler
 from bench.tables import render
-from eventing.config import Settings
 from eventing.jetstream import stream_config
+from eventing.settings import Settings
 
 LUA_SCRIPT = Path(__file__).resolve().with_name("publish.lua")
 SCRIPTS = Path(sysconfig.get_path("scripts"))

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import re
 
-from eventing.config import SUBJECT_PREFIX
 from eventing.errors import InvalidEvent
+from eventing.settings import SUBJECT_PREFIX
 
 _TYPE_UNSAFE = re.compile(r"[\s>*/\\]")
 _SOURCE_UNSAFE = re.compile(r"[\s.>*/\\]")

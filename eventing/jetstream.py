@@ -32,7 +32,6 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from eventing import cloudevent
-from eventing.config import NatsSettings, StreamSettings, without_credentials
 from eventing.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -40,6 +39,7 @@ from eventing.errors import (
     StreamFull,
     StreamNotAnswering,
 )
+from eventing.settings import NatsSettings, StreamSettings, without_credentials
 
 logger = logging.getLogger(__name__)
 

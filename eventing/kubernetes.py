@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from eventing.config import SourceSettings
 from eventing.errors import InvalidSubscription
 from eventing.manifests import Entry, Parse, Snapshot, validated
+from eventing.settings import SourceSettings
 from eventing.subscription import Subscription, key_of
 
 logger = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from eventing.config import Settings
 from eventing.errors import InvalidSubscription
+from eventing.settings import Settings
 from eventing.subscription import KIND, Subscription, from_manifest, key_of
 
 logger = logging.getLogger(__name__)

@@ -21,31 +21,9 @@ that from the message's delivery count.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
-_ISO_DURATION = re.compile(
-    r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
-)
 JITTER = 0.1
-
-
-def parse_iso_duration(value: str) -> float:
-    """Seconds in an ISO-8601 duration such as ``PT0.5S``, ``PT2M`` or ``P1DT2H``.
-
-    Raises:
-        ValueError: not such a duration.
-    """
-    match = _ISO_DURATION.match(value)
-    if not match or value in ("P", "PT") or value.endswith("T"):
-        raise ValueError(f"expected an ISO-8601 duration such as PT0.5S or PT2M, got {value!r}")
-    parts = {k: float(v) for k, v in match.groupdict().items() if v}
-    return (
-        parts.get("days", 0) * 86400
-        + parts.get("hours", 0) * 3600
-        + parts.get("minutes", 0) * 60
-        + parts.get("seconds", 0)
-    )
 
 
 @dataclass(frozen=True, slots=True)

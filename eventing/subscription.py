@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from eventing import eventtypes
-from eventing.config import SUBJECT_PREFIX
+from eventing import eventtypes, units
 from eventing.errors import InvalidEvent, InvalidSubscription
-from eventing.retries import DeliveryPolicy, parse_iso_duration
+from eventing.retries import DeliveryPolicy
+from eventing.settings import SUBJECT_PREFIX
 
 API_VERSION = "eventing.kyma-project.io/v1alpha2"
 KIND = "Subscription"
@@ -328,7 +328,7 @@ def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> Deli
         if field in value:
             raw = value[field]
             try:
-                seconds = parse_iso_duration(raw if isinstance(raw, str) else "")
+                seconds = units.iso_duration(raw if isinstance(raw, str) else "")
             except ValueError:
                 problems.append(
                     f"spec.delivery.{field}: expected an ISO-8601 duration such as PT0.5S or"

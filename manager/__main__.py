@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from eventing.config import settings_or_exit
+from eventing.settings import settings_or_exit
 from manager import runner
 
 

@@ -19,11 +19,11 @@ import time
 from typing import Any
 
 from eventing import jetstream, jobs
-from eventing.config import Settings
 from eventing.errors import InvalidSubscription
 from eventing.jetstream import JetStreamClient
 from eventing.kubernetes import KubernetesReader, api_client
 from eventing.manifests import Reader, Snapshot, reader_for
+from eventing.settings import Settings
 from eventing.subscription import (
     API_VERSION,
     KIND,
@@ -71,7 +71,7 @@ class Manager:
             on_shed=lambda name, count: metrics.shed.labels(name).inc(count),
             dead_letter_stream=settings.stream.dead_letter_name,
             max_backlog=settings.manager.max_backlog,
-            publish_timeout=settings.proxy.request_timeout,
+            publish_timeout=settings.stream.dead_letter_publish_timeout,
         )
         self._last_view: tuple[Snapshot, dict[str, str], str | None] | None = None
         self._shedding_shown: dict[str, str] = {}

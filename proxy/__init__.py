@@ -6,34 +6,28 @@ granian, several worker processes each with their own NATS connection.
 
 from __future__ import annotations
 
-import os
-
 from flask import Flask
 
-from eventing.config import Settings
 from eventing.manifests import reader_for
+from eventing.settings import Settings
 from proxy.publisher import JetStreamPublisher, Publisher
 
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None, *, publisher: Publisher | None = None) -> Flask:
+def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Flask:
     """Build the proxy app.
 
     Parameters:
-        settings: defaults to ``Settings.from_environ(os.environ)``.
+        settings: the entry point's (:func:`eventing.settings.settings_or_exit`).
         publisher: anything with ``publish(messages)`` and ``ready()``; defaults to a
             :class:`proxy.publisher.JetStreamPublisher`, which connects lazily.
-
-    Raises:
-        ConfigError: the environment is invalid (only when ``settings`` is not given).
     """
     # prometheus_client picks single- or multi-process mode when first imported, so the
-    # launcher (proxy.server, which imports this package) must set PROMETHEUS_MULTIPROC_DIR first.
+    # launcher (proxy.server, which imports this package) must hand the metrics folder over first.
     from proxy import admission, problems, views
     from proxy.metrics import ProxyMetrics
 
-    settings = settings or Settings.from_environ(os.environ)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.proxy.max_request_size
     app.extensions["eventing.settings"] = settings

@@ -1,8 +1,8 @@
 """Prometheus metrics of the proxy, with Kyma's names and labels (kyma-eventing.md §2.9).
 
-The proxy runs several worker processes; when ``PROMETHEUS_MULTIPROC_DIR`` is set (the
-``eventing-proxy`` launcher sets it before any worker starts), every process writes its values
-there and ``/metrics`` on any worker sums all of them.
+The proxy runs several worker processes; when the launcher handed over a metrics folder
+(:func:`eventing.settings.hand_over_metrics_dir`, before any worker starts), every process
+writes its values there and ``/metrics`` on any worker sums all of them.
 
 Labels a client chooses are bounded, because every distinct value is a series that each
 process keeps in memory and in its file for good: 62,000 distinct event types in 20 s made
@@ -14,7 +14,6 @@ label is ours (status codes, Flask's rules, the NATS URLs).
 
 from __future__ import annotations
 
-import os
 import threading
 
 from prometheus_client import (
@@ -26,6 +25,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from eventing import settings
 
 #: The label value that stands for any value beyond a label's bound.
 OTHER = "other"
@@ -99,7 +100,7 @@ class ProxyMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of every process's metrics, and its content type."""
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        directory = settings.metrics_dir()
         if directory:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]

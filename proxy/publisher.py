@@ -16,10 +16,10 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from eventing.config import Settings
 from eventing.errors import Overloaded, PublishError, StreamNotAnswering
 from eventing.jetstream import JetStreamClient, OutboundMessage
 from eventing.loop import LoopThread, Rounds
+from eventing.settings import Settings
 
 
 class Publisher(Protocol):

@@ -11,14 +11,13 @@ them (:mod:`proxy.bodies`).
 from __future__ import annotations
 
 import logging.config
-import os
 import shutil
 import signal
 import sys
 import tempfile
 from typing import TYPE_CHECKING
 
-from eventing.config import Settings, settings_or_exit
+from eventing.settings import hand_over_metrics_dir, settings_or_exit
 
 if TYPE_CHECKING:  # importing the app fixes prometheus_client's mode: only app() may do so
     from proxy.bodies import BodiesFirst
@@ -34,7 +33,7 @@ def main() -> int:
     from granian.server import Server
 
     metrics_dir = tempfile.mkdtemp(prefix="eventing-proxy-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    hand_over_metrics_dir(metrics_dir)
     try:
         Server(
             "proxy.server:app",
@@ -71,7 +70,7 @@ def app() -> BodiesFirst:
         signal.signal(signum, signal.SIG_DFL)
     from proxy import admission, bodies, create_app
 
-    settings = Settings.from_environ(os.environ)  # main() validated it already
+    settings = settings_or_exit("eventing-proxy", warn=False)  # main() validated and warned
     flask_app = create_app(settings)
     return bodies.BodiesFirst(
         flask_app,

@@ -14,10 +14,10 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from eventing import cloudevent, eventtypes, legacy, subscription
-from eventing.config import Settings
 from eventing.errors import BatchTooLarge, InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.jetstream import OutboundMessage, outbound
 from eventing.manifests import Reader
+from eventing.settings import Settings
 from proxy import guards, problems
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher

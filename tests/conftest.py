@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eventing import config
+from eventing import settings
 from tests.support.servers import (
     NatsCluster,
     NatsServer,
@@ -24,9 +24,9 @@ from tests.support.sink import RecordingSink, SinkServer
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees a variable of ours from the developer's shell or another test."""
-    for variable in config.VARIABLES:
+    for variable in settings.VARIABLES:
         monkeypatch.delenv(variable.name, raising=False)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv(settings.METRICS_DIR, raising=False)
 
 
 @pytest.fixture

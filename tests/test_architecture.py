@@ -1,7 +1,9 @@
-"""Static checks that keep the code base honest: one-way imports, strict typing."""
+"""Static checks that keep the code base honest: one-way imports, strict typing, one reader of
+the environment."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +48,36 @@ def test_code_is_strictly_typed() -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """Where ``path`` reads ``os.environ`` or ``os.getenv`` (setting a variable for a library
+    that reads it, as ``dramatiq_worker_timeout``, is no read)."""
+    tree = ast.parse(path.read_text(), str(path))
+    written = {
+        id(target.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Subscript)
+    }
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+        and node.attr in {"environ", "environb", "getenv", "getenvb"}
+        and id(node) not in written
+    ]
+
+
+def test_only_the_settings_module_reads_the_environment() -> None:
+    reads = [
+        where
+        for package in ("eventing", "proxy", "manager", "workers")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != ROOT / "eventing" / "settings.py"
+        for where in _environment_reads(path)
+    ]
+    assert reads == [], "read settings through eventing.settings, not os.environ"

@@ -18,9 +18,9 @@ from typing import Any
 import dramatiq
 import requests
 
-from eventing.config import Settings
 from eventing.errors import PublishError
 from eventing.jobs import ACTOR, QUEUE, DeliveryJob
+from eventing.settings import DeliverySettings
 from workers import deadline, delivery
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics
@@ -32,7 +32,7 @@ _TIME_LIMIT_MS = 60 * 60 * 1000  # a job's own timeouts end it long before
 
 def declare(
     broker: dramatiq.Broker,
-    settings: Settings,
+    settings: DeliverySettings,
     acks: Acknowledger,
     metrics: DeliveryMetrics,
     stopping: threading.Event | None = None,
@@ -44,7 +44,7 @@ def declare(
     """
     stopping = stopping or threading.Event()
     sessions = threading.local()
-    extra = settings.delivery.extra_deliveries
+    extra = settings.extra_deliveries
 
     def deliver(job: dict[str, Any]) -> None:
         try:

@@ -10,8 +10,8 @@ import logging
 
 import dramatiq
 
-from eventing.config import settings_or_exit
 from eventing.jobs import make_broker
+from eventing.settings import settings_or_exit
 from workers import actors
 from workers.connection import NatsAcknowledger
 from workers.idle import QuietThreads
@@ -25,12 +25,12 @@ def setup_broker() -> dramatiq.Broker:
     logging.getLogger().setLevel(settings.log_level)
     broker = make_broker(settings.delivery.broker_url)
     stop = GracefulStop()
-    acks = NatsAcknowledger(settings, stop)
+    acks = NatsAcknowledger(settings.nats, settings.stream, stop)
     broker.add_middleware(acks)
     broker.add_middleware(stop)
     broker.add_middleware(QuietThreads())
-    if settings.delivery.metrics_port:
+    if settings.workers.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)
-    actors.declare(broker, settings, acks, DeliveryMetrics(), stop.stopping)
+    actors.declare(broker, settings.delivery, acks, DeliveryMetrics(), stop.stopping)
     return broker

@@ -13,16 +13,16 @@ import shutil
 import sys
 import tempfile
 
-from eventing.config import settings_or_exit
+from eventing.settings import hand_over_metrics_dir, settings_or_exit
 
 
 def main() -> int:
     settings = settings_or_exit("eventing-worker")
     metrics_dir = tempfile.mkdtemp(prefix="eventing-worker-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    hand_over_metrics_dir(metrics_dir)
     # dramatiq reads this when first imported, and its worker processes inherit the value.
     os.environ["dramatiq_worker_timeout"] = str(  # noqa: SIM112 - dramatiq's own spelling
-        max(1, round(settings.delivery.queue_poll_max * 1000))
+        max(1, round(settings.workers.queue_poll_max * 1000))
     )
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
@@ -33,9 +33,9 @@ def main() -> int:
         [
             "workers.broker:setup_broker",
             "--processes",
-            str(settings.delivery.processes),
+            str(settings.workers.processes),
             "--threads",
-            str(settings.delivery.threads),
+            str(settings.workers.threads),
             "--queues",
             QUEUE,
             # Jobs hand their events back on shutdown; honcho kills everything after 5 s.

@@ -28,11 +28,11 @@ from typing import Any, Protocol, TypeVar
 from dramatiq import Middleware
 
 from eventing import jetstream, jobs
-from eventing.config import Settings
 from eventing.errors import BackendUnavailable
 from eventing.jetstream import JetStreamClient
 from eventing.jobs import DeliveryJob
 from eventing.loop import LoopThread, Rounds
+from eventing.settings import NatsSettings, StreamSettings
 from workers.delivery import NOTHING_MADE, Progress
 from workers.shutdown import GracefulStop
 
@@ -71,9 +71,12 @@ class Acknowledger(Protocol):
 class NatsAcknowledger(Middleware):
     """A dramatiq middleware owning one NATS connection per worker process."""
 
-    def __init__(self, settings: Settings, stop: GracefulStop | None = None) -> None:
-        self._settings = settings
-        self._attempts = jetstream.attempts_bucket(settings.stream)
+    def __init__(
+        self, nats: NatsSettings, stream: StreamSettings, stop: GracefulStop | None = None
+    ) -> None:
+        self._nats = nats
+        self._stream = stream
+        self._attempts = jetstream.attempts_bucket(stream)
         self._connection: _Connection | None = None
         self._stop = stop
 
@@ -81,17 +84,17 @@ class NatsAcknowledger(Middleware):
         loop = LoopThread("worker-nats")
         loop.start()
         client = JetStreamClient(
-            self._settings.nats,
-            self._settings.stream,
+            self._nats,
+            self._stream,
             name="eventing-worker",
-            streams=(jetstream.dead_letter_config(self._settings.stream),),
+            streams=(jetstream.dead_letter_config(self._stream),),
         )
 
         async def connect() -> None:
             client.start()
-            await client.wait_connected(self._settings.nats.connect_timeout)
+            await client.wait_connected(self._nats.connect_timeout)
 
-        loop.run(connect(), timeout=self._settings.nats.connect_timeout + 1)
+        loop.run(connect(), timeout=self._nats.connect_timeout + 1)
 
         async def confirm(acks: list[tuple[str, bytes]]) -> list[BaseException | None]:
             return await asyncio.gather(
@@ -134,8 +137,8 @@ class NatsAcknowledger(Middleware):
         """
         connection = self._require()
         message = jobs.dead_letter(job, reason, status, attempts)
-        timeout = self._settings.proxy.request_timeout
-        stream = self._settings.stream.dead_letter_name
+        timeout = self._stream.dead_letter_publish_timeout
+        stream = self._stream.dead_letter_name
         connection.loop.run(connection.client.publish(message, timeout, stream=stream), timeout + 1)
 
     def progress(self, job: DeliveryJob) -> Progress | None:

@@ -1,11 +1,12 @@
 """Delivery metrics with Kyma's names (kyma-eventing.md §5.8), across all worker processes.
 
-Worker processes write to ``PROMETHEUS_MULTIPROC_DIR`` (set by ``eventing-worker`` before any of
-them starts, one folder per ``eventing-worker``); one forked process serves their sum on
-``WORKER_METRICS_PORT``, or, when another ``eventing-worker`` on the host serves there already
-(``honcho start -c worker=3``), on the next free port of the :data:`PORT_RANGE` above it, and
-logs the one it took. So every ``eventing-worker`` serves complete metrics of its own, and a
-scrape of every port of the range counts every delivery on the host.
+Worker processes write to the metrics folder ``eventing-worker`` hands over before any of them
+starts (:func:`eventing.settings.hand_over_metrics_dir`, one folder per ``eventing-worker``);
+one forked process serves their sum on ``WORKER_METRICS_PORT``, or, when another
+``eventing-worker`` on the host serves there already (``honcho start -c worker=3``), on the next
+free port of the :data:`PORT_RANGE` above it, and logs the one it took. So every
+``eventing-worker`` serves complete metrics of its own, and a scrape of every port of the range
+counts every delivery on the host.
 
 Every label is bounded: the subscription's name, namespace, event type, sink and consumer come
 from the Subscriptions an operator wrote, and the one label a sink chooses, its response code,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from eventing.jobs import DeliveryJob
+from eventing.settings import metrics_dir, settings_or_exit
 from workers.delivery import Attempt
 
 _BUCKETS = tuple(0.002 * 2**n for n in range(10))
@@ -96,9 +97,10 @@ def serve_metrics() -> int:
     Returns 1 when every port of the range is taken (logged as an error: the metrics of this
     eventing-worker are not served).
     """
-    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    first = int(os.environ.get("WORKER_METRICS_PORT", "9191"))
-    host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
+    # dramatiq imports this function by name in a fresh fork, so it reads its settings itself.
+    workers = settings_or_exit("eventing-worker", warn=False).workers  # validated and warned
+    directory = metrics_dir()
+    first, host = workers.metrics_port, workers.metrics_host
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

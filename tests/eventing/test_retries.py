@@ -1,13 +1,11 @@
-"""Retry policy: ISO-8601 durations, delays, groups per JetStream delivery, jitter."""
+"""Retry policy: delays, groups per JetStream delivery, jitter."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import replace
 
-import pytest
-
-from eventing.retries import DeliveryPolicy, groups, parse_iso_duration, schedule
+from eventing.retries import DeliveryPolicy, groups, schedule
 
 POLICY = DeliveryPolicy(
     retry=5,
@@ -18,20 +16,6 @@ POLICY = DeliveryPolicy(
     retry_after_max=60.0,
     in_job_wait_max=15.0,
 )
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("PT0.5S", 0.5), ("PT2M", 120.0), ("PT1H30M", 5400.0), ("P1D", 86400.0), ("P1DT2S", 86402.0)],
-)
-def test_iso_durations(text: str, seconds: float) -> None:
-    assert parse_iso_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "P", "PT", "1s", "PT-1S", "P1DT", "PT1.5M"])
-def test_bad_iso_durations(text: str) -> None:
-    with pytest.raises(ValueError, match="ISO-8601"):
-        parse_iso_duration(text)
 
 
 def test_exponential_and_linear_delays() -> None:

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from nats.js.errors import NotFoundError
 
-from eventing.config import Settings
+from eventing.settings import Settings
 from proxy import create_app
 from proxy.publisher import JetStreamPublisher
 from tests.support.servers import NatsServer, RedisServer

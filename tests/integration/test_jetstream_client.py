@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from eventing.config import Settings
 from eventing.jetstream import JetStreamClient, OutboundMessage
+from eventing.settings import Settings
 from tests.support.servers import NatsServer
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from eventing.config import Settings
+from eventing.settings import Settings
 from tests.integration.conftest import read_stream, settings_for
 from tests.support.servers import NatsServer, nats_server_binary, require_binary, wait_until
 

@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from eventing import config, subscription
+from eventing import subscription
+from eventing.settings import Settings
 from tests.support.kube import ControlPlane, Kube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "deploy" / "base" / "crd-subscriptions.yaml"
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
 
-SETTINGS = config.Settings.from_environ({})
+SETTINGS = Settings.from_environ({})
 
 
 def parse(document: dict[str, Any]) -> subscription.Subscription:
@@ -93,7 +94,7 @@ def test_the_crd_defaults_are_the_models_defaults() -> None:
 
     assert spec["typeMatching"]["default"] == subscription.STANDARD
     assert spec["config"]["default"] == {
-        "maxInFlightMessages": config.DEFAULT_MAX_IN_FLIGHT_MESSAGES.default
+        "maxInFlightMessages": str(Settings().manager.default_max_in_flight)
     }
 
 

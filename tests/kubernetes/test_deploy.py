@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from eventing import config
+from eventing.settings import VARIABLES, Settings
 from tests.kubernetes.kustomize import Object, identity, render
 from tests.support.kube import ControlPlane, Kube
 from tests.support.servers import nats_server_binary, require_binary
@@ -29,8 +29,6 @@ COMMANDS = {
 }
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 INSTALLED_FOR_REAL = {"Namespace", "CustomResourceDefinition"}
-# Read by workers/metrics.py straight from the environment, not through eventing.config.
-NOT_SETTINGS = {"WORKER_METRICS_HOST"}
 
 variants = pytest.mark.parametrize("variant", sorted(VARIANTS))
 
@@ -105,14 +103,14 @@ def test_namespaced_objects_name_the_eventing_namespace(variant: str) -> None:
 @variants
 def test_the_config_is_valid_for_every_component(variant: str) -> None:
     objects = render(VARIANTS[variant])
-    environ = {k: v for k, v in _config(objects).items() if k not in NOT_SETTINGS}
+    environ = _config(objects)
     for container in _our_containers(objects).values():
         env = {e["name"]: e["value"] for e in container.get("env", [])}
 
-        settings = config.Settings.from_environ({**environ, **env})
+        settings = Settings.from_environ({**environ, **env})
 
         assert settings.source.kind == "kubernetes"
-    assert set(environ) <= {variable.name for variable in config.VARIABLES}
+    assert set(environ) <= {variable.name for variable in VARIABLES}
 
 
 def test_our_components_run_one_image_with_their_own_command() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
-from eventing.config import SourceSettings
 from eventing.kubernetes import api_client
+from eventing.settings import SourceSettings
 from manager.leader import LEASE_NAME, Lease, Timing
 from tests.kubernetes.test_manager import (
     CRD,

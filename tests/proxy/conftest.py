@@ -8,9 +8,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from eventing.config import Settings
 from eventing.errors import PublishError
 from eventing.jetstream import OutboundMessage
+from eventing.settings import Settings
 from proxy import create_app
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from eventing.config import Settings
 from eventing.errors import BackendUnavailable, Overloaded, StreamFull, StreamNotAnswering
+from eventing.settings import Settings
 from proxy import create_app
 from tests.proxy.conftest import RecordingPublisher
 

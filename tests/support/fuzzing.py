@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from eventing.config import SUBJECT_PREFIX
+from eventing.settings import SUBJECT_PREFIX
 from tests.support import hostile
 
 TIMEOUT: Final = 10.0  #: seconds a correct proxy may take to answer; longer is a hang

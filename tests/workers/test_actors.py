@@ -11,9 +11,9 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 from eventing import jobs
-from eventing.config import Settings
 from eventing.errors import BackendUnavailable
 from eventing.jobs import DeliveryJob
+from eventing.settings import DeliverySettings
 from tests.support.sink import SinkServer
 from tests.workers.conftest import POLICY, make_job
 from workers import actors
@@ -69,7 +69,7 @@ def acks() -> RecordingAcks:
 def broker(acks: RecordingAcks) -> Iterator[StubBroker]:
     broker = StubBroker()
     broker.emit_after("process_boot")
-    actors.declare(broker, Settings.from_environ({}), acks, DeliveryMetrics())
+    actors.declare(broker, DeliverySettings(), acks, DeliveryMetrics())
     worker = dramatiq.Worker(broker, worker_timeout=50)
     worker.start()
     yield broker

@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
-from eventing.config import Settings
+from eventing.settings import Settings
 from tests.support.servers import NatsServer
 from tests.workers.conftest import make_job
 from workers.connection import NatsAcknowledger
@@ -25,7 +25,7 @@ def acks(nats_server: NatsServer) -> Iterator[NatsAcknowledger]:
     settings = Settings.from_environ(
         {"NATS_URL": nats_server.url, "RECONNECT_WAIT": "100ms", "JS_DLQ_MAX_AGE": "48h"}
     )
-    connection = NatsAcknowledger(settings)
+    connection = NatsAcknowledger(settings.nats, settings.stream)
     connection.before_worker_boot(None, None)
     yield connection
     connection.after_worker_shutdown(None, None)

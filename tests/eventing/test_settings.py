@@ -1,4 +1,4 @@
-"""Settings: defaults, parsing, and one error listing every bad variable."""
+"""Settings: defaults, parsing, one error listing every bad variable, the README's table."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eventing import config
-from eventing.config import Settings
 from eventing.errors import ConfigError
+from eventing.settings import VARIABLES, Settings, markdown_table, unknown_variables
 
 
 def test_defaults_match_kyma_where_kyma_has_a_name() -> None:
@@ -84,11 +83,11 @@ def test_several_nats_urls() -> None:
 
 def test_readme_lists_every_variable_as_generated() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert config.markdown_table() in readme, "regenerate the table: python -m eventing.config"
+    assert markdown_table() in readme, "regenerate the table: python -m eventing.settings"
 
 
 def test_a_misspelled_setting_is_named_with_the_closest_declared_one() -> None:
-    warnings = config.unknown_variables(
+    warnings = unknown_variables(
         {"DELIVERY_RETRIES": "3", "NATS_URLS": "nats://x:1", "EVENTING_TYPO": "1", "HOME": "/"}
     )
     assert warnings == [
@@ -100,7 +99,7 @@ def test_a_misspelled_setting_is_named_with_the_closest_declared_one() -> None:
 
 def test_settings_procfile_ports_and_kubernetes_service_links_are_no_typos() -> None:
     environ = {
-        **{variable.name: variable.default for variable in config.VARIABLES},
+        **{variable.name: variable.default for variable in VARIABLES},
         "NATS_PORT": "4222",
         "EVENTING_DATA_DIR": ".data",
         "EVENTING_NATS_SERVICE_HOST": "10.0.0.7",
@@ -108,8 +107,8 @@ def test_settings_procfile_ports_and_kubernetes_service_links_are_no_typos() -> 
         "EVENTING_NATS_PORT": "tcp://10.0.0.7:4222",
         "EVENTING_NATS_PORT_4222_TCP_ADDR": "10.0.0.7",
     }
-    assert config.unknown_variables(environ) == []
-    assert config.unknown_variables({"WORKER_METRICS_PROT": "9191"}) == [
+    assert unknown_variables(environ) == []
+    assert unknown_variables({"WORKER_METRICS_PROT": "9191"}) == [
         "WORKER_METRICS_PROT is not a setting and is ignored (did you mean WORKER_METRICS_PORT?)"
     ]
 
@@ -119,3 +118,24 @@ def test_a_bad_url_is_reported_without_its_password() -> None:
         Settings.from_environ({"NATS_URL": "http://app:s3cret@nats:4222", "BROKER_URL": "x://t@y"})
     assert "s3cret" not in str(raised.value) and "http://app:***@nats:4222" in str(raised.value)
     assert "x://***@y" in str(raised.value)
+
+
+def test_each_declaration_is_the_fields_default_and_reading() -> None:
+    assert Settings() == Settings.from_environ({})
+    assert len({variable.name for variable in VARIABLES}) == len(VARIABLES)
+
+
+def test_dead_letters_wait_for_their_own_timeout_not_the_proxys() -> None:
+    settings = Settings.from_environ({"REQUEST_TIMEOUT": "1s", "JS_DLQ_PUBLISH_TIMEOUT": "7s"})
+    assert settings.proxy.request_timeout == 1.0
+    assert settings.stream.dead_letter_publish_timeout == 7.0
+    assert Settings.from_environ({"REQUEST_TIMEOUT": "1s"}).stream.dead_letter_publish_timeout == 5
+
+
+def test_the_worker_metrics_address_is_a_setting() -> None:
+    settings = Settings.from_environ({"WORKER_METRICS_HOST": "0.0.0.0"})
+    assert settings.workers.metrics_host == "0.0.0.0"
+    assert unknown_variables({"WORKER_METRICS_HOST": "0.0.0.0"}) == []
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({"WORKER_METRICS_HOST": " "})
+    assert list(raised.value.problems) == ["WORKER_METRICS_HOST"]

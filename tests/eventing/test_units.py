@@ -1,0 +1,49 @@
+"""Durations and sizes: each notation parsed by one function, settings' and manifests' alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventing import units
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("PT0.5S", 0.5), ("PT2M", 120.0), ("PT1H30M", 5400.0), ("P1D", 86400.0), ("P1DT2S", 86402.0)],
+)
+def test_iso_durations(text: str, seconds: float) -> None:
+    assert units.iso_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "P", "PT", "1s", "PT-1S", "P1DT", "PT1.5M"])
+def test_bad_iso_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO-8601"):
+        units.iso_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), (" 1.5 ", 1.5)],
+)
+def test_setting_durations(text: str, seconds: float) -> None:
+    assert units.duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5 sec", "-1s", "PT5S", "1d"])
+def test_bad_setting_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration such as 500ms"):
+        units.duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("65536", 65536), ("64Ki", 65536), ("700Mi", 700 * 2**20), ("1G", 10**9), ("-1", -1)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert units.size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "1.5Gi", "64KiB", "-2", "lots"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a byte size"):
+        units.size(text)
