@@ -25,9 +25,9 @@ import pytest
 import requests
 
 from proxy import admission
+from testing import fuzzing
+from testing.servers import NatsServer, free_port, wait_until
 from tests.integration.conftest import STREAM, read_stream
-from tests.support import fuzzing
-from tests.support.servers import NatsServer, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from eventing import config, subscription
-from tests.support.kube import ControlPlane, Kube
+from testing.kube import ControlPlane, Kube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "deploy" / "base" / "crd-subscriptions.yaml"
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))

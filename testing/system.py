@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,14 @@ from urllib.parse import quote
 import requests
 import yaml
 
-from tests.support.servers import NatsCluster, NatsServer, RedisServer, free_port, wait_until
+from testing.servers import (
+    NatsCluster,
+    NatsServer,
+    RedisServer,
+    answers_ok,
+    free_port,
+    wait_until,
+)
 
 _METRICS_AT = re.compile(r"serving the delivery metrics on (http://\S+/metrics)")
 _CE_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
@@ -69,6 +77,15 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_ready(self, ready: Callable[[], bool], timeout: float = 30) -> None:
+        """Poll ``ready``; fail with this process's log if it exits first or never gets ready."""
+        try:
+            wait_until(lambda: not self.running or ready(), timeout, f"{self.name} to get ready")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}; its log:\n{self.log()}") from None
+        if not self.running:
+            raise AssertionError(f"{self.name} exited at start; its log:\n{self.log()}")
+
     def _signal(self, signum: int, timeout: float) -> None:
         if not self.running or self.popen is None:
             return
@@ -78,6 +95,32 @@ class Process:
         except subprocess.TimeoutExpired:
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(10)
+
+
+def start_proxy(nats_url: str, workdir: Path, **env: str) -> tuple[Process, str]:
+    """``eventing-proxy`` alone (no manager, no workers, no subscriptions) on a free loopback
+    port, ready; returns it and its URL. ``env`` adds to or overrides its settings."""
+    port = free_port()
+    subscriptions = workdir / "subscriptions"  # empty: none of the repository's manifests
+    subscriptions.mkdir()
+    environ = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "INGRESS_HOST": "127.0.0.1",
+        "INGRESS_PORT": str(port),
+        "SUBSCRIPTIONS_DIR": str(subscriptions),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    proxy = Process("proxy", [script("eventing-proxy")], environ, workdir)
+    proxy.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proxy.wait_ready(lambda: answers_ok(f"{url}/readyz"))
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy, url
 
 
 class System:
@@ -127,14 +170,8 @@ class System:
         self.manager.start()
         for _ in range(workers):
             self.add_worker()
-        wait_until(
-            lambda: self._answers(f"{self.proxy_url}/readyz"), 30, f"the proxy\n{self.proxy.log()}"
-        )
-        wait_until(
-            lambda: self._answers(f"{self.manager_url}/readyz"),
-            30,
-            f"the manager\n{self.manager.log()}",
-        )
+        self.proxy.wait_ready(lambda: answers_ok(f"{self.proxy_url}/readyz"))
+        self.manager.wait_ready(lambda: answers_ok(f"{self.manager_url}/readyz"))
         for worker in self.workers:
             wait_until(
                 lambda w=worker: "ready for action" in w.log(), 30, f"a worker\n{worker.log()}"
@@ -156,9 +193,13 @@ class System:
         )
         return str(_METRICS_AT.findall(worker.log())[-1])
 
-    def add_worker(self) -> Process:
+    def add_worker(self, **env: str) -> Process:
+        """Start one more ``eventing-worker``; ``env`` overrides the system's settings for it."""
         worker = Process(
-            f"worker{len(self.workers) + 1}", [script("eventing-worker")], self.env, self.workdir
+            f"worker{len(self.workers) + 1}",
+            [script("eventing-worker")],
+            {**self.env, **env},
+            self.workdir,
         )
         worker.start()
         self.workers.append(worker)
@@ -233,10 +274,3 @@ class System:
 
     def publish_legacy(self, application: str, body: dict[str, Any]) -> requests.Response:
         return requests.post(f"{self.proxy_url}/{application}/v1/events", json=body, timeout=10)
-
-    @staticmethod
-    def _answers(url: str) -> bool:
-        try:
-            return requests.get(url, timeout=1).status_code == 200
-        except requests.RequestException:
-            return False

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.servers import free_port, require_binary, wait_until
+from testing.servers import free_port, require_binary, wait_until
 
 _ROOT = Path(__file__).resolve().parents[2]
 _BINARIES = ("etcd", "kube-apiserver")
