@@ -106,7 +106,11 @@ class _Server:
 
     def start(self) -> None:
         with self._log.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            # A session of its own: Ctrl-C reaches only the driver (pytest, a bench), which
+            # then stops the servers in order, the services before their broker.
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_until(self._ready_or_dead, 15, f"{self.name} on port {self.port}")
         if self.process.poll() is not None:
             raise AssertionError(f"{self.name} exited at start:\n{self.log()}")

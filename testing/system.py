@@ -7,6 +7,7 @@ and restarted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,21 @@ def script(name: str) -> str:
     if found is None:
         raise AssertionError(f"{name} is not installed: pip install -e .")
     return found
+
+
+def stop_group(
+    process: subprocess.Popen[Any], signum: int = signal.SIGTERM, timeout: float = 10
+) -> None:
+    """Send ``signum`` to the process group ``process`` leads (started in a session of its own,
+    so granian's and dramatiq's children go too); SIGKILL the group if it outlives ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 class Process:
@@ -89,12 +105,7 @@ class Process:
     def _signal(self, signum: int, timeout: float) -> None:
         if not self.running or self.popen is None:
             return
-        os.killpg(self.popen.pid, signum)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
+        stop_group(self.popen, signum, timeout)
 
 
 def start_proxy(nats_url: str, workdir: Path, **env: str) -> tuple[Process, str]:
