@@ -256,7 +256,10 @@ class System:
         return dict(response.json())
 
     def _status_matches(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
-        item = self.status(namespace, name)
+        try:
+            item = self.status(namespace, name)
+        except requests.ConnectionError:  # a manager still starting (a loaded machine) serves soon
+            return False
         # The status echoes the spec as written, so it matches once this version is served.
         return item is not None and item["status"]["ready"] and item["spec"] == spec
 
