@@ -37,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from testing.servers import free_port, require_binary, wait_until
 from testing.system import stop_group
 
-_ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[1]
 _BINARIES = ("etcd", "kube-apiserver")
 _START_TIMEOUT = 90.0  # two cold Go servers on a busy 2-core machine
 _FIELD_MANAGER = "eventing-tests"
