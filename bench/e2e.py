@@ -37,14 +37,11 @@ import itertools
 import json
 import math
 import multiprocessing
-import os
 import queue as queue_module
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -54,30 +51,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import RssSampler
-from bench.publish import free_port, stop_group
 from bench.tables import render
+from testing.procstats import RssSampler
+from testing.servers import (
+    NatsServer,
+    RedisServer,
+    free_port,
+    nats_server_binary,
+    redis_server_binary,
+    wait_until,
+)
+from testing.sink import FastSink
+from testing.system import System
 
-SCRIPTS = Path(sysconfig.get_path("scripts"))
 PAYLOAD = b'{"pad": "' + b"x" * 1000 + b'"}'
 COMPONENTS = ("proxy", "manager", "workers", "nats", "redis")
 BATCH_SIZE = 50
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def percentiles(values: list[float]) -> tuple[float, float] | None:
@@ -143,43 +132,6 @@ def baseline(url: str, events: int, results: Any) -> None:
         return Raw(published, pulled)
 
     results.put(asyncio.run(run()))
-
-
-# ---------------------------------------------------------------- sink
-
-
-def sink(port: int, records_out: Any, stop: Any, counter: Any) -> None:
-    """(child process) A fast keep-alive HTTP sink: answers 204, records (arrival, sent-at)."""
-    records: list[tuple[float, float]] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length, sent = 0, 0.0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    lowered = name.strip().lower()
-                    if lowered == b"content-length":
-                        length = int(value)
-                    elif lowered == b"ce-benchsent":
-                        sent = float(value)
-                if length:
-                    await reader.readexactly(length)
-                records.append((time.time(), sent))
-                counter.value += 1
-                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
-        async with server:
-            while not stop.is_set():
-                await asyncio.sleep(0.1)
-
-    asyncio.run(main())
-    records_out.put(records)
 
 
 # ---------------------------------------------------------------- publishers
@@ -283,72 +235,71 @@ def publish_at_rate(proxy: str, tag: str, rate: int, seconds: float, results: An
 # ---------------------------------------------------------------- system
 
 
-class System:
-    """The services of the Procfile as subprocesses, on free loopback ports."""
+class BenchSystem:
+    """The harness's system with the README's defaults, as ``honcho start`` runs it, plus the
+    port of this bench's sink.
+
+    Unlike the tests' settings: 2 granian workers, reconnects a second apart, one
+    ``eventing-worker`` of 2 processes x 16 threads, no worker metrics, warnings only, and Redis
+    in memory only (the bench measures the system, not Redis's disk).
+    """
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.nats_port, self.redis_port = free_port(), free_port()
-        self.proxy_port, self.manager_port, self.sink_port = free_port(), free_port(), free_port()
-        self.subscriptions = workdir / "subscriptions"
-        self.subscriptions.mkdir()
-        self.env = {
-            **os.environ,
-            "NATS_URL": f"nats://127.0.0.1:{self.nats_port}",
-            "BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-            "SUBSCRIPTIONS_DIR": str(self.subscriptions),
-            "INGRESS_PORT": str(self.proxy_port),
-            "MANAGER_PORT": str(self.manager_port),
-            "WORKER_METRICS_PORT": "0",
-            "WORKER_PROCESSES": "2",
-            "WORKER_THREADS": "16",
-            "MAX_REQUEST_SIZE": "1Mi",
-            "LOG_LEVEL": "warning",
-        }
+        nats_binary, redis_binary = nats_server_binary(), redis_server_binary()
+        if nats_binary is None or redis_binary is None:
+            raise SystemExit("the end-to-end bench needs nats-server and redis-server")
+        (workdir / "nats").mkdir()
+        (workdir / "redis").mkdir()
+        self.nats = NatsServer(nats_binary, workdir / "nats")
+        self.redis = RedisServer(redis_binary, workdir / "redis", appendonly=False)
+        self.system = System(
+            self.nats,
+            self.redis,
+            workdir,
+            PROXY_WORKERS="2",
+            RECONNECT_WAIT="1s",
+            WORKER_METRICS_PORT="0",
+            WORKER_PROCESSES="2",
+            WORKER_THREADS="16",
+            MAX_REQUEST_SIZE="1Mi",
+            LOG_LEVEL="warning",
+        )
+        self.sink_port = free_port()
 
     @property
     def proxy(self) -> str:
-        return f"127.0.0.1:{self.proxy_port}"
+        return f"127.0.0.1:{self.system.proxy_port}"
 
     def roots(self) -> dict[str, int]:
-        return {name: self.processes[name].pid for name in COMPONENTS}
-
-    def spawn(self, name: str, command: list[str], **environ: str) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            command,
-            env={**self.env, **environ},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        """The pid at the top of each component's process tree, by :data:`COMPONENTS` name."""
+        processes = {
+            "proxy": self.system.proxy.popen,
+            "manager": self.system.manager.popen,
+            "workers": self.system.workers[-1].popen,
+            "nats": self.nats.process,
+            "redis": self.redis.process,
+        }
+        pids = {name: process.pid for name, process in processes.items() if process is not None}
+        assert list(pids) == list(COMPONENTS), "every component runs"
+        return pids
 
     def start(self) -> None:
-        redis = shutil.which("redis-server") or "/usr/bin/redis-server"
-        nats = [str(SCRIPTS / "nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.nats_port)]
-        self.spawn("nats", [*nats, "-sd", str(self.workdir / "nats")])
-        redis_options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.spawn(
-            "redis",
-            [redis, "--port", str(self.redis_port), *redis_options, "--dir", str(self.workdir)],
-        )
-        self.spawn("proxy", [str(SCRIPTS / "eventing-proxy")])
-        self.spawn("manager", [str(SCRIPTS / "eventing-manager")])
+        self.nats.start()
+        self.redis.start()
+        self.system.start(workers=0)
         self.start_workers(2)
-        wait_for(lambda: http_ok(f"http://{self.proxy}/readyz"), 30, "the proxy")
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{self.manager_port}/readyz"), 30, "the manager")
 
     def start_workers(self, processes: int) -> None:
         """(Re)start ``eventing-worker`` with ``processes`` worker processes."""
-        if "workers" in self.processes:
-            stop_group(self.processes["workers"])
-        self.spawn("workers", [str(SCRIPTS / "eventing-worker")], WORKER_PROCESSES=str(processes))
+        for worker in self.system.workers:
+            worker.stop()
+        self.system.add_worker(WORKER_PROCESSES=str(processes))
         time.sleep(2 + processes / 2)  # dramatiq's worker processes boot and connect
 
     def subscribe(self, count: int) -> None:
         """Replace the subscriptions with ``count`` of order.created.v1 to the sink."""
-        for path in self.subscriptions.iterdir():
+        folder = self.system.subscriptions
+        for path in folder.iterdir():
             path.unlink()
         sink_url = f"http://127.0.0.1:{self.sink_port}/"
         documents = [
@@ -358,20 +309,21 @@ class System:
             " config: {maxInFlightMessages: '200'}}\n"
             for i in range(count)
         ]
-        (self.subscriptions / "bench.yaml").write_text("---\n".join(documents))
+        (folder / "bench.yaml").write_text("---\n".join(documents))
 
         def ready() -> bool:
-            url = f"http://127.0.0.1:{self.manager_port}/subscriptions"
+            url = f"{self.system.manager_url}/subscriptions"
             with urllib.request.urlopen(url, timeout=5) as response:
                 items = json.load(response)["items"]
             return len(items) == count and all(i["status"]["ready"] for i in items)
 
-        wait_for(ready, 120, f"{count} subscriptions")
+        wait_until(ready, 120, f"{count} subscriptions", interval=0.05)
         time.sleep(1.5)  # pull tasks bind to their new consumers
 
     def stop(self) -> None:
-        for process in reversed(self.processes.values()):
-            stop_group(process)
+        self.system.stop()
+        self.redis.stop()
+        self.nats.stop()
 
 
 # ---------------------------------------------------------------- scenarios
@@ -396,7 +348,7 @@ class Measured:
 
 
 def run_scenario(
-    system: System,
+    system: BenchSystem,
     name: str,
     publisher: Callable[..., None],
     arguments: tuple[Any, ...],
@@ -407,47 +359,41 @@ def run_scenario(
     deliveries (or 15 s without one) while sampling every component's CPU and memory."""
     print(f"running: {name}", flush=True)
     ctx = multiprocessing.get_context("spawn")
-    records_out, stop, counter = ctx.Queue(), ctx.Event(), ctx.Value("i", 0, lock=False)
-    sink_process = ctx.Process(target=sink, args=(system.sink_port, records_out, stop, counter))
-    sink_process.start()
-    time.sleep(0.5)
-    results = ctx.Queue()
-    publishing = ctx.Process(target=publisher, args=(*arguments, results))
-    with RssSampler(system.roots()) as sampler:
-        sampled_from = time.perf_counter()
-        publishing.start()
-        while True:
-            try:
-                published: Published = results.get(timeout=1)
-                break
-            except queue_module.Empty:
-                if not publishing.is_alive():
-                    stop.set()
-                    raise SystemExit("the publisher died (its traceback is above)") from None
-        publishing.join()
-        seen, quiet_since = -1, time.monotonic()
-        while counter.value < expected and time.monotonic() - quiet_since < 15:
-            if counter.value != seen:
-                seen, quiet_since = counter.value, time.monotonic()
-            time.sleep(0.1)
-        sampler.sample()
-        sampled = time.perf_counter() - sampled_from
-    stop.set()
-    records: list[tuple[float, float]] = records_out.get(timeout=60)
-    sink_process.join()
+    with FastSink(system.sink_port) as sink:
+        results = ctx.Queue()
+        publishing = ctx.Process(target=publisher, args=(*arguments, results))
+        with RssSampler(system.roots()) as sampler:
+            sampled_from = time.perf_counter()
+            publishing.start()
+            while True:
+                try:
+                    published: Published = results.get(timeout=1)
+                    break
+                except queue_module.Empty:
+                    if not publishing.is_alive():
+                        raise SystemExit("the publisher died (its traceback is above)") from None
+            publishing.join()
+            seen, quiet_since = -1, time.monotonic()
+            while sink.deliveries < expected and time.monotonic() - quiet_since < 15:
+                if sink.deliveries != seen:
+                    seen, quiet_since = sink.deliveries, time.monotonic()
+                time.sleep(0.1)
+            sampler.sample()
+            sampled = time.perf_counter() - sampled_from
+        arrivals = sink.stop()
     if paced_seconds is None:
-        last = max((arrival for arrival, _ in records), default=published.started)
+        last = max((arrival.at for arrival in arrivals), default=published.started)
         seconds = last - published.started
     else:
         seconds = paced_seconds
-    transit = percentiles([arrival - sent for arrival, sent in records if sent])
+    transit = percentiles([a.at - a.sent for a in arrivals if a.sent])
     return Measured(
         scenario=name,
-        deliveries=len(records),
+        deliveries=len(arrivals),
         seconds=seconds,
         publish=percentiles(published.latencies),
         transit=transit if paced_seconds is not None else None,
-        lost=published.failures + max(0, expected - len(records)),
+        lost=published.failures + max(0, expected - len(arrivals)),
         cpu={n: p.cpu_used() / sampled * 100 for n, p in sampler.peaks.items()},
         rss={n: p.total for n, p in sampler.peaks.items()},
     )
@@ -458,7 +404,7 @@ def run_scenario(
 _SCENARIOS = itertools.count()
 
 
-def saturated(system: System, subscriptions: int, deliveries: int, label: str) -> Measured:
+def saturated(system: BenchSystem, subscriptions: int, deliveries: int, label: str) -> Measured:
     events = max(BATCH_SIZE, deliveries // subscriptions)
     tag = f"saturated-{next(_SCENARIOS)}"
     return run_scenario(
@@ -470,7 +416,7 @@ def saturated(system: System, subscriptions: int, deliveries: int, label: str) -
     )
 
 
-def paced(system: System, subscriptions: int, deliveries: int, seconds: float) -> Measured:
+def paced(system: BenchSystem, subscriptions: int, deliveries: int, seconds: float) -> Measured:
     """``deliveries`` per second in all: ``deliveries ÷ subscriptions`` events per second."""
     rate = max(1, deliveries // subscriptions)
     plural = "s" if subscriptions > 1 else ""
@@ -525,13 +471,13 @@ SUITES = ("e2e", "fanout", "scaling")
 def run(suites: list[str], events: int, rate: int, seconds: float) -> int:
     """Run the end-to-end ``suites`` (see :data:`SUITES`) and print their tables."""
     workdir = Path(tempfile.mkdtemp(prefix="eventing-bench-e2e-"))
-    system = System(workdir)
+    system = BenchSystem(workdir)
     tables: list[tuple[str, list[Measured]]] = []
     try:
         system.start()
         ctx = multiprocessing.get_context("spawn")
         raw_out = ctx.Queue()
-        process = ctx.Process(target=baseline, args=(system.env["NATS_URL"], events, raw_out))
+        process = ctx.Process(target=baseline, args=(system.nats.url, events, raw_out))
         process.start()
         raw: Raw = raw_out.get(timeout=600)
         process.join()

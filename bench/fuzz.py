@@ -13,7 +13,7 @@ Method:
 
 - A nats-server of our own (JetStream, a temporary folder) and ``eventing-proxy`` with 2 granian
   workers and limits retention on stream ``sap``, so every accepted event stays countable.
-- A load process of its own sends ``--count`` cases of :mod:`tests.support.hostile` (seeded:
+- A load process of its own sends ``--count`` cases of :mod:`testing.hostile` (seeded:
   the seed is printed, and any case can be rebuilt from it and its index) from ``--threads``
   threads over raw sockets: valid events in every mode next to malformed and deeply nested JSON,
   huge numbers, invalid UTF-8, odd header combinations, repeated attribute headers, raw
@@ -22,7 +22,7 @@ Method:
 - Meanwhile the resident memory of the proxy's processes and of nats-server is sampled every
   0.5 s, and every granian worker pid is noted (a crashed worker is respawned silently).
 - Afterwards every event in the stream is traced to its request by the marker in its id, and
-  :func:`tests.support.fuzzing.judge` compares: stored events must be exactly those of the
+  :func:`testing.fuzzing.judge` compares: stored events must be exactly those of the
   requests answered 2xx.
 
 Exit status 1 on any 5xx, hang, answer contrary to a case, extra or missing stored event, worker
@@ -33,55 +33,34 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import random
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from bench.procstat import RssSampler
 from bench.tables import mib, render
-from tests.support import fuzzing, hostile
-from tests.support.servers import NatsServer, free_port, nats_server_binary, wait_until
-from tests.support.system import Process, script
+from testing import fuzzing, hostile, system
+from testing.procstats import RssSampler
+from testing.servers import NatsServer, answers_ok, nats_server_binary
+from testing.system import Process
 
 STREAM = "sap"
 PROXY_WORKERS = 2
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def start_proxy(nats_url: str, workdir: Path, max_request_size: int) -> tuple[Process, str]:
     """``eventing-proxy`` as deployed, with limits retention so the stream keeps every event."""
-    port = free_port()
-    subscriptions = workdir / "subscriptions"
-    subscriptions.mkdir()
-    env = {
-        **os.environ,
-        "NATS_URL": nats_url,
-        "INGRESS_PORT": str(port),
-        "PROXY_WORKERS": str(PROXY_WORKERS),
-        "JS_STREAM_NAME": STREAM,
-        "JS_STREAM_RETENTION_POLICY": "limits",
-        "MAX_REQUEST_SIZE": str(max_request_size),
-        "SUBSCRIPTIONS_DIR": str(subscriptions),
-        "PYTHONUNBUFFERED": "1",
-    }
-    proxy = Process("proxy", [script("eventing-proxy")], env, workdir)
-    proxy.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(f"{url}/readyz"), 30, f"the proxy\n{proxy.log()}")
-    return proxy, url
+    return system.start_proxy(
+        nats_url,
+        workdir,
+        PROXY_WORKERS=str(PROXY_WORKERS),
+        JS_STREAM_NAME=STREAM,
+        JS_STREAM_RETENTION_POLICY="limits",
+        MAX_REQUEST_SIZE=str(max_request_size),
+    )
 
 
 def log_findings(log: str) -> dict[str, int]:
@@ -99,7 +78,7 @@ def rows(
     assert proxy.popen is not None
     proxy_peaks, nats_peaks = sampler.peaks["proxy"], sampler.peaks["nats-server"]
     granian_workers = len(proxy_peaks.pids - {proxy.popen.pid})
-    alive = proxy.running and _answers(f"{url}/readyz")
+    alive = proxy.running and answers_ok(f"{url}/readyz")
     statuses = ", ".join(
         f"{status or 'none'}: {n:,}"
         for status, n in sorted(verdict.by_status.items(), key=lambda item: item[0] or 0)

@@ -19,8 +19,8 @@ from pathlib import Path
 import redis
 
 from bench import e2e
-from bench.procstat import RssSampler
 from bench.tables import render
+from testing.procstats import RssSampler
 
 SETTLE_SECONDS = 5.0  # boot work (connecting, binding consumers) is not idle cost
 PACED_RATE = 5
@@ -42,12 +42,12 @@ def _redis_commands(client: redis.Redis) -> dict[str, int]:
 def run(seconds: float, subscriptions: int = 1) -> int:
     """Measure the idle system for ``seconds``, then one paced row; print both tables."""
     workdir = Path(tempfile.mkdtemp(prefix="eventing-bench-idle-"))
-    system = e2e.System(workdir)
+    system = e2e.BenchSystem(workdir)
     try:
         system.start()
         system.subscribe(subscriptions)
         time.sleep(SETTLE_SECONDS)
-        client = redis.Redis(port=system.redis_port)
+        client = redis.Redis(port=system.redis.port)
         with RssSampler(system.roots(), interval=1.0) as sampler:
             started, before = time.perf_counter(), _redis_commands(client)
             time.sleep(seconds)

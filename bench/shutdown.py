@@ -3,7 +3,7 @@
 Alone: ``.venv/bin/python -m bench.shutdown [--runs 5] [--rate 40]`` (about 20 s per run).
 
 Method: the real ``honcho start`` of the repository's Procfile, with its own env file and free
-loopback ports (tests/support/honcho.py), one subscription to a loopback sink that takes 0.3 s
+loopback ports (testing/honcho.py), one subscription to a loopback sink that takes 0.3 s
 per event, and a steady stream of ``--rate`` events/s published to the proxy, so about a dozen
 deliveries are in flight when SIGINT reaches honcho (as a terminal's Ctrl-C does; honcho then
 sends SIGTERM to every process at once). Each process's stop time is the arrival of honcho's
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.tables import render
-from tests.support.honcho import HonchoRun
+from testing.honcho import HonchoRun
 
 _NAMES = ("nats", "redis", "proxy", "manager", "worker", "display")
 _SETTLE_WITHIN = 40.0  # seconds after the restart; redelivery after the ack wait takes 9

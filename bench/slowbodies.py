@@ -12,7 +12,7 @@ as the proxy has threads, each trickling a byte every few seconds, locked every 
 Method:
 
 - A nats-server and a redis-server of our own, and the system as deployed (``System`` of
-  ``tests/support/system.py``: the proxy with 2 granian workers, manager, one worker).
+  ``testing/system.py``: the proxy with 2 granian workers, manager, one worker).
 - ``--sockets`` tricklers, each on a connection of its own: the headers of a binary-mode publish
   announcing a 1,000-byte body, then one byte every ``--trickle-every`` seconds until the proxy
   answers or closes; then at once a new connection, so that ``--sockets`` trickle all the time.
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.tables import render
-from tests.support import fuzzing
-from tests.support.servers import NatsServer, RedisServer, nats_server_binary, redis_server_binary
-from tests.support.system import System
+from testing import fuzzing
+from testing.servers import NatsServer, RedisServer, nats_server_binary, redis_server_binary
+from testing.system import System
 
 PROBE_TIMEOUT = 5.0  #: seconds a probe publish may take to count as a success
 MIN_SUCCESS = 0.95

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eventing import settings
-from tests.support.servers import (
+from testing.servers import (
     NatsCluster,
     NatsServer,
     RabbitServer,
@@ -18,7 +18,7 @@ from tests.support.servers import (
     redis_server_binary,
     require_binary,
 )
-from tests.support.sink import RecordingSink, SinkServer
+from testing.sink import RecordingSink, SinkServer
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,10 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.faults.harness import LINES
-from tests.support.servers import NatsCluster, NatsServer, RedisServer
-from tests.support.sink import SinkServer
-from tests.support.system import System
+from testing.counting import LINES
+from testing.servers import NatsCluster, NatsServer, RedisServer
+from testing.sink import SinkServer
+from testing.system import System
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from testing.counting import Load, dead_lettered, report
+from testing.servers import NatsServer, wait_until
+from testing.sink import RecordingSink, SinkServer
+from testing.system import System
 from tests.faults.conftest import StartSystem
-from tests.faults.harness import Load, dead_lettered, report
-from tests.support.servers import NatsServer, wait_until
-from tests.support.sink import RecordingSink, SinkServer
-from tests.support.system import System
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

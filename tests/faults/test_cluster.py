@@ -16,10 +16,10 @@ from collections.abc import Callable
 import nats
 import pytest
 
+from testing.counting import Load, settle
+from testing.servers import ClusterNode, NatsCluster, wait_until
+from testing.sink import SinkServer
 from tests.faults.conftest import StartSystem
-from tests.faults.harness import Load, settle
-from tests.support.servers import ClusterNode, NatsCluster, wait_until
-from tests.support.sink import SinkServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.harness import Load, settle
-from tests.support.servers import NatsServer, RedisServer, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import System
+from testing.counting import Load, settle
+from testing.servers import NatsServer, RedisServer, wait_until
+from testing.sink import SinkServer
+from testing.system import System
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -16,10 +16,10 @@ import pytest
 from werkzeug.wrappers import Request
 
 from eventing import retries
+from testing.counting import Load, settle
+from testing.servers import NatsServer
+from testing.sink import RecordingSink, SinkServer
 from tests.faults.conftest import SUBSCRIPTION, StartSystem
-from tests.faults.harness import Load, settle
-from tests.support.servers import NatsServer
-from tests.support.sink import RecordingSink, SinkServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -15,8 +15,8 @@ from nats.js.errors import NotFoundError
 from eventing.settings import Settings
 from proxy import create_app
 from proxy.publisher import JetStreamPublisher
-from tests.support.servers import NatsServer, RedisServer
-from tests.support.system import System
+from testing.servers import NatsServer, RedisServer
+from testing.system import System
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from urllib.parse import unquote
 import pytest
 from werkzeug.wrappers import Request
 
+from testing.servers import NatsServer, RabbitServer, RedisServer, free_port, wait_until
+from testing.sink import RecordingSink, SinkServer
+from testing.system import Process, System, script
 from tests.integration.conftest import read_stream
-from tests.support.servers import NatsServer, RabbitServer, RedisServer, free_port, wait_until
-from tests.support.sink import RecordingSink, SinkServer
-from tests.support.system import Process, System, script
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import requests
 from cloudevents.core.bindings.http import HTTPMessage, from_binary
 from cloudevents.core.formats.json import JSONFormat
 
-from tests.support.servers import wait_until
-from tests.support.sink import Delivery, SinkServer
-from tests.support.system import System
+from testing.servers import wait_until
+from testing.sink import Delivery, SinkServer
+from testing.system import System
 
 pytestmark = pytest.mark.integration
 

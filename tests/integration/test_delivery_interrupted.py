@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from testing.servers import NatsServer, RedisServer, wait_until
+from testing.sink import SinkServer
+from testing.system import Process, System
 from tests.integration.conftest import read_stream
-from tests.support.servers import NatsServer, RedisServer, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import Process, System
 
 pytestmark = pytest.mark.integration
 

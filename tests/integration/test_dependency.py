@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import free_port, redis_server_binary, require_binary, wait_until
-from tests.support.system import script
+from testing.servers import free_port, redis_server_binary, require_binary, wait_until
+from testing.system import script
 
 pytestmark = pytest.mark.integration
 

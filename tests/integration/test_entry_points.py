@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from tests.support.servers import free_port, wait_until
-from tests.support.system import script
+from testing.servers import free_port, wait_until
+from testing.system import script
 
 
 @pytest.mark.parametrize("command", ["eventing-proxy", "eventing-manager", "eventing-worker"])

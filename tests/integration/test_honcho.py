@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.honcho import REPOSITORY, HonchoRun
-from tests.support.servers import (
+from testing.honcho import REPOSITORY, HonchoRun
+from testing.servers import (
     nats_server_binary,
     redis_server_binary,
     require_binary,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from testing.servers import NatsServer, RedisServer, wait_until
+from testing.sink import SinkServer
+from testing.system import System
 from tests.integration.conftest import read_stream
-from tests.support.servers import NatsServer, RedisServer, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import System
 from tests.workers.conftest import POLICY, Clock, MemoryLog, make_job
 from workers import deadline, delivery
 from workers.delivery import DeadLetter, Delivered

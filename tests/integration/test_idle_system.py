@@ -7,8 +7,8 @@ import time
 import pytest
 import redis
 
-from tests.support.servers import RedisServer
-from tests.support.system import System
+from testing.servers import RedisServer
+from testing.system import System
 
 pytestmark = pytest.mark.integration
 

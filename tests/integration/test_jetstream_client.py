@@ -8,7 +8,7 @@ import pytest
 
 from eventing.jetstream import JetStreamClient, OutboundMessage
 from eventing.settings import Settings
-from tests.support.servers import NatsServer
+from testing.servers import NatsServer
 
 pytestmark = pytest.mark.integration
 

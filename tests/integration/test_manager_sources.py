@@ -20,9 +20,9 @@ import yaml
 
 from eventing.manifests import MAX_DEPTH
 from eventing.subscription import MAX_TYPES
-from tests.support.servers import NatsServer, RedisServer, nats_server_binary, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import System
+from testing.servers import NatsServer, RedisServer, nats_server_binary, wait_until
+from testing.sink import SinkServer
+from testing.system import System
 
 pytestmark = pytest.mark.integration
 

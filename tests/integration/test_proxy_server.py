@@ -25,9 +25,10 @@ import pytest
 import requests
 
 from proxy import admission
+from testing import fuzzing
+from testing.servers import NatsServer, free_port, wait_until
+from testing.system import stop_group
 from tests.integration.conftest import STREAM, read_stream
-from tests.support import fuzzing
-from tests.support.servers import NatsServer, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,13 +82,7 @@ def proxy(
     wait_until(healthy, 20, "the proxy to answer /healthz")
     yield url, process, log
     # SIGTERM first: the launcher then removes its metrics folder, which SIGKILL left in /tmp
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    stop_group(process)
 
 
 def _publish_many(url: str, count: int, threads: int, *, types: int = 1) -> list[int]:

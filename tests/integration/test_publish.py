@@ -13,8 +13,8 @@ from pathlib import Path
 from flask import Flask
 
 from eventing.settings import Settings
+from testing.servers import NatsServer, nats_server_binary, require_binary, wait_until
 from tests.integration.conftest import read_stream, settings_for
-from tests.support.servers import NatsServer, nats_server_binary, require_binary, wait_until
 
 BINARY = {
     "ce-specversion": "1.0",

@@ -7,7 +7,7 @@ import asyncio
 import nats
 import pytest
 
-from tests.support.servers import NatsServer, RedisServer
+from testing.servers import NatsServer, RedisServer
 
 pytestmark = pytest.mark.integration
 

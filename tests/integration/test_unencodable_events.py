@@ -18,10 +18,10 @@ import nats
 import pytest
 
 from eventing.eventtypes import standard_subject
+from testing.servers import NatsServer, RedisServer, wait_until
+from testing.sink import SinkServer
+from testing.system import System
 from tests.integration.conftest import read_stream
-from tests.support.servers import NatsServer, RedisServer, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import System
 
 pytestmark = pytest.mark.integration
 

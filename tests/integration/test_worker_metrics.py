@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import NatsServer, RedisServer, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import System
+from testing.servers import NatsServer, RedisServer, wait_until
+from testing.sink import SinkServer
+from testing.system import System
 
 pytestmark = pytest.mark.integration
 

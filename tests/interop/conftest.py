@@ -8,6 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from testing.servers import (
+    NatsServer,
+    RedisServer,
+    nats_server_binary,
+    redis_server_binary,
+    require_binary,
+)
+from testing.sink import RecordingSink, SinkServer
+from testing.system import System
 from tests.interop.events import CASES
 from tests.interop.matrix import (
     MATRIX,
@@ -18,15 +27,6 @@ from tests.interop.matrix import (
     publish_everything,
 )
 from tests.interop.programs import MODES, ReceiverProcess, build_go, node_sdk, python_sdk
-from tests.support.servers import (
-    NatsServer,
-    RedisServer,
-    nats_server_binary,
-    redis_server_binary,
-    require_binary,
-)
-from tests.support.sink import RecordingSink, SinkServer
-from tests.support.system import System
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from testing.sink import SinkServer
+from testing.system import System
 from tests.interop.events import (
     CASES,
     Receiver,
@@ -21,8 +23,6 @@ from tests.interop.events import (
 )
 from tests.interop.programs import MODES, ReceiverProcess, Sdk, publish
 from tests.interop.relay import RecordingRelay
-from tests.support.sink import SinkServer
-from tests.support.system import System
 
 #: Receivers in matrix order, with what their SDKs do to values (README "Interoperability").
 RECEIVERS = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import free_port, require_binary, wait_until
+from testing.servers import free_port, require_binary, wait_until
 
 HERE = Path(__file__).parent
 REPOSITORY = HERE.parent.parent

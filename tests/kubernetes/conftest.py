@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kube import ControlPlane, Kube, Timings, kubebins
+from testing.kube import ControlPlane, Kube, Timings, kubebins
 
 _TIMINGS = pytest.StashKey[Timings]()
 _HERE = Path(__file__).parent

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from tests.support.kube import ApiError, Kube
+from testing.kube import ApiError, Kube
 
 
 def test_a_config_map_round_trips(kube: Kube) -> None:

@@ -15,7 +15,7 @@ import yaml
 
 from eventing import subscription
 from eventing.settings import Settings
-from tests.support.kube import ControlPlane, Kube
+from testing.kube import ControlPlane, Kube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "deploy" / "base" / "crd-subscriptions.yaml"
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))

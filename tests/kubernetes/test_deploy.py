@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from eventing.settings import VARIABLES, Settings
+from testing.kube import ControlPlane, Kube
+from testing.servers import nats_server_binary, require_binary
 from tests.kubernetes.kustomize import Object, identity, render
-from tests.support.kube import ControlPlane, Kube
-from tests.support.servers import nats_server_binary, require_binary
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 VARIANTS = {"base": DEPLOY / "base", "external-nats": DEPLOY / "overlays" / "external-nats"}

@@ -16,6 +16,10 @@ import requests
 from eventing.kubernetes import api_client
 from eventing.settings import SourceSettings
 from manager.leader import LEASE_NAME, Lease, Timing
+from testing.kube import Kube
+from testing.servers import NatsServer, RedisServer, free_port, wait_until
+from testing.sink import SinkServer
+from testing.system import Process, System, script
 from tests.kubernetes.test_manager import (
     CRD,
     consumer_names_when,
@@ -23,10 +27,6 @@ from tests.kubernetes.test_manager import (
     subscription,
     wait_ready,
 )
-from tests.support.kube import Kube
-from tests.support.servers import NatsServer, RedisServer, free_port, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import Process, System, script
 
 SHORT = Timing(lease_duration=2, renew_deadline=1.5, retry_period=0.2)
 

@@ -18,10 +18,10 @@ import nats
 import pytest
 import requests
 
-from tests.support.kube import ControlPlane, Kube
-from tests.support.servers import NatsServer, RedisServer, wait_until
-from tests.support.sink import SinkServer
-from tests.support.system import System
+from testing.kube import ControlPlane, Kube
+from testing.servers import NatsServer, RedisServer, wait_until
+from testing.sink import SinkServer
+from testing.system import System
 
 pytestmark = pytest.mark.integration
 

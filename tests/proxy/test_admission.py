@@ -16,8 +16,8 @@ from eventing.jetstream import OutboundMessage
 from eventing.settings import Settings
 from proxy import create_app
 from proxy.admission import Admission, thread_count, waiting_room
+from testing.servers import wait_until
 from tests.proxy.conftest import RecordingPublisher
-from tests.support.servers import wait_until
 
 BINARY = {"ce-specversion": "1.0", "ce-source": "myapp", "ce-type": "order.created.v1"}
 LEGACY = (

@@ -14,7 +14,7 @@ from eventing import jobs
 from eventing.errors import BackendUnavailable
 from eventing.jobs import DeliveryJob
 from eventing.settings import DeliverySettings
-from tests.support.sink import SinkServer
+from testing.sink import SinkServer
 from tests.workers.conftest import POLICY, make_job
 from workers import actors
 from workers.delivery import NOTHING_MADE, Progress

@@ -12,7 +12,7 @@ import pytest
 from nats.js.api import StorageType
 
 from eventing.settings import Settings
-from tests.support.servers import NatsServer
+from testing.servers import NatsServer
 from tests.workers.conftest import make_job
 from workers.connection import NatsAcknowledger
 from workers.delivery import NOTHING_MADE, Progress

@@ -17,7 +17,7 @@ import redis
 
 from eventing import jobs
 from eventing.wakeup import WakingRedisBroker
-from tests.support.servers import RedisServer, wait_until
+from testing.servers import RedisServer, wait_until
 from tests.workers.conftest import make_job
 from workers import idle
 from workers.idle import QuietThreads, ReleasableQueue

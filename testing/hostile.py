@@ -3,7 +3,7 @@
 Why a generator of exact bytes: most of what a hostile client sends (invalid UTF-8 in headers,
 conflicting framing, bodies cut short, garbage request lines) cannot be produced with
 ``requests`` or ``http.client``, so every case is the raw request as it goes on the wire, and
-:mod:`tests.support.fuzzing` sends it over a plain socket.
+:mod:`testing.fuzzing` sends it over a plain socket.
 
 Every case knows what a correct proxy does with it (:attr:`Case.expect`) and how many events a
 2xx answer means were stored (:attr:`Case.events`); each event's id carries a marker naming the

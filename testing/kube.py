@@ -20,7 +20,6 @@ import datetime
 import ipaddress
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,9 +34,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.servers import free_port, require_binary, wait_until
+from testing.servers import free_port, require_binary, wait_until
+from testing.system import stop_group
 
-_ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[1]
 _BINARIES = ("etcd", "kube-apiserver")
 _START_TIMEOUT = 90.0  # two cold Go servers on a busy 2-core machine
 _FIELD_MANAGER = "eventing-tests"
@@ -438,14 +438,8 @@ def _message(answer: requests.Response) -> str:
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    if process.poll() is None:
+        stop_group(process, timeout=15)
 
 
 def _write_pki(folder: Path) -> None:

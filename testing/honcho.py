@@ -27,11 +27,11 @@ import requests
 import yaml
 from werkzeug.wrappers import Request
 
-from tests.support.servers import free_port, wait_until
-from tests.support.sink import RecordingSink, SinkServer
-from tests.support.system import script
+from testing.servers import free_port, wait_until
+from testing.sink import RecordingSink, SinkServer
+from testing.system import script
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+REPOSITORY = Path(__file__).resolve().parents[1]
 EVENT_TYPE = "order.created.v1"
 SOURCE = "honcho-run"
 _STOPPED = re.compile(r"system\s*\| (\S+)\.\d+ stopped \(rc=(-?\d+)\)")

@@ -24,7 +24,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from eventing import jetstream
-from tests.support.sink import RecordingSink
+from testing.sink import RecordingSink
 
 DEAD_LETTER_STREAM = "sap-dlq"  #: JS_DLQ_STREAM_NAME's default
 

@@ -1,6 +1,6 @@
-"""Resident memory of process trees, sampled from /proc while a benchmark runs.
+"""CPU time and resident memory of process trees, read from /proc while a benchmark runs.
 
-Shared by ``bench/fuzz.py`` and ``bench/overload.py``. A tree, not a process: the proxy is a
+Shared by every bench suite. A tree, not a process: the proxy is a
 granian main process with worker processes, the workers a dramatiq parent with children, so
 each service's memory is the sum over its tree at one moment. Worker processes that die are
 respawned (granian, dramatiq) and would hide a crash from a glance at the end, so every pid seen
@@ -48,6 +48,12 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / _TICKS
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICKS
 
 
 def rss(pid: int) -> int:

@@ -7,6 +7,7 @@ and restarted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +23,14 @@ from urllib.parse import quote
 import requests
 import yaml
 
-from tests.support.servers import NatsCluster, NatsServer, RedisServer, free_port, wait_until
+from testing.servers import (
+    NatsCluster,
+    NatsServer,
+    RedisServer,
+    answers_ok,
+    free_port,
+    wait_until,
+)
 
 _METRICS_AT = re.compile(r"serving the delivery metrics on (http://\S+/metrics)")
 _CE_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
@@ -33,6 +42,21 @@ def script(name: str) -> str:
     if found is None:
         raise AssertionError(f"{name} is not installed: pip install -e .")
     return found
+
+
+def stop_group(
+    process: subprocess.Popen[Any], signum: int = signal.SIGTERM, timeout: float = 10
+) -> None:
+    """Send ``signum`` to the process group ``process`` leads (started in a session of its own,
+    so granian's and dramatiq's children go too); SIGKILL the group if it outlives ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 class Process:
@@ -69,15 +93,45 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_ready(self, ready: Callable[[], bool], timeout: float = 30) -> None:
+        """Poll ``ready``; fail with this process's log if it exits first or never gets ready."""
+        try:
+            wait_until(lambda: not self.running or ready(), timeout, f"{self.name} to get ready")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}; its log:\n{self.log()}") from None
+        if not self.running:
+            raise AssertionError(f"{self.name} exited at start; its log:\n{self.log()}")
+
     def _signal(self, signum: int, timeout: float) -> None:
         if not self.running or self.popen is None:
             return
-        os.killpg(self.popen.pid, signum)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
+        stop_group(self.popen, signum, timeout)
+
+
+def start_proxy(nats_url: str, workdir: Path, **env: str) -> tuple[Process, str]:
+    """``eventing-proxy`` alone (no manager, no workers, no subscriptions) on a free loopback
+    port, ready; returns it and its URL. ``env`` adds to or overrides its settings."""
+    port = free_port()
+    subscriptions = workdir / "subscriptions"  # empty: none of the repository's manifests
+    subscriptions.mkdir()
+    environ = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "INGRESS_HOST": "127.0.0.1",
+        "INGRESS_PORT": str(port),
+        "SUBSCRIPTIONS_DIR": str(subscriptions),
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    proxy = Process("proxy", [script("eventing-proxy")], environ, workdir)
+    proxy.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proxy.wait_ready(lambda: answers_ok(f"{url}/readyz"))
+    except BaseException:
+        proxy.stop()
+        raise
+    return proxy, url
 
 
 class System:
@@ -127,14 +181,8 @@ class System:
         self.manager.start()
         for _ in range(workers):
             self.add_worker()
-        wait_until(
-            lambda: self._answers(f"{self.proxy_url}/readyz"), 30, f"the proxy\n{self.proxy.log()}"
-        )
-        wait_until(
-            lambda: self._answers(f"{self.manager_url}/readyz"),
-            30,
-            f"the manager\n{self.manager.log()}",
-        )
+        self.proxy.wait_ready(lambda: answers_ok(f"{self.proxy_url}/readyz"))
+        self.manager.wait_ready(lambda: answers_ok(f"{self.manager_url}/readyz"))
         for worker in self.workers:
             wait_until(
                 lambda w=worker: "ready for action" in w.log(), 30, f"a worker\n{worker.log()}"
@@ -156,9 +204,13 @@ class System:
         )
         return str(_METRICS_AT.findall(worker.log())[-1])
 
-    def add_worker(self) -> Process:
+    def add_worker(self, **env: str) -> Process:
+        """Start one more ``eventing-worker``; ``env`` overrides the system's settings for it."""
         worker = Process(
-            f"worker{len(self.workers) + 1}", [script("eventing-worker")], self.env, self.workdir
+            f"worker{len(self.workers) + 1}",
+            [script("eventing-worker")],
+            {**self.env, **env},
+            self.workdir,
         )
         worker.start()
         self.workers.append(worker)
@@ -204,7 +256,10 @@ class System:
         return dict(response.json())
 
     def _status_matches(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
-        item = self.status(namespace, name)
+        try:
+            item = self.status(namespace, name)
+        except requests.ConnectionError:  # a manager still starting (a loaded machine) serves soon
+            return False
         # The status echoes the spec as written, so it matches once this version is served.
         return item is not None and item["status"]["ready"] and item["spec"] == spec
 
@@ -233,10 +288,3 @@ class System:
 
     def publish_legacy(self, application: str, body: dict[str, Any]) -> requests.Response:
         return requests.post(f"{self.proxy_url}/{application}/v1/events", json=body, timeout=10)
-
-    @staticmethod
-    def _answers(url: str) -> bool:
-        try:
-            return requests.get(url, timeout=1).status_code == 200
-        except requests.RequestException:
-            return False

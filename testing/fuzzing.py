@@ -1,4 +1,4 @@
-"""Send :mod:`tests.support.hostile` cases to a live proxy over raw sockets, and judge the result.
+"""Send :mod:`testing.hostile` cases to a live proxy over raw sockets, and judge the result.
 
 Used by ``bench/fuzz.py`` (50,000 requests, in a load process of its own) and by
 ``tests/integration/test_proxy_fuzz.py`` (a short run in CI), so both check the same things:
@@ -30,7 +30,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventing.settings import SUBJECT_PREFIX
-from tests.support import hostile
+from testing import hostile
 
 TIMEOUT: Final = 10.0  #: seconds a correct proxy may take to answer; longer is a hang
 _MAX_HEAD: Final = 1 << 20

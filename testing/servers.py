@@ -31,6 +31,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def accepts_connections(port: int) -> bool:
+    """Whether something on 127.0.0.1 accepts a TCP connection on ``port`` right now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def answers_ok(url: str) -> bool:
+    """Whether ``url`` answers a GET with 200 right now (a readiness or health endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def wait_until(
     predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
 ) -> None:
@@ -88,7 +106,11 @@ class _Server:
 
     def start(self) -> None:
         with self._log.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            # A session of its own: Ctrl-C reaches only the driver (pytest, a bench), which
+            # then stops the servers in order, the services before their broker.
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         wait_until(self._ready_or_dead, 15, f"{self.name} on port {self.port}")
         if self.process.poll() is not None:
             raise AssertionError(f"{self.name} exited at start:\n{self.log()}")
@@ -121,13 +143,6 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
-
-    def _accepts_connections(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
 
 
 class NatsServer(_Server):
@@ -170,18 +185,18 @@ class NatsServer(_Server):
 
     def is_ready(self) -> bool:
         query = "?js-enabled-only=true" if self.jetstream else ""
-        url = f"http://127.0.0.1:{self.monitor_port}/healthz{query}"
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"http://127.0.0.1:{self.monitor_port}/healthz{query}")
 
 
 class RedisServer(_Server):
-    """``redis-server`` with append-only persistence in ``workdir``."""
+    """``redis-server`` with append-only persistence in ``workdir`` (unless ``appendonly`` is
+    False: a benchmark measuring the system, not Redis's disk, runs it in memory only)."""
 
     name = "redis-server"
+
+    def __init__(self, binary: Path, workdir: Path, *, appendonly: bool = True) -> None:
+        super().__init__(binary, workdir)
+        self.appendonly = appendonly
 
     @property
     def url(self) -> str:
@@ -197,7 +212,7 @@ class RedisServer(_Server):
             "--dir",
             str(self.workdir),
             "--appendonly",
-            "yes",
+            "yes" if self.appendonly else "no",
             "--save",
             "",
         ]
@@ -273,7 +288,7 @@ class RabbitServer(_Server):
             raise AssertionError(f"{self.name} exited at start:\n{self.log()}")
 
     def is_ready(self) -> bool:
-        return self._accepts_connections()
+        return accepts_connections(self.port)
 
     def _signal(self, signum: int) -> None:
         # The node runs in a process group of its own (beam, epmd helpers): end all of it.
@@ -337,12 +352,7 @@ class ClusterNode(NatsServer):
         """Whether the node is running and JetStream on it is current (full ``/healthz``)."""
         if self.process is None or self.process.poll() is not None:
             return False
-        try:
-            url = f"http://127.0.0.1:{self.monitor_port}/healthz"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return answers_ok(f"http://127.0.0.1:{self.monitor_port}/healthz")
 
 
 class NatsCluster:
