@@ -9,6 +9,7 @@ had to SIGKILL. Shared by tests/integration/test_honcho.py and bench/shutdown.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,8 @@ EVENT_TYPE = "order.created.v1"
 SOURCE = "honcho-run"
 _STOPPED = re.compile(r"system\s*\| (\S+)\.\d+ stopped \(rc=(-?\d+)\)")
 _KILLED = re.compile(r"system\s*\| sending SIGKILL to (\S+)\.\d+")
+_STARTED = re.compile(r"system\s*\| (\S+\.\d+) started \(pid=(\d+)\)")
+_ENDED = re.compile(r"system\s*\| (\S+\.\d+) stopped \(rc=-?\d+\)")
 
 
 @dataclass
@@ -150,6 +153,7 @@ class HonchoRun:
         self.lines: list[tuple[float, str]] = []
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
+        self._run_starts_at = 0  #: index in lines where the current honcho run began
         self.interrupted_at = 0.0
         self.in_flight_at_interrupt = 0  #: requests the sink was answering at the SIGINT
         self.published: list[str] = []
@@ -162,6 +166,7 @@ class HonchoRun:
 
     def start(self, timeout: float = 30) -> None:
         """Start honcho and wait until the proxy is ready and the subscription is served."""
+        self._run_starts_at = len(self.lines)
         self._process = subprocess.Popen(
             [script("honcho"), "--no-colour", "start", *self._files()],
             cwd=REPOSITORY,
@@ -211,7 +216,7 @@ class HonchoRun:
         try:
             self._process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
+            self._kill()
             raise AssertionError(f"honcho did not exit\n{self.output()}") from None
         if self._reader is not None:
             self._reader.join(5)
@@ -251,10 +256,36 @@ class HonchoRun:
         return "".join(line for _, line in self.lines)
 
     def close(self) -> None:
+        """Stop a run still going as Ctrl-C does, and kill whatever outlives that."""
         if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)
+            try:
+                self._process.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill()
+        self._sink_server.stop()
+
+    def _kill(self) -> None:
+        """SIGKILL honcho and every process of its current run that has not stopped. honcho
+        starts each process in a session of its own, so killing honcho's group alone left a
+        whole system running after every test (eventing-dependency's servers die with it)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(10)
-        self._sink_server.stop()
+        if self._reader is not None:
+            self._reader.join(5)
+        running: dict[str, int] = {}
+        for _, line in self.lines[self._run_starts_at :]:
+            if started := _STARTED.search(line):
+                running[started[1]] = int(started[2])
+            elif ended := _ENDED.search(line):
+                running.pop(ended[1], None)
+        for pid in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
     def _read(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
