@@ -259,10 +259,8 @@ class HonchoRun:
         """Stop a run still going as Ctrl-C does, and kill whatever outlives that."""
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGINT)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
         self._kill()
         self._sink_server.stop()
 
