@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from eventing import units
+from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import ConfigError
-from eventing.retries import DeliveryPolicy
 
 T = TypeVar("T")
 G = TypeVar("G")

@@ -13,7 +13,8 @@ while a consumer fetches wait in its subscription, so none is lost between an em
 the wait. A consumer still fetches after ``idle_poll`` (1 s) without a wake-up: that bounds the
 pickup of a job whose wake-up was lost (the subscription broke and is being restored) and of a
 delayed job coming due, and it keeps the heartbeat dramatiq's maintenance reads (60 s) fresh.
-Every process that enqueues must use this broker (``eventing.jobs.make_broker`` builds it) or
+Every process that enqueues must use this broker (``eventing.delivery.jobs.make_broker`` builds
+it) or
 its jobs wait for that poll.
 
 Busy: a consumer at its prefetch limit waits for an ack, not a timer, and fetches again once a

@@ -1,7 +1,8 @@
 """JetStream consumers: apply the reconcile plan, and pull each consumer into delivery jobs.
 
 The manager never acks a delivery. It pulls messages in batches bounded by each consumer's
-in-flight limit, turns each one into a :class:`~eventing.jobs.DeliveryJob` and enqueues it; a
+in-flight limit, turns each one into a :class:`~eventing.delivery.jobs.DeliveryJob` and enqueues
+it; a
 worker acks later from its own connection. A job that cannot be enqueued is simply not acked, so
 JetStream redelivers the message after its ack wait.
 
@@ -27,9 +28,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from eventing import jobs
-from eventing.jetstream import JetStreamClient
-from eventing.subscription import Subscription
+from eventing.delivery import jobs
+from eventing.nats.jetstream import JetStreamClient
+from eventing.subscriptions.subscription import Subscription
 from manager.reconcile import (
     MANAGED_BY,
     Action,

@@ -15,8 +15,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from eventing.kubernetes import FINALIZER, GROUP, PLURAL, VERSION, KubernetesReader
-from eventing.subscription import keep_transition_times
+from eventing.sources.kubernetes import FINALIZER, GROUP, PLURAL, VERSION, KubernetesReader
+from eventing.subscriptions.subscription import keep_transition_times
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,14 @@ import signal
 import time
 from typing import Any
 
-from eventing import jetstream, jobs
+from eventing.delivery import jobs
 from eventing.errors import InvalidSubscription
-from eventing.jetstream import JetStreamClient
-from eventing.kubernetes import KubernetesReader, api_client
-from eventing.manifests import Reader, Snapshot, reader_for
+from eventing.nats import jetstream
+from eventing.nats.jetstream import JetStreamClient
 from eventing.settings import Settings
-from eventing.subscription import (
+from eventing.sources.kubernetes import KubernetesReader, api_client
+from eventing.sources.manifests import Reader, Snapshot, reader_for
+from eventing.subscriptions.subscription import (
     API_VERSION,
     KIND,
     Subscription,

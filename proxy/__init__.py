@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from eventing.manifests import reader_for
 from eventing.settings import Settings
+from eventing.sources.manifests import reader_for
 from proxy.publisher import JetStreamPublisher, Publisher
 
 __all__ = ["create_app"]

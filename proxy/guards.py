@@ -1,6 +1,7 @@
 """Limits the proxy puts on valid CloudEvents, so that one event cannot harm what comes after it.
 
-The CloudEvents rules (:mod:`eventing.cloudevent`) admit events that no later stage can carry:
+The CloudEvents rules (:mod:`eventing.events.cloudevent`) admit events that no later stage can
+carry:
 
 - **A subject longer than NATS's protocol line.** nats-server answers a publish line over its
   ``max_control_line`` (4 KiB by default) with an error and closes the connection, and nats-py

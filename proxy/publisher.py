@@ -4,7 +4,7 @@ One :class:`JetStreamPublisher` per app; it starts its loop thread and NATS conn
 the process that first publishes (granian starts worker processes after importing nothing of
 ours, and threads never survive a fork). It bounds the events a process holds in flight, so an
 overload becomes a quick 503 instead of a growing heap. Requests that arrive while the loop is
-busy share one handover to it (:class:`eventing.loop.Rounds`), and their events are pipelined
+busy share one handover to it (:class:`eventing.nats.loop.Rounds`), and their events are pipelined
 on the connection together.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from eventing.errors import Overloaded, PublishError, StreamNotAnswering
-from eventing.jetstream import JetStreamClient, OutboundMessage
-from eventing.loop import LoopThread, Rounds
+from eventing.nats.jetstream import JetStreamClient, OutboundMessage
+from eventing.nats.loop import LoopThread, Rounds
 from eventing.settings import Settings
 
 

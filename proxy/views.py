@@ -13,11 +13,12 @@ import time
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from eventing import cloudevent, eventtypes, legacy, subscription
 from eventing.errors import BatchTooLarge, InvalidEvent, InvalidLegacyEvent, PublishError
-from eventing.jetstream import OutboundMessage, outbound
-from eventing.manifests import Reader
+from eventing.events import cloudevent, eventtypes, legacy
+from eventing.nats.jetstream import OutboundMessage, outbound
 from eventing.settings import Settings
+from eventing.sources.manifests import Reader
+from eventing.subscriptions import subscription
 from proxy import guards, problems
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher

@@ -23,7 +23,7 @@ import requests
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from eventing import jetstream
+from eventing.nats import jetstream
 from testing.sink import RecordingSink
 
 DEAD_LETTER_STREAM = "sap-dlq"  #: JS_DLQ_STREAM_NAME's default

@@ -18,8 +18,8 @@ from typing import Any
 import dramatiq
 import requests
 
+from eventing.delivery.jobs import ACTOR, QUEUE, DeliveryJob
 from eventing.errors import PublishError
-from eventing.jobs import ACTOR, QUEUE, DeliveryJob
 from eventing.settings import DeliverySettings
 from workers import deadline, delivery
 from workers.connection import Acknowledger

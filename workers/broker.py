@@ -10,7 +10,7 @@ import logging
 
 import dramatiq
 
-from eventing.jobs import make_broker
+from eventing.delivery.jobs import make_broker
 from eventing.settings import settings_or_exit
 from workers import actors
 from workers.connection import NatsAcknowledger

@@ -27,7 +27,7 @@ def main() -> int:
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    from eventing.jobs import QUEUE
+    from eventing.delivery.jobs import QUEUE
 
     arguments = make_argument_parser().parse_args(  # type: ignore[no-untyped-call]
         [

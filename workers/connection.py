@@ -5,7 +5,7 @@ processes, and threads do not survive a fork) on a private loop thread, and drai
 ``after_worker_shutdown``. Delivery threads call the synchronous methods of
 :class:`NatsAcknowledger`; :mod:`workers.actors` is the only caller.
 
-Acks and keepalives travel in :class:`eventing.loop.Rounds`: a delivery thread adds its ack to
+Acks and keepalives travel in :class:`eventing.nats.loop.Rounds`: a delivery thread adds its ack to
 the round being gathered and waits until the server confirmed it; the loop thread wakes once per
 round. Handing each ack over on its own was a quarter of a worker's CPU per event.
 
@@ -27,11 +27,12 @@ from typing import Any, Protocol, TypeVar
 
 from dramatiq import Middleware
 
-from eventing import jetstream, jobs
+from eventing.delivery import jobs
+from eventing.delivery.jobs import DeliveryJob
 from eventing.errors import BackendUnavailable
-from eventing.jetstream import JetStreamClient
-from eventing.jobs import DeliveryJob
-from eventing.loop import LoopThread, Rounds
+from eventing.nats import jetstream
+from eventing.nats.jetstream import JetStreamClient
+from eventing.nats.loop import LoopThread, Rounds
 from eventing.settings import NatsSettings, StreamSettings
 from workers.delivery import NOTHING_MADE, Progress
 from workers.shutdown import GracefulStop

@@ -37,14 +37,15 @@ import tenacity
 import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
-from eventing import cloudevent, retries
+from eventing.delivery import retries
+from eventing.delivery.jobs import DeliveryJob
 from eventing.errors import (
     DeliveryError,
     InvalidEvent,
     PermanentDeliveryError,
     TemporaryDeliveryError,
 )
-from eventing.jobs import DeliveryJob
+from eventing.events import cloudevent
 from workers import deadline
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def deliver(
 ) -> Outcome:
     """Run the attempts that belong to this JetStream delivery of the event.
 
-    A first delivery starts the plan (:func:`eventing.retries.groups`) and does not consult
+    A first delivery starts the plan (:func:`eventing.delivery.retries.groups`) and does not consult
     ``log``, so a sink that takes the event at once costs no request to it. A redelivery resumes
     after the attempts ``log`` recorded: the rest of their group, after what remains of the
     wait; if ``log`` cannot say, it runs the group its delivery count points at.

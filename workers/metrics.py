@@ -32,7 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from eventing.jobs import DeliveryJob
+from eventing.delivery.jobs import DeliveryJob
 from eventing.settings import metrics_dir, settings_or_exit
 from workers.delivery import Attempt
 

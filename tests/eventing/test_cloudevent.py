@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from eventing import cloudevent
 from eventing.errors import InvalidBatch, InvalidEvent, UnsupportedMode
+from eventing.events import cloudevent
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}
 BATCH = {"content-type": "application/cloudevents-batch+json"}

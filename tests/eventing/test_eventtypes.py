@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eventing import eventtypes
 from eventing.errors import InvalidEvent
+from eventing.events import eventtypes
 
 PREFIX = "sap.kyma.custom"
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventing import cloudevent, legacy
 from eventing.errors import InvalidEvent, InvalidLegacyEvent
+from eventing.events import cloudevent, legacy
 from tests.eventing.test_cloudevent import BINARY, EVENT, STRUCTURED
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

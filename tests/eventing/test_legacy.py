@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from eventing import legacy
 from eventing.errors import InvalidLegacyEvent
+from eventing.events import legacy
 
 PREFIX = "sap.kyma.custom"
 VALID = {

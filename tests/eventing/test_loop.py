@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from eventing.loop import LoopThread, Rounds
+from eventing.nats.loop import LoopThread, Rounds
 
 
 @pytest.fixture

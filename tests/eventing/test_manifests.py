@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from eventing.errors import InvalidSubscription
-from eventing.manifests import (
+from eventing.sources.manifests import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
     MAX_NODES,
     DirectoryReader,
     Snapshot,
 )
-from eventing.subscription import Subscription, from_manifest
+from eventing.subscriptions.subscription import Subscription, from_manifest
 from tests.eventing.test_subscription import DEFAULTS, PREFIX
 
 TWO = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from eventing.retries import DeliveryPolicy, groups, schedule
+from eventing.delivery.retries import DeliveryPolicy, groups, schedule
 
 POLICY = DeliveryPolicy(
     retry=5,

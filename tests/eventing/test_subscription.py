@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidSubscription
-from eventing.retries import DeliveryPolicy
-from eventing.subscription import (
+from eventing.subscriptions.subscription import (
     MAX_TYPES,
     Subscription,
     consumer_name,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from werkzeug.wrappers import Request
 
-from eventing import retries
+from eventing.delivery import retries
 from testing.counting import Load, settle
 from testing.servers import NatsServer
 from testing.sink import RecordingSink, SinkServer

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from eventing.jetstream import JetStreamClient, OutboundMessage
+from eventing.nats.jetstream import JetStreamClient, OutboundMessage
 from eventing.settings import Settings
 from testing.servers import NatsServer
 

@@ -17,7 +17,7 @@ from typing import Any
 import nats
 import pytest
 
-from eventing.eventtypes import standard_subject
+from eventing.events.eventtypes import standard_subject
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import System

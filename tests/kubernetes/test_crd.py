@@ -1,4 +1,4 @@
-"""The Subscription CRD (deploy/base) and the Python model (eventing/subscription.py) agree.
+"""The Subscription CRD (deploy/base) and the model (eventing/subscriptions/subscription.py) agree.
 
 Both are kept: the CRD is what ``kubectl apply`` checks and defaults, the model is what the
 manager validates in either source. These tests fail when one changes without the other.
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from eventing import subscription
 from eventing.settings import Settings
+from eventing.subscriptions import subscription
 from testing.kube import ControlPlane, Kube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "deploy" / "base" / "crd-subscriptions.yaml"

@@ -14,10 +14,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventing import cloudevent, legacy
 from eventing.errors import InvalidEvent, InvalidLegacyEvent, InvalidSubscription
-from eventing.manifests import parse_documents
-from eventing.subscription import from_manifest
+from eventing.events import cloudevent, legacy
+from eventing.sources.manifests import parse_documents
+from eventing.subscriptions.subscription import from_manifest
 from tests.eventing.test_subscription import DEFAULTS, PREFIX
 
 json_values = st.recursive(

@@ -13,9 +13,9 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3 import HTTPResponse
 
-from eventing import cloudevent
-from eventing.jobs import DeliveryJob
-from eventing.retries import DeliveryPolicy
+from eventing.delivery.jobs import DeliveryJob
+from eventing.delivery.retries import DeliveryPolicy
+from eventing.events import cloudevent
 from workers.delivery import NOTHING_MADE, Progress
 
 POLICY = DeliveryPolicy(

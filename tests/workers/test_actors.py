@@ -10,9 +10,9 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from eventing import jobs
+from eventing.delivery import jobs
+from eventing.delivery.jobs import DeliveryJob
 from eventing.errors import BackendUnavailable
-from eventing.jobs import DeliveryJob
 from eventing.settings import DeliverySettings
 from testing.sink import SinkServer
 from tests.workers.conftest import POLICY, make_job

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import requests
 
-from eventing.jobs import DeliveryJob
+from eventing.delivery.jobs import DeliveryJob
 from tests.workers.conftest import (
     POLICY,
     Clock,

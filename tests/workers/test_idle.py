@@ -15,7 +15,7 @@ import dramatiq
 import pytest
 import redis
 
-from eventing import jobs
+from eventing.delivery import jobs
 from eventing.wakeup import WakingRedisBroker
 from testing.servers import RedisServer, wait_until
 from tests.workers.conftest import make_job

@@ -405,9 +405,7 @@ def from_stored(payload: bytes) -> Event:
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, TypeError, ValueError):
-            raise InvalidEvent(
-                "data_base64 is not valid base64", attribute="data_base64"
-            ) from None
+            raise InvalidEvent("data_base64 is not valid base64", attribute="data_base64") from None
     return Event(document, data)
 
 

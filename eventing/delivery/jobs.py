@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import dramatiq
 
-from eventing.jetstream import DEAD_LETTER_PREFIX, OutboundMessage
-from eventing.retries import DeliveryPolicy
+from eventing.delivery.retries import DeliveryPolicy
+from eventing.nats.jetstream import DEAD_LETTER_PREFIX, OutboundMessage
 from eventing.wakeup import WakingRedisBroker
 
 QUEUE = "eventing.delivery"

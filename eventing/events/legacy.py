@@ -2,7 +2,7 @@
 
 Request validation, error kinds and messages follow Kyma's publisher proxy exactly
 (kyma-eventing.md §2.3), so existing clients see the same answers. Unlike Kyma, one copy is stored:
-its subject (see :mod:`eventing.eventtypes`) reaches both the exact subscriptions to
+its subject (see :mod:`eventing.events.eventtypes`) reaches both the exact subscriptions to
 ``<prefix>.<app>.<event>.<version>`` and the standard subscriptions of source ``<app>``, and the
 ``event-id`` we answer with is the id every subscriber receives.
 """
@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from eventing import cloudevent, eventtypes
 from eventing.errors import InvalidEvent, InvalidLegacyEvent
+from eventing.events import cloudevent, eventtypes
 
 BAD_PAYLOAD = "bad_payload_syntax"
 VALIDATION = "validation_violation"

@@ -31,7 +31,6 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from eventing import cloudevent
 from eventing.errors import (
     BackendRejected,
     BackendUnavailable,
@@ -39,6 +38,7 @@ from eventing.errors import (
     StreamFull,
     StreamNotAnswering,
 )
+from eventing.events import cloudevent
 from eventing.settings import NatsSettings, StreamSettings, without_credentials
 
 logger = logging.getLogger(__name__)

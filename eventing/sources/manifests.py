@@ -3,7 +3,7 @@
 Shared by the manager, which reconciles them, and the proxy, which answers
 ``/<application>/v1/events/subscribed`` from the same files. A folder is re-read only when a
 file's name, size, modification time or inode changed, so polling it every second is cheap.
-:func:`reader_for` picks this reader or the Kubernetes one (:mod:`eventing.kubernetes`).
+:func:`reader_for` picks this reader or the Kubernetes one (:mod:`eventing.sources.kubernetes`).
 
 Nothing in the folder may stop or blind its readers: only regular files inside the folder are
 read (a FIFO would block forever, ``/dev/zero`` never end, a symlink out of the folder leak a
@@ -28,7 +28,7 @@ import yaml
 
 from eventing.errors import InvalidSubscription
 from eventing.settings import Settings
-from eventing.subscription import KIND, Subscription, from_manifest, key_of
+from eventing.subscriptions.subscription import KIND, Subscription, from_manifest, key_of
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def reader_for(settings: Settings, *, watch: bool) -> Reader:
     if settings.source.kind == "directory":
         return DirectoryReader(settings.source.directory, parse)
     # Imported here: the Kubernetes client is heavy, and the folder source never needs it.
-    from eventing import kubernetes
+    from eventing.sources import kubernetes
 
     api = kubernetes.api_client(settings.source)
     objects: kubernetes.SubscriptionCache | kubernetes.SubscriptionLister

@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from eventing import eventtypes, units
+from eventing import units
+from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidEvent, InvalidSubscription
-from eventing.retries import DeliveryPolicy
+from eventing.events import eventtypes
 from eventing.settings import SUBJECT_PREFIX
 
 API_VERSION = "eventing.kyma-project.io/v1alpha2"

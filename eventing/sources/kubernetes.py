@@ -1,7 +1,7 @@
 """Subscriptions as Kubernetes custom resources: the API client, a watched cache, and a reader.
 
 The kubernetes source is the manifest folder's twin: :class:`KubernetesReader` has the same
-``read() -> (Snapshot, changed)`` as :class:`~eventing.manifests.DirectoryReader`, so the
+``read() -> (Snapshot, changed)`` as :class:`~eventing.sources.manifests.DirectoryReader`, so the
 manager reconciles, and the proxy answers ``/subscribed``, the same way from either. Objects
 come from a :class:`SubscriptionCache` (list, then watch from the list's resourceVersion, as an
 informer does; the manager) or a :class:`SubscriptionLister` (a list at most every few seconds;
@@ -26,9 +26,9 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from eventing.errors import InvalidSubscription
-from eventing.manifests import Entry, Parse, Snapshot, validated
 from eventing.settings import SourceSettings
-from eventing.subscription import Subscription, key_of
+from eventing.sources.manifests import Entry, Parse, Snapshot, validated
+from eventing.subscriptions.subscription import Subscription, key_of
 
 logger = logging.getLogger(__name__)
 
