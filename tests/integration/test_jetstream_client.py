@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
 import pytest
 
-from eventing.nats.jetstream import JetStreamClient, OutboundMessage
+from eventing.nats.client import JetStreamClient
+from eventing.nats.messages import OutboundMessage
 from eventing.settings import Settings
 from testing.servers import NatsServer
 
@@ -36,7 +38,11 @@ def test_a_connection_the_library_closes_for_good_is_opened_again(
                 await asyncio.sleep(0.05)
             reopened = client.is_connected and client._nc is not first
             await client.publish(message, 5)  # raises unless stored
-            info = await client.jetstream.stream_info(settings.stream.name)
+            observer = await nats.connect(nats_server.url)
+            try:
+                info = await observer.jetstream().stream_info(settings.stream.name)
+            finally:
+                await observer.close()
             return closed, reopened, info.state.last_seq  # interest retention: no consumer keeps it
         finally:
             await client.close()
