@@ -157,3 +157,27 @@ def test_an_unexpected_failure_in_one_pull_is_retried_and_stops_no_other(
 
     assert tasks == 2
     assert jobs == 3
+
+
+def test_pulls_go_on_over_the_connection_opened_after_nats_py_gave_one_up(
+    nats_server: NatsServer,
+) -> None:
+    """nats-py closes a connection for good after some protocol errors; the client opens a new
+    one, and the pulls must move to it instead of fetching from the dead one forever."""
+    settings = settings_for(nats_server)
+    enqueued = Enqueued()
+
+    async def scenario() -> int:
+        async with running(settings, enqueued, lambda name, count: None) as (client, dispatcher):
+            dispatcher.sync(TARGETS)
+            await publish(client, FIRST, "before")
+            await until(lambda: len(enqueued.of(FIRST)) == 1, "the first job")
+            given_up = client._nc
+            assert given_up is not None
+            await given_up.close()  # as nats-py does after a protocol error
+            await until(lambda: client.is_connected and client._nc is not given_up, "reconnect")
+            await publish(client, FIRST, "after")
+            await until(lambda: len(enqueued.of(FIRST)) == 2, "the job after the reconnect")
+            return len(enqueued.jobs)
+
+    assert asyncio.run(scenario()) == 2
