@@ -7,8 +7,10 @@ acked, so JetStream redelivers the message after its ack wait. Between two fetch
 has its backlog checked (:mod:`manager.shedding`).
 
 The pull tasks have one owner: the :class:`Dispatcher`'s task group. A pull task retries every
-failure itself (tenacity: bind again after a second, fetch again after half a second), so no
-failure of one consumer ever ends the group, and :meth:`Dispatcher.stop` ends them all.
+failure itself, so no failure of one consumer ever ends the group, and :meth:`Dispatcher.stop`
+ends them all. After a failure it binds anew (tenacity: a second after the consumer was not
+there or an unexpected error, half a second after a failed fetch): a fetch fails for good on a
+connection nats-py gave up, and the client's next connection has the consumer.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class Dispatcher:
         await retrying(self._pull_bound, name)
 
     async def _pull_bound(self, name: str) -> None:
+        """Bind to ``name`` and pull it until it is no longer wanted (or a failure)."""
         try:
             pull = await self._client.jetstream.pull(self._stream, name)
         except ConsumerError as exc:
