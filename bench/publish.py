@@ -66,7 +66,7 @@ import nats.errors
 from nats.js import JetStreamContext
 
 from bench.tables import render
-from eventing.nats.jetstream import stream_config
+from eventing.nats.streams import stream_config
 from eventing.settings import Settings
 from testing.procstats import RssSampler, cpu_seconds, machine_busy_seconds, tree
 from testing.servers import NatsServer, nats_server_binary

@@ -17,12 +17,14 @@ translated into this tree in the one module that imports the library, with ``rai
     ├── DeliveryError                a sink did not take an event
     │   ├── TemporaryDeliveryError   408, 429, 5xx, timeouts, connection errors: retry
     │   └── PermanentDeliveryError   other answers: retrying cannot help
-    └── PublishError                 JetStream did not persist an event (HTTP 5xx)
-        ├── BackendUnavailable       not connected to NATS (502)
-        ├── StreamNotAnswering       no stream took the message in time (504)
-        ├── StreamFull               the stream refused the message for lack of space (507)
-        ├── Overloaded               this process has too many publishes in flight (503)
-        └── BackendRejected          any other JetStream API error (its own status)
+    ├── PublishError                 JetStream did not persist an event (HTTP 5xx)
+    │   ├── BackendUnavailable       not connected to NATS (502)
+    │   ├── StreamNotAnswering       no stream took the message in time (504)
+    │   ├── StreamFull               the stream refused the message for lack of space (507)
+    │   ├── Overloaded               this process has too many publishes in flight (503)
+    │   └── BackendRejected          any other JetStream API error (its own status)
+    └── ConsumerError                a call on JetStream consumers failed (the manager retries)
+        └── NotFound                 the stream or the consumer does not exist
 """
 
 from __future__ import annotations
@@ -187,3 +189,12 @@ class Overloaded(PublishError):
 
 class BackendRejected(PublishError):
     """JetStream answered with an API error we have no better class for."""
+
+
+class ConsumerError(EventingError):
+    """Creating, updating, deleting, listing or pulling a JetStream consumer failed (no
+    connection, no answer in time, an API error); the message says what the server said."""
+
+
+class NotFound(ConsumerError):
+    """The stream or the consumer a call named does not exist."""

@@ -20,8 +20,8 @@ from typing import Any
 
 from eventing.delivery import jobs
 from eventing.errors import InvalidSubscription
-from eventing.nats import jetstream
-from eventing.nats.jetstream import JetStreamClient
+from eventing.nats import streams
+from eventing.nats.client import JetStreamClient
 from eventing.settings import Settings
 from eventing.sources.kubernetes import KubernetesReader, api_client
 from eventing.sources.manifests import Reader, Snapshot, reader_for
@@ -33,7 +33,7 @@ from eventing.subscriptions.subscription import (
     status_invalid,
     status_of,
 )
-from manager import consumers, leader, reconcile
+from manager import consumers, leader, pulling, reconcile
 from manager.kubernetes import StatusWriter
 from manager.reconcile import Action
 from manager.status import ManagerMetrics, StatusServer, View
@@ -64,7 +64,7 @@ class Manager:
         self._metrics = metrics
         self._reader = reader
         self._writer = StatusWriter(reader) if isinstance(reader, KubernetesReader) else None
-        self._dispatcher = consumers.Dispatcher(
+        self._dispatcher = pulling.Dispatcher(
             client,
             settings.stream.name,
             lambda work: jobs.enqueue(broker, work),
@@ -303,8 +303,8 @@ async def run(settings: Settings) -> bool:
         settings.stream,
         name="eventing-manager",
         streams=(
-            jetstream.stream_config(settings.stream),
-            jetstream.dead_letter_config(settings.stream),
+            streams.stream_config(settings.stream),
+            streams.dead_letter_config(settings.stream),
         ),
     )
     client.start()

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from eventing.errors import Overloaded, PublishError, StreamNotAnswering
-from eventing.nats.jetstream import JetStreamClient, OutboundMessage
+from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
+from eventing.nats.messages import OutboundMessage
 from eventing.settings import Settings
 
 

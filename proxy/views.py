@@ -15,7 +15,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from eventing.errors import BatchTooLarge, InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.events import cloudevent, eventtypes, legacy
-from eventing.nats.jetstream import OutboundMessage, outbound
+from eventing.nats.messages import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.manifests import Reader
 from eventing.subscriptions import subscription

@@ -23,7 +23,7 @@ import requests
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from eventing.nats import jetstream
+from eventing.nats import messages
 from testing.sink import RecordingSink
 
 DEAD_LETTER_STREAM = "sap-dlq"  #: JS_DLQ_STREAM_NAME's default
@@ -195,7 +195,7 @@ def dead_lettered(nats_url: str, stream: str = DEAD_LETTER_STREAM) -> set[str]:
             if info.state.messages == 0:
                 return ids
             subscription = await js.subscribe(
-                f"{jetstream.DEAD_LETTER_PREFIX}.>",
+                f"{messages.DEAD_LETTER_PREFIX}.>",
                 stream=stream,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.ALL,

@@ -30,8 +30,8 @@ from dramatiq import Middleware
 from eventing.delivery import jobs
 from eventing.delivery.jobs import DeliveryJob
 from eventing.errors import BackendUnavailable
-from eventing.nats import jetstream
-from eventing.nats.jetstream import JetStreamClient
+from eventing.nats import streams
+from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
 from eventing.settings import NatsSettings, StreamSettings
 from workers.delivery import NOTHING_MADE, Progress
@@ -77,7 +77,7 @@ class NatsAcknowledger(Middleware):
     ) -> None:
         self._nats = nats
         self._stream = stream
-        self._attempts = jetstream.attempts_bucket(stream)
+        self._attempts = streams.attempts_bucket(stream)
         self._connection: _Connection | None = None
         self._stop = stop
 
@@ -88,7 +88,7 @@ class NatsAcknowledger(Middleware):
             self._nats,
             self._stream,
             name="eventing-worker",
-            streams=(jetstream.dead_letter_config(self._stream),),
+            streams=(streams.dead_letter_config(self._stream),),
         )
 
         async def connect() -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import dramatiq
 
 from eventing.delivery.retries import DeliveryPolicy
-from eventing.nats.jetstream import DEAD_LETTER_PREFIX, OutboundMessage
+from eventing.nats.messages import DEAD_LETTER_PREFIX, OutboundMessage
 from eventing.wakeup import WakingRedisBroker
 
 QUEUE = "eventing.delivery"

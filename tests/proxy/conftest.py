@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from eventing.errors import PublishError
-from eventing.nats.jetstream import OutboundMessage
+from eventing.nats.messages import OutboundMessage
 from eventing.settings import Settings
 from proxy import create_app
 

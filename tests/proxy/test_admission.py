@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from eventing.errors import Overloaded, PublishError
-from eventing.nats.jetstream import OutboundMessage
+from eventing.nats.messages import OutboundMessage
 from eventing.settings import Settings
 from proxy import create_app
 from proxy.admission import Admission, thread_count, waiting_room

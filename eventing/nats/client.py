@@ -1,35 +1,33 @@
-"""JetStream access shared by the services: connection, the event stream, publishing.
+"""JetStreamClient: the one NATS connection of a process, and what travels over it.
 
-The one module that imports nats-py for publishing; nats errors are translated here into
-:mod:`eventing.errors`, so callers decide HTTP answers without knowing the library. A
-:class:`JetStreamClient` lives on one event loop and never gives up: it connects and reconnects
-forever in the background, and a publish while disconnected fails at once instead of hanging.
+The one module that connects to NATS; nats errors are translated here into
+:mod:`eventing.errors`, so callers decide HTTP answers without knowing the library. A client
+lives on one event loop and never gives up: it connects and reconnects forever in the
+background, and a publish while disconnected fails at once instead of hanging. It publishes
+(waiting for the PubAck), acknowledges, keeps counts in a key-value bucket, and hands the
+manager its consumers (:mod:`eventing.nats.consumers`). Its retry loops run on tenacity.
+
+Over 400 lines on purpose: everything here shares one connection's state (connected or not, the
+JetStream context, the key-value handles dropped with a connection), and the callers
+(proxy, workers, manager) each use a different part of it through this one object.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import (
-    DiscardPolicy,
-    KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.kv import KeyValue
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_fixed
 
 from eventing.errors import (
     BackendRejected,
@@ -38,124 +36,18 @@ from eventing.errors import (
     StreamFull,
     StreamNotAnswering,
 )
-from eventing.events import cloudevent
+from eventing.nats.consumers import ConsumerApi
+from eventing.nats.messages import OutboundMessage
+from eventing.nats.streams import needs_update, stream_config
 from eventing.settings import NatsSettings, StreamSettings, without_credentials
 
 logger = logging.getLogger(__name__)
 
 _STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messages exceeded)
-_CE_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 _NO_STREAM_PAUSE = 0.1  # seconds between publishes to a stream that has no leader, or none yet
 _CLOSE_TIMEOUT = 1.0  # seconds a drain, then a close, may take when the server does not answer
 _FAILURE_REPORT_EVERY = 30.0  # seconds between warnings while NATS cannot be reached
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundMessage:
-    """One event ready for JetStream: subject, structured-JSON payload, headers.
-
-    ``event_type`` (the type as published) and ``event_source`` travel along for metrics.
-    """
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str]
-    event_type: str
-    event_source: str
-
-
-def message_id(source: str, event_id: str) -> str:
-    """``Nats-Msg-Id`` of an event: CloudEvents makes (source, id) unique, so we dedup on it."""
-    return hashlib.blake2b(f"{source}\n{event_id}".encode(), digest_size=16).hexdigest()
-
-
-def outbound(event: cloudevent.Event, subject: str) -> OutboundMessage:
-    """The JetStream message for ``event`` on ``subject``.
-
-    Besides the dedup id, the ``ce-*`` routing headers Kyma sets are added, percent-encoded as in
-    the CloudEvents HTTP binding, so no attribute can break the header block.
-    """
-    source, event_id = event.get_source(), event.get_id()
-    headers = {
-        "Nats-Msg-Id": message_id(source, event_id),
-        "ce-specversion": event.get_specversion(),
-        "ce-type": quote(event.get_type(), safe=_CE_HEADER_SAFE),
-        "ce-source": quote(source, safe=_CE_HEADER_SAFE),
-        "ce-id": quote(event_id, safe=_CE_HEADER_SAFE),
-    }
-    content_type = event.get_datacontenttype()
-    if content_type:
-        headers["Content-Type"] = quote(content_type, safe=_CE_HEADER_SAFE + " ")
-    return OutboundMessage(subject, cloudevent.to_stored(event), headers, event.get_type(), source)
-
-
-DEAD_LETTER_PREFIX = "dlq"
-
-
-def dead_letter_config(settings: StreamSettings) -> StreamConfig:
-    """The dead-letter stream: ``dlq.<consumer>``, kept ``JS_DLQ_MAX_AGE`` whatever happens."""
-    return StreamConfig(
-        name=settings.dead_letter_name,
-        subjects=[f"{DEAD_LETTER_PREFIX}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType(settings.storage),
-        discard=DiscardPolicy.OLD,
-        num_replicas=settings.replicas,
-        max_age=settings.dead_letter_max_age,
-        duplicate_window=min(settings.duplicate_window, settings.dead_letter_max_age),
-    )
-
-
-ATTEMPTS_BUCKET = "eventing-attempts"
-
-
-def attempts_bucket(settings: StreamSettings) -> KeyValueConfig:
-    """The key-value bucket where workers count the failed attempts at each message.
-
-    A count is rewritten after every failed attempt, so it only has to outlive the longest wait
-    between two attempts; it is kept as long as dead letters (``JS_DLQ_MAX_AGE``, a week).
-    """
-    return KeyValueConfig(
-        bucket=ATTEMPTS_BUCKET,
-        storage=StorageType(settings.storage),
-        replicas=settings.replicas,
-        ttl=settings.dead_letter_max_age,
-    )
-
-
-def stream_config(settings: StreamSettings) -> StreamConfig:
-    """The configuration of the event stream: every subject below ``kyma.``."""
-    return StreamConfig(
-        name=settings.name,
-        subjects=[f"{settings.subject_prefix}.>"],
-        retention=RetentionPolicy(settings.retention),
-        storage=StorageType(settings.storage),
-        discard=DiscardPolicy(settings.discard),
-        num_replicas=settings.replicas,
-        max_bytes=settings.max_bytes,
-        max_msgs=settings.max_msgs,
-        max_msgs_per_subject=settings.max_msgs_per_subject,
-        # Without this flag a subject at its limit silently drops its oldest events whatever
-        # the discard policy says; with it, "new" refuses the publish (HTTP 507) instead.
-        discard_new_per_subject=settings.discard == "new" and settings.max_msgs_per_subject > 0,
-        max_age=settings.max_age,
-        duplicate_window=settings.duplicate_window,
-    )
-
-
-_COMPARED = (
-    "subjects",
-    "retention",
-    "discard",
-    "num_replicas",
-    "max_bytes",
-    "max_msgs",
-    "max_msgs_per_subject",
-    "discard_new_per_subject",
-    "max_age",
-    "duplicate_window",
-)
 
 
 class JetStreamClient:
@@ -182,6 +74,7 @@ class JetStreamClient:
         self._connecting: asyncio.Task[None] | None = None
         self._ensuring: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._given_up = asyncio.Event()  #: nats-py closed the current connection for good
         self._buckets: dict[str, KeyValue] = {}
         self._closing = False
         self._failure_reported_at: float | None = None  #: monotonic; None while connected
@@ -193,7 +86,7 @@ class JetStreamClient:
     def start(self) -> None:
         """Begin connecting (forever, in the background); idempotent."""
         if self._connecting is None:
-            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            self._connecting = asyncio.get_running_loop().create_task(self._stay_connected())
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the first connection; whether it is up."""
@@ -202,6 +95,26 @@ class JetStreamClient:
         except TimeoutError:
             return False
         return self.is_connected
+
+    async def _stay_connected(self) -> None:
+        """Keep a connection open until :meth:`close`.
+
+        nats-py reconnects by itself (forever: ``max_reconnect_attempts=-1``), but gives a
+        connection up for good after some protocol errors; then a new one is opened, after
+        ``RECONNECT_WAIT`` so that a server that keeps refusing us is not asked in a busy loop.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_GivenUp),
+            wait=wait_fixed(self._settings.reconnect_wait),
+        )
+        await retrying(self._connection)
+
+    async def _connection(self) -> None:
+        """Open a connection and hold it until nats-py gives it up (raises :class:`_GivenUp`)."""
+        self._given_up.clear()
+        await self._connect()
+        await self._given_up.wait()
+        raise _GivenUp
 
     async def _connect(self) -> None:
         self._nc = await nats.connect(
@@ -261,12 +174,7 @@ class JetStreamClient:
         logger.warning("%s: NATS connection closed; opening a new one", self._name)
         self._js = None
         self._buckets.clear()
-        loop = asyncio.get_running_loop()
-        self._connecting = loop.create_task(self._connect_again())
-
-    async def _connect_again(self) -> None:
-        await asyncio.sleep(self._settings.reconnect_wait)
-        await self._connect()
+        self._given_up.set()
 
     def ensure_stream_soon(self) -> None:
         """Create or update the event stream in the background, unless that is under way."""
@@ -296,13 +204,7 @@ class JetStreamClient:
                 await js.add_stream(wanted)
                 logger.info("created stream %s", wanted.name)
                 continue
-            current = info.config
-            differs = (
-                getattr(current, f) != getattr(wanted, f)
-                for f in _COMPARED
-                if getattr(wanted, f) is not None
-            )
-            if any(differs):
+            if needs_update(info.config, wanted):
                 await js.update_stream(wanted)
                 logger.info("updated stream %s", wanted.name)
 
@@ -335,19 +237,33 @@ class JetStreamClient:
             PublishError: a subclass saying why the message was not stored.
         """
         stream = stream or self._stream.name
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        ensured = False
-        while True:
-            try:
-                return await self._publish_once(message, deadline - loop.time(), stream)
-            except _NoStream:
-                if not ensured:
-                    self.ensure_stream_soon()
-                    ensured = True
-                if deadline - loop.time() <= _NO_STREAM_PAUSE:
-                    raise
-            await asyncio.sleep(_NO_STREAM_PAUSE)
+        deadline = time.monotonic() + timeout
+        try:
+            return await self._publish_once(message, timeout, stream)
+        except _NoStream as missing:
+            self.ensure_stream_soon()
+            return await self._publish_again(message, deadline, stream, missing)
+
+    async def _publish_again(
+        self, message: OutboundMessage, deadline: float, stream: str, missing: _NoStream
+    ) -> bool:
+        """Publish every ``_NO_STREAM_PAUSE`` until a stream answers or ``deadline`` is near.
+
+        The first attempt (``missing``) was made by :meth:`publish` itself: building tenacity's
+        machinery for every publish cost the proxy's hot path more than the publish.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_NoStream),
+            wait=wait_fixed(_NO_STREAM_PAUSE),
+            stop=stop_before_delay(deadline - time.monotonic()),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise missing
+                return await self._publish_once(message, deadline - time.monotonic(), stream)
+        raise AssertionError("tenacity ended without a result or an error")
 
     async def _publish_once(self, message: OutboundMessage, timeout: float, stream: str) -> bool:
         if not self.is_connected or self._js is None:
@@ -485,9 +401,9 @@ class JetStreamClient:
             raise BackendUnavailable(f"key-value bucket {bucket.bucket}: {exc!r}") from exc
 
     @property
-    def jetstream(self) -> JetStreamContext:
-        """The JetStream context, for consumer management and pulling (the manager)."""
-        return self._require_js()
+    def jetstream(self) -> ConsumerApi:
+        """The consumers of the current connection, for the manager to manage and pull."""
+        return ConsumerApi(self._js)
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a
@@ -531,6 +447,10 @@ def _abandon(nc: Client) -> None:
     nc._subs.clear()
     if nc._transport is not None:
         nc._transport.close()  # type: ignore[no-untyped-call]
+
+
+class _GivenUp(Exception):
+    """nats-py closed the connection for good; a new one is due."""
 
 
 class _NoStream(StreamNotAnswering):

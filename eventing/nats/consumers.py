@@ -1,0 +1,126 @@
+"""JetStream consumers in our own types: create, update, delete and list them, and pull.
+
+The manager reaches its consumers only through :class:`ConsumerApi` (``client.jetstream``), so
+no service imports nats-py: consumers are described by :class:`~eventing.nats.streams.Consumer`,
+pulled messages by :class:`~eventing.nats.messages.PulledMessage`, and every nats-py error (or a
+timeout) becomes a :class:`~eventing.errors.ConsumerError` with the server's description.
+Acks are not here: any connection may ack (:meth:`JetStreamClient.acknowledge`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from eventing.errors import ConsumerError, NotFound
+from eventing.nats.messages import PulledMessage
+from eventing.nats.streams import Consumer, consumer_config, consumer_of
+
+logger = logging.getLogger(__name__)
+
+_PAGE = 256  #: consumers per page of the server's consumer list
+
+
+class ConsumerApi:
+    """The consumers of the connection that is up right now (``None``: not connected)."""
+
+    def __init__(self, js: JetStreamContext | None) -> None:
+        self._js = js
+
+    async def consumers(self, stream: str) -> list[Consumer]:
+        """Every consumer of ``stream``, as the server reports it."""
+        js = self._require()
+        found: list[Consumer] = []
+        with _translated():
+            while True:
+                page = await js.consumers_info(stream, offset=len(found))
+                found += (consumer_of(info) for info in page)
+                if len(page) < _PAGE:
+                    return found
+
+    async def put(self, stream: str, consumer: Consumer) -> None:
+        """Create ``consumer`` on ``stream``, or update it in place."""
+        js = self._require()
+        with _translated():
+            await js.add_consumer(stream, consumer_config(consumer))
+
+    async def delete(self, stream: str, name: str) -> None:
+        """Delete the consumer ``name`` of ``stream``."""
+        js = self._require()
+        with _translated():
+            await js.delete_consumer(stream, name)
+
+    async def pending(self, stream: str, name: str) -> int:
+        """How many messages are stored for the consumer and not handed out yet."""
+        js = self._require()
+        with _translated():
+            info = await js.consumer_info(stream, name)
+        return info.num_pending or 0
+
+    async def pull(self, stream: str, name: str) -> Pull:
+        """A pull subscription on the durable consumer ``name`` (which must exist)."""
+        js = self._require()
+        with _translated():
+            return Pull(name, await js.pull_subscribe_bind(durable=name, stream=stream))
+
+    def _require(self) -> JetStreamContext:
+        if self._js is None:
+            raise ConsumerError("not connected to NATS")
+        return self._js
+
+
+class Pull:
+    """One pull subscription; :meth:`close` it when done (its inbox lives on the connection)."""
+
+    def __init__(self, name: str, subscription: JetStreamContext.PullSubscription) -> None:
+        self.name = name
+        self._subscription = subscription
+
+    async def fetch(self, batch: int, timeout: float) -> list[PulledMessage]:
+        """Up to ``batch`` messages; none if nothing came within ``timeout`` seconds.
+
+        An empty answer also means the pull request ended with a status (nothing waiting, or
+        the consumer at its ``max_ack_pending``).
+        """
+        with _translated():
+            try:
+                messages = await self._subscription.fetch(batch, timeout=timeout)
+            except TimeoutError:  # nats-py's own TimeoutError is one too
+                return []
+            return [
+                PulledMessage(
+                    data=message.data,
+                    reply=message.reply,
+                    stream_sequence=message.metadata.sequence.stream,
+                    delivery_count=message.metadata.num_delivered,
+                )
+                for message in messages
+            ]
+
+    async def close(self) -> None:
+        """Unsubscribe; never raises (a connection that is gone took the inbox with it)."""
+        try:
+            await self._subscription.unsubscribe()
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.debug("closing the pull of %s: %r", self.name, exc)
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """nats-py's errors and timeouts as :class:`ConsumerError`, ``raise ... from`` them."""
+    try:
+        yield
+    except nats.js.errors.NotFoundError as exc:
+        raise NotFound(_describe(exc)) from exc
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ConsumerError(_describe(exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    description = getattr(exc, "description", None)
+    return str(description or exc or type(exc).__name__)

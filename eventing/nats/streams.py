@@ -1,0 +1,145 @@
+"""What our streams, consumers and key-value bucket look like in JetStream (configuration only).
+
+No IO: these functions build nats-py's configuration objects from settings and read them back,
+so :mod:`eventing.nats.client` and :mod:`eventing.nats.consumers` only send them. A consumer is
+described by :class:`Consumer`, our own value, so that services never hold a nats-py type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from eventing.nats.messages import DEAD_LETTER_PREFIX
+from eventing.settings import StreamSettings
+
+ATTEMPTS_BUCKET = "eventing-attempts"
+
+#: The fields of a stream's configuration we set; a stream whose fields differ is updated.
+_COMPARED = (
+    "subjects",
+    "retention",
+    "discard",
+    "num_replicas",
+    "max_bytes",
+    "max_msgs",
+    "max_msgs_per_subject",
+    "discard_new_per_subject",
+    "max_age",
+    "duplicate_window",
+)
+
+
+def stream_config(settings: StreamSettings) -> StreamConfig:
+    """The configuration of the event stream: every subject below ``kyma.``."""
+    return StreamConfig(
+        name=settings.name,
+        subjects=[f"{settings.subject_prefix}.>"],
+        retention=RetentionPolicy(settings.retention),
+        storage=StorageType(settings.storage),
+        discard=DiscardPolicy(settings.discard),
+        num_replicas=settings.replicas,
+        max_bytes=settings.max_bytes,
+        max_msgs=settings.max_msgs,
+        max_msgs_per_subject=settings.max_msgs_per_subject,
+        # Without this flag a subject at its limit silently drops its oldest events whatever
+        # the discard policy says; with it, "new" refuses the publish (HTTP 507) instead.
+        discard_new_per_subject=settings.discard == "new" and settings.max_msgs_per_subject > 0,
+        max_age=settings.max_age,
+        duplicate_window=settings.duplicate_window,
+    )
+
+
+def dead_letter_config(settings: StreamSettings) -> StreamConfig:
+    """The dead-letter stream: ``dlq.<consumer>``, kept ``JS_DLQ_MAX_AGE`` whatever happens."""
+    return StreamConfig(
+        name=settings.dead_letter_name,
+        subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType(settings.storage),
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.replicas,
+        max_age=settings.dead_letter_max_age,
+        duplicate_window=min(settings.duplicate_window, settings.dead_letter_max_age),
+    )
+
+
+def needs_update(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether a stream as the server has it differs from ``wanted`` in a field we set."""
+    return any(
+        getattr(current, name) != getattr(wanted, name)
+        for name in _COMPARED
+        if getattr(wanted, name) is not None
+    )
+
+
+def attempts_bucket(settings: StreamSettings) -> KeyValueConfig:
+    """The key-value bucket where workers count the failed attempts at each message.
+
+    A count is rewritten after every failed attempt, so it only has to outlive the longest wait
+    between two attempts; it is kept as long as dead letters (``JS_DLQ_MAX_AGE``, a week).
+    """
+    return KeyValueConfig(
+        bucket=ATTEMPTS_BUCKET,
+        storage=StorageType(settings.storage),
+        replicas=settings.replicas,
+        ttl=settings.dead_letter_max_age,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """A durable pull consumer: explicit acks, new messages only, redelivered without limit.
+
+    The same value describes a consumer to create and one the server reports, so a reconcile
+    compares like with like.
+    """
+
+    name: str
+    subjects: tuple[str, ...]
+    max_ack_pending: int
+    ack_wait: float  #: seconds
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def consumer_config(consumer: Consumer) -> ConsumerConfig:
+    """The configuration that creates ``consumer``, or updates it in place."""
+    return ConsumerConfig(
+        name=consumer.name,
+        durable_name=consumer.name,
+        description=consumer.description,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_wait=consumer.ack_wait,
+        max_deliver=-1,
+        max_ack_pending=consumer.max_ack_pending,
+        filter_subjects=list(consumer.subjects),
+        metadata=dict(consumer.metadata),
+    )
+
+
+def consumer_of(info: ConsumerInfo) -> Consumer:
+    """The consumer the server describes in ``info`` (one subject filter or several)."""
+    config = info.config
+    subjects = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+    return Consumer(
+        name=info.name,
+        subjects=tuple(subjects),
+        max_ack_pending=config.max_ack_pending or 0,
+        ack_wait=config.ack_wait or 0.0,
+        description=config.description or "",
+        metadata=dict(config.metadata or {}),
+    )
