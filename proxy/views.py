@@ -10,16 +10,18 @@ from __future__ import annotations
 import threading
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.wrappers import Response as BaseResponse
 
-from eventing.errors import BatchTooLarge, InvalidEvent, InvalidLegacyEvent, PublishError
+from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.events import cloudevent, eventtypes, legacy
 from eventing.nats.jetstream import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.manifests import Reader
 from eventing.subscriptions import subscription
 from proxy import guards, problems
+from proxy.admission import Admission
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher
 
@@ -37,9 +39,6 @@ def publish() -> Response:
         _read_body(),
         lambda event: _prepare(event, trace, prefix),
     )
-    limit = settings.proxy.max_in_flight
-    if len(messages) > limit:
-        raise BatchTooLarge(len(messages), limit)
     failures = _store(messages)
     if not failures:
         return _no_content()
@@ -104,26 +103,8 @@ def readyz() -> Response:
 
 
 @blueprint.get("/metrics")
-def metrics() -> Response:
-    body, content_type = _metrics().exposition()
-    return Response(body, content_type=content_type)
-
-
-@blueprint.before_app_request
-def _start_timer() -> None:
-    g.started = time.perf_counter()
-
-
-@blueprint.after_app_request
-def _count_request(response: Response) -> Response:
-    rule = request.url_rule.rule.replace("<", "{").replace(">", "}") if request.url_rule else ""
-    metrics = _metrics()
-    labels = (str(response.status_code), metrics.method_label(request.method), rule)
-    metrics.requests.labels(*labels).inc()
-    metrics.request_duration.labels(*labels).observe(
-        time.perf_counter() - g.get("started", time.perf_counter())
-    )
-    return response
+def metrics() -> BaseResponse:
+    return Response.from_app(_metrics().wsgi_app, request.environ)
 
 
 def _headers() -> dict[str, str]:
@@ -190,11 +171,19 @@ def _prepare(event: cloudevent.Event, trace: dict[str, str], prefix: str) -> Out
 
 
 def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
-    """Publish and record metrics; the failures by index (empty: everything stored)."""
+    """Publish, holding the events in flight, and record metrics; the failures by index (empty:
+    everything stored).
+
+    Raises:
+        BatchTooLarge: more events than a process may hold in flight at all.
+        Overloaded: the process holds too many events in flight to take these now.
+    """
     publisher: Publisher = current_app.extensions["eventing.publisher"]
+    admission: Admission = current_app.extensions["eventing.admission"]
     metrics = _metrics()
-    started = time.perf_counter()
-    outcomes = publisher.publish(messages)
+    with admission.holding(len(messages)):
+        started = time.perf_counter()
+        outcomes = publisher.publish(messages)
     elapsed_ms = (time.perf_counter() - started) * 1000
     failures = {i: error for i, error in enumerate(outcomes) if error is not None}
     code = str(next(iter(failures.values())).status) if failures else "204"
