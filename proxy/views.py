@@ -15,7 +15,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
 from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
-from eventing.events import cloudevent, eventtypes, legacy
+from eventing.events import binding, cloudevent, eventtypes, legacy
 from eventing.nats.jetstream import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.manifests import Reader
@@ -33,8 +33,8 @@ _READ_LOCK = threading.Lock()  # the reader caches; one thread refreshes it at a
 def publish() -> Response:
     settings = _settings()
     prefix = settings.events.type_prefix
-    trace = cloudevent.trace_extensions(request.headers.items())
-    mode, messages = cloudevent.parse_http(
+    trace = binding.trace_extensions(request.headers.items())
+    mode, messages = binding.parse_http(
         _headers(),
         _read_body(),
         lambda event: _prepare(event, trace, prefix),
@@ -53,17 +53,12 @@ def legacy_publish(application: str) -> Response:
     converted = legacy.parse(application, _read_body(), settings.events.type_prefix)
     try:
         guards.check(converted.subject, converted.event.get_data())
+        trace = binding.trace_extensions(request.headers.items())
     except InvalidEvent as exc:
         raise InvalidLegacyEvent(
             legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
         ) from None
-    try:
-        trace = cloudevent.trace_extensions(request.headers.items())
-    except InvalidEvent as exc:
-        raise InvalidLegacyEvent(
-            legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
-        ) from None
-    event = cloudevent.with_extensions(converted.event, trace, replace=False)
+    event = cloudevent.with_extensions(converted.event, replacing={}, adding=trace)
     failures = _store([outbound(event, converted.subject)])
     if failures:
         raise failures[0]
@@ -164,10 +159,10 @@ def _no_content() -> Response:
 def _prepare(event: cloudevent.Event, trace: dict[str, str], prefix: str) -> OutboundMessage:
     subject = eventtypes.subject_for(event.get_source(), event.get_type(), prefix)
     guards.check(subject, event.get_data())
-    event = cloudevent.with_extensions(event, {"originaltype": event.get_type()}, replace=True)
-    if trace:
-        event = cloudevent.with_extensions(event, trace, replace=False)
-    return outbound(event, subject)
+    stored = cloudevent.with_extensions(
+        event, replacing={"originaltype": event.get_type()}, adding=trace
+    )
+    return outbound(stored, subject)
 
 
 def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
