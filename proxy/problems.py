@@ -99,6 +99,13 @@ def batch_failure(errors: dict[int, PublishError], total: int) -> Response:
     return response
 
 
+def subscriptions_unavailable(error: Exception) -> Response:
+    """The Subscriptions cannot be read right now (the Kubernetes API does not answer)."""
+    return problem(
+        503, "Subscriptions unavailable", f"cannot list subscriptions right now: {error}"
+    )
+
+
 def _problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
 

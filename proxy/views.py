@@ -73,9 +73,7 @@ def subscribed(application: str) -> Response:
         with _READ_LOCK:
             snapshot, _ = reader.read()
     except Exception as exc:  # the Kubernetes API is unreachable; the folder never raises
-        return problems.problem(
-            503, "Subscriptions unavailable", f"cannot list subscriptions right now: {exc}"
-        )
+        return problems.subscriptions_unavailable(exc)
     pairs = subscription.subscribed(application, snapshot.valid, settings.events.type_prefix)
     return jsonify({"eventsInfo": pairs})
 
