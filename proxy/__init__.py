@@ -25,27 +25,26 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
     """
     # prometheus_client picks single- or multi-process mode when first imported, so the
     # launcher (proxy.server, which imports this package) must hand the metrics folder over first.
-    from proxy import admission, problems, views
-    from proxy.metrics import ProxyMetrics
+    from proxy import admission, metrics, problems, views
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.proxy.max_request_size
     app.extensions["eventing.settings"] = settings
     app.extensions["eventing.publisher"] = publisher or JetStreamPublisher(settings)
-    app.extensions["eventing.metrics"] = ProxyMetrics(
+    app.extensions["eventing.metrics"] = counted = metrics.ProxyMetrics(
         destination=",".join(settings.nats.urls),
         max_event_types=settings.proxy.metrics_max_event_types,
     )
     app.extensions["eventing.subscriptions"] = reader_for(settings, watch=False)
-    app.register_blueprint(views.blueprint)
-    problems.register(app)
-    turns = admission.Admission(
+    app.extensions["eventing.admission"] = turns = admission.Admission(
         slots=settings.proxy.threads,
         waiting=admission.waiting_room(settings.proxy.threads),
         patience=admission.PATIENCE,
         retry_after=settings.proxy.retry_after,
+        max_events=settings.proxy.max_in_flight,
     )
-    app.wsgi_app = admission.Gate(  # type: ignore[method-assign]
-        app.wsgi_app, turns, app.extensions["eventing.metrics"]
-    )
+    app.register_blueprint(views.blueprint)
+    problems.register(app)
+    app.wsgi_app = admission.Gate(app.wsgi_app, turns)  # type: ignore[method-assign]
+    metrics.install(app, counted)  # outermost: it counts admission's refusals too
     return app

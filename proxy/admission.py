@@ -7,7 +7,10 @@ by single-event requests, 32 threads being far fewer than 1,000 events. Now at m
 requests publish at once, a burst of at most ``waiting`` more waits up to ``patience`` seconds
 for a turn, and any other request is answered 503 with ``Retry-After`` at once.
 ``eventing-proxy`` gives the app threads for all three groups (:func:`thread_count`), so the
-503s come from threads that are free.
+503s come from threads that are free. Admitted requests then hold their events in flight
+(:meth:`Admission.holding`): at most ``PROXY_MAX_IN_FLIGHT`` events of a process wait for
+JetStream, so an overload becomes a quick 503 instead of a growing heap. This is the one place
+that decides a process is overloaded; :mod:`proxy.problems` decides what the answer looks like.
 
 The check is a WSGI middleware in front of Flask and answers by itself: a refusal must cost far
 less than a publish, or refusing cannot keep up with the load it refuses (through Flask, with
@@ -17,17 +20,16 @@ nothing of the request but its method and path.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import Any
 
-from eventing.errors import Overloaded
-
-if TYPE_CHECKING:  # importing prometheus_client fixes its mode: only create_app may do so
-    from proxy.metrics import ProxyMetrics
+from eventing.errors import BatchTooLarge, Overloaded
+from proxy import metrics, problems
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +57,15 @@ def thread_count(slots: int) -> int:
 
 
 class Admission:
-    """Turns to publish, ``slots`` at a time; see the module docstring."""
+    """Turns to publish, ``slots`` at a time, and events in flight, ``max_events`` at a time;
+    see the module docstring."""
 
-    def __init__(self, slots: int, waiting: int, patience: float, retry_after: int) -> None:
+    def __init__(
+        self, slots: int, waiting: int, patience: float, retry_after: int, max_events: int
+    ) -> None:
         self.retry_after = retry_after
+        self._max_events = max_events
+        self._events = 0
         self._slots = threading.BoundedSemaphore(slots)
         self._size = slots
         self._most_waiting = waiting
@@ -90,6 +97,30 @@ class Admission:
     def leave(self) -> None:
         self._slots.release()
 
+    @contextlib.contextmanager
+    def holding(self, count: int) -> Iterator[None]:
+        """Hold ``count`` events in flight while they are published.
+
+        Raises:
+            BatchTooLarge: ``count`` alone is more than ``max_events``: retrying cannot help.
+            Overloaded: with the events already in flight, ``count`` more would be.
+        """
+        if count > self._max_events:
+            raise BatchTooLarge(count, self._max_events)
+        with self._lock:
+            if self._events + count > self._max_events:
+                raise Overloaded(
+                    f"this proxy process has {self._events} events waiting for JetStream"
+                    f" (limit {self._max_events}); retry later",
+                    retry_after=self.retry_after,
+                )
+            self._events += count
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._events -= count
+
     @property
     def waiting(self) -> int:
         """Requests waiting for a slot right now."""
@@ -107,10 +138,9 @@ class Gate:
     """WSGI middleware: publishing requests (``POST /publish``, ``POST /<app>/v1/events``) go
     on to ``app`` only with a turn from ``admission``; the others pass untouched."""
 
-    def __init__(self, app: WSGIApp, admission: Admission, metrics: ProxyMetrics) -> None:
+    def __init__(self, app: WSGIApp, admission: Admission) -> None:
         self._app = app
         self.admission = admission
-        self._metrics = metrics
         self._lock = threading.Lock()
         self._refused = 0  #: since the last log line
         self._logged_at: float | None = None
@@ -121,11 +151,11 @@ class Gate:
         route = publishing_route(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
         if route is None:
             return self._app(environ, start_response)
-        started = time.perf_counter()
+        environ[metrics.ROUTE] = route
         try:
             self.admission.enter()
         except Overloaded as refusal:
-            return self._refuse(route, refusal, started, start_response)
+            return self._refuse(route, refusal, start_response)
         try:
             return self._app(environ, start_response)
         finally:
@@ -135,23 +165,12 @@ class Gate:
         self,
         route: str,
         refusal: Overloaded,
-        started: float,
         start_response: Callable[..., Any],
     ) -> Iterable[bytes]:
-        """503 in the endpoint's own error format (Kyma's on the legacy endpoint)."""
-        content_type, body = error_document(route, 503, "Event not stored", str(refusal))
-        start_response(
-            "503 Service Unavailable",
-            [
-                ("Content-Type", content_type),
-                ("Content-Length", str(len(body))),
-                ("Retry-After", str(refusal.retry_after)),
-            ],
-        )
-        self._metrics.requests.labels("503", "POST", route).inc()
-        self._metrics.request_duration.labels("503", "POST", route).observe(
-            time.perf_counter() - started
-        )
+        """The overload's answer, in the endpoint's own error format (Kyma's on the legacy
+        endpoint), as Flask would have given it."""
+        headers, body = problems.early_failure(route, refusal)
+        start_response(f"{refusal.status} {HTTPStatus(refusal.status).phrase}", headers)
         self._note(refusal)
         return [body]
 
@@ -174,7 +193,6 @@ class Gate:
 
 
 _PUBLISH = "/publish"
-_LEGACY = "/{application}/v1/events"  # as the request metrics label Flask's rule
 
 
 def publishing_route(method: str, path: str) -> str | None:
@@ -189,18 +207,5 @@ def publishing_route(method: str, path: str) -> str | None:
         return _PUBLISH
     parts = path.split("/")
     if len(parts) == 4 and parts[0] == "" and parts[1] and parts[2:] == ["v1", "events"]:
-        return _LEGACY
+        return problems.LEGACY_ROUTE
     return None
-
-
-def error_document(route: str | None, status: int, title: str, detail: str) -> tuple[str, bytes]:
-    """The content type and body of an error answered before Flask: Kyma's ``{"status",
-    "message"}`` on the legacy endpoint, a problem document (RFC 9457) anywhere else."""
-    document: dict[str, Any]
-    if route == _LEGACY:
-        document = {"status": status, "message": detail}
-        content_type = "application/json"
-    else:
-        document = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-        content_type = "application/problem+json"
-    return content_type, json.dumps(document).encode()

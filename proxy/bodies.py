@@ -24,13 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from proxy import admission
-
-if TYPE_CHECKING:  # importing prometheus_client fixes its mode: only create_app may do so
-    from proxy.metrics import ProxyMetrics
-
+from proxy import admission, problems
+from proxy.metrics import ProxyMetrics
 
 #: Seconds any body has before the minimum rate counts: a body sent with its headers arrives
 #: at once, and a loaded event loop may be late to notice by a fraction of this.
@@ -154,23 +151,21 @@ class BodiesFirst:
         return answer[0], answer[1], content
 
     def _answer_timeout(self, scope: Scope, protocol: HTTPProtocol, started: float) -> None:
-        """408 in the endpoint's own error format; the connection closes (its body is unread)."""
+        """408 in the endpoint's own error format; the connection closes (its body is unread).
+
+        Counted here: the WSGI app, whose middleware counts every other answer, never sees it.
+        """
         route = admission.publishing_route(scope.method, scope.path)
         detail = (
             f"the request body did not arrive in time: a body must arrive within"
             f" {self._limits.timeout:g} s (PROXY_BODY_TIMEOUT) and, after its first"
             f" {GRACE:g} s, at {self._limits.min_rate} bytes/s at least (PROXY_BODY_MIN_RATE)"
         )
-        content_type, content = admission.error_document(route, 408, "Request Timeout", detail)
-        headers = [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(content))),
-            ("Connection", "close"),
-        ]
+        headers, content = problems.early_answer(
+            route, 408, "Request Timeout", detail, {"Connection": "close"}
+        )
         protocol.response_bytes(408, headers, content)
-        labels = ("408", self._metrics.method_label(scope.method), route or "")
-        self._metrics.requests.labels(*labels).inc()
-        self._metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+        self._metrics.observe_request(408, scope.method, route or "", started)
 
 
 T = TypeVar("T")

@@ -10,20 +10,23 @@ process keeps in memory and in its file for good: 62,000 distinct event types in
 ``/tmp``. The first ``max_event_types`` (type, source) pairs a process sees keep their names,
 later ones are counted as ``other``; methods other than HTTP's own are ``other`` too. Every other
 label is ours (status codes, Flask's rules, the NATS URLs).
+
+Every answer is counted in one place, :class:`RequestCounter`, a WSGI middleware around the
+whole app (Flask's answers and admission's 503 alike); the route label reaches it through the
+environ (:data:`ROUTE`). Only the 408 of :mod:`proxy.bodies`, answered before the WSGI app is
+called, is counted there, through the same :meth:`ProxyMetrics.observe_request`.
+``/metrics`` is prometheus_client's own WSGI exposition (:attr:`ProxyMetrics.wsgi_app`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from flask import Flask, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from eventing import settings
@@ -36,6 +39,12 @@ _METHODS = frozenset(
 
 _REQUEST_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _BACKEND_BUCKETS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+#: The environ key that holds a request's ``path`` label once it is known: Flask's rule (with
+#: ``{}`` for ``<>``), or the publishing route admission recognised; none: ``""``.
+ROUTE = "eventing.route"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class ProxyMetrics:
@@ -80,6 +89,19 @@ class ProxyMetrics:
             registry=self.registry,
         )
         self.health.set(1)
+        served = self.registry
+        directory = settings.metrics_dir()
+        if directory:  # every process's values, read from the folder at each scrape
+            served = CollectorRegistry()
+            MultiProcessCollector(served, path=directory)  # type: ignore[no-untyped-call]
+        #: The ``/metrics`` exposition (text, OpenMetrics or gzip, as the scraper asks).
+        self.wsgi_app: WSGIApp = make_wsgi_app(served)
+
+    def observe_request(self, code: int, method: str, route: str, started: float) -> None:
+        """Count an answered request, begun at ``started`` (:func:`time.perf_counter`)."""
+        labels = (str(code), self.method_label(method), route)
+        self.requests.labels(*labels).inc()
+        self.request_duration.labels(*labels).observe(time.perf_counter() - started)
 
     def event_labels(self, event_type: str, source: str) -> tuple[str, str]:
         """The ``event_type`` and ``event_source`` labels of an event: its own while this
@@ -95,14 +117,43 @@ class ProxyMetrics:
 
     @staticmethod
     def method_label(method: str) -> str:
-        """The ``method`` label of a request: HTTP's own methods by name, any other ``other``."""
+        """The ``method`` label of a request: HTTP's own methods by name (in upper case, as
+        Werkzeug reads them), any other ``other``."""
+        method = method.upper()
         return method if method in _METHODS else OTHER
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The text exposition of every process's metrics, and its content type."""
-        directory = settings.metrics_dir()
-        if directory:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+def install(app: Flask, metrics: ProxyMetrics) -> None:
+    """Count every request ``app`` answers: wrap its WSGI app, outermost (call after every other
+    middleware), and label each request with Flask's rule."""
+    app.before_request(_label_route)
+    app.wsgi_app = RequestCounter(app.wsgi_app, metrics)  # type: ignore[method-assign]
+
+
+def _label_route() -> None:
+    rule = request.url_rule
+    request.environ[ROUTE] = rule.rule.replace("<", "{").replace(">", "}") if rule else ""
+
+
+class RequestCounter:
+    """WSGI middleware: counts each answer of ``app`` by status, method and route."""
+
+    def __init__(self, app: WSGIApp, metrics: ProxyMetrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        started = time.perf_counter()
+        status = [500]
+
+        def counted_start_response(line: str, headers: Any, exc_info: Any = None) -> Any:
+            status[0] = int(line.split(" ", 1)[0])
+            return start_response(line, headers, exc_info)
+
+        body = self._app(environ, counted_start_response)
+        self._metrics.observe_request(
+            status[0], environ.get("REQUEST_METHOD", ""), environ.get(ROUTE, ""), started
+        )
+        return body

@@ -1,15 +1,21 @@
-"""Error answers: JSON problem documents on ``/publish``, Kyma's bodies on the legacy endpoint.
+"""Error answers: every error the proxy sends, on ``/publish`` and the legacy endpoint alike.
 
 Every failure a request can meet ends here, so no traceback or HTML page ever reaches a client
-and an unexpected error is logged once, with its traceback, and answered 500.
+and an unexpected error is logged once, with its traceback, and answered 500. This is the one
+module that decides an error's body and headers: a problem document (RFC 9457) on ``/publish``
+and everywhere else, Kyma's bodies on ``/<application>/v1/events``; and a failure to store
+(:class:`eventing.errors.PublishError`) answers its own status, with ``Retry-After`` where
+retrying later helps (:func:`failure_headers`). Answers made before Flask runs (admission's 503,
+:mod:`proxy.bodies`' 408) come from :func:`early_answer`, with the same bodies and headers.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from eventing.errors import (
@@ -23,7 +29,11 @@ from eventing.errors import (
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+LEGACY_JSON = "application/json"
 LEGACY_ENDPOINT = "events.legacy_publish"
+#: The legacy endpoint as a route label (Flask's rule, as the request metrics write it).
+LEGACY_ROUTE = "/{application}/v1/events"
+_NOT_STORED = "Event not stored"
 
 
 def register(app: Flask) -> None:
@@ -35,20 +45,41 @@ def register(app: Flask) -> None:
     app.register_error_handler(Exception, _unexpected)
 
 
+def failure_headers(error: PublishError) -> dict[str, str]:
+    """The headers a failure to store adds to its answer: ``Retry-After`` for an overload (too
+    many requests or events in this process), which passes; none for the others."""
+    if isinstance(error, Overloaded):
+        return {"Retry-After": str(error.retry_after)}
+    return {}
+
+
+def early_answer(
+    route: str | None, status: int, title: str, detail: str, headers: dict[str, str]
+) -> tuple[list[tuple[str, str]], bytes]:
+    """Headers and body of an error answered before Flask, on the request metrics' ``route``
+    label (None: no route of ours): the legacy endpoint's are Kyma's ``{"status", "message"}``,
+    the others' a problem document. ``headers`` go along (``Retry-After``, ``Connection``)."""
+    if route == LEGACY_ROUTE:
+        content_type, document = LEGACY_JSON, _legacy_failure(status, detail)
+    else:
+        content_type, document = PROBLEM_JSON, _problem(status, title, detail)
+    body = _encode(document)
+    return [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        *headers.items(),
+    ], body
+
+
+def early_failure(route: str, error: PublishError) -> tuple[list[tuple[str, str]], bytes]:
+    """Headers and body of a failure to store answered before Flask (an overload refused by
+    :mod:`proxy.admission`): the answer :func:`_publish_error` gives inside Flask."""
+    return early_answer(route, error.status, _NOT_STORED, str(error), failure_headers(error))
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     """An ``application/problem+json`` response (RFC 9457)."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    response = jsonify(body)
-    response.status_code = status
-    response.mimetype = PROBLEM_JSON
-    return response
-
-
-def legacy_error(status: int, body: dict[str, Any]) -> Response:
-    """A legacy endpoint error in Kyma's shape (``application/json``)."""
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    return _response(status, PROBLEM_JSON, _problem(status, title, detail, **extra))
 
 
 def batch_failure(errors: dict[int, PublishError], total: int) -> Response:
@@ -64,9 +95,36 @@ def batch_failure(errors: dict[int, PublishError], total: int) -> Response:
             for index, error in sorted(errors.items())
         ],
     )
-    if isinstance(first, Overloaded):
-        response.headers["Retry-After"] = str(first.retry_after)
+    response.headers.update(failure_headers(first))
     return response
+
+
+def subscriptions_unavailable(error: Exception) -> Response:
+    """The Subscriptions cannot be read right now (the Kubernetes API does not answer)."""
+    return problem(
+        503, "Subscriptions unavailable", f"cannot list subscriptions right now: {error}"
+    )
+
+
+def _problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+
+
+def _legacy_failure(status: int, message: str) -> dict[str, Any]:
+    return {"status": status, "message": message}
+
+
+def _legacy(status: int, document: dict[str, Any]) -> Response:
+    """A legacy endpoint error in Kyma's shape (``application/json``)."""
+    return _response(status, LEGACY_JSON, document)
+
+
+def _response(status: int, content_type: str, document: dict[str, Any]) -> Response:
+    return Response(_encode(document), status, content_type=content_type)
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
 
 
 def _invalid_event(error: InvalidEvent) -> Response:
@@ -91,16 +149,15 @@ def _invalid_legacy_event(error: InvalidLegacyEvent) -> Response:
         body["details"] = [{"field": error.field, "type": error.field_kind, "message": str(error)}]
     else:
         body["moreInfo"] = error.more_info
-    return legacy_error(400, body)
+    return _legacy(400, body)
 
 
 def _publish_error(error: PublishError) -> Response:
     if request.endpoint == LEGACY_ENDPOINT:
-        response = legacy_error(error.status, {"status": error.status, "message": str(error)})
+        response = _legacy(error.status, _legacy_failure(error.status, str(error)))
     else:
-        response = problem(error.status, "Event not stored", str(error))
-    if isinstance(error, Overloaded):
-        response.headers["Retry-After"] = str(error.retry_after)
+        response = problem(error.status, _NOT_STORED, str(error))
+    response.headers.update(failure_headers(error))
     if error.status >= 500 and not isinstance(error, Overloaded):
         # an overload is counted in the request metrics; a line each would flood the log
         # exactly when the process is short of time
@@ -111,7 +168,7 @@ def _publish_error(error: PublishError) -> Response:
 def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     if status == 413 and request.endpoint == LEGACY_ENDPOINT:
-        return legacy_error(
+        return _legacy(
             413,
             {
                 "status": 413,
@@ -122,7 +179,7 @@ def _http_error(error: HTTPException) -> Response:
         )
     detail = error.description or error.name
     if status == 400 and request.endpoint == LEGACY_ENDPOINT:  # e.g. a body cut short
-        return legacy_error(
+        return _legacy(
             400,
             {
                 "status": 400,

@@ -2,10 +2,10 @@
 
 One :class:`JetStreamPublisher` per app; it starts its loop thread and NATS connection lazily in
 the process that first publishes (granian starts worker processes after importing nothing of
-ours, and threads never survive a fork). It bounds the events a process holds in flight, so an
-overload becomes a quick 503 instead of a growing heap. Requests that arrive while the loop is
-busy share one handover to it (:class:`eventing.nats.loop.Rounds`), and their events are pipelined
-on the connection together.
+ours, and threads never survive a fork). The events a process holds in flight are bounded
+before they get here (:meth:`proxy.admission.Admission.holding`). Requests that arrive while the
+loop is busy share one handover to it (:class:`eventing.nats.loop.Rounds`), and their events are
+pipelined on the connection together.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from eventing.errors import Overloaded, PublishError, StreamNotAnswering
+from eventing.errors import PublishError, StreamNotAnswering
 from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
 from eventing.nats.messages import OutboundMessage
@@ -39,30 +39,16 @@ class JetStreamPublisher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._timeout = settings.proxy.request_timeout
-        self._max_in_flight = settings.proxy.max_in_flight
-        self._in_flight = 0
         self._lock = threading.Lock()
         self._connection: _Connection | None = None  #: of this process, made lazily
 
     def publish(self, messages: list[OutboundMessage]) -> list[PublishError | None]:
         rounds = self._started().rounds
-        count = len(messages)
-        with self._lock:
-            if self._in_flight + count > self._max_in_flight:
-                raise Overloaded(
-                    f"this proxy process has {self._in_flight} events waiting for JetStream"
-                    f" (limit {self._max_in_flight}); retry later",
-                    retry_after=self._settings.proxy.retry_after,
-                )
-            self._in_flight += count
         try:
             return rounds.call(messages, self._timeout + 1)
         except TimeoutError:
             error = StreamNotAnswering(f"no acknowledgement within {self._timeout:g}s")
-            return [error] * count
-        finally:
-            with self._lock:
-                self._in_flight -= count
+            return [error] * len(messages)
 
     def ready(self) -> bool:
         connection = self._started()

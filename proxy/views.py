@@ -10,16 +10,18 @@ from __future__ import annotations
 import threading
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.wrappers import Response as BaseResponse
 
-from eventing.errors import BatchTooLarge, InvalidEvent, InvalidLegacyEvent, PublishError
-from eventing.events import cloudevent, eventtypes, legacy
+from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
+from eventing.events import binding, cloudevent, eventtypes, legacy
 from eventing.nats.messages import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.manifests import Reader
 from eventing.subscriptions import subscription
 from proxy import guards, problems
+from proxy.admission import Admission
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher
 
@@ -31,15 +33,12 @@ _READ_LOCK = threading.Lock()  # the reader caches; one thread refreshes it at a
 def publish() -> Response:
     settings = _settings()
     prefix = settings.events.type_prefix
-    trace = cloudevent.trace_extensions(request.headers.items())
-    mode, messages = cloudevent.parse_http(
+    trace = binding.trace_extensions(request.headers.items())
+    mode, messages = binding.parse_http(
         _headers(),
         _read_body(),
         lambda event: _prepare(event, trace, prefix),
     )
-    limit = settings.proxy.max_in_flight
-    if len(messages) > limit:
-        raise BatchTooLarge(len(messages), limit)
     failures = _store(messages)
     if not failures:
         return _no_content()
@@ -54,17 +53,12 @@ def legacy_publish(application: str) -> Response:
     converted = legacy.parse(application, _read_body(), settings.events.type_prefix)
     try:
         guards.check(converted.subject, converted.event.get_data())
+        trace = binding.trace_extensions(request.headers.items())
     except InvalidEvent as exc:
         raise InvalidLegacyEvent(
             legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
         ) from None
-    try:
-        trace = cloudevent.trace_extensions(request.headers.items())
-    except InvalidEvent as exc:
-        raise InvalidLegacyEvent(
-            legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
-        ) from None
-    event = cloudevent.with_extensions(converted.event, trace, replace=False)
+    event = cloudevent.with_extensions(converted.event, replacing={}, adding=trace)
     failures = _store([outbound(event, converted.subject)])
     if failures:
         raise failures[0]
@@ -79,9 +73,7 @@ def subscribed(application: str) -> Response:
         with _READ_LOCK:
             snapshot, _ = reader.read()
     except Exception as exc:  # the Kubernetes API is unreachable; the folder never raises
-        return problems.problem(
-            503, "Subscriptions unavailable", f"cannot list subscriptions right now: {exc}"
-        )
+        return problems.subscriptions_unavailable(exc)
     pairs = subscription.subscribed(application, snapshot.valid, settings.events.type_prefix)
     return jsonify({"eventsInfo": pairs})
 
@@ -104,26 +96,8 @@ def readyz() -> Response:
 
 
 @blueprint.get("/metrics")
-def metrics() -> Response:
-    body, content_type = _metrics().exposition()
-    return Response(body, content_type=content_type)
-
-
-@blueprint.before_app_request
-def _start_timer() -> None:
-    g.started = time.perf_counter()
-
-
-@blueprint.after_app_request
-def _count_request(response: Response) -> Response:
-    rule = request.url_rule.rule.replace("<", "{").replace(">", "}") if request.url_rule else ""
-    metrics = _metrics()
-    labels = (str(response.status_code), metrics.method_label(request.method), rule)
-    metrics.requests.labels(*labels).inc()
-    metrics.request_duration.labels(*labels).observe(
-        time.perf_counter() - g.get("started", time.perf_counter())
-    )
-    return response
+def metrics() -> BaseResponse:
+    return Response.from_app(_metrics().wsgi_app, request.environ)
 
 
 def _headers() -> dict[str, str]:
@@ -183,18 +157,26 @@ def _no_content() -> Response:
 def _prepare(event: cloudevent.Event, trace: dict[str, str], prefix: str) -> OutboundMessage:
     subject = eventtypes.subject_for(event.get_source(), event.get_type(), prefix)
     guards.check(subject, event.get_data())
-    event = cloudevent.with_extensions(event, {"originaltype": event.get_type()}, replace=True)
-    if trace:
-        event = cloudevent.with_extensions(event, trace, replace=False)
-    return outbound(event, subject)
+    stored = cloudevent.with_extensions(
+        event, replacing={"originaltype": event.get_type()}, adding=trace
+    )
+    return outbound(stored, subject)
 
 
 def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
-    """Publish and record metrics; the failures by index (empty: everything stored)."""
+    """Publish, holding the events in flight, and record metrics; the failures by index (empty:
+    everything stored).
+
+    Raises:
+        BatchTooLarge: more events than a process may hold in flight at all.
+        Overloaded: the process holds too many events in flight to take these now.
+    """
     publisher: Publisher = current_app.extensions["eventing.publisher"]
+    admission: Admission = current_app.extensions["eventing.admission"]
     metrics = _metrics()
-    started = time.perf_counter()
-    outcomes = publisher.publish(messages)
+    with admission.holding(len(messages)):
+        started = time.perf_counter()
+        outcomes = publisher.publish(messages)
     elapsed_ms = (time.perf_counter() - started) * 1000
     failures = {i: error for i, error in enumerate(outcomes) if error is not None}
     code = str(next(iter(failures.values())).status) if failures else "204"

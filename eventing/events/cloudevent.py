@@ -1,4 +1,4 @@
-"""CloudEvents in and out: the three HTTP modes, validation, and the stored form (pure).
+"""The CloudEvent: our model of one, its validation, and its JSON forms (pure).
 
 What a sink receives is what the publisher sent: every attribute keeps the value and the text it
 was published with, and nothing is added but the documented ``originaltype`` and the trace
@@ -11,14 +11,14 @@ ourselves, with messages that name the attribute (or header) and say what was ex
 
 What is stored in JetStream is the event in the structured JSON format: ``data`` as a JSON value
 when it arrived as one (structured mode, legacy events), ``data_base64`` when it arrived as bytes
-(binary mode), so a sink later receives the very bytes the publisher sent.
+(binary mode), so a sink later receives the very bytes the publisher sent. The proxy makes it
+once per event (:func:`to_stored`, after one :func:`with_extensions`); a worker reads it back
+once into the binary-mode request a sink receives (:func:`to_binary_request`).
 
-Header values are read as a WSGI server passes them (PEP 3333: the bytes, latin-1-decoded), as
-UTF-8, then percent-decoded (``ce-*`` only), as the CloudEvents HTTP binding says. Two things a
-server may do to a value cannot be undone, so such values are refused (400) instead of stored
-changed: granian (in its WSGI and RSGI interfaces alike, and so in the environ proxy.bodies
-builds) passes ``""`` for a value with bytes outside visible ASCII, and joins repeated header
-lines with ``,``.
+Why one module of about 450 lines: the model, the rules every attribute is checked by, and the
+JSON formats (structured, batch, stored) are one noun, the event as JSON, and each JSON reader
+ends in those rules. The HTTP binding of requests (which mode a request is in, ``ce-*`` headers)
+is :mod:`eventing.events.binding`; trace context is :mod:`eventing.events.tracecontext`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import binascii
 import datetime
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
-from eventing.errors import InvalidBatch, InvalidEvent, UnsupportedMode
+from eventing.errors import InvalidBatch, InvalidEvent
+from eventing.events import tracecontext
 
 #: An attribute value: a string, or a JSON boolean or integer (extensions only).
 Value = str | bool | int
@@ -45,9 +46,6 @@ JSON: Final = "application/json"
 
 _REQUIRED: Final = ("specversion", "id", "source", "type")
 _CONTEXT: Final = frozenset({*_REQUIRED, "datacontenttype", "dataschema", "subject", "time"})
-#: Headers whose value is the event's identity or routing: a comma there may be two header lines
-#: joined by the server, and a merged id or type would be stored as another event.
-_SINGLE_HEADERS: Final = frozenset({"ce-specversion", "ce-id", "ce-source", "ce-type"})
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
@@ -61,36 +59,6 @@ _INT32 = range(-(2**31), 2**31)
 #: A JSON string escape of a UTF-16 surrogate: only then can a parsed document hold a lone one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
-#: W3C Trace Context (https://www.w3.org/TR/trace-context/): version, trace id, parent id, flags,
-#: and after a version above 00 possibly more fields.
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_TRACESTATE_KEY = re.compile(
-    r"[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13}"
-)
-_TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
-_TRACESTATE_MEMBERS = 32
-_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
-
-#: Request headers that carry trace context, and the extension each one becomes (§2.8).
-TRACE_HEADERS: Final = {
-    "traceparent": "traceparent",
-    "tracestate": "tracestate",
-    "x-b3-traceid": "b3traceid",
-    "x-b3-parentspanid": "b3parentspanid",
-    "x-b3-spanid": "b3spanid",
-    "x-b3-sampled": "b3sampled",
-    "x-b3-flags": "b3flags",
-}
-#: Trace extensions and the HTTP header each one goes back to when delivered (§2.8).
-_TRACE_OUT: Final = {
-    "traceparent": "traceparent",
-    "tracestate": "tracestate",
-    "b3traceid": "X-B3-TraceId",
-    "b3parentspanid": "X-B3-ParentSpanId",
-    "b3spanid": "X-B3-SpanId",
-    "b3sampled": "X-B3-Sampled",
-    "b3flags": "X-B3-Flags",
-}
 #: What the HTTP binding (3.1.3.2) lets stand in a ``ce-*`` value: printable ASCII but space,
 #: ``"`` and ``%``. Everything else is percent-encoded, non-ASCII as its UTF-8 bytes.
 _CE_HEADER_SAFE: Final = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '"%')
@@ -146,101 +114,6 @@ def media_type(content_type: str | None) -> str:
 def is_json(content_type: str | None) -> bool:
     """Whether a datacontenttype declares JSON content (``application/json``, ``…+json``)."""
     return bool(content_type and _JSON_MEDIA_TYPE.fullmatch(content_type))
-
-
-def parse_http(
-    headers: Mapping[str, str], body: bytes, prepare: Callable[[Event], T]
-) -> tuple[str, list[T]]:
-    """Read the CloudEvent(s) of a ``POST /publish`` request.
-
-    Parameters:
-        headers: request headers as a WSGI server passes them (PEP 3333); names are matched
-            case-insensitively. A ``Content-Type`` the server could not read must be passed
-            as ``""``, not left out.
-        body: the raw request body.
-        prepare: applied to each valid event (e.g. to find its subject); an
-            :class:`InvalidEvent` it raises counts as that event's error.
-
-    Returns:
-        The mode (``"binary"``, ``"structured"`` or ``"batch"``) and what ``prepare`` made of
-        each event.
-
-    Raises:
-        UnsupportedMode: neither a CloudEvents content type nor a ``ce-specversion`` header.
-        InvalidBatch: some events of a batch are invalid (each error keyed by index).
-        InvalidEvent: the single event is invalid, or a header it needs cannot be read.
-    """
-    lowered = {name.lower(): value for name, value in headers.items()}
-    content_type = lowered.get("content-type")
-    if content_type is not None:
-        content_type = header_text("content-type", content_type)
-    mode = media_type(content_type)
-    if mode == BATCH:
-        return "batch", parse_batch(body, prepare)
-    if mode == STRUCTURED:
-        return "structured", [prepare(parse_structured(body))]
-    if mode.startswith("application/cloudevents"):
-        raise UnsupportedMode(
-            f"unsupported CloudEvents format {_show(mode)}: expected {STRUCTURED} or {BATCH}",
-            attribute="content-type",
-        )
-    if "ce-specversion" in lowered:
-        return "binary", [prepare(parse_binary(lowered, body))]
-    raise UnsupportedMode(
-        "the request is no CloudEvent: expected binary mode (ce-specversion, ce-id, ce-source and"
-        f" ce-type headers), or Content-Type {STRUCTURED} or {BATCH}",
-        attribute="content-type",
-    )
-
-
-def parse_binary(headers: Mapping[str, str], body: bytes) -> Event:
-    """A binary-mode event: attributes from ``ce-*`` headers (lower-case names), data = body.
-
-    Values are percent-decoded as UTF-8 (HTTP binding 3.1.3.2); a comma in ``ce-id``,
-    ``ce-source``, ``ce-type`` or ``ce-specversion`` must come as ``%2C``, as the server may
-    have joined two header lines with one.
-    """
-    attributes: dict[str, Any] = {}
-    for name, value in headers.items():
-        if name.startswith("ce-"):
-            text = header_text(name, value)
-            if name in _SINGLE_HEADERS and "," in text:
-                raise InvalidEvent(
-                    f"header {name}: a ',' cannot be told from two {name} headers, which the"
-                    " HTTP server joins with one; send a comma in the value as %2C",
-                    attribute=name,
-                )
-            try:
-                attributes[name[3:]] = unquote(text, errors="strict")
-            except UnicodeDecodeError:
-                raise InvalidEvent(
-                    f"header {name}: percent-encoded bytes must be UTF-8", attribute=name
-                ) from None
-    if "content-type" in headers:
-        attributes["datacontenttype"] = header_text("content-type", headers["content-type"])
-    return build(attributes, body if body else None)
-
-
-def header_text(name: str, value: str) -> str:
-    """A header value as text: the bytes a PEP 3333 server passes (latin-1) read as UTF-8.
-
-    Raises:
-        InvalidEvent: the value is empty (granian passes a value it cannot read as ``""``, so
-            an empty one may have been anything), or its bytes are not UTF-8.
-    """
-    if not value:
-        raise InvalidEvent(
-            f"header {name}: empty, or it held bytes outside printable ASCII, which the proxy's"
-            " HTTP server passes on as an empty value; send non-ASCII characters percent-encoded"
-            " as UTF-8 (é as %C3%A9), as the CloudEvents HTTP binding does",
-            attribute=name,
-        )
-    if value.isascii():
-        return value
-    try:
-        return value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        raise InvalidEvent(f"header {name}: the value is not UTF-8", attribute=name) from None
 
 
 def parse_structured(body: bytes) -> Event:
@@ -304,7 +177,7 @@ def from_json_object(document: Mapping[str, Any]) -> Event:
         if content_type is not None and isinstance(content_type, str) and not is_json(content_type):
             raise InvalidEvent(
                 "data must be a string (or data_base64) when datacontenttype is"
-                f" {_show(content_type)}; JSON values need a JSON datacontenttype",
+                f" {show(content_type)}; JSON values need a JSON datacontenttype",
                 attribute="data",
             )
     return build(attributes, data)
@@ -324,11 +197,11 @@ def build(attributes: Mapping[str, Any], data: Any) -> Event:
     for name in _REQUIRED:
         value = attributes.get(name)
         if not isinstance(value, str) or not value:
-            got = "nothing" if value is None else _show(value)
+            got = "nothing" if value is None else show(value)
             raise InvalidEvent(f"{name}: required, a non-empty string; got {got}", attribute=name)
     if attributes["specversion"] != "1.0":
         raise InvalidEvent(
-            f"specversion: expected '1.0', got {_show(attributes['specversion'])}",
+            f"specversion: expected '1.0', got {show(attributes['specversion'])}",
             attribute="specversion",
         )
     _check_uri_reference("source", attributes["source"])
@@ -340,34 +213,19 @@ def build(attributes: Mapping[str, Any], data: Any) -> Event:
     return Event(dict(attributes), data)
 
 
-def with_extensions(event: Event, extensions: Mapping[str, str], *, replace: bool) -> Event:
-    """A copy of ``event`` with extra extension attributes.
+def with_extensions(
+    event: Event, *, replacing: Mapping[str, str], adding: Mapping[str, str]
+) -> Event:
+    """A copy of ``event`` with extra extension attributes, made in one step.
 
-    ``replace=False`` keeps values the event already has (trace context set by the publisher
-    wins over request headers).
+    ``replacing`` overwrites what the event has (``originaltype``); ``adding`` keeps values the
+    event already has (trace context set by the publisher wins over request headers). New
+    attributes follow the event's own, ``replacing`` before ``adding``, as they are stored.
     """
-    attributes = event.get_attributes()
-    for name, value in extensions.items():
-        if replace or name not in attributes:
-            attributes[name] = value
+    attributes = {**event.attributes, **replacing}
+    for name, value in adding.items():
+        attributes.setdefault(name, value)
     return Event(attributes, event.data)
-
-
-def trace_extensions(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Trace-context request headers as CloudEvent extensions (traceparent, B3).
-
-    Raises:
-        InvalidEvent: a trace header is empty or unreadable, ``traceparent`` or ``tracestate``
-            is not W3C Trace Context, or a B3 value is not visible ASCII.
-    """
-    found: dict[str, str] = {}
-    for name, value in headers:
-        extension = TRACE_HEADERS.get(name.lower())
-        if extension:
-            text = header_text(name.lower(), value)
-            _check_trace_value(extension, text, attribute=name.lower())
-            found[extension] = text
-    return found
 
 
 def to_stored(event: Event) -> bytes:
@@ -397,7 +255,7 @@ def from_stored(payload: bytes) -> Event:
     for name in _REQUIRED:
         value = document.get(name)
         if not isinstance(value, str) or not value:
-            got = "nothing" if value is None else _show(value)
+            got = "nothing" if value is None else show(value)
             raise InvalidEvent(f"{name}: required, a non-empty string; got {got}", attribute=name)
     data: Any = document.pop("data", None)
     encoded = document.pop("data_base64", None)
@@ -422,8 +280,8 @@ def to_binary_request(stored: bytes, event_type: str) -> tuple[dict[str, str], b
     headers: dict[str, str] = {}
     for name, value in {**event.attributes, "type": event_type}.items():
         text = header_form(value)
-        if name in _TRACE_OUT:
-            headers[_TRACE_OUT[name]] = text
+        if name in tracecontext.HEADER_OF_EXTENSION:
+            headers[tracecontext.HEADER_OF_EXTENSION[name]] = text
         elif name == "datacontenttype":
             headers["content-type"] = text
         else:
@@ -466,7 +324,7 @@ def check_time(value: str) -> str:
         if clock_in_range and offset_hour <= 23 and offset_minute <= 59 and _is_date(found):
             return value
     raise InvalidEvent(
-        f"time: expected an RFC 3339 timestamp such as 2020-04-02T21:37:00Z, got {_show(value)}",
+        f"time: expected an RFC 3339 timestamp such as 2020-04-02T21:37:00Z, got {show(value)}",
         attribute="time",
     )
 
@@ -512,7 +370,7 @@ def _load_json(body: bytes) -> Any:
     return document
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def show(value: Any, limit: int = 60) -> str:
     """A value for an error message, cut short so a hostile body cannot bloat the answer."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
@@ -528,7 +386,7 @@ def _check_uri_reference(name: str, value: str) -> None:
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise InvalidEvent(
             f"{name}: must be a URI-reference (RFC 3986) without spaces or control characters,"
-            f" got {_show(value)}",
+            f" got {show(value)}",
             attribute=name,
         )
     try:
@@ -542,28 +400,28 @@ def _check_uri_reference(name: str, value: str) -> None:
 def _check_context_value(name: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidEvent(
-            f"{name}: expected a non-empty string, got {_show(value)}", attribute=name
+            f"{name}: expected a non-empty string, got {show(value)}", attribute=name
         )
     if name == "time":
         check_time(value)
     if name == "datacontenttype" and not _MEDIA_TYPE.fullmatch(value):
         raise InvalidEvent(
             "datacontenttype: expected a media type such as application/json, in printable"
-            f" ASCII (it is delivered as the Content-Type header), got {_show(value)}",
+            f" ASCII (it is delivered as the Content-Type header), got {show(value)}",
             attribute=name,
         )
     if name == "dataschema":
         _check_uri_reference(name, value)
         if not urlsplit(value).scheme:
             raise InvalidEvent(
-                f"dataschema: expected an absolute URI, got {_show(value)}", attribute=name
+                f"dataschema: expected an absolute URI, got {show(value)}", attribute=name
             )
 
 
 def _check_extension_value(name: str, value: Any) -> None:
     if not _EXTENSION_NAME.fullmatch(name) or name == "data":
         raise InvalidEvent(
-            f"extension {_show(name)}: names are lower-case letters and digits only, and 'data'"
+            f"extension {show(name)}: names are lower-case letters and digits only, and 'data'"
             " is reserved",
             attribute=name,
         )
@@ -573,53 +431,19 @@ def _check_extension_value(name: str, value: Any) -> None:
         )
     if not isinstance(value, bool | str | int):
         raise InvalidEvent(
-            f"extension {name!r}: expected a string, integer or boolean, got {_show(value)}",
+            f"extension {name!r}: expected a string, integer or boolean, got {show(value)}",
             attribute=name,
         )
-    if name in _TRACE_OUT:
-        _check_trace_value(name, header_form(value), attribute=name)
+    if name in tracecontext.HEADER_OF_EXTENSION:
+        check_trace_value(name, header_form(value), attribute=name)
 
 
-def _check_trace_value(extension: str, value: str, *, attribute: str) -> None:
-    """Trace context must be what its spec says: it is delivered as a header of its own."""
-    if extension == "traceparent":
-        problem = _traceparent_problem(value)
-    elif extension == "tracestate":
-        problem = _tracestate_problem(value)
-    else:
-        problem = None if _VISIBLE_ASCII.fullmatch(value) else "expected visible ASCII (B3)"
+def check_trace_value(extension: str, value: str, *, attribute: str) -> None:
+    """Trace context must be what its spec says: it is delivered as a header of its own.
+
+    Raises:
+        InvalidEvent: naming ``attribute`` (the extension, or the header it came in).
+    """
+    problem = tracecontext.problem(extension, value)
     if problem:
-        raise InvalidEvent(f"{attribute}: {problem}, got {_show(value)}", attribute=attribute)
-
-
-def _traceparent_problem(value: str) -> str | None:
-    found = _TRACEPARENT.fullmatch(value)
-    expected = "expected a W3C traceparent such as 00-<32 hex digits>-<16 hex digits>-01"
-    if not found:
-        return expected
-    version, trace_id, parent_id, _, rest = found.groups()
-    if version == "ff" or (version == "00" and rest):
-        return f"{expected} (version {version} admits no other form)"
-    if rest and not _VISIBLE_ASCII.fullmatch(rest):
-        return expected
-    if trace_id == "0" * 32 or parent_id == "0" * 16:
-        return f"{expected}, W3C: an all-zero trace id or parent id is invalid"
-    return None
-
-
-def _tracestate_problem(value: str) -> str | None:
-    expected = "expected a W3C tracestate: up to 32 key=value members separated by commas"
-    members = [member.strip(" \t") for member in value.split(",")]
-    keys: set[str] = set()
-    for member in filter(None, members):
-        key, equals, member_value = member.partition("=")
-        if not equals or not _TRACESTATE_KEY.fullmatch(key):
-            return expected
-        if not _TRACESTATE_VALUE.fullmatch(member_value):
-            return f"{expected}, values in printable ASCII without ',' and '='"
-        if key in keys:
-            return f"{expected}, W3C: each key at most once"
-        keys.add(key)
-    if len(keys) > _TRACESTATE_MEMBERS:
-        return f"{expected}, W3C: at most {_TRACESTATE_MEMBERS} members"
-    return None
+        raise InvalidEvent(f"{attribute}: {problem}, got {show(value)}", attribute=attribute)

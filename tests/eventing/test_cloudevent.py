@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from eventing.errors import InvalidBatch, InvalidEvent, UnsupportedMode
-from eventing.events import cloudevent
+from eventing.events import binding, cloudevent
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}
 BATCH = {"content-type": "application/cloudevents-batch+json"}
@@ -35,7 +35,7 @@ def structured(**changes: Any) -> bytes:
 
 def test_binary_mode_keeps_the_body_bytes() -> None:
     body = b'{ "a" : 1 }'
-    mode, [event] = cloudevent.parse_http({**BINARY, "ce-myext": "caf%C3%A9"}, body, _same)
+    mode, [event] = binding.parse_http({**BINARY, "ce-myext": "caf%C3%A9"}, body, _same)
     assert mode == "binary"
     assert event.get_data() == body
     assert event.get_datacontenttype() == "application/json"
@@ -45,7 +45,7 @@ def test_binary_mode_keeps_the_body_bytes() -> None:
 
 
 def test_structured_mode_keeps_json_data_as_a_value() -> None:
-    mode, [event] = cloudevent.parse_http(
+    mode, [event] = binding.parse_http(
         {"Content-Type": "application/cloudevents+json; charset=utf-8"},
         structured(
             data={"a": [1, 2]}, datacontenttype="application/json", time="2020-04-02T21:37:00Z"
@@ -60,7 +60,7 @@ def test_structured_mode_keeps_json_data_as_a_value() -> None:
 
 
 def test_structured_data_base64_becomes_bytes() -> None:
-    _, [event] = cloudevent.parse_http(
+    _, [event] = binding.parse_http(
         STRUCTURED, structured(data_base64=base64.b64encode(b"\x00\x01").decode()), _same
     )
     assert event.get_data() == b"\x00\x01"
@@ -68,7 +68,7 @@ def test_structured_data_base64_becomes_bytes() -> None:
 
 def test_batch_mode_reads_every_event() -> None:
     body = json.dumps([{**EVENT, "id": str(i)} for i in range(3)]).encode()
-    mode, events = cloudevent.parse_http(BATCH, body, _same)
+    mode, events = binding.parse_http(BATCH, body, _same)
     assert mode == "batch"
     assert [e.get_id() for e in events] == ["0", "1", "2"]
 
@@ -76,7 +76,7 @@ def test_batch_mode_reads_every_event() -> None:
 def test_batch_reports_every_invalid_event_by_index() -> None:
     body = json.dumps([EVENT, {**EVENT, "id": ""}, 7, {**EVENT, "specversion": "0.3"}]).encode()
     with pytest.raises(InvalidBatch) as caught:
-        cloudevent.parse_http(BATCH, body, _same)
+        binding.parse_http(BATCH, body, _same)
     assert sorted(caught.value.errors) == [1, 2, 3]
     assert caught.value.errors[1].attribute == "id"
     assert caught.value.errors[3].attribute == "specversion"
@@ -85,7 +85,7 @@ def test_batch_reports_every_invalid_event_by_index() -> None:
 @pytest.mark.parametrize("body", [b"[]", b"{}", b"", b"[1"])
 def test_batch_body_must_be_a_non_empty_array(body: bytes) -> None:
     with pytest.raises(InvalidEvent):
-        cloudevent.parse_http(BATCH, body, _same)
+        binding.parse_http(BATCH, body, _same)
 
 
 @pytest.mark.parametrize(
@@ -94,13 +94,13 @@ def test_batch_body_must_be_a_non_empty_array(body: bytes) -> None:
 )
 def test_no_cloudevent_is_unsupported_media_type(headers: dict[str, str]) -> None:
     with pytest.raises(UnsupportedMode) as caught:
-        cloudevent.parse_http(headers, b'{"a": 1}', _same)
+        binding.parse_http(headers, b'{"a": 1}', _same)
     assert caught.value.status == 415
 
 
 def test_other_cloudevents_formats_are_unsupported() -> None:
     with pytest.raises(UnsupportedMode, match="unsupported CloudEvents format"):
-        cloudevent.parse_http({"content-type": "application/cloudevents+xml"}, b"<e/>", _same)
+        binding.parse_http({"content-type": "application/cloudevents+xml"}, b"<e/>", _same)
 
 
 @pytest.mark.parametrize(
@@ -132,30 +132,30 @@ def test_invalid_structured_events_name_the_attribute(
     body: bytes, attribute: str, expected: str
 ) -> None:
     with pytest.raises(InvalidEvent) as caught:
-        cloudevent.parse_http(STRUCTURED, body, _same)
+        binding.parse_http(STRUCTURED, body, _same)
     assert caught.value.attribute == attribute
     assert expected in str(caught.value)
 
 
 def test_binary_mode_refuses_non_utf8_percent_encoding() -> None:
     with pytest.raises(InvalidEvent) as caught:
-        cloudevent.parse_http({**BINARY, "ce-myext": "%FF"}, b"", _same)
+        binding.parse_http({**BINARY, "ce-myext": "%FF"}, b"", _same)
     assert caught.value.attribute == "ce-myext"  # the header is named
 
 
 def test_binary_mode_refuses_the_reserved_data_extension() -> None:
     with pytest.raises(InvalidEvent):
-        cloudevent.parse_http({**BINARY, "ce-data": "x"}, b"", _same)
+        binding.parse_http({**BINARY, "ce-data": "x"}, b"", _same)
 
 
 def test_error_messages_are_cut_short() -> None:
     with pytest.raises(InvalidEvent) as caught:
-        cloudevent.parse_http(STRUCTURED, structured(myext=["x" * 10_000]), _same)
+        binding.parse_http(STRUCTURED, structured(myext=["x" * 10_000]), _same)
     assert len(str(caught.value)) < 200
 
 
 def test_trace_headers_become_extensions() -> None:
-    extensions = cloudevent.trace_extensions(
+    extensions = binding.trace_extensions(
         [
             ("traceparent", TRACEPARENT),
             ("X-B3-TraceId", "t1"),
@@ -168,9 +168,9 @@ def test_trace_headers_become_extensions() -> None:
 
 def test_extensions_set_by_the_publisher_win_unless_replaced() -> None:
     mine, header = TRACEPARENT, TRACEPARENT.replace("-01", "-00")
-    _, [event] = cloudevent.parse_http(STRUCTURED, structured(traceparent=mine), _same)
-    kept = cloudevent.with_extensions(event, {"traceparent": header}, replace=False)
-    replaced = cloudevent.with_extensions(event, {"traceparent": header}, replace=True)
+    _, [event] = binding.parse_http(STRUCTURED, structured(traceparent=mine), _same)
+    kept = cloudevent.with_extensions(event, replacing={}, adding={"traceparent": header})
+    replaced = cloudevent.with_extensions(event, replacing={"traceparent": header}, adding={})
     assert kept.get_extension("traceparent") == mine
     assert replaced.get_extension("traceparent") == header
 
@@ -183,5 +183,23 @@ def test_errors_of_prepare_count_per_batch_index() -> None:
 
     body = json.dumps([{**EVENT, "id": "1"}, {**EVENT, "id": "2"}, {**EVENT, "id": ""}]).encode()
     with pytest.raises(InvalidBatch) as caught:
-        cloudevent.parse_http(BATCH, body, refuse_second)
+        binding.parse_http(BATCH, body, refuse_second)
     assert sorted(caught.value.errors) == [1, 2]
+
+
+def test_extensions_are_stored_after_the_events_own_replacing_before_adding() -> None:
+    """The stored form workers read is made in one step; its attribute order is the one the
+    proxy always stored: the event's own, then ``originaltype``, then trace extensions."""
+    _, [event] = binding.parse_http(STRUCTURED, structured(tracestate="mine=1", data=1), _same)
+    stored = cloudevent.with_extensions(
+        event,
+        replacing={"originaltype": event.get_type()},
+        adding={"tracestate": "header=2", "b3sampled": "1"},
+    )
+    assert list(json.loads(cloudevent.to_stored(stored))) == [
+        *event.attributes,
+        "originaltype",
+        "b3sampled",
+        "data",
+    ]
+    assert stored.get_extension("tracestate") == "mine=1"

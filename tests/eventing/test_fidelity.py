@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventing.errors import InvalidEvent, InvalidLegacyEvent
-from eventing.events import cloudevent, legacy
+from eventing.events import binding, cloudevent, legacy
 from tests.eventing.test_cloudevent import BINARY, EVENT, STRUCTURED
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -38,7 +38,7 @@ def _structured(**changes: Any) -> bytes:
 
 def _publish(headers: dict[str, str], body: bytes) -> tuple[dict[str, Any], dict[str, str], bytes]:
     """The stored JSON document, and the headers and body a sink receives."""
-    _, [event] = cloudevent.parse_http(headers, body, _same)
+    _, [event] = binding.parse_http(headers, body, _same)
     stored = cloudevent.to_stored(event)
     headers_out, body_out = cloudevent.to_binary_request(stored, event.get_type())
     return json.loads(stored), {k.lower(): v for k, v in headers_out.items()}, body_out
@@ -99,7 +99,7 @@ def test_time_is_stored_and_delivered_as_published(time: str) -> None:
 )
 def test_times_that_are_not_rfc3339_are_refused(time: str) -> None:
     with pytest.raises(InvalidEvent, match="RFC 3339") as caught:
-        cloudevent.parse_http(STRUCTURED, _structured(time=time), _same)
+        binding.parse_http(STRUCTURED, _structured(time=time), _same)
     assert caught.value.attribute == "time"
 
 
@@ -122,14 +122,14 @@ def test_an_empty_header_value_is_refused_naming_the_header(header: str) -> None
     # granian's WSGI environ holds "" for a value with bytes outside visible ASCII, so an empty
     # value may be one the server could not read: never stored as "".
     with pytest.raises(InvalidEvent, match=f"header {header}") as caught:
-        cloudevent.parse_http({**BINARY, header: ""}, b"", _same)
+        binding.parse_http({**BINARY, header: ""}, b"", _same)
     assert caught.value.attribute == header
 
 
 @pytest.mark.parametrize("header", ["ce-id", "ce-source", "ce-type", "ce-specversion"])
 def test_a_comma_in_an_identity_header_is_refused_as_a_possible_repeat(header: str) -> None:
     with pytest.raises(InvalidEvent, match="%2C") as caught:
-        cloudevent.parse_http({**BINARY, header: f"{BINARY[header]},{BINARY[header]}"}, b"", _same)
+        binding.parse_http({**BINARY, header: f"{BINARY[header]},{BINARY[header]}"}, b"", _same)
     assert caught.value.attribute == header
 
 
@@ -144,9 +144,7 @@ def test_a_percent_encoded_comma_is_a_comma() -> None:
 )
 def test_a_datacontenttype_no_header_can_carry_is_refused(content_type: str) -> None:
     with pytest.raises(InvalidEvent) as caught:
-        cloudevent.parse_http(
-            STRUCTURED, _structured(datacontenttype=content_type, data="x"), _same
-        )
+        binding.parse_http(STRUCTURED, _structured(datacontenttype=content_type, data="x"), _same)
     assert caught.value.attribute == "datacontenttype"
 
 
@@ -160,12 +158,12 @@ def test_a_datacontenttype_no_header_can_carry_is_refused(content_type: str) -> 
 )
 def test_a_lone_surrogate_no_sink_could_receive_is_refused(document: bytes) -> None:
     with pytest.raises(InvalidEvent, match="surrogate"):
-        cloudevent.parse_http(STRUCTURED, document, _same)
+        binding.parse_http(STRUCTURED, document, _same)
 
 
 def test_a_surrogate_pair_is_a_character() -> None:
     document = b'{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"\\ud83d\\ude00"}'
-    _, [event] = cloudevent.parse_http(STRUCTURED, document, _same)
+    _, [event] = binding.parse_http(STRUCTURED, document, _same)
     assert event.get_data() == "\U0001f600"
 
 
@@ -185,7 +183,7 @@ def test_valid_trace_context_is_kept(name: str, value: str) -> None:
     stored, headers, _ = _publish(STRUCTURED, _structured(**{name: value}))
     assert stored[name] == value
     assert headers[name] == value
-    extensions = cloudevent.trace_extensions([(name, value)])
+    extensions = binding.trace_extensions([(name, value)])
     assert extensions == {name: value}
 
 
@@ -210,29 +208,29 @@ BAD_TRACE = [
 @pytest.mark.parametrize(("name", "value"), BAD_TRACE)
 def test_bad_trace_context_in_an_event_is_refused(name: str, value: str) -> None:
     with pytest.raises(InvalidEvent, match="W3C") as caught:
-        cloudevent.parse_http(STRUCTURED, _structured(**{name: value}), _same)
+        binding.parse_http(STRUCTURED, _structured(**{name: value}), _same)
     assert caught.value.attribute == name
     with pytest.raises(InvalidEvent, match="W3C"):  # percent-decoded, it is the same junk
-        cloudevent.parse_http({**BINARY, f"ce-{name}": quote(value, safe=",=-")}, b"", _same)
+        binding.parse_http({**BINARY, f"ce-{name}": quote(value, safe=",=-")}, b"", _same)
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_TRACE)
 def test_bad_trace_context_headers_are_refused(name: str, value: str) -> None:
     with pytest.raises(InvalidEvent, match="W3C") as caught:
-        cloudevent.trace_extensions([(name, _as_wsgi(value))])
+        binding.trace_extensions([(name, _as_wsgi(value))])
     assert caught.value.attribute == name
 
 
 @pytest.mark.parametrize("name", ["traceparent", "tracestate", "x-b3-traceid"])
 def test_an_empty_trace_header_is_refused(name: str) -> None:
     with pytest.raises(InvalidEvent, match=f"header {name}"):
-        cloudevent.trace_extensions([(name, "")])
+        binding.trace_extensions([(name, "")])
 
 
 @pytest.mark.parametrize("value", ["a\r\nb", "caf\u00e9", "a b"])
 def test_a_b3_extension_no_header_can_carry_is_refused(value: str) -> None:
     with pytest.raises(InvalidEvent) as caught:
-        cloudevent.parse_http(STRUCTURED, _structured(b3traceid=value), _same)
+        binding.parse_http(STRUCTURED, _structured(b3traceid=value), _same)
     assert caught.value.attribute == "b3traceid"
 
 
@@ -244,7 +242,7 @@ def test_utf8_header_values_from_a_pep3333_server_are_read_as_utf8() -> None:
 
 def test_header_bytes_that_are_not_utf8_are_refused_naming_the_header() -> None:
     with pytest.raises(InvalidEvent, match=r"header ce-subject: .*not UTF-8") as caught:
-        cloudevent.parse_http({**BINARY, "ce-subject": "caf\xe9"}, b"", _same)
+        binding.parse_http({**BINARY, "ce-subject": "caf\xe9"}, b"", _same)
     assert caught.value.attribute == "ce-subject"
 
 
@@ -254,7 +252,7 @@ def test_header_bytes_that_are_not_utf8_are_refused_naming_the_header() -> None:
 )
 def test_names_and_values_no_header_can_carry_are_refused(name: str, value: Any) -> None:
     with pytest.raises(InvalidEvent):
-        cloudevent.parse_http(STRUCTURED, _structured(**{name: value}), _same)
+        binding.parse_http(STRUCTURED, _structured(**{name: value}), _same)
 
 
 def test_json_data_under_an_upper_case_json_type_is_stored_as_json() -> None:

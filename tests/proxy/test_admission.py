@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from eventing.errors import Overloaded, PublishError
+from eventing.errors import BatchTooLarge, Overloaded, PublishError
 from eventing.nats.messages import OutboundMessage
 from eventing.settings import Settings
 from proxy import create_app
@@ -41,7 +41,7 @@ class HeldPublisher(RecordingPublisher):
 
 
 def test_a_free_slot_is_taken_at_once_and_given_back() -> None:
-    admission = Admission(slots=1, waiting=1, patience=0.01, retry_after=1)
+    admission = Admission(slots=1, waiting=1, patience=0.01, retry_after=1, max_events=10)
     for _ in range(3):
         admission.enter()
         admission.leave()
@@ -64,7 +64,7 @@ def _held(admission: Admission) -> tuple[threading.Event, threading.Thread]:
 
 
 def test_with_the_waiting_room_full_it_is_overloaded_at_once() -> None:
-    admission = Admission(slots=1, waiting=0, patience=5, retry_after=7)
+    admission = Admission(slots=1, waiting=0, patience=5, retry_after=7, max_events=10)
     release, holder = _held(admission)
     started = time.monotonic()
     with pytest.raises(Overloaded) as refused:
@@ -76,7 +76,7 @@ def test_with_the_waiting_room_full_it_is_overloaded_at_once() -> None:
 
 
 def test_a_waiter_gets_the_slot_when_it_comes_free() -> None:
-    admission = Admission(slots=1, waiting=1, patience=5, retry_after=1)
+    admission = Admission(slots=1, waiting=1, patience=5, retry_after=1, max_events=10)
     release, holder = _held(admission)
 
     with ThreadPoolExecutor(1) as pool:
@@ -87,7 +87,7 @@ def test_a_waiter_gets_the_slot_when_it_comes_free() -> None:
 
 
 def test_a_waiter_whose_patience_runs_out_is_overloaded() -> None:
-    admission = Admission(slots=1, waiting=1, patience=0.2, retry_after=1)
+    admission = Admission(slots=1, waiting=1, patience=0.2, retry_after=1, max_events=10)
     release, holder = _held(admission)
     started = time.monotonic()
     with pytest.raises(Overloaded):
@@ -96,6 +96,28 @@ def test_a_waiter_whose_patience_runs_out_is_overloaded() -> None:
     release.set()
     holder.join(5)
     admission.enter()  # the holder gave its slot back, and the waiter took none
+
+
+def test_events_in_flight_are_held_up_to_the_limit_and_given_back() -> None:
+    admission = Admission(slots=1, waiting=0, patience=0.01, retry_after=7, max_events=3)
+    with admission.holding(2):
+        with pytest.raises(Overloaded) as refused, admission.holding(2):
+            pass
+        assert refused.value.retry_after == 7
+        assert "2 events waiting for JetStream (limit 3)" in str(refused.value)
+        with admission.holding(1):
+            pass
+    with admission.holding(3):  # all given back, a refused request's too
+        pass
+
+
+def test_more_events_than_the_limit_are_too_large_not_overloaded() -> None:
+    admission = Admission(slots=1, waiting=0, patience=0.01, retry_after=7, max_events=3)
+    with pytest.raises(BatchTooLarge) as refused, admission.holding(4):
+        pass
+    assert (refused.value.count, refused.value.limit) == (4, 3)
+    with admission.holding(3):
+        pass
 
 
 def test_threads_cover_slots_waiting_room_and_as_many_free() -> None:
@@ -124,7 +146,7 @@ def test_requests_beyond_the_slots_and_waiting_room_get_503_with_retry_after(
 ) -> None:
     settings = Settings.from_environ({"PROXY_THREADS": "2", "PROXY_RETRY_AFTER": "3"})
     app = create_app(settings, publisher=held)
-    admission = app.wsgi_app.admission  # type: ignore[attr-defined]
+    admission = app.extensions["eventing.admission"]
     client = app.test_client()
 
     def post(n: int) -> int:
