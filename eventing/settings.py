@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from eventing import units
-from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import ConfigError
 
 T = TypeVar("T")
@@ -502,13 +501,6 @@ class DeliverySettings:
         "Redeliveries tolerated beyond the retry plan (worker crashes, expired ack waits) before"
         " an event is dead-lettered.",
     )
-
-    @property
-    def policy(self) -> DeliveryPolicy:
-        """The default retry policy, which a subscription's spec.delivery overrides: the fields
-        of this group named as the policy's."""
-        policy = dataclasses.fields(DeliveryPolicy)
-        return DeliveryPolicy(**{field.name: getattr(self, field.name) for field in policy})
 
 
 @dataclass(frozen=True, slots=True)
