@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import interrupt
 from bench.tables import mib, render
 from testing.counting import dead_lettered
 from testing.procstats import Peaks, RssSampler
@@ -479,11 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(parse_args(argv))
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped and files removed", file=sys.stderr)
-        return 130
+    return interrupt.handled(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":
