@@ -10,6 +10,10 @@ and stores, not what a cluster would do with it.
 :class:`Kube` talks to it with ``requests`` and the admin certificate: server-side apply, a
 server-side dry run of the same, and plain creation, so a test can submit any manifest without
 knowing its resource's URL.
+
+Why one module over 400 lines: the control plane and its client go together (every Kubernetes
+test starts the one and talks through the other, with the plane's admin certificate); the
+certificates themselves are :mod:`testing.pki`'s.
 """
 
 from __future__ import annotations
