@@ -15,11 +15,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp
 
 WORKDIR /src
-COPY setup.py setup.cfg pyproject.toml README.md eventdisplay.py ./
+COPY setup.py setup.cfg pyproject.toml README.md ./
 COPY eventing ./eventing
 COPY proxy ./proxy
 COPY manager ./manager
 COPY workers ./workers
+COPY devtools ./devtools
 RUN pip install . \
     && rm -rf /src \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin eventing

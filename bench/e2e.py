@@ -1,8 +1,8 @@
 """End to end: publish → sink rates and latencies, fan-out and worker scaling, vs raw JetStream.
 
 Part of ``python -m bench`` (the entry point; ``--suite e2e,fanout,scaling``); it needs
-``redis-server``. Method (everything on loopback, every process real, as ``honcho start`` runs
-them):
+``redis-server``. The system is :mod:`bench.system`'s, the load :mod:`bench.e2eload`'s. Method
+(everything on loopback, every process real, as ``honcho start`` runs them):
 
 - A nats-server and a redis-server of our own, in temporary folders; the proxy (2 granian
   workers), the manager, one ``eventing-worker`` (2 processes x 16 threads unless the scenario
@@ -31,10 +31,7 @@ them):
 from __future__ import annotations
 
 import argparse
-import asyncio
-import http.client
 import itertools
-import json
 import math
 import multiprocessing
 import queue as queue_module
@@ -43,30 +40,24 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.e2eload import (
+    BATCH_SIZE,
+    Published,
+    Raw,
+    baseline,
+    publish_at_rate,
+    publish_saturated,
+)
+from bench.system import COMPONENTS, BenchSystem
 from bench.tables import render
 from testing.procstats import RssSampler
-from testing.servers import (
-    NatsServer,
-    RedisServer,
-    free_port,
-    nats_server_binary,
-    redis_server_binary,
-    wait_until,
-)
 from testing.sink import FastSink
-from testing.system import System
-
-PAYLOAD = b'{"pad": "' + b"x" * 1000 + b'"}'
-COMPONENTS = ("proxy", "manager", "workers", "nats", "redis")
-BATCH_SIZE = 50
 
 
 def percentiles(values: list[float]) -> tuple[float, float] | None:
@@ -76,254 +67,6 @@ def percentiles(values: list[float]) -> tuple[float, float] | None:
     ordered = sorted(values)
     nearest_rank = math.ceil(len(ordered) * 0.99) - 1
     return statistics.median(ordered) * 1000, ordered[nearest_rank] * 1000
-
-
-# ---------------------------------------------------------------- baseline
-
-
-@dataclass(frozen=True)
-class Raw:
-    """Raw nats-py JetStream rates on this machine, this run."""
-
-    publish: float  #: messages/s published with PubAcks, 256 in flight
-    pull_ack: float  #: messages/s fetched and acked (confirmed) from a durable pull consumer
-
-
-def baseline(url: str, events: int, results: Any) -> None:
-    """(child process) Raw nats-py: pipelined publish with acks, then pull + confirmed ack."""
-    import nats
-    import nats.errors
-    from nats.js.api import AckPolicy, ConsumerConfig
-
-    async def run() -> Raw:
-        publisher, puller = await nats.connect(url), await nats.connect(url)
-        js = publisher.jetstream()
-        await js.add_stream(name="BASE", subjects=["base.>"])
-        await js.add_consumer(
-            "BASE",
-            ConsumerConfig(
-                name="c", durable_name="c", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000
-            ),
-        )
-        window = asyncio.Semaphore(256)
-
-        async def publish(i: int) -> None:
-            async with window:
-                await js.publish("base.x", PAYLOAD, headers={"Nats-Msg-Id": f"raw-{i}"})
-
-        started = time.perf_counter()
-        await asyncio.gather(*(publish(i) for i in range(events)))
-        published = events / (time.perf_counter() - started)
-
-        subscription = await puller.jetstream().pull_subscribe_bind(durable="c", stream="BASE")
-        acked = 0
-        started = time.perf_counter()
-        while acked < events:
-            try:
-                messages = await subscription.fetch(200, timeout=1)
-            except nats.errors.TimeoutError:
-                continue
-            await asyncio.gather(*(m.ack_sync() for m in messages))
-            acked += len(messages)
-        pulled = events / (time.perf_counter() - started)
-        await js.delete_stream("BASE")
-        await publisher.close()
-        await puller.close()
-        return Raw(published, pulled)
-
-    results.put(asyncio.run(run()))
-
-
-# ---------------------------------------------------------------- publishers
-
-
-@dataclass(frozen=True)
-class Published:
-    started: float  #: time.time() of the first request
-    failures: int  #: events not accepted (non-2xx or no answer)
-    latencies: list[float]  #: seconds per request
-
-
-def publish_saturated(proxy: str, tag: str, events: int, results: Any) -> None:
-    """(child process) Batch mode, 50 events a request, 8 threads on keep-alive connections."""
-    threads = 8
-    batches = [range(i, min(i + BATCH_SIZE, events)) for i in range(0, events, BATCH_SIZE)]
-    latencies: list[float] = []
-    failures: list[int] = []
-
-    def work(mine: list[range]) -> None:
-        host, port = proxy.split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        for batch in mine:
-            body = json.dumps(
-                [
-                    {
-                        "specversion": "1.0",
-                        "id": f"{tag}-s{i}",
-                        "source": "bench",
-                        "type": "order.created.v1",
-                        "datacontenttype": "application/json",
-                        "benchsent": repr(time.time()),
-                        "data": {"pad": "x" * 1000},
-                    }
-                    for i in batch
-                ]
-            )
-            sent = time.perf_counter()
-            connection.request(
-                "POST", "/publish", body, {"Content-Type": "application/cloudevents-batch+json"}
-            )
-            response = connection.getresponse()
-            response.read()
-            latencies.append(time.perf_counter() - sent)
-            if response.status != 204:
-                failures.append(len(batch))
-
-    started = time.time()
-    pool = [threading.Thread(target=work, args=(batches[t::threads],)) for t in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    results.put(Published(started, sum(failures), latencies))
-
-
-def publish_at_rate(proxy: str, tag: str, rate: int, seconds: float, results: Any) -> None:
-    """(child process) Single binary-mode events at ``rate``/s: request ``n`` is due at
-    ``start + n / rate``, sent then by the next free thread, its latency counted from then."""
-    total = int(rate * seconds)
-    tickets = itertools.count()  # next() is atomic under the GIL
-    latencies: list[float] = []
-    failures: list[int] = []
-    started = time.time() + 0.2
-    start = time.perf_counter() + 0.2
-
-    def work() -> None:
-        host, port = proxy.split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        while (ticket := next(tickets)) < total:
-            due = start + ticket / rate
-            time.sleep(max(0.0, due - time.perf_counter()))
-            headers = {
-                "ce-specversion": "1.0",
-                "ce-id": f"{tag}-r{ticket}",
-                "ce-source": "bench",
-                "ce-type": "order.created.v1",
-                "ce-benchsent": repr(time.time()),
-                "Content-Type": "application/json",
-            }
-            try:
-                connection.request("POST", "/publish", PAYLOAD, headers)
-                response = connection.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                failures.append(ticket)
-                continue
-            latencies.append(time.perf_counter() - due)
-            if response.status != 204:
-                failures.append(ticket)
-
-    pool = [threading.Thread(target=work) for _ in range(16)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    results.put(Published(started, len(failures), latencies))
-
-
-# ---------------------------------------------------------------- system
-
-
-class BenchSystem:
-    """The harness's system with the README's defaults, as ``honcho start`` runs it, plus the
-    port of this bench's sink.
-
-    Unlike the tests' settings: 2 granian workers, reconnects a second apart, one
-    ``eventing-worker`` of 2 processes x 16 threads, no worker metrics, warnings only, and Redis
-    in memory only (the bench measures the system, not Redis's disk).
-    """
-
-    def __init__(self, workdir: Path) -> None:
-        nats_binary, redis_binary = nats_server_binary(), redis_server_binary()
-        if nats_binary is None or redis_binary is None:
-            raise SystemExit("the end-to-end bench needs nats-server and redis-server")
-        (workdir / "nats").mkdir()
-        (workdir / "redis").mkdir()
-        self.nats = NatsServer(nats_binary, workdir / "nats")
-        self.redis = RedisServer(redis_binary, workdir / "redis", appendonly=False)
-        self.system = System(
-            self.nats,
-            self.redis,
-            workdir,
-            PROXY_WORKERS="2",
-            RECONNECT_WAIT="1s",
-            WORKER_METRICS_PORT="0",
-            WORKER_PROCESSES="2",
-            WORKER_THREADS="16",
-            MAX_REQUEST_SIZE="1Mi",
-            LOG_LEVEL="warning",
-        )
-        self.sink_port = free_port()
-
-    @property
-    def proxy(self) -> str:
-        return f"127.0.0.1:{self.system.proxy_port}"
-
-    def roots(self) -> dict[str, int]:
-        """The pid at the top of each component's process tree, by :data:`COMPONENTS` name."""
-        processes = {
-            "proxy": self.system.proxy.popen,
-            "manager": self.system.manager.popen,
-            "workers": self.system.workers[-1].popen,
-            "nats": self.nats.process,
-            "redis": self.redis.process,
-        }
-        pids = {name: process.pid for name, process in processes.items() if process is not None}
-        assert list(pids) == list(COMPONENTS), "every component runs"
-        return pids
-
-    def start(self) -> None:
-        self.nats.start()
-        self.redis.start()
-        self.system.start(workers=0)
-        self.start_workers(2)
-
-    def start_workers(self, processes: int) -> None:
-        """(Re)start ``eventing-worker`` with ``processes`` worker processes."""
-        for worker in self.system.workers:
-            worker.stop()
-        self.system.add_worker(WORKER_PROCESSES=str(processes))
-        time.sleep(2 + processes / 2)  # dramatiq's worker processes boot and connect
-
-    def subscribe(self, count: int) -> None:
-        """Replace the subscriptions with ``count`` of order.created.v1 to the sink."""
-        folder = self.system.subscriptions
-        for path in folder.iterdir():
-            path.unlink()
-        sink_url = f"http://127.0.0.1:{self.sink_port}/"
-        documents = [
-            "apiVersion: eventing.kyma-project.io/v1alpha2\nkind: Subscription\n"
-            f"metadata: {{name: bench-{i}}}\n"
-            f"spec: {{sink: '{sink_url}', source: bench, types: [order.created.v1],"
-            " config: {maxInFlightMessages: '200'}}\n"
-            for i in range(count)
-        ]
-        (folder / "bench.yaml").write_text("---\n".join(documents))
-
-        def ready() -> bool:
-            url = f"{self.system.manager_url}/subscriptions"
-            with urllib.request.urlopen(url, timeout=5) as response:
-                items = json.load(response)["items"]
-            return len(items) == count and all(i["status"]["ready"] for i in items)
-
-        wait_until(ready, 120, f"{count} subscriptions", interval=0.05)
-        time.sleep(1.5)  # pull tasks bind to their new consumers
-
-    def stop(self) -> None:
-        self.system.stop()
-        self.redis.stop()
-        self.nats.stop()
 
 
 # ---------------------------------------------------------------- scenarios

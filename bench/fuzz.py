@@ -41,6 +41,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from bench import interrupt
 from bench.tables import mib, render
 from testing import fuzzing, hostile, system
 from testing.procstats import RssSampler
@@ -241,11 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.show is not None:
         return show(args)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped and files removed", file=sys.stderr)
-        return 130
+    return interrupt.handled(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from bench import e2e
+from bench.system import BenchSystem
 from bench.tables import render
 from testing.procstats import RssSampler
 
@@ -42,7 +43,7 @@ def _redis_commands(client: redis.Redis) -> dict[str, int]:
 def run(seconds: float, subscriptions: int = 1) -> int:
     """Measure the idle system for ``seconds``, then one paced row; print both tables."""
     workdir = Path(tempfile.mkdtemp(prefix="eventing-bench-idle-"))
-    system = e2e.BenchSystem(workdir)
+    system = BenchSystem(workdir)
     try:
         system.start()
         system.subscribe(subscriptions)

@@ -38,8 +38,6 @@ without an answer within ``HANG`` seconds, a lost event, or no recovery.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import math
 import multiprocessing
 import statistics
@@ -50,8 +48,9 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from bench import interrupt
+from bench.openloop import CAPACITY_CONNECTIONS, SOURCE, TYPE, Phase, Sample, offer
 from bench.tables import mib, render
 from testing.counting import dead_lettered
 from testing.procstats import Peaks, RssSampler
@@ -66,153 +65,8 @@ from testing.sink import FastSink
 from testing.system import System
 
 HANG = 10.0  #: an answer later than this (s after the request was due) counts as a hang
-TIMEOUT = 20.0  #: the client gives up on a request after this long
 SLICE = 0.5  #: steps of the recovery analysis (s)
 RECOVERED_FOR = 2.0  #: how long the low rate must be served normally to count as recovered (s)
-#: Closed-loop connections of the capacity run: enough to keep both proxy workers busy, few
-#: enough (24 a worker) that their turns to publish (32 a worker, proxy.admission) never run out
-CAPACITY_CONNECTIONS = 48
-SOURCE, TYPE = "overload", "order.created.v1"
-DATA = b'{"orderId": 42, "note": "' + b"x" * 60 + b'"}'
-
-
-@dataclass(frozen=True, slots=True)
-class Phase:
-    name: str  #: its first word is unique: event ids carry it
-    seconds: float
-    rate: float | None  #: requests/s offered; None: a closed loop on CAPACITY_CONNECTIONS
-
-    @property
-    def key(self) -> str:
-        return self.name.split()[0]
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One request: when it was due (s since the load began) and what came back."""
-
-    phase: str
-    event_id: str
-    due: float
-    latency: float | None  #: from due to the end of the answer (None: no answer)
-    status: int | None
-    retry_after: bool
-    #: from due to sent: the client's own delay, waiting for a free connection (or a core)
-    lag: float | None = None
-    error: str | None = None  #: why there is no answer
-
-
-# --- the load (runs in a process of its own) ----------------------------------------------------
-
-
-class _Connections:
-    """Keep-alive connections, at most ``limit`` in use; callers beyond it wait their turn."""
-
-    def __init__(self, host: str, port: int, limit: int) -> None:
-        self._host, self._port = host, port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self._slots = asyncio.Semaphore(limit)
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> Any:
-        async with self._slots:
-            pair = self._idle.pop() if self._idle else None
-            if pair is None:
-                pair = await asyncio.open_connection(self._host, self._port, limit=1 << 20)
-            try:
-                yield pair
-            except BaseException:
-                pair[1].close()
-                raise
-            self._idle.append(pair)
-
-
-def _request(event_id: str) -> bytes:
-    return (
-        b"POST /publish HTTP/1.1\r\nHost: proxy\r\nce-specversion: 1.0\r\nce-id: %s\r\n"
-        b"ce-source: %s\r\nce-type: %s\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-    ) % (event_id.encode(), SOURCE.encode(), TYPE.encode(), len(DATA), DATA)
-
-
-async def _exchange(pool: _Connections, event_id: str) -> tuple[int, bool, float]:
-    """Status, whether Retry-After came along, and when the request went out (loop time)."""
-    async with pool.connection() as (reader, writer):
-        writer.write(_request(event_id))
-        sent = asyncio.get_running_loop().time()
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines[1:] if line)
-        }
-        await reader.readexactly(int(headers.get("content-length", "0")))
-        if headers.get("connection", "").lower() == "close":
-            raise ConnectionResetError("the proxy closed the connection")  # not reusable
-        return status, "retry-after" in headers, sent
-
-
-async def _one(pool: _Connections, phase: str, event_id: str, due: float, t0: float) -> Sample:
-    loop = asyncio.get_running_loop()
-    try:
-        status, retry_after, sent = await asyncio.wait_for(_exchange(pool, event_id), TIMEOUT)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
-        return Sample(phase, event_id, due - t0, None, None, False, None, type(exc).__name__)
-    return Sample(phase, event_id, due - t0, loop.time() - due, status, retry_after, sent - due)
-
-
-async def _closed_loop(pool: _Connections, phase: Phase, t0: float, tag: str) -> list[Sample]:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + phase.seconds
-    counter = iter(range(10**9))
-
-    async def worker() -> list[Sample]:
-        mine = []
-        while loop.time() < end:
-            event_id = f"{tag}-{phase.key}-{next(counter)}"
-            mine.append(await _one(pool, phase.name, event_id, loop.time(), t0))
-        return mine
-
-    results = await asyncio.gather(*(worker() for _ in range(CAPACITY_CONNECTIONS)))
-    return [sample for samples in results for sample in samples]
-
-
-async def _open_loop(pool: _Connections, phase: Phase, t0: float, tag: str) -> list[Sample]:
-    """Request ``i`` of the phase is due at ``start + i / rate``, whatever came back so far."""
-    assert phase.rate is not None
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    tasks = []
-    for i in range(int(phase.rate * phase.seconds)):
-        due = start + i / phase.rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        event_id = f"{tag}-{phase.key}-{i}"
-        tasks.append(asyncio.create_task(_one(pool, phase.name, event_id, due, t0)))
-    return list(await asyncio.gather(*tasks))
-
-
-def offer(url: str, phases: list[Phase], connections: int, tag: str) -> list[Sample]:
-    """(load process) Run the phases one after the other; every request's sample."""
-
-    async def run() -> list[Sample]:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        pool = _Connections(host, int(port), connections)
-        t0 = asyncio.get_running_loop().time()
-        samples: list[Sample] = []
-        for phase in phases:
-            if phase.rate is None:
-                samples += await _closed_loop(pool, phase, t0, tag)
-            else:
-                samples += await _open_loop(pool, phase, t0, tag)
-        return samples
-
-    return asyncio.run(run())
-
-
-# --- the sink (a process of its own) ------------------------------------------------------------
 
 
 # --- analysis ---------------------------------------------------------------------------------
@@ -479,11 +333,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(parse_args(argv))
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped and files removed", file=sys.stderr)
-        return 130
+    return interrupt.handled(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ nats-py publishing to the same nats-server, into an identically configured strea
 payload size, is the ceiling the proxy can approach, so its ratio to that ceiling is the figure
 to compare between runs and machines.
 
-Method:
+Method (the load generators: :mod:`bench.publishers`):
 
 - One nats-server of our own (JetStream, file storage in a temporary folder, a free loopback
   port). Streams use limits retention, so every event is really written: with interest retention
@@ -39,71 +39,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
-import itertools
-import json
-import math
-import multiprocessing
 import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import nats
-import nats.errors
-from nats.js import JetStreamContext
-
+from bench import interrupt
+from bench.publishers import (
+    BATCH_SIZE,
+    DATA_BYTES,
+    STREAM,
+    Result,
+    in_child_process,
+    paced_publish,
+    raw_publish,
+    run_wrk,
+    stream_environ,
+    stream_messages,
+)
 from bench.tables import render
-from eventing.nats.streams import stream_config
-from eventing.settings import Settings
 from testing.procstats import RssSampler, cpu_seconds, machine_busy_seconds, tree
 from testing.servers import NatsServer, nats_server_binary
 from testing.system import Process, start_proxy
 
-LUA_SCRIPT = Path(__file__).resolve().with_name("publish.lua")
-STREAM = "sap"
-RAW_STREAM = "raw"  # the baseline's stream, deleted before the proxy creates its own on kyma.>
-SUBJECT = "kyma.bench.order.created.v1"  # where the proxy puts source bench, order.created.v1
-DATA_BYTES = 1024
 PIPELINE_DEPTH = 256
-BATCH_SIZE = 50  # about 58 KB per request, under the default MAX_REQUEST_SIZE of 64 KiB
 BATCH_CONNECTIONS = 16  # 800 events in flight, under PROXY_MAX_IN_FLIGHT (1,000 per worker)
 PACED_CONNECTIONS = 32
 WARMUP_SECONDS = 2
-BINARY_HEADERS = {
-    "Content-Type": "application/json",
-    "ce-specversion": "1.0",
-    "ce-source": "bench",
-    "ce-type": "order.created.v1",
-}
-
-
-@dataclass(frozen=True)
-class Result:
-    """What one scenario measured."""
-
-    stored: int  #: events acknowledged as stored
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    errors: int  #: failed publishes or requests
-
-    @property
-    def rate(self) -> float:
-        """Events stored per second."""
-        return self.stored / self.seconds
 
 
 @dataclass(frozen=True)
@@ -128,31 +99,6 @@ class Row:
     cpu: CpuUse
     rss: dict[str, int]  #: peak resident bytes of each server's process tree
     target_rate: int | None = None  #: requests/s the client tried to keep (paced runs)
-
-
-def event_data(size: int) -> bytes:
-    """A JSON object of exactly ``size`` bytes, the data of every benchmark event."""
-    return b'{"order":"' + b"x" * (size - 12) + b'"}'
-
-
-def stream_environ(nats_url: str) -> dict[str, str]:
-    """Settings of the bench streams, shared by baseline and proxy so both write alike."""
-    return {
-        "NATS_URL": nats_url,
-        "JS_STREAM_NAME": STREAM,
-        "JS_STREAM_STORAGE_TYPE": "file",
-        "JS_STREAM_RETENTION_POLICY": "limits",
-        "JS_STREAM_MAX_BYTES": "-1",  # a long run must not fill the 1 GiB default and get 507s
-        "JS_STREAM_MAX_MSGS_PER_TOPIC": "-1",  # every bench event goes to the same subject
-    }
-
-
-def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
-    """p50 and p99 in milliseconds (NaN with fewer than two values)."""
-    if len(seconds) < 2:
-        return math.nan, math.nan
-    cuts = statistics.quantiles(seconds, n=100, method="inclusive")
-    return cuts[49] * 1000, cuts[98] * 1000
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -188,41 +134,6 @@ def pid(process: NatsServer | Process) -> int:
     popen = process.process if isinstance(process, NatsServer) else process.popen
     assert popen is not None
     return popen.pid
-
-
-def in_child_process(function: Callable[..., Result], *args: Any) -> Result:
-    """``function(*args)``, run in a freshly spawned interpreter.
-
-    Load generators run apart from this driver so they have a GIL, and a core, of their own;
-    spawn rather than fork keeps them free of the driver's state.
-    """
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, function, args))
-    child.start()
-    sender.close()
-    try:
-        outcome = receiver.recv()
-    except EOFError:
-        outcome = RuntimeError(f"{function.__name__} exited without a result")
-    except BaseException:
-        child.terminate()
-        raise
-    finally:
-        child.join()
-        receiver.close()
-    if isinstance(outcome, BaseException):
-        raise outcome
-    assert isinstance(outcome, Result)
-    return outcome
-
-
-def _child_main(sender: Connection, function: Callable[..., Result], args: tuple[Any, ...]) -> None:
-    try:
-        outcome: Result | Exception = function(*args)
-    except Exception as exc:  # reported to the parent, which raises it
-        outcome = RuntimeError(f"{function.__name__}: {type(exc).__name__}: {exc}")
-    sender.send(outcome)
 
 
 # --- CPU accounting -----------------------------------------------------------------------------
@@ -290,138 +201,6 @@ class _CpuSample(NamedTuple):
     proxy: float
     client: float
     machine: float
-
-
-# --- baseline: raw nats-py ----------------------------------------------------------------------
-
-
-def raw_publish(nats_url: str, concurrency: int, duration: int) -> Result:
-    """(child process) Publish for ``duration`` s from ``concurrency`` concurrent publishers."""
-    return asyncio.run(_raw_publish(nats_url, concurrency, duration))
-
-
-async def _raw_publish(nats_url: str, concurrency: int, duration: int) -> Result:
-    """Into a stream configured like the proxy's, which is deleted afterwards (same subjects)."""
-    settings = Settings.from_environ(stream_environ(nats_url))
-    connection = await nats.connect(nats_url)
-    js = connection.jetstream()
-    await js.add_stream(stream_config(replace(settings.stream, name=RAW_STREAM)))
-    try:
-        result = await _publish_for(js, concurrency, duration)
-        in_stream = (await js.stream_info(RAW_STREAM)).state.messages
-        if in_stream < result.stored:
-            raise RuntimeError(f"{result.stored} publishes acknowledged, {in_stream} stored")
-        return result
-    finally:
-        await js.delete_stream(RAW_STREAM)
-        await connection.close()
-
-
-async def _publish_for(js: JetStreamContext, concurrency: int, duration: int) -> Result:
-    payload = event_data(DATA_BYTES)
-    ids = itertools.count()
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration
-
-    async def publisher() -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            headers = {"Nats-Msg-Id": f"raw-{concurrency}-{next(ids)}"}  # dedup, as the proxy
-            sent = time.perf_counter()
-            try:
-                await js.publish(SUBJECT, payload, timeout=5, stream=RAW_STREAM, headers=headers)
-            except (nats.errors.Error, TimeoutError):
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - sent)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(publisher() for _ in range(concurrency)))
-    seconds = time.perf_counter() - start
-    return Result(len(latencies), seconds, *percentiles_ms(latencies), errors)
-
-
-# --- the proxy under load -----------------------------------------------------------------------
-
-
-def run_wrk(url: str, tag: str, mode: str, connections: int, duration: int) -> Result:
-    """Closed-loop load with wrk; ``tag`` keeps event ids unique across runs."""
-    command = ["wrk", "-t", str(min(2, connections)), "-c", str(connections)]
-    command += ["-d", f"{duration}s", "--timeout", "10s", "--latency", "-s", str(LUA_SCRIPT)]
-    command += [f"{url}/publish", "--", tag, mode, str(DATA_BYTES), str(BATCH_SIZE)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    reports = [
-        json.loads(line.removeprefix("BENCH_RESULT "))
-        for line in completed.stdout.splitlines()
-        if line.startswith("BENCH_RESULT ")
-    ]
-    if not reports:
-        raise RuntimeError(f"wrk reported nothing:\n{completed.stdout}{completed.stderr}")
-    report = reports[0]
-    succeeded = report["requests"] - report["status_errors"]  # wrk: status > 399 is an error
-    return Result(
-        stored=succeeded * (BATCH_SIZE if mode == "batch" else 1),
-        seconds=report["duration_us"] / 1e6,
-        p50_ms=report["p50_us"] / 1000,
-        p99_ms=report["p99_us"] / 1000,
-        errors=report["status_errors"] + report["socket_errors"],
-    )
-
-
-def paced_publish(url: str, rate: int, duration: int, connections: int) -> Result:
-    """(child process) POST binary events at ``rate``/s from one thread per connection.
-
-    Request ``n`` is due at ``start + n / rate``; the next free thread sends it then (or late, if
-    all are busy) and its latency counts from when it was due. A proxy over capacity falls ever
-    further behind, so requests still unsent after twice ``duration`` are dropped, which bounds
-    the run and shows as a rate below the target.
-    """
-    host, port = url.removeprefix("http://").split(":")
-    body = event_data(DATA_BYTES)
-    tickets = itertools.count()  # next() is atomic under the GIL
-    latencies: list[float] = []
-    failures: list[int] = []
-    total = rate * duration
-    start = time.perf_counter() + 0.1
-    give_up = start + 2 * duration
-
-    def send() -> None:
-        connection = http.client.HTTPConnection(host, int(port), timeout=10)
-        while (ticket := next(tickets)) < total and time.perf_counter() < give_up:
-            due = start + ticket / rate
-            time.sleep(max(0.0, due - time.perf_counter()))
-            try:
-                connection.request(
-                    "POST", "/publish", body, {**BINARY_HEADERS, "ce-id": f"paced{rate}-{ticket}"}
-                )
-                response = connection.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                connection.close()  # reconnects on the next request
-                failures.append(ticket)
-                continue
-            if response.status == 204:
-                latencies.append(time.perf_counter() - due)
-            else:
-                failures.append(ticket)
-        connection.close()
-
-    threads = [threading.Thread(target=send) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    return Result(len(latencies), seconds, *percentiles_ms(latencies), len(failures))
-
-
-async def stream_messages(nats_url: str, stream: str) -> int:
-    connection = await nats.connect(nats_url)
-    try:
-        return int((await connection.jetstream().stream_info(stream)).state.messages)
-    finally:
-        await connection.close()
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -618,11 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("bench.publish needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped and files removed", file=sys.stderr)
-        return 130
+    return interrupt.handled(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -303,32 +303,33 @@ class Verdict:
     by_kind: dict[str, Counter[str]] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
-        found = []
-        if self.server_errors:
-            found.append(f"5xx answers: {dict(self.server_errors)}")
-        if self.hangs:
-            found.append(f"{self.hangs} requests got no answer within {TIMEOUT:g}s")
-        if self.unanswered_well_framed:
-            found.append(f"{self.unanswered_well_framed} well-framed requests got no answer")
-        if self.tracebacks:
-            found.append(f"{self.tracebacks} answers show a traceback")
-        if self.without_retry_after:
-            found.append(f"{self.without_retry_after} 503 answers lack Retry-After")
-        if self.contrary:
-            examples = ", ".join(
-                f"#{o.index} {o.kind} expected {o.expect} got {o.status or o.error}"
-                for o in self.contrary[:5]
-            )
-            found.append(f"{len(self.contrary)} answers contrary to the case ({examples})")
-        if self.stored_from_refused:
-            found.append(f"{self.stored_from_refused} events stored from refused requests")
-        if self.stored_beyond_accepted:
-            found.append(f"{self.stored_beyond_accepted} events stored beyond those accepted")
-        if self.accepted_not_stored:
-            found.append(f"{self.accepted_not_stored} accepted events not stored")
-        if self.unaccounted:
-            found.append(f"{self.unaccounted} stored events belong to no request")
-        return found
+        """One line per way the proxy misbehaved; empty when it held."""
+        examples = ", ".join(
+            f"#{o.index} {o.kind} expected {o.expect} got {o.status or o.error}"
+            for o in self.contrary[:5]
+        )
+        checks = [
+            (self.server_errors, f"5xx answers: {dict(self.server_errors)}"),
+            (self.hangs, f"{self.hangs} requests got no answer within {TIMEOUT:g}s"),
+            (
+                self.unanswered_well_framed,
+                f"{self.unanswered_well_framed} well-framed requests got no answer",
+            ),
+            (self.tracebacks, f"{self.tracebacks} answers show a traceback"),
+            (self.without_retry_after, f"{self.without_retry_after} 503 answers lack Retry-After"),
+            (self.contrary, f"{len(self.contrary)} answers contrary to the case ({examples})"),
+            (
+                self.stored_from_refused,
+                f"{self.stored_from_refused} events stored from refused requests",
+            ),
+            (
+                self.stored_beyond_accepted,
+                f"{self.stored_beyond_accepted} events stored beyond those accepted",
+            ),
+            (self.accepted_not_stored, f"{self.accepted_not_stored} accepted events not stored"),
+            (self.unaccounted, f"{self.unaccounted} stored events belong to no request"),
+        ]
+        return [message for found, message in checks if found]
 
 
 def _class_of(outcome: Outcome) -> str:

@@ -1,23 +1,24 @@
 """A real Kubernetes API server for tests, and a small client for it.
 
 :class:`ControlPlane` does what controller-runtime's envtest does: etcd on free loopback ports
-with a throw-away data folder, a fresh CA with a serving certificate, a service-account key pair
-and an admin client certificate (group ``system:masters``), then kube-apiserver with envtest's
-flags, a wait for ``/readyz`` and a kubeconfig file. Nothing else runs: no controller manager, so
-namespaces never finish terminating, nothing is garbage-collected and no pod is ever scheduled.
-Tests therefore work in a namespace of their own and check what the API server accepts and
-stores, not what a cluster would do with it.
+with a throw-away data folder, fresh certificates (:mod:`testing.pki`), then kube-apiserver with
+envtest's flags, a wait for ``/readyz`` and a kubeconfig file. Nothing else runs: no controller
+manager, so namespaces never finish terminating, nothing is garbage-collected and no pod is ever
+scheduled. Tests therefore work in a namespace of their own and check what the API server accepts
+and stores, not what a cluster would do with it.
 
 :class:`Kube` talks to it with ``requests`` and the admin certificate: server-side apply, a
 server-side dry run of the same, and plain creation, so a test can submit any manifest without
 knowing its resource's URL.
+
+Why one module over 400 lines: the control plane and its client go together (every Kubernetes
+test starts the one and talks through the other, with the plane's admin certificate); the
+certificates themselves are :mod:`testing.pki`'s.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import os
 import subprocess
@@ -29,11 +30,8 @@ from typing import Any
 
 import requests
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from testing import pki
 from testing.servers import free_port, require_binary, wait_until
 from testing.system import stop_group
 
@@ -111,7 +109,7 @@ class ControlPlane:
 
     def start(self) -> None:
         """Start etcd, then kube-apiserver; return once ``/readyz`` answers 200."""
-        _write_pki(self._pki)
+        pki.write(self._pki)
         started = time.monotonic()
         etcd = self._launch("etcd", self._etcd_command())
         self._wait("etcd", etcd, self._etcd_healthy)
@@ -155,14 +153,14 @@ class ControlPlane:
         ]
 
     def _apiserver_command(self) -> list[str]:
-        pki = self._pki
+        certs = self._pki
         return [
             str(self.bins / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self._etcd_port}",
-            f"--cert-dir={pki}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--cert-dir={certs}",
+            f"--tls-cert-file={certs / 'apiserver.crt'}",
+            f"--tls-private-key-file={certs / 'apiserver.key'}",
+            f"--client-ca-file={certs / 'ca.crt'}",
             f"--secure-port={self.port}",
             "--bind-address=127.0.0.1",
             "--service-cluster-ip-range=10.0.0.0/24",
@@ -170,8 +168,8 @@ class ControlPlane:
             "--disable-admission-plugins=ServiceAccount",
             "--authorization-mode=RBAC",
             f"--service-account-issuer={self.url}/",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-account-key-file={certs / 'sa.pub'}",
+            f"--service-account-signing-key-file={certs / 'sa.key'}",
         ]
 
     def _launch(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
@@ -440,104 +438,3 @@ def _message(answer: requests.Response) -> str:
 def _end(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         stop_group(process, timeout=15)
-
-
-def _write_pki(folder: Path) -> None:
-    """A CA, the API server's serving certificate, the admin's client certificate and the
-    service-account signing key pair, as PEM files in ``folder``."""
-    folder.mkdir(parents=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("eventing-test-ca")
-    ca = (
-        _builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.DNSName("localhost"),
-    ]
-    server = (
-        _builder(_name("kube-apiserver"), ca_name, server_key.public_key())
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write_pair(folder, "apiserver", server, server_key)
-
-    admin_key = ec.generate_private_key(ec.SECP256R1())
-    admin = (
-        _builder(_name("admin", group="system:masters"), ca_name, admin_key.public_key())
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write_pair(folder, "admin", admin, admin_key)
-
-    service_accounts = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write(folder / "sa.key", _private_pem(service_accounts))
-    _write(
-        folder / "sa.pub",
-        service_accounts.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    )
-
-
-def _name(common_name: str, group: str | None = None) -> x509.Name:
-    # The API server reads a client certificate's CN as the user and each O as a group.
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    if group:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, group))
-    return x509.Name(attributes)
-
-
-def _builder(
-    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-
-
-def _write_pair(
-    folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> None:
-    _write(folder / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
-    _write(folder / f"{name}.key", _private_pem(key))
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    path.chmod(0o600)

@@ -23,14 +23,8 @@ from urllib.parse import quote
 import requests
 import yaml
 
-from testing.servers import (
-    NatsCluster,
-    NatsServer,
-    RedisServer,
-    answers_ok,
-    free_port,
-    wait_until,
-)
+from testing.cluster import NatsCluster
+from testing.servers import NatsServer, RedisServer, answers_ok, free_port, wait_until
 
 _METRICS_AT = re.compile(r"serving the delivery metrics on (http://\S+/metrics)")
 _CE_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')

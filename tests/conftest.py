@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from eventing import settings
+from testing.cluster import NatsCluster
 from testing.servers import (
-    NatsCluster,
     NatsServer,
     RabbitServer,
     RedisServer,

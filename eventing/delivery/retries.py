@@ -20,8 +20,11 @@ that from the message's delivery count.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
+
+from eventing.settings import DeliverySettings
 
 JITTER = 0.1
 
@@ -109,3 +112,11 @@ def schedule(policy: DeliveryPolicy) -> list[tuple[int, float, float, int]]:
             elapsed += delay
             rows.append((attempt, delay, elapsed, delivery))
     return rows
+
+
+def default_policy(settings: DeliverySettings) -> DeliveryPolicy:
+    """The default retry policy, which a subscription's spec.delivery overrides: the fields of
+    the settings group named as the policy's. Here, not in eventing.settings: the settings are
+    the kernel's bottom layer and import nothing above them."""
+    fields = dataclasses.fields(DeliveryPolicy)
+    return DeliveryPolicy(**{field.name: getattr(settings, field.name) for field in fields})

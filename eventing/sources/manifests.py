@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from eventing.delivery import retries
 from eventing.errors import InvalidSubscription
 from eventing.settings import Settings
 from eventing.subscriptions.subscription import KIND, Subscription, from_manifest, key_of
@@ -94,7 +95,7 @@ def reader_for(settings: Settings, *, watch: bool) -> Reader:
     parse = functools.partial(
         from_manifest,
         prefix=settings.events.type_prefix,
-        defaults=settings.delivery.policy,
+        defaults=retries.default_policy(settings.delivery),
         default_max_in_flight=settings.manager.default_max_in_flight,
     )
     if settings.source.kind == "directory":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+from eventing.delivery import retries
 from eventing.delivery.retries import DeliveryPolicy, groups, schedule
+from eventing.settings import Settings
 
 POLICY = DeliveryPolicy(
     retry=5,
@@ -55,3 +57,12 @@ def test_jitter_stays_within_ten_percent_and_retry_after_stretches() -> None:
 
 def test_round_trip_through_a_job() -> None:
     assert DeliveryPolicy.from_dict(POLICY.to_dict()) == POLICY
+
+
+def test_the_default_policy_is_the_delivery_settings() -> None:
+    settings = Settings.from_environ(
+        {"DELIVERY_RETRY": "3", "DELIVERY_BACKOFF_POLICY": "linear", "DELIVERY_TIMEOUT": "2s"}
+    ).delivery
+    policy = retries.default_policy(settings)
+    assert (policy.retry, policy.backoff_policy, policy.timeout) == (3, "linear", 2.0)
+    assert policy.in_job_wait_max == settings.in_job_wait_max

@@ -8,8 +8,9 @@ from typing import Any, Protocol
 
 import pytest
 
+from testing.cluster import NatsCluster
 from testing.counting import LINES
-from testing.servers import NatsCluster, NatsServer, RedisServer
+from testing.servers import NatsServer, RedisServer
 from testing.sink import SinkServer
 from testing.system import System
 

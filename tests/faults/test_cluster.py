@@ -16,8 +16,9 @@ from collections.abc import Callable
 import nats
 import pytest
 
+from testing.cluster import ClusterNode, NatsCluster
 from testing.counting import Load, settle
-from testing.servers import ClusterNode, NatsCluster, wait_until
+from testing.servers import wait_until
 from testing.sink import SinkServer
 from tests.faults.conftest import StartSystem
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from eventing.delivery import retries
 from eventing.settings import Settings
 from eventing.subscriptions import subscription
 from testing.kube import ControlPlane, Kube
@@ -28,7 +29,7 @@ def parse(document: dict[str, Any]) -> subscription.Subscription:
     return subscription.from_manifest(
         document,
         prefix=SETTINGS.events.type_prefix,
-        defaults=SETTINGS.delivery.policy,
+        defaults=retries.default_policy(SETTINGS.delivery),
         default_max_in_flight=1,
     )
 
