@@ -88,6 +88,28 @@ def test_an_empty_namespace_is_ready_once_listed(api: Any, cache: SubscriptionCa
     assert source.read()[0] == Snapshot(())
 
 
+def test_without_namespaces_the_cache_watches_every_namespace(api: Any, kube: Kube) -> None:
+    kube.apply(subscription("orders", SINK, "order.created.v1"))
+    everywhere = SubscriptionCache(api, ())
+    source = KubernetesSource(everywhere, api, PARSE, sink_rule=False)
+    everywhere.start()
+    try:
+        wait_until(lambda: source.ready, 20, "the first list")
+        wait_until(
+            lambda: f"{kube.namespace}/orders" in {e.key for e in source.read()[0].entries},
+            20,
+            "the subscription of the test's namespace",
+        )
+        kube.apply(subscription("payments", SINK, "payment.failed.v1"))
+        wait_until(
+            lambda: f"{kube.namespace}/payments" in {e.key for e in source.read()[0].entries},
+            20,
+            "a subscription added while watching",
+        )
+    finally:
+        everywhere.stop()
+
+
 def test_write_back_adds_the_finalizer_and_status_and_releases_it_once_consumers_are_gone(
     api: Any, kube: Kube, cache: SubscriptionCache
 ) -> None:
