@@ -12,7 +12,7 @@ namespace, with two adaptations, both measured against kube-apiserver 1.37 with 
 - its list reads ``.items`` and ``.metadata.resource_version`` attributes, which the dicts of
   ``CustomObjectsApi`` lack: as documented it fails every list with ``TypeError:
   'builtin_function_or_method' object is not iterable`` and its cache stays empty.
-  :class:`_Listing` gives it that shape, asks for bookmarks, and says when the first list is in
+  :func:`_listing` gives it that shape, asks for bookmarks, and says when the first list is in
   the cache (the informer has no "synced" flag, and an empty list fires no event);
 - a failed watch is re-opened at once, without a pause: 7,807 attempts in 3 s with the API
   server unreachable, each logged with a traceback. An ``ERROR`` handler, which the informer
@@ -58,42 +58,40 @@ def api_client(settings: SourceSettings) -> Any:
     return client.ApiClient()
 
 
-class _Listing:
+def _listing(api: client.CustomObjectsApi, on_listed: Callable[[], None]) -> Callable[..., object]:
     """The list-and-watch function a ``SharedInformer`` calls for one scope (None: all
     namespaces), adapted to the informer's reading of a list (see the module docstring).
 
     The informer opens its watch only after the list it made is in its cache, so the first
-    watch call is the moment the scope is listed.
-
-    :rtype: object
+    watch call is the moment the scope is listed: ``on_listed`` is called then.
     """
+    listed = False
 
-    # The last docstring line is read by kubernetes.watch.Watch: with a return type it
-    # decodes each event and tracks the resourceVersion the informer resumes from.
+    def list_subscriptions(namespace: str | None = None, **options: Any) -> object:
+        """A list shaped as the informer reads it, or a watch stream.
 
-    def __init__(self, api: client.CustomObjectsApi, on_listed: Callable[[], None]) -> None:
-        self._api = api
-        self._on_listed = on_listed
-        self._listed = False
-
-    def __call__(self, namespace: str | None = None, **options: Any) -> object:
+        :rtype: object
+        """
+        # kubernetes.watch.Watch reads the return type above from this docstring: with one it
+        # decodes each event and tracks the resourceVersion the informer resumes from.
+        nonlocal listed
         if options.get("watch"):
             options["allow_watch_bookmarks"] = True
-            if not self._listed:
-                self._listed = True
-                self._on_listed()
+            if not listed:
+                listed = True
+                on_listed()
         if namespace is None:
-            answer = self._api.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
+            answer = api.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
         else:
-            answer = self._api.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, **options
-            )
+            answer = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **options)
         if options.get("watch"):
             return answer  # the stream itself
         version = answer["metadata"]["resourceVersion"]
         return SimpleNamespace(
             items=answer.get("items") or [], metadata=SimpleNamespace(resource_version=version)
         )
+
+    return list_subscriptions
 
 
 class SubscriptionCache:
@@ -107,7 +105,7 @@ class SubscriptionCache:
         self._stopped = threading.Event()
         self._informers = [
             informer.SharedInformer(
-                _Listing(objects, self._listed), namespace=scope, resync_period=_RELIST_EVERY
+                _listing(objects, self._listed), namespace=scope, resync_period=_RELIST_EVERY
             )
             for scope in namespaces or (None,)
         ]

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from eventing.settings import Settings, SourceSettings
-from eventing.sources.cluster import SubscriptionCache, api_client
+from eventing.sources.cluster import SubscriptionCache, _listing, api_client
 from eventing.sources.kubernetes import FINALIZER, KubernetesSource
 from eventing.sources.snapshot import Snapshot, parser_for
 from eventing.subscriptions.subscription import status_of
@@ -78,6 +78,29 @@ def test_the_cache_is_not_ready_before_its_list_then_follows_every_change(
     snapshot = read_when(source, ["orders"])
 
     assert source.read() == (snapshot, False), "nothing changed since: the same snapshot"
+
+
+def test_the_watch_decodes_events_and_tracks_the_resource_version_to_resume_from(
+    api: Any, kube: Kube
+) -> None:
+    """Without a return type the client's Watch yields raw events and tracks no resourceVersion,
+    so the informer would resume every watch from its last list."""
+    (stored,) = kube.apply(subscription("orders", SINK, "order.created.v1"))
+    stream = watch.Watch()
+    listed: list[bool] = []
+
+    events = list(
+        stream.stream(
+            _listing(client.CustomObjectsApi(api), lambda: listed.append(True)),
+            namespace=kube.namespace,
+            timeout_seconds=1,
+        )
+    )
+
+    changes = [e for e in events if e["type"] != "BOOKMARK"]  # bookmarks: asked for, no object
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in changes] == [("ADDED", "orders")]
+    assert int(stream.resource_version) >= int(stored["metadata"]["resourceVersion"])
+    assert listed == [True], "the first watch says the list before it is in the cache"
 
 
 def test_an_empty_namespace_is_ready_once_listed(api: Any, cache: SubscriptionCache) -> None:
