@@ -17,7 +17,9 @@ namespace, with two adaptations, both measured against kube-apiserver 1.37 with 
 - a failed watch is re-opened at once, without a pause: 7,807 attempts in 3 s with the API
   server unreachable, each logged with a traceback. An ``ERROR`` handler, which the informer
   calls on its own thread, pauses :data:`_RETRY_PAUSE` before it reconnects (not after a 410,
-  which it answers with a fresh list). A failed list it retries after 5 s of its own.
+  which it answers with a fresh list). A failed list it retries after 5 s of its own. Its own
+  log line with a traceback (logger ``kubernetes.informer.informer``) stays, once a second at
+  most, beside ours.
 """
 
 from __future__ import annotations
