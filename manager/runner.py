@@ -23,8 +23,9 @@ from eventing.errors import InvalidSubscription
 from eventing.nats import streams
 from eventing.nats.client import JetStreamClient
 from eventing.settings import Settings
-from eventing.sources.kubernetes import KubernetesReader, api_client
-from eventing.sources.manifests import Reader, Snapshot, reader_for
+from eventing.sources.cluster import api_client
+from eventing.sources.snapshot import Snapshot
+from eventing.sources.source import SubscriptionSource, source_for
 from eventing.subscriptions.subscription import (
     API_VERSION,
     KIND,
@@ -34,7 +35,6 @@ from eventing.subscriptions.subscription import (
     status_of,
 )
 from manager import consumers, leader, pulling, reconcile
-from manager.kubernetes import StatusWriter
 from manager.reconcile import Action
 from manager.status import ManagerMetrics, StatusServer, View
 
@@ -51,7 +51,7 @@ class Manager:
     def __init__(
         self,
         settings: Settings,
-        reader: Reader,
+        reader: SubscriptionSource,
         client: JetStreamClient,
         broker: jobs.Broker,
         server: StatusServer,
@@ -63,7 +63,6 @@ class Manager:
         self._server = server
         self._metrics = metrics
         self._reader = reader
-        self._writer = StatusWriter(reader) if isinstance(reader, KubernetesReader) else None
         self._dispatcher = pulling.Dispatcher(
             client,
             settings.stream.name,
@@ -167,9 +166,8 @@ class Manager:
                 }
             )
         self._publish_view(snapshot, errors, problem)
-        if self._writer is not None:
-            consumers_gone = problem is None and deletions_done
-            await asyncio.to_thread(self._writer.write, self._server.view.items, consumers_gone)
+        consumers_gone = problem is None and deletions_done
+        await asyncio.to_thread(self._reader.write_back, self._server.view.items, consumers_gone)
 
     async def _apply(self, js: Any, stream: str, actions: list[Action]) -> dict[str, str]:
         """Carry out the actions that are due; the error of each consumer not set up (held
@@ -330,7 +328,7 @@ async def run(settings: Settings) -> bool:
             metrics.leader.set(1)
         manager = Manager(
             settings,
-            reader_for(settings, watch=True),
+            source_for(settings, watch=True),
             client,
             jobs.make_broker(settings.delivery.broker_url),
             server,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask
 
 from eventing.settings import Settings
-from eventing.sources.manifests import reader_for
+from eventing.sources.source import source_for
 from proxy.publisher import JetStreamPublisher, Publisher
 
 __all__ = ["create_app"]
@@ -35,7 +35,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
         destination=",".join(settings.nats.urls),
         max_event_types=settings.proxy.metrics_max_event_types,
     )
-    app.extensions["eventing.subscriptions"] = reader_for(settings, watch=False)
+    app.extensions["eventing.subscriptions"] = source_for(settings, watch=False)
     app.extensions["eventing.admission"] = turns = admission.Admission(
         slots=settings.proxy.threads,
         waiting=admission.waiting_room(settings.proxy.threads),

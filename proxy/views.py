@@ -18,7 +18,7 @@ from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.events import binding, cloudevent, eventtypes, legacy
 from eventing.nats.messages import OutboundMessage, outbound
 from eventing.settings import Settings
-from eventing.sources.manifests import Reader
+from eventing.sources.source import SubscriptionSource
 from eventing.subscriptions import subscription
 from proxy import guards, problems
 from proxy.admission import Admission
@@ -68,7 +68,7 @@ def legacy_publish(application: str) -> Response:
 @blueprint.get("/<application>/v1/events/subscribed")
 def subscribed(application: str) -> Response:
     settings = _settings()
-    reader: Reader = current_app.extensions["eventing.subscriptions"]
+    reader: SubscriptionSource = current_app.extensions["eventing.subscriptions"]
     try:
         with _READ_LOCK:
             snapshot, _ = reader.read()

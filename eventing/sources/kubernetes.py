@@ -1,11 +1,17 @@
-"""Subscriptions as Kubernetes custom resources: the API client, a watched cache, and a reader.
+"""The Kubernetes source: Subscription custom resources read through the API, status written back.
 
-The kubernetes source is the manifest folder's twin: :class:`KubernetesReader` has the same
-``read() -> (Snapshot, changed)`` as :class:`~eventing.sources.manifests.DirectoryReader`, so the
-manager reconciles, and the proxy answers ``/subscribed``, the same way from either. Objects
-come from a :class:`SubscriptionCache` (list, then watch from the list's resourceVersion, as an
-informer does; the manager) or a :class:`SubscriptionLister` (a list at most every few seconds;
-the proxy, whose requests are rare and whose worker processes should hold no threads).
+:class:`KubernetesSource` is the folder source's twin (same
+:class:`~eventing.sources.source.SubscriptionSource` members), so the manager reconciles, and the
+proxy answers ``/subscribed``, the same way from either. Objects come from a
+:class:`SubscriptionCache` (the manager) or a :class:`SubscriptionLister` (a list at most every
+few seconds; the proxy, whose requests are rare and whose worker processes should hold no
+threads). After each reconcile :meth:`KubernetesSource.write_back` adds Kyma's finalizer to each
+object that lacks it (a deletion waits for its consumers), writes changed statuses through the
+status subresource, and releases the finalizer of objects being deleted once their consumers
+are gone.
+
+The objects themselves (an informer's cache, or a list) come from
+:mod:`eventing.sources.cluster`.
 
 We use the official client rather than kopf: the manager already is a level-triggered loop
 over a whole snapshot (the folder source), and needs from Kubernetes only a current list of
@@ -16,168 +22,42 @@ per-object handlers and annotations on every object, none of which fits that loo
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 
 from eventing.errors import InvalidSubscription
 from eventing.settings import SourceSettings
-from eventing.sources.manifests import Entry, Parse, Snapshot, validated
-from eventing.subscriptions.subscription import Subscription, key_of
+from eventing.sources.cluster import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    SubscriptionCache,
+    SubscriptionLister,
+    api_client,
+)
+from eventing.sources.snapshot import Entry, Parse, Snapshot, validated
+from eventing.subscriptions.subscription import Subscription, keep_transition_times, key_of
 
 logger = logging.getLogger(__name__)
 
-GROUP = "eventing.kyma-project.io"
-VERSION = "v1alpha2"
-PLURAL = "subscriptions"
 FINALIZER = "eventing.kyma-project.io"  #: Kyma's finalizer name: consumers go before the object
 
-_WATCH_SECONDS = 60  # a watch is re-opened from its resourceVersion this often
-_RELIST_EVERY = 300.0  # a full list now and then repairs anything a watch might have missed
-_RETRY_PAUSE = 1.0
 _SERVICE_TTL = 10.0
-_HTTP_GONE = 410
+_HTTP_NOT_FOUND, _HTTP_CONFLICT = 404, 409
 
 
-def api_client(settings: SourceSettings) -> Any:
-    """A client for the configured cluster: a kubeconfig file, else the pod's service account,
-    else ``~/.kube/config``."""
-    if settings.kubeconfig:
-        return config.new_client_from_config(config_file=settings.kubeconfig)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        return config.new_client_from_config()
-    return client.ApiClient()
+class KubernetesSource:
+    """Subscription objects into a :class:`Snapshot`, as the folder source makes one, and the
+    manager's view of them back into their status and finalizers.
 
-
-class SubscriptionCache:
-    """Every Subscription object, kept current by one watching thread per namespace.
-
-    A watch resumes from the last resourceVersion it saw; one that expired (410 Gone), or any
-    API error, leads to a fresh list, after a pause while the API server is unreachable.
-    """
-
-    def __init__(self, api: Any, namespaces: tuple[str, ...]) -> None:
-        self._api = client.CustomObjectsApi(api)
-        self._scopes: tuple[str | None, ...] = namespaces or (None,)
-        self._objects: dict[str | None, dict[str, dict[str, Any]]] = {}
-        self._version = 0
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._watches: list[watch.Watch] = []
-
-    def start(self) -> None:
-        for scope in self._scopes:
-            threading.Thread(
-                target=self._run, args=(scope,), name=f"watch-{scope or 'all'}", daemon=True
-            ).start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        for stream in list(self._watches):
-            stream.stop()
-
-    def objects(self) -> tuple[int, list[dict[str, Any]]]:
-        """A version that changes with any object (0 until every namespace was listed), and
-        the objects."""
-        with self._lock:
-            if len(self._objects) < len(self._scopes):
-                return 0, []
-            return self._version, [o for scope in self._objects.values() for o in scope.values()]
-
-    def _run(self, scope: str | None) -> None:
-        while not self._stopped.is_set():
-            try:
-                version = self._list(scope)
-                self._watch(scope, version)
-            except ApiException as exc:
-                if exc.status != _HTTP_GONE:
-                    logger.warning("watching subscriptions failed: %s %s", exc.status, exc.reason)
-                    self._stopped.wait(_RETRY_PAUSE)
-            except Exception as exc:  # the API server is down or unreachable: retry, forever
-                logger.warning("watching subscriptions failed: %s", exc)
-                self._stopped.wait(_RETRY_PAUSE)
-
-    def _list(self, scope: str | None) -> str:
-        if scope is None:
-            listed = self._api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-        else:
-            listed = self._api.list_namespaced_custom_object(GROUP, VERSION, scope, PLURAL)
-        with self._lock:
-            self._objects[scope] = {key_of(item): item for item in listed.get("items", [])}
-            self._version += 1
-        return str(listed["metadata"]["resourceVersion"])
-
-    def _watch(self, scope: str | None, version: str) -> None:
-        stream = watch.Watch()
-        self._watches.append(stream)
-        relist_at = time.monotonic() + _RELIST_EVERY
-        try:
-            while not self._stopped.is_set() and time.monotonic() < relist_at:
-                if scope is None:
-                    call: Callable[..., Any] = self._api.list_cluster_custom_object
-                    arguments: tuple[str, ...] = (GROUP, VERSION, PLURAL)
-                else:
-                    call = self._api.list_namespaced_custom_object
-                    arguments = (GROUP, VERSION, scope, PLURAL)
-                for event in stream.stream(
-                    call,
-                    *arguments,
-                    resource_version=version,
-                    timeout_seconds=_WATCH_SECONDS,
-                    allow_watch_bookmarks=True,
-                ):
-                    kind, item = event["type"], event["object"]
-                    version = item["metadata"]["resourceVersion"]
-                    if kind == "BOOKMARK":
-                        continue
-                    with self._lock:
-                        if kind == "DELETED":
-                            self._objects[scope].pop(key_of(item), None)
-                        else:
-                            self._objects[scope][key_of(item)] = item
-                        self._version += 1
-        finally:
-            self._watches.remove(stream)
-
-
-class SubscriptionLister:
-    """Every Subscription object, listed again when the last list is ``ttl`` seconds old."""
-
-    def __init__(self, api: Any, namespaces: tuple[str, ...], ttl: float = 5.0) -> None:
-        self._api = client.CustomObjectsApi(api)
-        self._namespaces = namespaces
-        self._ttl = ttl
-        self._listed_at = -ttl
-        self._items: list[dict[str, Any]] = []
-        self._version = 0
-
-    def objects(self) -> tuple[int, list[dict[str, Any]]]:
-        if time.monotonic() - self._listed_at >= self._ttl:
-            items: list[dict[str, Any]] = []
-            if not self._namespaces:
-                items = self._api.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-            for namespace in self._namespaces:
-                items += self._api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
-                    "items"
-                ]
-            self._items, self._listed_at = items, time.monotonic()
-            self._version += 1
-        return self._version, self._items
-
-
-class KubernetesReader:
-    """Subscription objects into a :class:`Snapshot`, as the folder reader makes one.
-
-    Objects being deleted are left out (their consumers go, then the manager removes the
-    finalizer); ``deleting`` lists them. With the sink rule on, a sink must be the cluster-local
-    address of a Service in the subscription's own namespace, and the Service must exist.
+    Objects being deleted are left out of the snapshot (their consumers go, then
+    :meth:`write_back` removes the finalizer). With the sink rule on, a sink must be the
+    cluster-local address of a Service in the subscription's own namespace, and the Service
+    must exist.
     """
 
     def __init__(
@@ -189,15 +69,27 @@ class KubernetesReader:
         sink_rule: bool,
     ) -> None:
         self._objects = objects
-        self.api = api
+        self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._parse = parse  #: from_manifest with the settings' defaults bound
         self._sink_rule = sink_rule
         self._services: dict[tuple[str, str], tuple[float, bool]] = {}
         self._fingerprint: tuple[Any, ...] | None = None
         self._snapshot = Snapshot(())
-        self.deleting: tuple[dict[str, Any], ...] = ()  #: objects waiting for their finalizer
-        self.current: dict[str, dict[str, Any]] = {}  #: the latest object of each key
+        self._deleting: tuple[dict[str, Any], ...] = ()  #: objects waiting for their finalizer
+        self._current: dict[str, dict[str, Any]] = {}  #: the latest object of each key
+
+    @classmethod
+    def connect(cls, settings: SourceSettings, parse: Parse, *, watch: bool) -> KubernetesSource:
+        """The source of the configured cluster and namespaces; ``watch`` starts a cache."""
+        api = api_client(settings)
+        objects: SubscriptionCache | SubscriptionLister
+        if watch:
+            objects = SubscriptionCache(api, settings.namespaces)
+            objects.start()
+        else:
+            objects = SubscriptionLister(api, settings.namespaces)
+        return cls(objects, api, parse, sink_rule=settings.sink_rule)
 
     @property
     def ready(self) -> bool:
@@ -213,11 +105,29 @@ class KubernetesReader:
         fingerprint = (version, missing)
         if fingerprint == self._fingerprint:
             return self._snapshot, False
-        self.current = {key_of(item): item for item in items}
-        self.deleting = tuple(item for item in items if item["metadata"].get("deletionTimestamp"))
+        self._current = {key_of(item): item for item in items}
+        self._deleting = tuple(item for item in items if item["metadata"].get("deletionTimestamp"))
         entries = tuple(self._entry(item, missing) for item in sorted(live, key=key_of))
         self._fingerprint, self._snapshot = fingerprint, Snapshot(entries)
         return self._snapshot, True
+
+    def write_back(self, items: Sequence[dict[str, Any]], consumers_gone: bool) -> None:
+        """Bring finalizers and status of the objects last read in line with the view
+        ``items``; release the finalizers of objects being deleted if ``consumers_gone``.
+
+        Every write that fails is logged and made again after the next reconcile.
+        """
+        for item in items:
+            key = f"{item['metadata']['namespace']}/{item['metadata']['name']}"
+            current = self._current.get(key)
+            if current is None or current["metadata"].get("deletionTimestamp"):
+                continue
+            self._write(self._ensure_finalizer, current)
+            self._write(self._write_status, current, item["status"])
+        if consumers_gone:
+            for current in self._deleting:
+                if FINALIZER in (current["metadata"].get("finalizers") or []):
+                    self._write(self._release, current)
 
     def _entry(self, item: dict[str, Any], missing: frozenset[str]) -> Entry:
         key = key_of(item)
@@ -257,13 +167,63 @@ class KubernetesReader:
     def _service_exists(self, namespace: str, name: str) -> bool:
         try:
             self._core.read_namespaced_service(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
+        except client.ApiException as exc:
+            if exc.status == _HTTP_NOT_FOUND:
                 return False
             logger.warning("cannot check Service %s.%s: %s", name, namespace, exc.reason)
         except Exception as exc:  # API server unreachable: keep delivering, check again later
             logger.warning("cannot check Service %s.%s: %s", name, namespace, exc)
         return True
+
+    def _ensure_finalizer(self, current: dict[str, Any]) -> None:
+        finalizers = list(current["metadata"].get("finalizers") or [])
+        if FINALIZER in finalizers:
+            return
+        self._patch_finalizers(current, [*finalizers, FINALIZER])
+        logger.info("added finalizer to subscription %s", _key(current))
+
+    def _release(self, current: dict[str, Any]) -> None:
+        finalizers = [f for f in current["metadata"].get("finalizers") or [] if f != FINALIZER]
+        self._patch_finalizers(current, finalizers)
+        logger.info("consumers of %s removed; released its finalizer", _key(current))
+
+    def _patch_finalizers(self, current: dict[str, Any], finalizers: list[str]) -> None:
+        metadata = current["metadata"]
+        # The resourceVersion makes the patch conditional: another writer's change in between
+        # is a conflict (retried on the next reconcile), never a lost finalizer.
+        self._custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            metadata["namespace"],
+            PLURAL,
+            metadata["name"],
+            {
+                "metadata": {
+                    "finalizers": finalizers,
+                    "resourceVersion": metadata["resourceVersion"],
+                }
+            },
+        )
+
+    def _write_status(self, current: dict[str, Any], status: dict[str, Any]) -> None:
+        old = current.get("status") or {}
+        status = keep_transition_times(old, status)
+        if status == old:
+            return
+        metadata = current["metadata"]
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, metadata["namespace"], PLURAL, metadata["name"], {"status": status}
+        )
+
+    @staticmethod
+    def _write(action: Callable[..., None], current: dict[str, Any], *arguments: Any) -> None:
+        try:
+            action(current, *arguments)
+        except client.ApiException as exc:
+            if exc.status not in (_HTTP_NOT_FOUND, _HTTP_CONFLICT):
+                logger.warning("writing to subscription %s failed: %s", _key(current), exc)
+        except Exception as exc:  # API server unreachable: the next reconcile writes again
+            logger.warning("writing to subscription %s failed: %s", _key(current), exc)
 
 
 def sink_rule_problem(subscription: Subscription) -> str | None:
@@ -290,3 +250,8 @@ def _service_of(sink: str) -> tuple[str, str] | None:
     if len(labels) == 5 and labels[2:] == ["svc", "cluster", "local"]:
         return labels[0], labels[1]
     return None
+
+
+def _key(current: dict[str, Any]) -> str:
+    metadata = current.get("metadata") or {}
+    return f"{metadata.get('namespace')}/{metadata.get('name')}"

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from eventing.sources.manifests import MAX_DEPTH
+from eventing.sources.directory import MAX_DEPTH
 from eventing.subscriptions.subscription import MAX_TYPES
 from testing.servers import NatsServer, RedisServer, nats_server_binary, wait_until
 from testing.sink import SinkServer

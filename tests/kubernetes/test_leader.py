@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from eventing.settings import SourceSettings
-from eventing.sources.kubernetes import api_client
+from eventing.sources.cluster import api_client
 from manager.leader import LEASE_NAME, Lease, Timing
 from testing.kube import Kube
 from testing.servers import NatsServer, RedisServer, free_port, wait_until

@@ -1,9 +1,10 @@
-"""Subscription manifests from a folder of YAML files (several documents per file).
+"""The folder source: Subscription manifests in YAML files (several documents per file).
 
 Shared by the manager, which reconciles them, and the proxy, which answers
 ``/<application>/v1/events/subscribed`` from the same files. A folder is re-read only when a
 file's name, size, modification time or inode changed, so polling it every second is cheap.
-:func:`reader_for` picks this reader or the Kubernetes one (:mod:`eventing.sources.kubernetes`).
+:class:`DirectorySource` is one of the two :class:`~eventing.sources.source.SubscriptionSource`
+implementations; the other is :mod:`eventing.sources.kubernetes`, which it never imports.
 
 Nothing in the folder may stop or blind its readers: only regular files inside the folder are
 read (a FIFO would block forever, ``/dev/zero`` never end, a symlink out of the folder leak a
@@ -15,102 +16,23 @@ entry naming it; every other file is served as usual.
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
-from eventing.delivery import retries
 from eventing.errors import InvalidSubscription
-from eventing.settings import Settings
-from eventing.subscriptions.subscription import KIND, Subscription, from_manifest, key_of
-
-logger = logging.getLogger(__name__)
+from eventing.sources.snapshot import Entry, Parse, Snapshot, Unreadable, validated
+from eventing.subscriptions.subscription import KIND
 
 _SUFFIXES = (".yaml", ".yml")
-
-Entry = Subscription | InvalidSubscription
-#: A manifest to a subscription (raising InvalidSubscription): from_manifest with the settings'
-#: defaults bound, shared by every source.
-Parse = Callable[[Mapping[str, Any]], Subscription]
 
 MAX_FILE_BYTES = 1024 * 1024  #: a larger manifest file is refused unread
 MAX_DEPTH = 64  #: deepest nesting of YAML collections in a document
 MAX_NODES = 100_000  #: YAML nodes of one document, counting what each alias expands to
-
-
-@dataclass(frozen=True, slots=True)
-class Unreadable:
-    """A manifest file that could not be read or parsed, wholly or in part (its subscriptions
-    are unknown, so the consumers created from it stay)."""
-
-    file: str
-    problem: str  #: names the rule it broke and where, never echoes its content
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Every subscription of the source: valid ones, invalid ones with their errors, and the
-    files that could not be read."""
-
-    entries: tuple[Entry, ...]
-    unreadable: tuple[Unreadable, ...] = ()
-
-    @property
-    def valid(self) -> tuple[Subscription, ...]:
-        return tuple(e for e in self.entries if isinstance(e, Subscription))
-
-    @property
-    def invalid_keys(self) -> frozenset[str]:
-        """``namespace/name`` of each subscription whose spec is invalid."""
-        return frozenset(e.key for e in self.entries if isinstance(e, InvalidSubscription))
-
-    @property
-    def unreadable_files(self) -> frozenset[str]:
-        return frozenset(bad.file for bad in self.unreadable)
-
-
-class Reader(Protocol):
-    """A source of subscriptions: the folder, or Kubernetes."""
-
-    @property
-    def ready(self) -> bool:
-        """Whether a snapshot is complete (an incomplete one must not delete consumers)."""
-        ...
-
-    def read(self) -> tuple[Snapshot, bool]:
-        """The current snapshot, and whether it differs from the previous read's (blocking)."""
-        ...
-
-
-def reader_for(settings: Settings, *, watch: bool) -> Reader:
-    """The configured source's reader; ``watch`` keeps a Kubernetes cache current in a thread
-    (the manager) instead of listing on demand (the proxy)."""
-    parse = functools.partial(
-        from_manifest,
-        prefix=settings.events.type_prefix,
-        defaults=retries.default_policy(settings.delivery),
-        default_max_in_flight=settings.manager.default_max_in_flight,
-    )
-    if settings.source.kind == "directory":
-        return DirectoryReader(settings.source.directory, parse)
-    # Imported here: the Kubernetes client is heavy, and the folder source never needs it.
-    from eventing.sources import kubernetes
-
-    api = kubernetes.api_client(settings.source)
-    objects: kubernetes.SubscriptionCache | kubernetes.SubscriptionLister
-    if watch:
-        objects = kubernetes.SubscriptionCache(api, settings.source.namespaces)
-        objects.start()
-    else:
-        objects = kubernetes.SubscriptionLister(api, settings.source.namespaces)
-    return kubernetes.KubernetesReader(objects, api, parse, sink_rule=settings.source.sink_rule)
 
 
 class _Refused(yaml.YAMLError):
@@ -174,25 +96,6 @@ class _BoundedLoader(yaml.SafeLoader):
             )
 
 
-def validated(parse: Parse, document: Mapping[str, Any], origin: str = "") -> Entry:
-    """``document`` as a subscription, or the reason it is none; never raises.
-
-    A validation bug (an exception other than InvalidSubscription) costs one subscription, not
-    the whole source: it is logged with its traceback and reported in that one's status.
-    """
-    try:
-        return replace(parse(document), origin=origin)
-    except InvalidSubscription as exc:
-        exc.origin = origin
-        return exc
-    except Exception as exc:
-        key = key_of(document)
-        logger.exception("validating subscription %s failed unexpectedly", key)
-        return InvalidSubscription(
-            key, [f"cannot be validated: {type(exc).__name__}"], origin=origin
-        )
-
-
 def parse_documents(text: str, origin: str) -> Iterator[dict[str, Any] | Unreadable]:
     """The Subscription documents of one YAML file; a broken file or document yields an
     :class:`Unreadable` instead."""
@@ -231,7 +134,7 @@ class _FileRefused(Exception):
     """A manifest file that is not read, and why."""
 
 
-class DirectoryReader:
+class DirectorySource:
     """Reads a folder of manifests into a :class:`Snapshot` (blocking; call it off a loop)."""
 
     def __init__(self, path: str, parse: Parse) -> None:
@@ -269,6 +172,9 @@ class DirectoryReader:
         self._fingerprint = fingerprint
         self._snapshot = Snapshot(tuple(entries), tuple(unreadable))
         return self._snapshot, True
+
+    def write_back(self, items: Sequence[dict[str, Any]], consumers_gone: bool) -> None:
+        """Nothing: a folder is read-only to us, its status is served over HTTP alone."""
 
     def _entry(self, document: dict[str, Any], origin: str, seen: set[str]) -> Entry:
         entry = validated(self._parse, document, origin)

@@ -12,13 +12,8 @@ from typing import Any
 import pytest
 
 from eventing.errors import InvalidSubscription
-from eventing.sources.manifests import (
-    MAX_DEPTH,
-    MAX_FILE_BYTES,
-    MAX_NODES,
-    DirectoryReader,
-    Snapshot,
-)
+from eventing.sources.directory import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, DirectorySource
+from eventing.sources.snapshot import Snapshot
 from eventing.subscriptions.subscription import Subscription, from_manifest
 from tests.eventing.test_subscription import DEFAULTS, PREFIX
 
@@ -39,8 +34,8 @@ metadata: {name: ignored}
 """
 
 
-def reader(path: Path) -> DirectoryReader:
-    return DirectoryReader(
+def reader(path: Path) -> DirectorySource:
+    return DirectorySource(
         str(path),
         functools.partial(
             from_manifest, prefix=PREFIX, defaults=DEFAULTS, default_max_in_flight=10
@@ -223,7 +218,7 @@ def test_a_validation_bug_costs_one_subscription_not_the_folder(tmp_path: Path) 
         return reader(tmp_path)._parse(document)
 
     (tmp_path / "subs.yaml").write_text(TWO)
-    snapshot, _ = DirectoryReader(str(tmp_path), parse).read()
+    snapshot, _ = DirectorySource(str(tmp_path), parse).read()
     assert [s.key for s in snapshot.valid] == ["default/one"]
     [broken] = [e for e in snapshot.entries if isinstance(e, InvalidSubscription)]
     assert (broken.key, broken.origin) == ("team/two", "subs.yaml")
