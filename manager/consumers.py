@@ -30,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventing.delivery import jobs
 from eventing.nats.jetstream import JetStreamClient
-from eventing.subscriptions.subscription import Subscription
+from eventing.subscriptions.model import Subscription
 from manager.reconcile import (
     MANAGED_BY,
     Action,

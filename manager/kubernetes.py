@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from eventing.sources.kubernetes import FINALIZER, GROUP, PLURAL, VERSION, KubernetesReader
-from eventing.subscriptions.subscription import keep_transition_times
+from eventing.subscriptions.status import keep_transition_times
 
 logger = logging.getLogger(__name__)
 

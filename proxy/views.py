@@ -18,7 +18,7 @@ from eventing.events import cloudevent, eventtypes, legacy
 from eventing.nats.jetstream import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.manifests import Reader
-from eventing.subscriptions import subscription
+from eventing.subscriptions import model
 from proxy import guards, problems
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher
@@ -82,7 +82,7 @@ def subscribed(application: str) -> Response:
         return problems.problem(
             503, "Subscriptions unavailable", f"cannot list subscriptions right now: {exc}"
         )
-    pairs = subscription.subscribed(application, snapshot.valid, settings.events.type_prefix)
+    pairs = model.subscribed(application, snapshot.valid, settings.events.type_prefix)
     return jsonify({"eventsInfo": pairs})
 
 

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from eventing.errors import InvalidSubscription
 from eventing.settings import SourceSettings
 from eventing.sources.manifests import Entry, Parse, Snapshot, validated
-from eventing.subscriptions.subscription import Subscription, key_of
+from eventing.subscriptions.model import Subscription, key_of
 
 logger = logging.getLogger(__name__)
 

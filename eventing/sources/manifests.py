@@ -28,7 +28,7 @@ import yaml
 
 from eventing.errors import InvalidSubscription
 from eventing.settings import Settings
-from eventing.subscriptions.subscription import KIND, Subscription, from_manifest, key_of
+from eventing.subscriptions.model import KIND, Subscription, from_manifest, key_of
 
 logger = logging.getLogger(__name__)
 

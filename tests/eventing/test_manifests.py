@@ -19,7 +19,7 @@ from eventing.sources.manifests import (
     DirectoryReader,
     Snapshot,
 )
-from eventing.subscriptions.subscription import Subscription, from_manifest
+from eventing.subscriptions.model import Subscription, from_manifest
 from tests.eventing.test_subscription import DEFAULTS, PREFIX
 
 TWO = """

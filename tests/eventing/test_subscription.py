@@ -10,15 +10,14 @@ import pytest
 
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidSubscription
-from eventing.subscriptions.subscription import (
+from eventing.subscriptions.model import (
     MAX_TYPES,
     Subscription,
     consumer_name,
     from_manifest,
-    status_invalid,
-    status_of,
     subscribed,
 )
+from eventing.subscriptions.status import status_invalid, status_of
 
 PREFIX = "sap.kyma.custom"
 DEFAULTS = DeliveryPolicy(

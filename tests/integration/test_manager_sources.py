@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from eventing.sources.manifests import MAX_DEPTH
-from eventing.subscriptions.subscription import MAX_TYPES
+from eventing.subscriptions.model import MAX_TYPES
 from testing.servers import NatsServer, RedisServer, nats_server_binary, wait_until
 from testing.sink import SinkServer
 from testing.system import System
