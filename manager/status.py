@@ -10,7 +10,8 @@ replaces as a whole. Endpoints:
 - ``GET /subscriptions``: every subscription with its status, and the unreadable files;
 - ``GET /subscriptions/{namespace}/{name}``: one of them, or a 404 naming it.
 
-A trailing slash is redirected to the path without it; any other path is a JSON 404 naming it.
+A trailing slash is redirected to the path without it; any other path is a JSON 404 naming it,
+any other method a JSON 405 (``http.server`` answered both in HTML, 501 for a method).
 """
 
 from __future__ import annotations
@@ -109,11 +110,15 @@ def application(metrics: ManagerMetrics, view: Callable[[], View]) -> web.Applic
 
 @web.middleware
 async def _unknown_paths(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """A path no route matches gets the JSON 404 the other answers use, not aiohttp's text."""
+    """A path no route matches, or a method other than GET, gets a JSON answer like the
+    others, not aiohttp's plain text."""
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return _not_found(f"no such endpoint: {request.path}")
+        return _not_found(f"no such endpoint: {request.path.rstrip('/') or '/'}")
+    except web.HTTPMethodNotAllowed:
+        detail = f"{request.method} {request.path}: only GET is served"
+        return _json(405, {"title": "Method Not Allowed", "status": 405, "detail": detail})
 
 
 def _not_found(detail: str) -> web.Response:
