@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from eventing.settings import Settings
 from eventing.sources.manifests import Snapshot
 from eventing.subscriptions import status
 from eventing.subscriptions.model import Subscription
@@ -56,6 +57,16 @@ class StatusBoard:
         self._clock = clock
         self._last: tuple[Snapshot, Mapping[str, str], str | None] | None = None
         self._shedding_shown: dict[str, str] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings, metrics: ManagerMetrics) -> StatusBoard:
+        """The board of a manager configured by ``settings``."""
+        return cls(
+            metrics,
+            stream=settings.stream.name,
+            dead_letter_stream=settings.stream.dead_letter_name,
+            max_backlog=settings.manager.max_backlog,
+        )
 
     def publish(
         self,

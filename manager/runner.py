@@ -176,22 +176,9 @@ async def run(settings: Settings) -> bool:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    client = JetStreamClient(
-        settings.nats,
-        settings.stream,
-        name="eventing-manager",
-        streams=(
-            jetstream.stream_config(settings.stream),
-            jetstream.dead_letter_config(settings.stream),
-        ),
-    )
+    client = jetstream_client(settings)
     metrics = ManagerMetrics()
-    board = StatusBoard(
-        metrics,
-        stream=settings.stream.name,
-        dead_letter_stream=settings.stream.dead_letter_name,
-        max_backlog=settings.manager.max_backlog,
-    )
+    board = StatusBoard.for_settings(settings, metrics)
     server = StatusServer(settings.manager.host, settings.manager.port, metrics, lambda: board.view)
     client.start()
     try:
@@ -210,6 +197,19 @@ async def run(settings: Settings) -> bool:
         await server.close()
         await client.close()  # after the pull tasks stopped: drains what they left
         logger.info("manager stopped")
+
+
+def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetStreamClient:
+    """The manager's connection: it owns the event stream and the dead-letter stream."""
+    return JetStreamClient(
+        settings.nats,
+        settings.stream,
+        name=name,
+        streams=(
+            jetstream.stream_config(settings.stream),
+            jetstream.dead_letter_config(settings.stream),
+        ),
+    )
 
 
 async def _lead_and_manage(

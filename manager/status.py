@@ -10,7 +10,7 @@ replaces as a whole. Endpoints:
 - ``GET /subscriptions``: every subscription with its status, and the unreadable files;
 - ``GET /subscriptions/{namespace}/{name}``: one of them, or a 404 naming it.
 
-A trailing slash is redirected to the path without it; any other path is a JSON 404 naming it,
+A trailing slash is served as the path without it; any other path is a JSON 404 naming it,
 any other method a JSON 405 (``http.server`` answered both in HTML, 501 for a method).
 """
 
@@ -92,19 +92,16 @@ def application(metrics: ManagerMetrics, view: Callable[[], View]) -> web.Applic
             return _not_found(f"no subscription {key}")
         return _json(200, item)
 
-    app = web.Application(
-        middlewares=[
-            web.normalize_path_middleware(
-                append_slash=False, remove_slash=True, merge_slashes=False
-            ),
-            _unknown_paths,
-        ]
-    )
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_text)
-    app.router.add_get("/subscriptions", subscriptions)
-    app.router.add_get("/subscriptions/{namespace}/{name}", subscription)
+    app = web.Application(middlewares=[_unknown_paths])
+    for path, handler in (
+        ("/healthz", healthz),
+        ("/readyz", readyz),
+        ("/metrics", metrics_text),
+        ("/subscriptions", subscriptions),
+        ("/subscriptions/{namespace}/{name}", subscription),
+    ):
+        app.router.add_get(path, handler)
+        app.router.add_get(f"{path}/", handler)  # as http.server's answers did, no redirect
     return app
 
 

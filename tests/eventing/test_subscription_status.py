@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidSubscription
-from eventing.subscriptions.model import Subscription, from_manifest
 from eventing.subscriptions.status import (
     View,
     keep_transition_times,
@@ -20,41 +17,10 @@ from eventing.subscriptions.status import (
     status_of,
     view,
 )
+from tests.eventing.test_subscription import manifest, parse
 
-DEFAULTS = DeliveryPolicy(
-    retry=5,
-    backoff_policy="exponential",
-    backoff_delay=1.0,
-    backoff_max=300.0,
-    timeout=10.0,
-    retry_after_max=300.0,
-    in_job_wait_max=15.0,
-)
-MANIFEST: dict[str, Any] = {
-    "apiVersion": "eventing.kyma-project.io/v1alpha2",
-    "kind": "Subscription",
-    "metadata": {"name": "lastorder-sub", "namespace": "default"},
-    "spec": {
-        "sink": "http://127.0.0.1:9000/events",
-        "source": "myapp",
-        "types": ["order.received.v1"],
-    },
-}
 EARLIER = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 LATER = datetime(2026, 1, 1, 12, 5, 0, tzinfo=UTC)
-
-
-def manifest(spec: dict[str, Any] | None = None, **metadata: Any) -> dict[str, Any]:
-    document = copy.deepcopy(MANIFEST)
-    document["spec"].update(spec or {})
-    document["metadata"].update(metadata)
-    return document
-
-
-def parse(document: dict[str, Any]) -> Subscription:
-    return from_manifest(
-        document, prefix="sap.kyma.custom", defaults=DEFAULTS, default_max_in_flight=10
-    )
 
 
 def invalid(document: dict[str, Any]) -> InvalidSubscription:

@@ -25,7 +25,6 @@ import requests
 from eventing.delivery import jobs
 from eventing.errors import InvalidSubscription
 from eventing.events import eventtypes
-from eventing.nats import jetstream
 from eventing.nats.jetstream import JetStreamClient
 from eventing.settings import Settings
 from eventing.sources.manifests import Snapshot, Unreadable
@@ -131,23 +130,10 @@ async def eventually(predicate: Callable[[], Any], what: str, timeout: float = 2
 @contextlib.asynccontextmanager
 async def manager_of(settings: Settings, source: FakeSource) -> AsyncIterator[Running]:
     """A manager running on this loop until the block ends; then stopped as SIGTERM stops it."""
-    client = JetStreamClient(
-        settings.nats,
-        settings.stream,
-        name="test-manager",
-        streams=(
-            jetstream.stream_config(settings.stream),
-            jetstream.dead_letter_config(settings.stream),
-        ),
-    )
+    client = runner.jetstream_client(settings, name="test-manager")
     client.start()
     metrics = ManagerMetrics()
-    board = StatusBoard(
-        metrics,
-        stream=settings.stream.name,
-        dead_letter_stream=settings.stream.dead_letter_name,
-        max_backlog=settings.manager.max_backlog,
-    )
+    board = StatusBoard.for_settings(settings, metrics)
     broker = RecordingBroker()
     manager = Manager.assemble(settings, source, client, broker, board, metrics)
     stop = asyncio.Event()
