@@ -74,10 +74,12 @@ class FakeSource:
     snapshot: Snapshot = field(default_factory=lambda: Snapshot(()))
     failure: Exception | None = None
     ready: bool = True
+    failed_reads: int = 0
     _seen: Snapshot | None = None
 
     def read(self) -> tuple[Snapshot, bool]:
         if self.failure is not None:
+            self.failed_reads += 1
             raise self.failure
         changed, self._seen = self.snapshot != self._seen, self.snapshot
         return self.snapshot, changed
@@ -213,7 +215,7 @@ def test_a_failed_read_keeps_the_last_subscriptions_and_is_logged_once(
             await eventually(
                 lambda: caplog.text.count("reading the subscriptions failed") == 1, "the log line"
             )
-            await asyncio.sleep(runner.POLL * 2.5)  # two more failed reads
+            await eventually(lambda: source.failed_reads >= 3, "two more failed reads")
             assert caplog.text.count("reading the subscriptions failed") == 1
             assert running.item("default/orders") is not None
             assert binding.consumer_name in await running.consumers()
@@ -248,7 +250,7 @@ def test_each_problem_of_the_source_is_logged_once_until_it_changes(
     assert caplog.text.count("manifest file bad.yaml is unreadable: not valid YAML") == 1
 
 
-def test_run_serves_status_and_stops_on_sigterm_pull_tasks_first_then_nats(
+def test_run_serves_status_and_on_sigterm_stops_its_pull_tasks_and_its_port(
     nats_server: NatsServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     folder = tmp_path / "subscriptions"
