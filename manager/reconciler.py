@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from eventing.nats.jetstream import JetStreamClient
 from eventing.sources.manifests import Snapshot
@@ -32,20 +33,26 @@ class Outcome:
     deletions_done: bool = False  #: every consumer meant to go is gone
 
 
+class Pulls(Protocol):
+    """What the reconciler asks of the pull tasks (:class:`~manager.consumers.Dispatcher`)."""
+
+    def sync(self, targets: dict[str, consumers.Target]) -> None: ...
+
+
 class Reconciler:
     """Brings the stream's consumers and the pull tasks in line with each snapshot."""
 
     def __init__(
         self,
         client: JetStreamClient,
-        dispatcher: consumers.Dispatcher,
+        pulls: Pulls,
         metrics: ManagerMetrics,
         *,
         stream: str,
         ack_wait: float,
     ) -> None:
         self._client = client
-        self._dispatcher = dispatcher
+        self._pulls = pulls
         self._metrics = metrics
         self._stream = stream
         self._ack_wait = ack_wait
@@ -77,7 +84,7 @@ class Reconciler:
             # them would only delay delivery until the next success.
             return Outcome(problem=problem)
         by_name = {s.name: s for s in wanted.values()}
-        self._dispatcher.sync(
+        self._pulls.sync(
             {
                 name: consumers.Target(subscription, by_name[name])
                 for subscription in valid
