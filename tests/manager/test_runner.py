@@ -14,11 +14,12 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import requests
 
@@ -77,6 +78,9 @@ class FakeSource:
     failed_reads: int = 0
     _seen: Snapshot | None = None
 
+    def write_back(self, items: Sequence[dict[str, Any]], consumers_gone: bool) -> None:
+        """Nothing to write back to: the snapshot is the test's."""
+
     def read(self) -> tuple[Snapshot, bool]:
         if self.failure is not None:
             self.failed_reads += 1
@@ -111,8 +115,19 @@ class Running:
         return self.board.view.by_key.get(key)
 
     async def consumers(self) -> set[str]:
-        infos = await self.client.jetstream.consumers_info(self.settings.stream.name)
-        return {info.config.durable_name or "" for info in infos}
+        connection = await nats.connect(self.settings.nats.urls[0])
+        try:
+            infos = await connection.jetstream().consumers_info(self.settings.stream.name)
+        finally:
+            await connection.close()
+        return {info.name for info in infos}
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        connection = await nats.connect(self.settings.nats.urls[0])
+        try:
+            await connection.jetstream().publish(subject, data)
+        finally:
+            await connection.close()
 
 
 async def eventually(predicate: Callable[[], Any], what: str, timeout: float = 20) -> None:
@@ -166,7 +181,7 @@ def test_a_subscription_gets_a_consumer_its_events_become_jobs_and_removal_delet
             assert binding.consumer_name in await running.consumers()
 
             subject = eventtypes.standard_subject("shop", "order.created.v1")
-            await running.client.jetstream.publish(subject, b'{"id": "e1"}')
+            await running.publish(subject, b'{"id": "e1"}')
             await eventually(lambda: running.broker.messages, "a job enqueued")
             [message] = running.broker.messages
             job = jobs.DeliveryJob.from_dict(message.kwargs["job"])
