@@ -245,17 +245,25 @@ def test_each_problem_of_the_source_is_logged_once_until_it_changes(
     settings = settings_for(nats_server.url)
     broken = invalid("default/broken", "spec.sink: must not be empty")
     unreadable = Unreadable("bad.yaml", "not a regular file")
+    orders = subscription(settings, "orders")
 
     async def scenario() -> None:
-        async with manager_of(settings, FakeSource()) as running:
-            first = Snapshot((broken,), (unreadable,))
-            await running.manager.reconcile(first)
-            await running.manager.reconcile(first)
-            other = Snapshot((broken,), (Unreadable("bad.yaml", "not valid YAML"),))
-            await running.manager.reconcile(other)
-            view = running.board.view
-            assert view.unreadable == ({"file": "bad.yaml", "problem": "not valid YAML"},)
-            item = view.by_key["default/broken"]
+        source = FakeSource(Snapshot((broken,), (unreadable,)))
+        async with manager_of(settings, source) as running:
+            await eventually(lambda: running.item("default/broken"), "the invalid one shown")
+            source.snapshot = Snapshot((broken, orders), (unreadable,))  # a reconcile again
+            await eventually(lambda: running.item("default/orders"), "the valid one shown")
+            renamed = Unreadable("bad.yaml", "not valid YAML")
+            source.snapshot = Snapshot((broken, orders), (renamed,))
+            await eventually(
+                lambda: (
+                    running.board.view.unreadable
+                    == ({"file": "bad.yaml", "problem": "not valid YAML"},)
+                ),
+                "the changed problem shown",
+            )
+            item = running.item("default/broken")
+            assert item is not None
             assert "spec.sink: must not be empty" in json.dumps(item["status"])
 
     with caplog.at_level(logging.WARNING, logger="manager"):
