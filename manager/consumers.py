@@ -17,7 +17,7 @@ from eventing.errors import ConsumerError, NotFound
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import PulledMessage
 from eventing.nats.streams import Consumer
-from eventing.subscriptions.subscription import Subscription
+from eventing.subscriptions.model import Subscription
 from manager.reconcile import (
     MANAGED_BY,
     Action,

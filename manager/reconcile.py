@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eventing.subscriptions.subscription import Subscription, TypeBinding
+from eventing.subscriptions.model import Subscription, TypeBinding
 
 MANAGED_BY = "eventing.manager"  #: value of the consumer metadata key "managed-by"
 _ACK_WAIT_MARGIN = 5.0

@@ -1,168 +1,130 @@
-"""The manager's HTTP endpoint: subscription status, health, readiness, metrics.
+"""The manager's HTTP API: subscription status, health, readiness, metrics.
 
-Served by a stdlib threading HTTP server on ``MANAGER_PORT``; it only reads the latest
-:class:`View`, which the reconcile loop replaces as a whole, so no locking is needed.
+Served by aiohttp's web server on the manager's own event loop (no thread, no lock): a handler
+only reads the latest :class:`~eventing.subscriptions.status.View`, which the reconcile loop
+replaces as a whole. Endpoints:
+
+- ``GET /healthz``: 200 while the process runs;
+- ``GET /readyz``: 200 once the last reconcile reached NATS, else 500;
+- ``GET /metrics``: :class:`~manager.metrics.ManagerMetrics` in Prometheus' text format;
+- ``GET /subscriptions``: every subscription with its status, and the unreadable files;
+- ``GET /subscriptions/{namespace}/{name}``: one of them, or a 404 naming it.
+
+A trailing slash is served as the path without it; any other path is a JSON 404 naming it,
+any other method a JSON 405 (``http.server`` answered both in HTML, 501 for a method).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-logger = logging.getLogger(__name__)
+from eventing.subscriptions.status import View
+from manager.metrics import ManagerMetrics
 
-
-@dataclass(frozen=True)
-class View:
-    """What the endpoint shows: every subscription object with its status, readiness, and the
-    manifest files that could not be read (``{file, problem}``; a file is no subscription)."""
-
-    items: tuple[dict[str, Any], ...] = ()
-    ready: bool = False
-    by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
-    unreadable: tuple[dict[str, str], ...] = ()
-
-
-class ManagerMetrics:
-    """Kyma's manager metrics (kyma-eventing.md §5.8) plus the jobs we enqueue."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.subscribed = Counter(
-            "eventing_ec_event_type_subscribed",
-            "Consumers created for an event type of a subscription.",
-            ["subscription_name", "subscription_namespace", "event_type", "consumer_name"],
-            registry=self.registry,
-        )
-        self.status = Gauge(
-            "eventing_ec_subscription_status",
-            "1 while a subscription's consumer is active, 0 otherwise.",
-            [
-                "subscription_name",
-                "subscription_namespace",
-                "consumer_name",
-                "eventing_backend",
-                "stream_name",
-            ],
-            registry=self.registry,
-        )
-        self.health = Gauge(
-            "eventing_ec_health", "1 while the manager runs.", registry=self.registry
-        )
-        self.enqueued = Counter(
-            "eventing_manager_jobs_enqueued",
-            "Delivery jobs handed to the workers, by consumer.",
-            ["consumer_name"],
-            registry=self.registry,
-        )
-        self.pending = Gauge(
-            "eventing_manager_consumer_pending",
-            "Events stored for a consumer and not yet handed to the workers (its backlog).",
-            ["consumer_name"],
-            registry=self.registry,
-        )
-        self.shed = Counter(
-            "eventing_manager_backlog_dead_lettered",
-            "Oldest waiting events moved to the dead-letter stream because a backlog exceeded"
-            " MAX_BACKLOG.",
-            ["consumer_name"],
-            registry=self.registry,
-        )
-        self.leader = Gauge(
-            "eventing_manager_leader",
-            "1 while this manager works: it holds the Lease, or LEADER_ELECTION is off.",
-            registry=self.registry,
-        )
-        self.health.set(1)
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class StatusServer:
-    """Serves a :class:`View` over HTTP from a daemon thread."""
+    """Serves the current view over HTTP on the running loop, from :meth:`start` to
+    :meth:`close`."""
 
-    def __init__(self, host: str, port: int, metrics: ManagerMetrics) -> None:
-        self.view = View()
-        self._metrics = metrics
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server._answer(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer((host, port), Handler)
-        self._http.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._http.serve_forever, name="manager-http", daemon=True
-        )
+    def __init__(
+        self, host: str, port: int, metrics: ManagerMetrics, view: Callable[[], View]
+    ) -> None:
+        self._address = (host, port)
+        self._socket: socket.socket | None = None
+        self._runner = web.AppRunner(application(metrics, view), access_log=None)
 
     @property
     def port(self) -> int:
-        return int(self._http.server_address[1])
+        """The port listened on (the one chosen when ``MANAGER_PORT`` is 0); after start."""
+        assert self._socket is not None, "start() first"
+        return int(self._socket.getsockname()[1])
 
-    def start(self) -> None:
-        self._thread.start()
+    async def start(self) -> None:
+        """Listen and serve.
 
-    def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        Raises:
+            OSError: the address cannot be bound (e.g. the port is taken).
+        """
+        # Bound here rather than by aiohttp's TCPSite, so the chosen port can be read back.
+        self._socket = socket.create_server(self._address)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._socket).start()
 
-    def _answer(self, request: BaseHTTPRequestHandler) -> None:
-        view = self.view
-        path = request.path.split("?", 1)[0].rstrip("/") or "/"
-        parts = path.strip("/").split("/")
-        if path == "/healthz":
-            self._send(request, 200, "text/plain", b"ok\n")
-        elif path == "/readyz":
-            code = 200 if view.ready else 500
-            self._send(request, code, "text/plain", b"ready\n" if view.ready else b"not ready\n")
-        elif path == "/metrics":
-            self._send(request, 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry))
-        elif path == "/subscriptions":
-            self._json(
-                request, 200, {"items": list(view.items), "unreadable": list(view.unreadable)}
-            )
-        elif len(parts) == 3 and parts[0] == "subscriptions":
-            item = view.by_key.get(f"{parts[1]}/{parts[2]}")
-            if item is None:
-                self._json(
-                    request,
-                    404,
-                    {
-                        "title": "Not Found",
-                        "status": 404,
-                        "detail": f"no subscription {parts[1]}/{parts[2]}",
-                    },
-                )
-            else:
-                self._json(request, 200, item)
-        else:
-            self._json(
-                request,
-                404,
-                {"title": "Not Found", "status": 404, "detail": f"no such endpoint: {path}"},
-            )
+    async def close(self) -> None:
+        """Stop listening and end open connections; idempotent."""
+        await self._runner.cleanup()
+        if self._socket is not None:
+            self._socket.close()
 
-    def _json(self, request: BaseHTTPRequestHandler, status: int, body: Any) -> None:
-        self._send(request, status, "application/json", json.dumps(body, indent=2).encode() + b"\n")
 
-    @staticmethod
-    def _send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes) -> None:
-        request.send_response(status)
-        request.send_header("Content-Type", content_type)
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        request.wfile.write(body)
+def application(metrics: ManagerMetrics, view: Callable[[], View]) -> web.Application:
+    """The endpoints as an aiohttp application; ``view`` gives the view to show now."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(body=b"ok\n", content_type="text/plain")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if view().ready:
+            return web.Response(body=b"ready\n", content_type="text/plain")
+        return web.Response(status=500, body=b"not ready\n", content_type="text/plain")
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def subscriptions(request: web.Request) -> web.Response:
+        shown = view()
+        return _json(200, {"items": list(shown.items), "unreadable": list(shown.unreadable)})
+
+    async def subscription(request: web.Request) -> web.Response:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        item = view().by_key.get(key)
+        if item is None:
+            return _not_found(f"no subscription {key}")
+        return _json(200, item)
+
+    app = web.Application(middlewares=[_unknown_paths])
+    for path, handler in (
+        ("/healthz", healthz),
+        ("/readyz", readyz),
+        ("/metrics", metrics_text),
+        ("/subscriptions", subscriptions),
+        ("/subscriptions/{namespace}/{name}", subscription),
+    ):
+        app.router.add_get(path, handler)
+        app.router.add_get(f"{path}/", handler)  # as http.server's answers did, no redirect
+    return app
+
+
+@web.middleware
+async def _unknown_paths(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """A path no route matches, or a method other than GET, gets a JSON answer like the
+    others, not aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return _not_found(f"no such endpoint: {request.path.rstrip('/') or '/'}")
+    except web.HTTPMethodNotAllowed:
+        detail = f"{request.method} {request.path}: only GET is served"
+        return _json(405, {"title": "Method Not Allowed", "status": 405, "detail": detail})
+
+
+def _not_found(detail: str) -> web.Response:
+    return _json(404, {"title": "Not Found", "status": 404, "detail": detail})
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, indent=2).encode() + b"\n",
+        content_type="application/json",
+    )

@@ -19,7 +19,7 @@ from eventing.events import binding, cloudevent, eventtypes, legacy
 from eventing.nats.messages import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.source import SubscriptionSource
-from eventing.subscriptions import subscription
+from eventing.subscriptions import model
 from proxy import guards, problems
 from proxy.admission import Admission
 from proxy.metrics import ProxyMetrics
@@ -74,7 +74,7 @@ def subscribed(application: str) -> Response:
             snapshot, _ = reader.read()
     except Exception as exc:  # the Kubernetes API is unreachable; the folder never raises
         return problems.subscriptions_unavailable(exc)
-    pairs = subscription.subscribed(application, snapshot.valid, settings.events.type_prefix)
+    pairs = model.subscribed(application, snapshot.valid, settings.events.type_prefix)
     return jsonify({"eventsInfo": pairs})
 
 

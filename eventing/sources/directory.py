@@ -26,7 +26,7 @@ import yaml
 
 from eventing.errors import InvalidSubscription
 from eventing.sources.snapshot import Entry, Parse, Snapshot, Unreadable, validated
-from eventing.subscriptions.subscription import KIND
+from eventing.subscriptions.model import KIND
 
 _SUFFIXES = (".yaml", ".yml")
 

@@ -40,7 +40,8 @@ from eventing.sources.cluster import (
     api_client,
 )
 from eventing.sources.snapshot import Entry, Parse, Snapshot, validated
-from eventing.subscriptions.subscription import Subscription, keep_transition_times, key_of
+from eventing.subscriptions.model import Subscription, key_of
+from eventing.subscriptions.status import keep_transition_times
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 from eventing.delivery import retries
 from eventing.errors import InvalidSubscription
 from eventing.settings import Settings
-from eventing.subscriptions.subscription import Subscription, from_manifest, key_of
+from eventing.subscriptions.model import Subscription, from_manifest, key_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Snapshot:
 
 
 def parser_for(settings: Settings) -> Parse:
-    """:func:`~eventing.subscriptions.subscription.from_manifest` with the settings' defaults."""
+    """:func:`~eventing.subscriptions.model.from_manifest` with the settings' defaults."""
     return functools.partial(
         from_manifest,
         prefix=settings.events.type_prefix,

@@ -14,7 +14,7 @@ import pytest
 from eventing.errors import InvalidSubscription
 from eventing.sources.directory import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, DirectorySource
 from eventing.sources.snapshot import Snapshot
-from eventing.subscriptions.subscription import Subscription, from_manifest
+from eventing.subscriptions.model import Subscription, from_manifest
 from tests.eventing.test_subscription import DEFAULTS, PREFIX
 
 TWO = """

@@ -1,4 +1,4 @@
-"""Subscription manifests: Kyma's validation, consumer names, status shape, /subscribed."""
+"""Subscription manifests: Kyma's validation, consumer names, /subscribed."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ import pytest
 
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidSubscription
-from eventing.subscriptions.subscription import (
+from eventing.subscriptions.model import (
     MAX_TYPES,
     Subscription,
     consumer_name,
     from_manifest,
-    status_invalid,
-    status_of,
     subscribed,
 )
 
@@ -181,42 +179,6 @@ def test_bad_names_and_kinds() -> None:
         parse(manifest(name="Bad_Name"))
     with pytest.raises(InvalidSubscription, match="apiVersion/kind"):
         parse({**manifest(), "apiVersion": "eventing.kyma-project.io/v1alpha1"})
-
-
-def test_status_in_kymas_shape() -> None:
-    subscription = parse(manifest())
-    status = status_of(subscription)
-    assert status["ready"] is True
-    assert status["types"] == [
-        {"originalType": "order.received.v1", "cleanType": "order.received.v1"}
-    ]
-    assert status["backend"]["types"] == [
-        {"originalType": "order.received.v1", "consumerName": "f35b73b3b82a5b1a2a7a8ab796a9e68b"}
-    ]
-    assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
-        ("Subscription spec valid", "True", "Subscription spec has no validation errors"),
-        ("Subscription active", "True", "NATS Subscription active"),
-        ("Backlog within limit", "True", "Backlog within limit"),
-    ]
-    failing = status_of(subscription, "nats: JetStream system temporarily unavailable")
-    assert failing["ready"] is False
-    assert failing["conditions"][1]["reason"] == "NATS Subscription not active"
-    assert failing["conditions"][1]["message"] == "nats: JetStream system temporarily unavailable"
-    shedding = status_of(subscription, shedding="120 events dead-lettered")
-    assert shedding["ready"] is True
-    assert shedding["conditions"][2]["status"] == "False"
-    assert shedding["conditions"][2]["message"] == "120 events dead-lettered"
-
-
-def test_invalid_status_clears_types_and_keeps_one_condition() -> None:
-    with pytest.raises(InvalidSubscription) as caught:
-        parse(manifest({"sink": ""}))
-    status = status_invalid(caught.value)
-    assert status["ready"] is False and status["types"] == []
-    [condition] = status["conditions"]
-    assert (condition["type"], condition["status"]) == ("Subscription spec valid", "False")
-    assert condition["reason"] == "Subscription spec has validation errors"
-    assert "spec.sink" in condition["message"]
 
 
 def test_subscribed_lists_name_and_version_per_application() -> None:

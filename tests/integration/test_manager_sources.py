@@ -19,8 +19,8 @@ import requests
 import yaml
 
 from eventing.sources.directory import MAX_DEPTH
-from eventing.subscriptions.subscription import MAX_TYPES
-from testing.servers import NatsServer, RedisServer, nats_server_binary, wait_until
+from eventing.subscriptions.model import MAX_TYPES
+from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import System
 
@@ -137,26 +137,15 @@ def test_a_bad_file_does_not_freeze_changes_to_the_others(
 
 @pytest.fixture
 def limited_system(
-    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
+    redis_server: RedisServer,
+    nats_server_one_consumer: NatsServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[System]:
     """The system on a nats-server whose account may hold one consumer only."""
-    binary = nats_server_binary()
-    assert binary is not None
-    workdir = tmp_path / "nats"
-    workdir.mkdir()
-    server = NatsServer(
-        binary,
-        workdir,
-        config=(
-            "accounts { APP { jetstream { max_consumers: 1 },"
-            " users: [{user: app, password: app}] } }\nno_auth_user: app\n"
-        ),
-    )
-    server.start()
-    running = System(server, redis_server, tmp_path).start()
+    running = System(nats_server_one_consumer, redis_server, tmp_path).start()
     yield running
     running.stop()
-    server.kill()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(running.logs())

@@ -1,4 +1,4 @@
-"""The Subscription CRD (deploy/base) and the model (eventing/subscriptions/subscription.py) agree.
+"""The Subscription CRD (deploy/base) and the model (eventing/subscriptions/model.py) agree.
 
 Both are kept: the CRD is what ``kubectl apply`` checks and defaults, the model is what the
 manager validates in either source. These tests fail when one changes without the other.
@@ -15,7 +15,8 @@ import yaml
 
 from eventing.delivery import retries
 from eventing.settings import Settings
-from eventing.subscriptions import subscription
+from eventing.subscriptions import model
+from eventing.subscriptions import status as subscription_status
 from testing.kube import ControlPlane, Kube
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "deploy" / "base" / "crd-subscriptions.yaml"
@@ -25,8 +26,8 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 SETTINGS = Settings.from_environ({})
 
 
-def parse(document: dict[str, Any]) -> subscription.Subscription:
-    return subscription.from_manifest(
+def parse(document: dict[str, Any]) -> model.Subscription:
+    return model.from_manifest(
         document,
         prefix=SETTINGS.events.type_prefix,
         defaults=retries.default_policy(SETTINGS.delivery),
@@ -37,8 +38,8 @@ def parse(document: dict[str, Any]) -> subscription.Subscription:
 def served_schema() -> dict[str, Any]:
     crd = yaml.safe_load(CRD_PATH.read_text())
     (version,) = crd["spec"]["versions"]
-    assert (crd["spec"]["group"], version["name"]) == tuple(subscription.API_VERSION.split("/"))
-    assert crd["spec"]["names"]["kind"] == subscription.KIND
+    assert (crd["spec"]["group"], version["name"]) == tuple(model.API_VERSION.split("/"))
+    assert crd["spec"]["names"]["kind"] == model.KIND
     schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]
     return schema
 
@@ -46,12 +47,12 @@ def served_schema() -> dict[str, Any]:
 def test_the_crd_declares_exactly_the_spec_fields_the_model_reads() -> None:
     spec = served_schema()["spec"]["properties"]
 
-    assert set(spec) == subscription.SPEC_FIELDS
-    assert set(spec["delivery"]["properties"]) == subscription.DELIVERY_FIELDS
+    assert set(spec) == model.SPEC_FIELDS
+    assert set(spec["delivery"]["properties"]) == model.DELIVERY_FIELDS
 
 
 def test_the_crd_caps_types_where_the_model_does() -> None:
-    assert served_schema()["spec"]["properties"]["types"]["maxItems"] == subscription.MAX_TYPES
+    assert served_schema()["spec"]["properties"]["types"]["maxItems"] == model.MAX_TYPES
 
 
 @pytest.mark.integration
@@ -61,10 +62,10 @@ def test_the_api_server_refuses_more_types_than_the_model_accepts(
     kube.apply(CRD_PATH.read_text())
     manifest = yaml.safe_load(EXAMPLES[0].read_text())
     manifest["metadata"] = {"name": "too-many-types"}
-    manifest["spec"]["types"] = [f"order.n{i}.v1" for i in range(subscription.MAX_TYPES + 1)]
+    manifest["spec"]["types"] = [f"order.n{i}.v1" for i in range(model.MAX_TYPES + 1)]
     verdict = kube.dry_run(manifest)[0]
     assert verdict.status == 422 and "must have at most 100 items" in verdict.message, verdict
-    manifest["spec"]["types"] = manifest["spec"]["types"][: subscription.MAX_TYPES]
+    manifest["spec"]["types"] = manifest["spec"]["types"][: model.MAX_TYPES]
     assert kube.dry_run(manifest)[0].status in (200, 201)
 
 
@@ -81,8 +82,8 @@ def test_a_deep_status_is_pruned_so_it_cannot_blind_the_manager(
     deep = '{"x":' * 2000 + "1" + "}" * 2000
     binding = '{"originalType": "a.b.v1", "consumerName": "c"}'
     stored = kube.merge_patch_status(
-        subscription.API_VERSION,
-        subscription.KIND,
+        model.API_VERSION,
+        model.KIND,
         "deep-status",
         f'{{"status": {{"ready": false, "backend": {{"types": [{binding}], "deep": {deep}}}}}}}',
     )
@@ -93,7 +94,7 @@ def test_a_deep_status_is_pruned_so_it_cannot_blind_the_manager(
 def test_the_crd_defaults_are_the_models_defaults() -> None:
     spec = served_schema()["spec"]["properties"]
 
-    assert spec["typeMatching"]["default"] == subscription.STANDARD
+    assert spec["typeMatching"]["default"] == model.STANDARD
     assert spec["config"]["default"] == {
         "maxInFlightMessages": str(Settings().manager.default_max_in_flight)
     }
@@ -103,7 +104,7 @@ def test_the_crd_status_holds_every_field_the_manager_writes() -> None:
     """Fields the schema lacks would be pruned by the API server, and the manager would then
     find the stored status different from its own on every reconcile, writing it forever."""
     status = served_schema()["status"]["properties"]
-    written = subscription.status_of(parse(yaml.safe_load(EXAMPLES[0].read_text())))
+    written = subscription_status.status_of(parse(yaml.safe_load(EXAMPLES[0].read_text())))
 
     assert set(written) == set(status)
     assert set(written["types"][0]) == set(status["types"]["items"]["properties"])

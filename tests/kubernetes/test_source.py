@@ -17,7 +17,7 @@ from eventing.settings import Settings, SourceSettings
 from eventing.sources.cluster import SubscriptionCache, _listing, api_client
 from eventing.sources.kubernetes import FINALIZER, KubernetesSource
 from eventing.sources.snapshot import Snapshot, parser_for
-from eventing.subscriptions.subscription import status_of
+from eventing.subscriptions.status import status_of
 from testing.kube import Kube
 from testing.servers import wait_until
 from tests.kubernetes.test_manager import API_VERSION, CRD, get, subscription

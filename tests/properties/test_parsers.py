@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from eventing.errors import InvalidEvent, InvalidLegacyEvent, InvalidSubscription
 from eventing.events import binding, cloudevent, legacy
 from eventing.sources.directory import parse_documents
-from eventing.subscriptions.subscription import from_manifest
+from eventing.subscriptions.model import from_manifest
 from tests.eventing.test_subscription import DEFAULTS, PREFIX
 
 json_values = st.recursive(

@@ -1,4 +1,4 @@
-"""Kyma v1alpha2 Subscriptions: validation, consumer binding and status (pure).
+"""Kyma v1alpha2 Subscriptions: validation and consumer binding (pure).
 
 A manifest (from a YAML file, or a Kubernetes object) becomes either a valid
 :class:`Subscription` or an :class:`~eventing.errors.InvalidSubscription` whose message follows
@@ -9,7 +9,8 @@ positive integer (Kyma accepts 0 and negatives and passes them on to NATS), and 
 (Knative's DeliverySpec field names) tunes the retry policy per subscription.
 
 Each type of a subscription is bound to one durable JetStream consumer named as Kyma names it,
-so existing NATS state maps over.
+so existing NATS state maps over. What a subscription's status says is
+:mod:`eventing.subscriptions.status`'s; this module only reads specs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import reprlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,9 +36,6 @@ KIND = "Subscription"
 STANDARD, EXACT = "standard", "exact"
 DEFAULT_NAMESPACE = "default"
 
-VALID = "Subscription spec valid"
-ACTIVE = "Subscription active"
-BACKLOG = "Backlog within limit"
 #: The fields of ``spec`` (Kyma's, ``id`` read-only and unused, plus ``delivery``); the CRD in
 #: deploy/base declares exactly these (tests/kubernetes/test_crd.py).
 SPEC_FIELDS = frozenset({"id", "sink", "source", "types", "typeMatching", "config", "delivery"})
@@ -374,85 +371,3 @@ def subscribed(
             if name:
                 pairs.add((name, version))
     return [{"name": name, "version": version} for name, version in sorted(pairs)]
-
-
-def condition(
-    kind: str, ok: bool, reason: str, message: str = "", *, now: datetime | None = None
-) -> dict[str, str]:
-    """One status condition in Kyma's shape."""
-    return {
-        "type": kind,
-        "status": "True" if ok else "False",
-        "lastTransitionTime": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "reason": reason,
-        "message": message,
-    }
-
-
-def keep_transition_times(old: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` with each condition's ``lastTransitionTime`` taken from ``old`` when the
-    condition's type, status, reason and message did not change (Kubernetes' convention: the
-    time says when the condition last changed, not when it was last computed)."""
-    before = {c.get("type"): c for c in old.get("conditions") or []}
-    conditions = []
-    for condition in new.get("conditions") or []:
-        previous = before.get(condition["type"])
-        if previous is not None and all(
-            previous.get(f) == condition[f] for f in ("status", "reason", "message")
-        ):
-            condition = {**condition, "lastTransitionTime": previous["lastTransitionTime"]}
-        conditions.append(condition)
-    return {**new, "conditions": conditions}
-
-
-def status_invalid(error: InvalidSubscription, *, now: datetime | None = None) -> dict[str, Any]:
-    """Kyma's status for an invalid spec: not ready, no types, one False condition."""
-    return {
-        "ready": False,
-        "types": [],
-        "conditions": [
-            condition(VALID, False, "Subscription spec has validation errors", str(error), now=now)
-        ],
-    }
-
-
-def status_of(
-    subscription: Subscription,
-    error: str | None = None,
-    *,
-    shedding: str | None = None,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """Kyma's status for a valid subscription; ``error`` says why its consumers are not active.
-
-    ``shedding`` says why the oldest waiting events went to the dead-letter stream lately (a
-    backlog over ``MAX_BACKLOG``); the subscription stays ready, but its sink is not keeping up.
-    """
-    active = (
-        condition(ACTIVE, True, "NATS Subscription active", now=now)
-        if error is None
-        else condition(ACTIVE, False, "NATS Subscription not active", error, now=now)
-    )
-    backlog = (
-        condition(BACKLOG, True, "Backlog within limit", now=now)
-        if shedding is None
-        else condition(BACKLOG, False, "Oldest events dead-lettered", shedding, now=now)
-    )
-    return {
-        "ready": error is None,
-        "types": [
-            {"originalType": b.original_type, "cleanType": b.clean_type}
-            for b in subscription.bindings
-        ],
-        "backend": {
-            "types": [
-                {"originalType": b.original_type, "consumerName": b.consumer_name}
-                for b in subscription.bindings
-            ]
-        },
-        "conditions": [
-            condition(VALID, True, "Subscription spec has no validation errors", now=now),
-            active,
-            backlog,
-        ],
-    }
