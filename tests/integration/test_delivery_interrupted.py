@@ -89,3 +89,46 @@ def test_an_interrupted_event_gets_exactly_its_attempts(
     wait_until(
         lambda: read_stream(nats_server, "KV_eventing-attempts") == [], 5, "the count deleted"
     )
+
+
+def test_a_stopping_worker_hands_an_event_back_once(
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    sink_server: SinkServer,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A worker that began stopping takes no more jobs: the event it hands back comes back to
+    the broker at once, and it must not take it again (each hand-back is a JetStream delivery;
+    a loop of them reached the delivery limit and dead-lettered events the sink would take)."""
+    # One group of attempts and one delivery to spare: the hand-back is the spare.
+    system = System(
+        nats_server, redis_server, tmp_path, DELIVERY_ACK_WAIT="5s", DELIVERY_EXTRA_DELIVERIES="1"
+    ).start(workers=1)
+    try:
+        sink = sink_server.sink
+        sink.answer = lambda request: 503
+        system.subscribe(
+            "interrupted",
+            {
+                "sink": sink_server.url,
+                "source": "shop",
+                "types": ["order.created.v1"],
+                "delivery": {"retry": 1, "backoffDelay": "PT10S", "timeout": "PT1S"},
+            },
+        )
+        assert system.publish_binary("handed", "shop", "order.created.v1").status_code == 204
+        [stopping] = system.workers
+        wait_until(lambda: "retrying default/interrupted" in stopping.log(), 10, "a waiting job")
+        sink.answer = lambda request: 204
+        stopping.stop()
+        assert stopping.log().count("handed back default/interrupted") == 1, stopping.log()
+        system.add_worker()
+        wait_until(lambda: sink.ids(204) == ["handed"], 30, f"the event\n{system.logs()}")
+        time.sleep(1)  # a dead letter would follow the delivery of a duplicate job at once
+        assert read_stream(nats_server, "sap-dlq") == []
+    finally:
+        system.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(system.logs())
