@@ -51,7 +51,7 @@ def two_workers(start_system: Callable[..., System]) -> System:
     return start_system(2, DELIVERY_IN_JOB_WAIT_MAX="3s")
 
 
-def subscribe(system: System, sink_server: SinkServer, delivery: dict[str, str | int]) -> None:
+def subscribe(system: System, sink_server: SinkServer, delivery: dict[str, object]) -> None:
     system.subscribe(
         "interrupted",
         {
