@@ -9,7 +9,7 @@ Acks and keepalives travel in :class:`eventing.nats.loop.Rounds`: a delivery thr
 the round being gathered and waits until the server confirmed it; the loop thread wakes once per
 round. Handing each ack over on its own was a quarter of a worker's CPU per event.
 
-Attempt counts (:class:`workers.delivery.AttemptLog`) live in a JetStream key-value bucket, one
+Attempt counts (:class:`workers.attempts.AttemptLog`) live in a JetStream key-value bucket, one
 key per consumer and stream sequence, so they survive the worker that wrote them. They are
 best effort: a bucket that does not answer within a second or two makes a job fall back to the
 delivery count, and never holds it up for longer.
@@ -25,16 +25,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import tenacity
 from dramatiq import Middleware
 
 from eventing.delivery import jobs
 from eventing.delivery.jobs import DeliveryJob
+from eventing.delivery.steps import NOTHING_MADE, Progress
 from eventing.errors import BackendUnavailable
 from eventing.nats import jetstream
 from eventing.nats.jetstream import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
 from eventing.settings import NatsSettings, StreamSettings
-from workers.delivery import NOTHING_MADE, Progress
 from workers.shutdown import GracefulStop
 
 logger = logging.getLogger(__name__)
@@ -196,19 +197,29 @@ class NatsAcknowledger(Middleware):
             BackendUnavailable: no try was confirmed in time.
         """
         acks = self._require().acks
-        give_up = time.monotonic() + _SETTLE_WITHIN
-        while True:
-            try:
-                (failure,) = acks.call([(reply, payload)], timeout=_ACK_TIMEOUT + 1)
-                if failure is not None:
-                    raise failure
-                return
-            except (BackendUnavailable, TimeoutError) as exc:
-                if self._stop is not None and self._stop.since is not None:
-                    give_up = min(give_up, self._stop.since + _SETTLE_WHILE_STOPPING)
-                if time.monotonic() + _SETTLE_PAUSE >= give_up:
-                    raise BackendUnavailable(f"not confirmed in time: {exc}") from exc
-            time.sleep(_SETTLE_PAUSE)
+        started = time.monotonic()
+
+        def out_of_time(state: tenacity.RetryCallState) -> bool:
+            give_up = started + _SETTLE_WITHIN
+            if self._stop is not None and self._stop.since is not None:
+                give_up = min(give_up, self._stop.since + _SETTLE_WHILE_STOPPING)
+            return time.monotonic() + _SETTLE_PAUSE >= give_up
+
+        def confirm() -> None:
+            (failure,) = acks.call([(reply, payload)], timeout=_ACK_TIMEOUT + 1)
+            if failure is not None:
+                raise failure
+
+        settling = tenacity.Retrying(
+            stop=out_of_time,
+            wait=tenacity.wait_fixed(_SETTLE_PAUSE),
+            retry=tenacity.retry_if_exception_type((BackendUnavailable, TimeoutError)),
+            reraise=True,
+        )
+        try:
+            settling(confirm)
+        except (BackendUnavailable, TimeoutError) as exc:
+            raise BackendUnavailable(f"not confirmed in time: {exc}") from exc
 
     def _require(self) -> _Connection:
         if self._connection is None:
