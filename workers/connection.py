@@ -13,6 +13,17 @@ Attempt counts (:class:`workers.attempts.AttemptLog`) live in a JetStream key-va
 key per consumer and stream sequence, so they survive the worker that wrote them. They are
 best effort: a bucket that does not answer within a second or two makes a job fall back to the
 delivery count, and never holds it up for longer.
+
+Why :class:`eventing.nats.loop.LoopThread` and not dramatiq's ``AsyncIO`` middleware
+(``dramatiq.asyncio.EventLoopThread``): its ``run_coroutine`` takes no timeout, and every call
+here must end in time (an ack, a count or a dead letter that hangs would hold a stopping worker
+past honcho's 5 s); it polls its future every 0.1 s so that dramatiq's asynchronously raised
+``Interrupt`` (``Shutdown``, ``TimeLimit``) lands, which these jobs avoid on purpose (they stop
+cooperatively, see :mod:`workers.shutdown`); and it is one process-wide loop that only a
+dramatiq worker starts, while the proxy needs the same bridge. Measured on the 2-core CI machine
+(5,000 calls of a coroutine that returns at once, then 16 threads waiting 2 s each on one):
+35 µs a call and 32 µs of CPU with ``LoopThread.run`` against 74 µs and 63 µs with
+``run_coroutine``; 5.5 ms against 11.6 ms of CPU for the waits.
 """
 
 from __future__ import annotations
