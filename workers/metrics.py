@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 class DeliveryMetrics:
-    """Counters of the workers; :meth:`observer` makes the callback delivery.deliver wants."""
+    """Counters of the workers; :meth:`observer` makes the callback workers.attempts.run wants."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

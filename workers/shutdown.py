@@ -7,7 +7,7 @@ instead of letting them hand their events back. This middleware ignores a repeat
 the first within a second; a later one still kills at once.
 
 On shutdown it sets :attr:`GracefulStop.stopping`, which jobs look at between their steps (see
-:class:`workers.delivery.Interrupted`), stops the broker's consumers fetching at once (see
+:class:`workers.attempts.Interrupted`), stops the broker's consumers fetching at once (see
 below), cuts off the sink requests still under way after
 ``_ATTEMPT_GRACE``, and ends the process after ``_EXIT_BY`` whatever still waits: with NATS or
 Redis gone, dramatiq retries a Redis ack forever and its consumers sleep between reconnects.
