@@ -78,7 +78,7 @@ def declare(
             # message back after the policy's delay instead of leaving it unsettled, holding a
             # place of the subscription's in-flight window until the ack wait. Its delivery
             # count ends it in a dead letter if the fault stays.
-            delay = parsed.policy.delay(parsed.delivery_count)
+            delay = steps.after_a_fault(parsed.policy, parsed.delivery_count)
             logger.exception("delivering %s failed; redelivering in %.0fs", where, delay)
             with _unsettled(where):
                 acks.nak(parsed.ack_subject, delay)

@@ -129,3 +129,10 @@ def may_be_counted(attempts: int, delivery_count: int) -> bool:
     of JetStream delivery ``delivery_count``: only one that failed before has one, so an event
     delivered at its first attempt costs no request to the log."""
     return attempts > 1 or delivery_count > 1
+
+
+def after_a_fault(policy: DeliveryPolicy, delivery_count: int) -> float:
+    """The delay before a message comes back whose job failed by a fault of ours (not of the
+    event or the sink): the policy's delay for its delivery count, so a fault that stays backs
+    off like a failing sink, and the delivery limit ends it as a dead letter."""
+    return policy.delay(delivery_count)

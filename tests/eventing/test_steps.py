@@ -15,6 +15,7 @@ from eventing.delivery.steps import (
     RetryLater,
     RunAttempt,
     Step,
+    after_a_fault,
     may_be_counted,
     next_step,
 )
@@ -116,3 +117,7 @@ def test_more_deliveries_than_the_plan_and_its_spares_is_a_dead_letter(
 def test_a_count_exists_only_for_an_event_that_failed_before() -> None:
     assert not may_be_counted(1, 1)
     assert may_be_counted(2, 1) and may_be_counted(1, 2)
+
+
+def test_a_fault_of_ours_backs_off_with_the_delivery_count() -> None:
+    assert [after_a_fault(POLICY, count) for count in (1, 2, 3)] == [1.0, 2.0, 4.0]
