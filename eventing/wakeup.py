@@ -20,8 +20,9 @@ its jobs wait for that poll.
 Busy: a consumer at its prefetch limit waits for an ack, not a timer, and fetches again once a
 quarter of the limit is free, several jobs in one call instead of one per ack.
 
-Stopping: when the worker shuts down, consumers stop fetching (jobs fetched then would only go
-back), and a wake-up on the process's own channel ends their wait, so they notice the end
+Stopping: from :meth:`WakingRedisBroker.stop_fetching` (the worker's first SIGTERM, or dramatiq's
+shutdown at the latest), consumers stop fetching (jobs fetched then would only go back), and a
+wake-up on the process's own channel ends their wait, so they notice the end
 within dramatiq's ``worker_timeout`` (``WORKER_QUEUE_POLL_MAX``) as before.
 """
 
@@ -71,6 +72,14 @@ class WakingRedisBroker(RedisBroker):
         for queue_name in queues:
             self._wake(queue_name)
 
+    def stop_fetching(self) -> None:
+        """Make this process's consumers fetch no more jobs (they hand out what they hold).
+
+        Only sets a flag, so a signal handler may call it; a consumer waiting for a wake-up
+        notices within ``idle_poll``.
+        """
+        self.stopping.set()
+
     def wake_channel(self, queue_name: str) -> str:
         return f"{self.namespace}:{queue_name}.wake"
 
@@ -92,7 +101,7 @@ class _StopWaiting(Middleware):
         self._broker = broker
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        self._broker.stopping.set()
+        self._broker.stop_fetching()
         # With Redis away, the waits end within idle_poll all the same.
         with contextlib.suppress(redis.RedisError):
             self._broker.client.publish(self._broker.stop_channel, b"")

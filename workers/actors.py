@@ -1,10 +1,11 @@
 """The delivery actor: the one place that decides what happens to a JetStream message.
 
 ``declare`` registers ``deliver`` on a given broker (nothing is registered at import). The actor
-is thin: job from dict → :func:`workers.delivery.deliver` → one ``match`` that acks, NAKs with a
+is thin: job from dict → :func:`workers.attempts.run` → one ``match`` that acks, NAKs with a
 delay, or dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
-dramatiq's own retries are off: tenacity retries inside the job and JetStream redelivers.
-A settled message's count of failed attempts (see :mod:`workers.delivery`) is deleted.
+dramatiq's own retries are off: the job retries as :func:`eventing.delivery.steps.next_step`
+says, and JetStream redelivers. A settled message's count of failed attempts (see
+:mod:`workers.attempts`) is deleted.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 import dramatiq
 import requests
 
+from eventing.delivery import steps
 from eventing.delivery.jobs import ACTOR, QUEUE, DeliveryJob
 from eventing.errors import PublishError
 from eventing.settings import DeliverySettings
-from workers import deadline, delivery
+from workers import attempts, deadline
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics
 
@@ -54,7 +56,7 @@ def declare(
             return
         where = f"{parsed.subscription} seq {parsed.stream_sequence} to {parsed.sink}"
         try:
-            outcome = delivery.deliver(
+            outcome = attempts.run(
                 parsed,
                 _session(sessions),
                 extra_deliveries=extra,
@@ -63,7 +65,7 @@ def declare(
                 observe=metrics.observer(parsed),
                 stopping=stopping.is_set,
             )
-        except delivery.Interrupted:
+        except attempts.Interrupted:
             # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back
             # now, so another worker takes it at once instead of after the ack wait; it goes on
             # after the attempts counted so far.
@@ -76,7 +78,7 @@ def declare(
             # message back after the policy's delay instead of leaving it unsettled, holding a
             # place of the subscription's in-flight window until the ack wait. Its delivery
             # count ends it in a dead letter if the fault stays.
-            delay = parsed.policy.delay(parsed.delivery_count)
+            delay = steps.after_a_fault(parsed.policy, parsed.delivery_count)
             logger.exception("delivering %s failed; redelivering in %.0fs", where, delay)
             with _unsettled(where):
                 acks.nak(parsed.ack_subject, delay)
@@ -84,29 +86,27 @@ def declare(
         with _unsettled(where):
             settle(parsed, outcome, where)
 
-    def settle(parsed: DeliveryJob, outcome: delivery.Outcome, where: str) -> None:
+    def settle(parsed: DeliveryJob, outcome: attempts.Outcome, where: str) -> None:
         match outcome:
-            case delivery.Delivered(status=status, attempts=attempts):
+            case attempts.Delivered(status=status, attempts=made):
                 acks.ack(parsed.ack_subject)
-                if attempts > 1 or parsed.delivery_count > 1:
-                    # Only an event that failed before has a count to forget: one delivered at
-                    # its first attempt costs no request to the key-value store.
+                if steps.may_be_counted(made, parsed.delivery_count):
                     acks.forget(parsed)
-                logger.info("delivered %s: %d after %d attempt(s)", where, status, attempts)
-            case delivery.RetryLater(delay=delay, attempts=attempts, reason=reason):
+                logger.info("delivered %s: %d after %d attempt(s)", where, status, made)
+            case steps.RetryLater(delay=delay, attempts=made, reason=reason):
                 acks.nak(parsed.ack_subject, delay)
                 logger.info(
                     "redelivering %s in %.1fs after %d attempt(s): %s",
                     where,
                     delay,
-                    attempts,
+                    made,
                     reason,
                 )
-            case delivery.DeadLetter(reason=reason, status=status, attempts=attempts):
-                acks.dead_letter(parsed, reason, status, attempts)
+            case steps.DeadLetter(reason=reason, status=status, attempts=made):
+                acks.dead_letter(parsed, reason, status, made)
                 acks.ack(parsed.ack_subject)
                 acks.forget(parsed)
-                logger.warning("dead-lettered %s after %d attempt(s): %s", where, attempts, reason)
+                logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)
 
     declare_actor = dramatiq.actor(
         actor_name=ACTOR,

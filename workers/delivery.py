@@ -1,8 +1,8 @@
-"""One delivery job: POST the event to the sink, retrying with backoff, and decide the outcome.
+"""One HTTP attempt at delivering an event: encode it, POST it, classify what came back.
 
-Pure of NATS and dramatiq: the caller passes a ``requests.Session``, a ``keepalive`` callable
-that keeps the JetStream message alive, an :class:`AttemptLog` and a ``sleep``; this module
-returns an :class:`Outcome` and never acks anything itself (``workers.actors`` does, in one place).
+Nothing here retries, waits or decides what comes next (:mod:`workers.attempts` runs the steps
+:func:`eventing.delivery.steps.next_step` gives); this module turns a stored event into a
+request (:func:`encode`), sends it (:func:`post`) and says what the answer means.
 
 Classification (one place: :func:`classify` for answers, :func:`classify_failure` for requests
 that got none): 2xx delivered; 408, 429, 5xx, timeouts and connection errors temporary (retry);
@@ -15,29 +15,23 @@ raises would leave its message unsettled, holding a place of its subscription's 
 until the ack wait ends, again at every redelivery.
 
 Every attempt ends within the policy's timeout however the sink behaves (``workers.deadline``),
-and reads at most 64 KiB of its answer. Progress survives interruptions: after each failed attempt
-the job records how many were made, and a redelivery resumes from there instead of trusting
-JetStream's delivery count, which a worker killed or stopping mid-job advanced too.
+and reads at most 64 KiB of its answer.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import random
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Protocol
 
 import requests
-import tenacity
 import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
-from eventing.delivery import retries
 from eventing.delivery.jobs import DeliveryJob
 from eventing.errors import (
     DeliveryError,
@@ -52,46 +46,9 @@ logger = logging.getLogger(__name__)
 
 _RESPONSE_READ_LIMIT = 64 * 1024  # a sink's answer is drained this far, never more
 _CONNECT_TIMEOUT_MAX = 5.0
-_SLEEP_STEP = 0.25
-_RNG = random.Random()  # jitter only; seeding one per job cost more than the rest of the job
 #: What a header value may hold on the wire (RFC 9110 §5.5, without obs-text): http.client
 #: refuses CR and LF and cannot encode most non-ASCII text, and would send NUL or DEL as they are.
 _FIELD_VALUE = re.compile(r"[\x20-\x7e\t]*")
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    status: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class RetryLater:
-    """Give the message back to JetStream, to be redelivered after ``delay`` seconds."""
-
-    delay: float
-    attempts: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    reason: str
-    status: int | None
-    attempts: int
-
-
-Outcome = Delivered | RetryLater | DeadLetter
-
-
-class Interrupted(Exception):
-    """The worker is stopping before the event had an outcome: the caller hands it back.
-
-    Raised only where nothing is lost by stopping: before an attempt, in a wait, or after an
-    attempt that failed. An attempt the sink answered 2xx always ends as :class:`Delivered`
-    (dramatiq's own shutdown notice, an exception raised into the thread wherever it runs,
-    landed after such answers too, and handed delivered events back for a second delivery).
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,177 +57,6 @@ class Attempt:
 
     status: int | None  #: None: no answer (timeout, connection error)
     seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """How far the attempts at one event got in earlier deliveries of its message."""
-
-    made: int  #: attempts made, every one failed (0: none)
-    at: float  #: time.time() when the last of them failed
-
-
-NOTHING_MADE = Progress(0, 0.0)
-
-
-class AttemptLog(Protocol):
-    """Where jobs keep their :class:`Progress` across deliveries of a message.
-
-    Implementations never raise and never keep a job waiting long: a log that cannot answer
-    costs the event its exact attempt count, never its delivery.
-    """
-
-    def progress(self, job: DeliveryJob) -> Progress | None:
-        """What earlier deliveries made (:data:`NOTHING_MADE` if nothing); None if unknown."""
-        ...
-
-    def record(self, job: DeliveryJob, progress: Progress) -> None: ...
-
-
-def deliver(
-    job: DeliveryJob,
-    session: requests.Session,
-    *,
-    extra_deliveries: int,
-    keepalive: Callable[[], None],
-    log: AttemptLog,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-    observe: Callable[[Attempt], None] = lambda attempt: None,
-    stopping: Callable[[], bool] = lambda: False,
-) -> Outcome:
-    """Run the attempts that belong to this JetStream delivery of the event.
-
-    A first delivery starts the plan (:func:`eventing.delivery.retries.groups`) and does not consult
-    ``log``, so a sink that takes the event at once costs no request to it. A redelivery resumes
-    after the attempts ``log`` recorded: the rest of their group, after what remains of the
-    wait; if ``log`` cannot say, it runs the group its delivery count points at.
-
-    Parameters:
-        job: the delivery job.
-        session: HTTP session (connection reuse across jobs of one thread); one from
-            :func:`workers.deadline.session` holds every attempt to the policy's timeout.
-        extra_deliveries: deliveries tolerated beyond the retry plan before dead-lettering.
-        keepalive: restarts the message's ack wait; called at start and while waiting.
-        log: where failed attempts are counted, and read back on a redelivery.
-        sleep: waits between attempts (tests pass a fake).
-        rng: jitter source.
-        observe: told about every HTTP attempt.
-        stopping: whether the worker is stopping; then no attempt starts, no wait goes on, and
-            an attempt that fails is not counted (the shutdown may have cut it off).
-
-    Raises:
-        Interrupted: the worker is stopping and the event has no outcome yet.
-    """
-    policy = job.policy
-    plan = retries.groups(policy)
-    rng = rng or _RNG
-    progress = log.progress(job) if job.delivery_count > 1 else NOTHING_MADE
-    if job.delivery_count > len(plan) + extra_deliveries:
-        return DeadLetter(
-            f"delivered {job.delivery_count} times by JetStream without an outcome (worker crashes"
-            " or expired ack waits); giving up",
-            None,
-            progress.made if progress is not None else 0,
-        )
-    try:
-        headers, body = encode(job)
-    except PermanentDeliveryError as exc:
-        return DeadLetter(str(exc), None, progress.made if progress is not None else 0)
-    start = _start(job, plan, progress, rng)
-    if not isinstance(start, tuple):
-        return start
-    todo, pause = start
-    keepalive()
-    made = 0
-
-    def post() -> int:
-        nonlocal made
-        if stopping():
-            raise Interrupted
-        number = todo[made]
-        made += 1
-        try:
-            return _post(session, job, headers, body, observe)
-        except TemporaryDeliveryError:
-            if stopping():
-                raise Interrupted from None
-            log.record(job, Progress(number, time.time()))
-            raise
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        return policy.jittered(todo[state.attempt_number - 1], _retry_after(state), rng)
-
-    def too_long(state: tenacity.RetryCallState) -> bool:
-        retry_after = _retry_after(state)
-        return (
-            retry_after is not None
-            and min(retry_after, policy.retry_after_max) > policy.in_job_wait_max
-        )
-
-    def patient_sleep(seconds: float) -> None:
-        _sleep_alive(seconds, sleep, keepalive, max(job.ack_wait / 3, 0.1), stopping)
-
-    retrying = tenacity.Retrying(
-        stop=lambda state: state.attempt_number >= len(todo) or too_long(state),
-        wait=wait,
-        retry=tenacity.retry_if_exception_type(TemporaryDeliveryError),
-        sleep=patient_sleep,
-        reraise=True,
-        before_sleep=lambda state: logger.info(
-            "retrying %s (seq %d) to %s: %s",
-            job.subscription,
-            job.stream_sequence,
-            job.sink,
-            state.outcome.exception() if state.outcome else "?",
-        ),
-    )
-    if pause:
-        patient_sleep(pause)
-    try:
-        status = retrying(post)
-    except PermanentDeliveryError as exc:
-        return DeadLetter(str(exc), exc.status, todo[made - 1])
-    except TemporaryDeliveryError as exc:
-        last = exc
-    else:
-        return Delivered(status, todo[made - 1])
-
-    attempt = todo[made - 1]
-    if attempt >= policy.attempts:
-        return DeadLetter(f"out of attempts: {last}", last.status, attempt)
-    delay = policy.jittered(attempt, last.retry_after, rng)
-    return RetryLater(delay, attempt, str(last))
-
-
-def _start(
-    job: DeliveryJob, plan: list[list[int]], progress: Progress | None, rng: random.Random
-) -> tuple[list[int], float] | Outcome:
-    """The attempt numbers this delivery makes and the wait before the first, or an outcome.
-
-    With ``progress`` known: the rest of the group of the next attempt, after what is left of
-    the wait before it (an interruption may have cut that wait short; a wait longer than the
-    policy lets a job sleep goes back to JetStream). Unknown: the group the delivery count
-    points at, or the last one again.
-    """
-    policy = job.policy
-    if progress is None:
-        return plan[min(job.delivery_count, len(plan)) - 1], 0.0
-    first = progress.made + 1
-    if first > policy.attempts:
-        return DeadLetter(
-            f"out of attempts: all {policy.attempts} failed before an interruption",
-            None,
-            progress.made,
-        )
-    group = next(group for group in plan if first in group)
-    pause = 0.0
-    if progress.made:
-        waited = time.time() - progress.at
-        pause = max(0.0, policy.jittered(progress.made, None, rng) - waited)
-    if pause > policy.in_job_wait_max:
-        return RetryLater(pause, progress.made, f"attempt {first} is not due yet")
-    return group[group.index(first) :], pause
 
 
 def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
@@ -345,13 +131,19 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, moment - (now if now is not None else time.time()))
 
 
-def _post(
+def post(
     session: requests.Session,
     job: DeliveryJob,
     headers: dict[str, str],
     body: bytes,
     observe: Callable[[Attempt], None],
 ) -> int:
+    """Make one attempt: POST ``body`` with ``headers`` to the sink; the status if 2xx.
+
+    Raises:
+        TemporaryDeliveryError: no answer, or one worth retrying (:func:`classify`).
+        PermanentDeliveryError: an answer or failure that retrying cannot change.
+    """
     timeout = job.policy.timeout
     started = time.perf_counter()
     with deadline.within(timeout) as limit:
@@ -423,39 +215,6 @@ def classify_failure(exc: Exception, timeout: float, *, cut_off: bool) -> Delive
     if isinstance(exc, requests.RequestException | ValueError | TypeError):
         return PermanentDeliveryError(f"cannot send to the sink: {_short(exc)}")
     return TemporaryDeliveryError(f"sending failed: {type(exc).__name__}: {_short(exc)}")
-
-
-def _retry_after(state: tenacity.RetryCallState) -> float | None:
-    exception = state.outcome.exception() if state.outcome else None
-    return exception.retry_after if isinstance(exception, DeliveryError) else None
-
-
-def _sleep_alive(
-    seconds: float,
-    sleep: Callable[[float], None],
-    keepalive: Callable[[], None],
-    interval: float,
-    stopping: Callable[[], bool],
-) -> None:
-    """Sleep ``seconds``, sending a keepalive every ``interval``.
-
-    Sleeps in short steps and looks at ``stopping`` between them, so a long wait does not delay
-    a worker's exit.
-
-    Raises:
-        Interrupted: the worker is stopping.
-    """
-    remaining, since_keepalive = seconds, 0.0
-    while remaining > 0:
-        if stopping():
-            raise Interrupted
-        step = min(remaining, _SLEEP_STEP)
-        sleep(step)
-        remaining -= step
-        since_keepalive += step
-        if since_keepalive >= interval or remaining <= 0:
-            keepalive()
-            since_keepalive = 0.0
 
 
 def _short(what: object) -> str:

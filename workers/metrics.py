@@ -2,7 +2,8 @@
 
 Worker processes write to the metrics folder ``eventing-worker`` hands over before any of them
 starts (:func:`eventing.settings.hand_over_metrics_dir`, one folder per ``eventing-worker``);
-one forked process serves their sum on ``WORKER_METRICS_PORT``, or, when another
+one forked process serves their sum (prometheus_client's own server over its multiprocess
+collector, which reads the folder at every scrape) on ``WORKER_METRICS_PORT``, or, when another
 ``eventing-worker`` on the host serves there already (``honcho start -c worker=3``), on the next
 free port of the :data:`PORT_RANGE` above it, and logs the one it took. So every
 ``eventing-worker`` serves complete metrics of its own, and a scrape of every port of the range
@@ -20,16 +21,9 @@ import errno
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from dramatiq import Middleware
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from eventing.delivery.jobs import DeliveryJob
@@ -44,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 class DeliveryMetrics:
-    """Counters of the workers; :meth:`observer` makes the callback delivery.deliver wants."""
+    """Counters of the workers; :meth:`observer` makes the callback workers.attempts.run wants."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -99,34 +93,19 @@ def serve_metrics() -> int:
     """
     # dramatiq imports this function by name in a fresh fork, so it reads its settings itself.
     workers = settings_or_exit("eventing-worker", warn=False).workers  # validated and warned
-    directory = metrics_dir()
     first, host = workers.metrics_port, workers.metrics_host
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-            body = generate_latest(registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=metrics_dir())  # type: ignore[no-untyped-call]
     for port in range(first, min(first + PORT_RANGE, 65536)):
         try:
-            server = ThreadingHTTPServer((host, port), Handler)
+            _, serving = start_http_server(port, host, registry=registry)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
             continue
         taken = "" if port == first else f" ({first} to {port - 1} are taken)"
         logger.info("serving the delivery metrics on http://%s:%d/metrics%s", host, port, taken)
-        with server:
-            server.serve_forever()
+        serving.join()
         return 0
     logger.error(
         "cannot serve the delivery metrics: ports %d to %d on %s are all taken; this"

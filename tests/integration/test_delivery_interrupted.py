@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +23,44 @@ POLICY = {"retry": 3, "backoffPolicy": "linear", "backoffDelay": "PT2S", "timeou
 
 
 @pytest.fixture
-def two_workers(
+def start_system(
     nats_server: NatsServer,
     redis_server: RedisServer,
     tmp_path: Path,
     request: pytest.FixtureRequest,
-) -> Iterator[System]:
-    system = System(
-        nats_server, redis_server, tmp_path, DELIVERY_IN_JOB_WAIT_MAX="3s", DELIVERY_ACK_WAIT="5s"
-    ).start(workers=2)
-    yield system
-    system.stop()
+) -> Iterator[Callable[..., System]]:
+    """Start the system with ``workers`` workers and ``env``; stopped after the test, with its
+    logs printed if the test failed."""
+    systems: list[System] = []
+
+    def start(workers: int, **env: str) -> System:
+        system = System(nats_server, redis_server, tmp_path, DELIVERY_ACK_WAIT="5s", **env)
+        systems.append(system)
+        return system.start(workers=workers)
+
+    yield start
     report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(system.logs())
+    for system in systems:
+        system.stop()
+        if report is not None and report.failed:
+            print(system.logs())
+
+
+@pytest.fixture
+def two_workers(start_system: Callable[..., System]) -> System:
+    return start_system(2, DELIVERY_IN_JOB_WAIT_MAX="3s")
+
+
+def subscribe(system: System, sink_server: SinkServer, delivery: dict[str, object]) -> None:
+    system.subscribe(
+        "interrupted",
+        {
+            "sink": sink_server.url,
+            "source": "shop",
+            "types": ["order.created.v1"],
+            "delivery": delivery,
+        },
+    )
 
 
 def busy_worker(system: System) -> Process:
@@ -56,15 +80,7 @@ def test_an_interrupted_event_gets_exactly_its_attempts(
 ) -> None:
     sink = sink_server.sink
     sink.answer = lambda request: 503
-    two_workers.subscribe(
-        "interrupted",
-        {
-            "sink": sink_server.url,
-            "source": "shop",
-            "types": ["order.created.v1"],
-            "delivery": POLICY,
-        },
-    )
+    subscribe(two_workers, sink_server, POLICY)
     assert two_workers.publish_binary("stubborn", "shop", "order.created.v1").status_code == 204
     busy = busy_worker(two_workers)
     if interruption == "sigterm":
@@ -89,3 +105,26 @@ def test_an_interrupted_event_gets_exactly_its_attempts(
     wait_until(
         lambda: read_stream(nats_server, "KV_eventing-attempts") == [], 5, "the count deleted"
     )
+
+
+def test_a_stopping_worker_hands_an_event_back_once(
+    start_system: Callable[..., System], sink_server: SinkServer, nats_server: NatsServer
+) -> None:
+    """A worker that began stopping takes no more jobs: the event it hands back comes back to
+    the broker at once, and it must not take it again (each hand-back is a JetStream delivery;
+    a loop of them reached the delivery limit and dead-lettered events the sink would take)."""
+    # One group of attempts and one delivery to spare: the hand-back is the spare.
+    system = start_system(1, DELIVERY_EXTRA_DELIVERIES="1")
+    sink = sink_server.sink
+    sink.answer = lambda request: 503
+    subscribe(system, sink_server, {"retry": 1, "backoffDelay": "PT10S", "timeout": "PT1S"})
+    assert system.publish_binary("handed", "shop", "order.created.v1").status_code == 204
+    [stopping] = system.workers
+    wait_until(lambda: "retrying default/interrupted" in stopping.log(), 10, "a waiting job")
+    sink.answer = lambda request: 204
+    stopping.stop()
+    assert stopping.log().count("handed back default/interrupted") == 1, stopping.log()
+    system.add_worker()
+    wait_until(lambda: sink.ids(204) == ["handed"], 30, f"the event\n{system.logs()}")
+    time.sleep(1)  # a dead letter would follow the delivery of a duplicate job at once
+    assert read_stream(nats_server, "sap-dlq") == []

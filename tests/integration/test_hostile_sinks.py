@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from eventing.delivery.steps import DeadLetter
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import System
 from tests.integration.conftest import read_stream
 from tests.workers.conftest import POLICY, Clock, MemoryLog, make_job
-from workers import deadline, delivery
-from workers.delivery import DeadLetter, Delivered
+from workers import attempts, deadline
+from workers.attempts import Delivered
 
 pytestmark = pytest.mark.integration
 
@@ -205,10 +206,10 @@ def hostile() -> Iterator[HostileSink]:
     sink.stop()
 
 
-def deliver_once(hostile: HostileSink, path: str) -> tuple[delivery.Outcome, float]:
+def deliver_once(hostile: HostileSink, path: str) -> tuple[attempts.Outcome, float]:
     """One delivery job (two attempts at most, no backoff) over real sockets; outcome, seconds."""
     started = time.monotonic()
-    outcome = delivery.deliver(
+    outcome = attempts.run(
         make_job(sink=hostile.url(path), policy=FAST),
         deadline.session(),
         extra_deliveries=2,

@@ -47,9 +47,15 @@ def test_every_worker_on_a_host_serves_complete_metrics(
                 for worker in system.workers
             ]
 
-        logged = [float(len(_DELIVERED.findall(worker.log()))) for worker in system.workers]
-        wait_until(lambda: counted() == logged, 10, f"metrics {counted()} = deliveries {logged}")
-        assert sum(logged) == len(sink_server.sink.received())
+        def logged() -> list[float]:
+            # Read again each time: a worker logs a delivery once its ack is confirmed, after the
+            # sink has it and after the attempt was counted.
+            return [float(len(_DELIVERED.findall(worker.log()))) for worker in system.workers]
+
+        wait_until(
+            lambda: counted() == logged(), 10, f"metrics {counted()} = deliveries {logged()}"
+        )
+        assert sum(logged()) == len(sink_server.sink.received())
     finally:
         system.stop()
         report = getattr(request.node, "rep_call", None)

@@ -15,8 +15,8 @@ from urllib3 import HTTPResponse
 
 from eventing.delivery.jobs import DeliveryJob
 from eventing.delivery.retries import DeliveryPolicy
+from eventing.delivery.steps import NOTHING_MADE, Progress
 from eventing.events import cloudevent
-from workers.delivery import NOTHING_MADE, Progress
 
 POLICY = DeliveryPolicy(
     retry=3,

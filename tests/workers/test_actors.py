@@ -12,12 +12,12 @@ from dramatiq.brokers.stub import StubBroker
 
 from eventing.delivery import jobs
 from eventing.delivery.jobs import DeliveryJob
+from eventing.delivery.steps import NOTHING_MADE, Progress
 from eventing.errors import BackendUnavailable
 from eventing.settings import DeliverySettings
 from testing.sink import SinkServer
 from tests.workers.conftest import POLICY, make_job
 from workers import actors
-from workers.delivery import NOTHING_MADE, Progress
 from workers.metrics import DeliveryMetrics
 
 

@@ -11,11 +11,13 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
+from eventing.delivery.steps import NOTHING_MADE, Progress
+from eventing.errors import BackendUnavailable
 from eventing.settings import Settings
 from testing.servers import NatsServer
 from tests.workers.conftest import make_job
 from workers.connection import NatsAcknowledger
-from workers.delivery import NOTHING_MADE, Progress
+from workers.shutdown import GracefulStop
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +107,21 @@ def test_acks_from_many_threads_are_all_confirmed(
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(acks.ack, replies))
     assert asyncio.run(ack_pending()) == (0, 200)  # confirmed: nothing left to redeliver
+
+
+def test_an_ack_nats_does_not_confirm_is_tried_again_until_the_stop_bounds_it(
+    nats_server: NatsServer,
+) -> None:
+    settings = Settings.from_environ({"NATS_URL": nats_server.url, "RECONNECT_WAIT": "100ms"})
+    stop = GracefulStop()
+    acks = NatsAcknowledger(settings.nats, settings.stream, stop)
+    acks.before_worker_boot(None, None)
+    try:
+        nats_server.kill()
+        stop.since = time.monotonic()  # stopping: tries end 2 s after that, not after 15 s
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="not confirmed in time"):
+            acks.ack("$JS.ACK.sap.c0ffee.1.7.7.0.0")
+        assert time.monotonic() - started < 15
+    finally:
+        acks.after_worker_shutdown(None, None)

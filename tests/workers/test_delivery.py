@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from eventing.delivery.jobs import DeliveryJob
+from eventing.delivery.steps import DeadLetter, Progress, RetryLater
 from tests.workers.conftest import (
     POLICY,
     Clock,
@@ -22,8 +23,10 @@ from tests.workers.conftest import (
     raw_event,
     stored_event,
 )
+from workers import attempts as job_attempts
 from workers import delivery
-from workers.delivery import Attempt, DeadLetter, Delivered, Progress, RetryLater
+from workers.attempts import Delivered, Interrupted
+from workers.delivery import Attempt
 
 # Delays 1, 2 | 4 s: attempts 1-2 in the first job, 3 and 4 one per redelivery.
 GROUPED = replace(POLICY, in_job_wait_max=1.5)
@@ -37,8 +40,8 @@ def run(
     attempts: list[Attempt] | None = None,
     log: MemoryLog | None = None,
     stopping: Callable[[], bool] = lambda: False,
-) -> delivery.Outcome:
-    return delivery.deliver(
+) -> job_attempts.Outcome:
+    return job_attempts.run(
         job,
         session,
         extra_deliveries=2,
@@ -373,7 +376,7 @@ def test_a_worker_that_stops_hands_back_an_undelivered_event(
     counted: list[int],
 ) -> None:
     sink.replies = [503, 204]
-    with pytest.raises(delivery.Interrupted):
+    with pytest.raises(Interrupted):
         run(make_job(), session, clock, log=log, stopping=stops_after(looks))
     assert len(sink.received) == 1 and log.writes == counted
     assert clock.total < 1
