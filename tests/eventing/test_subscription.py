@@ -252,3 +252,17 @@ def test_the_spec_is_kept_as_written() -> None:
         **written,
         "config": {"maxInFlightMessages": 4, "since": "2026-01-01"},
     }
+
+
+@pytest.mark.parametrize(
+    "sink", ["https://user:pass@example.com/events", "http://token@127.0.0.1:9000/events"]
+)
+def test_credentials_in_the_sink_url_are_refused_not_silently_dropped(sink: str) -> None:
+    """requests prepares a request from a URL without sending its userinfo: on main such a
+    subscription was valid, and its sink got no credentials at all."""
+    with pytest.raises(InvalidSubscription) as raised:
+        parse(manifest({"sink": sink}))
+    message = str(raised.value)
+    assert "spec.sink: credentials in the URL are not sent" in message
+    assert "spec.delivery.auth" in message
+    assert "pass" not in message.replace("password", "")  # the secret is not echoed
