@@ -78,6 +78,38 @@ def write(folder: Path) -> None:
     )
 
 
+def write_sink(folder: Path) -> None:
+    """An https sink's certificates as PEM files in ``folder``: ``ca.crt`` (the CA that signed
+    both), ``sink.crt``/``sink.key`` (serving 127.0.0.1 and localhost) and ``client.crt``/
+    ``client.key`` (the client certificate the sink requires of the worker)."""
+    folder.mkdir(parents=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("eventing-test-sink-ca")
+    ca = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
+    for name, usage in (
+        ("sink", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = _builder(_name(f"eventing-test-{name}"), ca_name, key.public_key())
+        if name == "sink":
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False).sign(
+            ca_key, hashes.SHA256()
+        )
+        _write_pair(folder, name, cert, key)
+
+
 def _key_usage(*granted: str) -> x509.KeyUsage:
     """The key usage extension granting ``granted`` and nothing else (it takes all nine)."""
     return x509.KeyUsage(**{usage: usage in granted for usage in _USAGES})

@@ -41,7 +41,9 @@ def parse_secrets(text: str) -> tuple[bytes, ...]:
         if not line.startswith(PREFIX):
             raise ValueError(f"line {number}: does not start with {PREFIX}; {expected} byte key")
         try:
-            key = base64.b64decode(line[len(PREFIX) :], validate=True)
+            encoded = line[len(PREFIX) :]
+            # Unpadded base64 is common (Svix's secrets) and the reference libraries accept it.
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError(
                 f"line {number}: is not base64 after {PREFIX}; {expected} byte key"
