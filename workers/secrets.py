@@ -6,7 +6,8 @@ broker can read a job. The worker reads each value when a job needs it and keeps
 :data:`TTL` seconds, so a rotated file or Secret takes effect within that time without a
 restart, and a busy subscription costs one read per TTL, not one per event. In the Kubernetes
 mode a worker reads Secrets through the API (RBAC: ``get`` on ``secrets`` in the namespaces it
-serves); the client is made at the first Secret needed, so the folder mode never loads it.
+serves), and uses only those labelled :data:`DELIVERY_LABEL`; the client is made at the first
+Secret needed, so the folder mode never loads it.
 
 A value that cannot be read or is malformed fails the attempt as temporary (it names the
 reference and why, never the value): the policy's retries give an operator time to fix it, and
@@ -35,6 +36,10 @@ from eventing.settings import SourceSettings
 
 TTL = 10.0  #: seconds a value read is used before it is read again
 _MAX_VALUE_BYTES = 64 * 1024  #: a CA bundle may be long; nothing we read is longer
+#: The label a Secret must carry for a delivery to use it: a subscription may name only Secrets
+#: made for deliveries, not any Secret of its namespace that the worker could read (whoever may
+#: write a Subscription could otherwise send a database password to a sink of their choice).
+DELIVERY_LABEL = "eventing.kyma-project.io/delivery-secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,12 @@ class Secrets:
             raise TemporaryDeliveryError(
                 f"{what} ({ref}): cannot reach the API server: {type(exc).__name__}"
             ) from None
+        labels = (secret.metadata.labels if secret.metadata else None) or {}
+        if labels.get(DELIVERY_LABEL) != "true":
+            raise TemporaryDeliveryError(
+                f'{what} ({ref}): the Secret lacks the label {DELIVERY_LABEL}: "true" that'
+                " lets deliveries use it"
+            )
         data = secret.data or {}
         if ref.key not in data:
             raise TemporaryDeliveryError(f"{what} ({ref}): the Secret has no such key")

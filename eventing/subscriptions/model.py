@@ -392,7 +392,14 @@ def _credentials(delivery: Any, namespace: str, sink: str, problems: list[str]) 
             )
         elif kind == BASIC and isinstance(auth.get("secretRef"), Mapping):
             # a kubernetes.io/basic-auth Secret: its two keys, user name and password
-            ref = _secret(auth, "spec.delivery.auth", namespace, problems, key_required=False)
+            ref = _secret(
+                auth,
+                "spec.delivery.auth",
+                namespace,
+                problems,
+                key_required=False,
+                keys=(USERNAME, PASSWORD),
+            )
             if ref is not None:
                 found = replace(found, auth_type=kind, auth=_basic_keys(ref))
         else:
@@ -435,8 +442,10 @@ def _secret(
     file: str = "secretFile",
     ref: str = "secretRef",
     default_key: str = "",
+    keys: tuple[str, ...] | None = None,
 ) -> SecretRef | None:
-    """The one secret ``section`` names, as ``file`` or as ``ref`` (``{name, key}``)."""
+    """The one secret ``section`` names, as ``file`` or as ``ref`` (``{name, key}``; only
+    ``{name}`` when the Secret's ``keys`` are fixed)."""
     if (file in section) == (ref in section):
         problems.append(f"{field}: needs exactly one of {file} and {ref}")
         return None
@@ -453,6 +462,9 @@ def _secret(
     name, key = value.get("name"), value.get("key", default_key)
     if not isinstance(name, str) or not _NAME.match(name) or len(name) > 253:
         problems.append(f"{field}.{ref}.name: must be the name of a Secret, got {_shown(name)}")
+        return None
+    if keys is not None and key:
+        problems.append(f"{field}.{ref}.key: the Secret's keys are {' and '.join(keys)}; name none")
         return None
     if key_required and not key:
         problems.append(f"{field}.{ref}.key: must name the key of the Secret that holds it")
@@ -491,6 +503,7 @@ def _tls(tls: Mapping[str, Any], namespace: str, problems: list[str]) -> dict[st
             key_required=False,
             file="certFile",
             ref="certRef",
+            keys=(CERT, KEY),
         )
         if pair is not None:
             found["cert"], found["key"] = replace(pair, key=CERT), replace(pair, key=KEY)
