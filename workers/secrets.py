@@ -176,7 +176,12 @@ class Secrets:
 
         with self._lock:
             if self._secrets_api is None:
-                self._secrets_api = client.CoreV1Api(cluster.api_client(self._source))
+                try:
+                    self._secrets_api = client.CoreV1Api(cluster.api_client(self._source))
+                except Exception as exc:  # no kubeconfig, no service-account token mounted
+                    raise TemporaryDeliveryError(
+                        f"{what} ({ref}): no Kubernetes API to read it from: {exc}"
+                    ) from None
             api = self._secrets_api
         try:
             secret = api.read_namespaced_secret(ref.name, ref.namespace)

@@ -131,3 +131,10 @@ def test_a_secret_gone_at_delivery_dead_letters_the_event_with_the_reason(
     assert isinstance(outcome, DeadLetter)
     assert f"signing secret (file {tmp_path / 'gone.whsec'}): cannot be read" in outcome.reason
     assert sink.received == []
+
+
+def test_a_secret_ref_without_a_cluster_fails_the_attempt_saying_so(tmp_path: Path) -> None:
+    credentials = SinkCredentials(signing=SecretRef(namespace="shop", name="orders", key="s"))
+    secrets = Secrets(SourceSettings(kubeconfig=str(tmp_path / "no-such-kubeconfig")))
+    with pytest.raises(TemporaryDeliveryError, match="no Kubernetes API to read it from"):
+        secrets.outbound(make_job(credentials=credentials), b"")
