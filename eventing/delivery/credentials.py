@@ -55,7 +55,13 @@ class SecretRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SecretRef:
-        return cls(**{k: str(data[k]) for k in ("file", "namespace", "name", "key") if k in data})
+        """Rebuild from :meth:`to_dict`; ``TypeError``/``ValueError`` if malformed."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a secret reference must be an object, got {type(data).__name__}")
+        ref = cls(**{k: str(data[k]) for k in ("file", "namespace", "name", "key") if k in data})
+        if not ref.file and not (ref.namespace and ref.name and ref.key):
+            raise ValueError("a secret reference names a file, or a Secret's namespace, name, key")
+        return ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +118,17 @@ class SinkCredentials:
     def from_dict(cls, data: dict[str, Any]) -> SinkCredentials:
         """Rebuild from :meth:`to_dict`; ``KeyError``/``TypeError``/``ValueError`` if malformed."""
 
+        if not isinstance(data, dict):
+            raise TypeError(f"credentials must be an object, got {type(data).__name__}")
+
         def ref(field: str) -> SecretRef | None:
             return SecretRef.from_dict(data[field]) if field in data else None
 
         auth_type = str(data.get("auth_type", ""))
         if auth_type not in ("", BEARER, BASIC):
             raise ValueError(f"auth_type {auth_type!r}")
+        if bool(auth_type) != bool(data.get("auth")):
+            raise ValueError("auth_type and auth go together")
         return cls(
             signing=ref("signing"),
             auth_type=auth_type,

@@ -138,3 +138,20 @@ def test_a_secret_ref_without_a_cluster_fails_the_attempt_saying_so(tmp_path: Pa
     secrets = Secrets(SourceSettings(kubeconfig=str(tmp_path / "no-such-kubeconfig")))
     with pytest.raises(TemporaryDeliveryError, match="no Kubernetes API to read it from"):
         secrets.outbound(make_job(credentials=credentials), b"")
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        "a string",
+        {"signing": "a string"},
+        {"signing": {"name": "no-namespace-no-key"}},
+        {"auth_type": "bearer"},
+        {"auth_type": "oauth", "auth": [{"file": "/t"}]},
+    ],
+)
+def test_a_job_with_malformed_credentials_is_malformed(credentials: Any) -> None:
+    """The actor drops such a job as malformed (it catches these three), never crashes."""
+    job = {**make_job().to_dict(), "credentials": credentials}
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        DeliveryJob.from_dict(job)
