@@ -17,7 +17,7 @@ import yaml
 from werkzeug.wrappers import Request
 
 from testing import pki
-from testing.servers import wait_until
+from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import RecordingSink, SinkServer
 from testing.system import System
 
@@ -172,3 +172,35 @@ def test_basic_credentials_from_a_file(system: System, sink_server: SinkServer) 
     assert system.publish_binary("order-4", "myapp", "order.created.v1").status_code == 204
     wait_until(lambda: len(sink_server.sink.received()) == 1, 20, f"delivery\n{system.logs()}")
     assert users == [("orders", "pa55word")]
+
+
+def test_the_webhook_id_stays_across_jetstream_redeliveries(
+    nats_server: NatsServer, redis_server: RedisServer, tmp_path: Path, sink_server: SinkServer
+) -> None:
+    """With no wait inside a job, each retry is a NAK and a redelivery of the message, taken
+    by a job of its own: the id is the stored event's, not the job's."""
+    system = System(nats_server, redis_server, tmp_path, DELIVERY_IN_JOB_WAIT_MAX="0").start()
+    try:
+        secret = new_secret()
+        (system.subscriptions / "s.whsec").write_text(secret)
+        answers = iter([500, 500, 204])
+        sink_server.sink.answer = lambda request: next(answers, 204)
+        system.subscribe(
+            "redelivered",
+            {
+                "sink": sink_server.url,
+                "source": "myapp",
+                "types": ["order.created.v1"],
+                "delivery": {**RETRY_FAST, "signing": {"secretFile": "s.whsec"}},
+            },
+        )
+        assert system.publish_binary("order-5", "myapp", "order.created.v1").status_code == 204
+        wait_until(lambda: len(sink_server.sink.received()) == 1, 30, f"delivery\n{system.logs()}")
+        attempts = sink_server.sink.received(None)
+        assert [a.status for a in attempts] == [500, 500, 204]
+        assert len({a.headers["webhook-id"] for a in attempts}) == 1
+        for attempt in attempts:
+            verified(secret, attempt.headers, attempt.body)
+        assert "redelivering" in system.workers[0].log()  # the retries were redeliveries
+    finally:
+        system.stop()
