@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="short scenarios: a smoke run, not figures to quote"
     )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="the e2e suite repeats its rows with signed deliveries (Standard Webhooks)",
+    )
     args = parser.parse_args(argv)
     suites = args.suite or ["publish", *e2e.SUITES, "slowbodies", "idle"]
     # SIGTERM ends the run like Ctrl-C, so the services are stopped, not orphaned.
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [suite for suite in e2e.SUITES if suite in suites]
     if chosen:
         events, seconds = (2_000, 3.0) if args.quick else (10_000, 10.0)
-        status |= e2e.run(chosen, events=events, rate=500, seconds=seconds)
+        status |= e2e.run(chosen, events=events, rate=500, seconds=seconds, signed=args.signed)
     if "slowbodies" in suites:
         status |= slowbodies.main(["--seconds", "5"] if args.quick else [])
     if "idle" in suites:

@@ -159,19 +159,26 @@ def saturated(system: BenchSystem, subscriptions: int, deliveries: int, label: s
     )
 
 
-def paced(system: BenchSystem, subscriptions: int, deliveries: int, seconds: float) -> Measured:
+def paced(
+    system: BenchSystem, subscriptions: int, deliveries: int, seconds: float, label: str = ""
+) -> Measured:
     """``deliveries`` per second in all: ``deliveries ÷ subscriptions`` events per second."""
     rate = max(1, deliveries // subscriptions)
     plural = "s" if subscriptions > 1 else ""
     return run_scenario(
         system,
         f"{subscriptions} sub{plural}, paced {rate:,} events/s = {rate * subscriptions:,}"
-        " deliveries/s",
+        f" deliveries/s{', ' + label if label else ''}",
         publish_at_rate,
         (system.proxy, f"paced-{next(_SCENARIOS)}", rate, seconds),
         int(rate * seconds) * subscriptions,
         paced_seconds=seconds,
     )
+
+
+def _cpu_ms(row: Measured) -> float:
+    """Milliseconds of the workers' CPU per delivery in a saturated row."""
+    return row.cpu.get("workers", 0) / 100 / row.rate * 1000 if row.rate else 0.0
 
 
 def table(rows: list[Measured], raw: Raw) -> str:
@@ -211,8 +218,9 @@ def table(rows: list[Measured], raw: Raw) -> str:
 SUITES = ("e2e", "fanout", "scaling")
 
 
-def run(suites: list[str], events: int, rate: int, seconds: float) -> int:
-    """Run the end-to-end ``suites`` (see :data:`SUITES`) and print their tables."""
+def run(suites: list[str], events: int, rate: int, seconds: float, *, signed: bool = False) -> int:
+    """Run the end-to-end ``suites`` (see :data:`SUITES`) and print their tables; ``signed``
+    repeats the e2e rows with the subscription's deliveries signed, in the same run."""
     workdir = Path(tempfile.mkdtemp(prefix="eventing-bench-e2e-"))
     system = BenchSystem(workdir)
     tables: list[tuple[str, list[Measured]]] = []
@@ -227,6 +235,10 @@ def run(suites: list[str], events: int, rate: int, seconds: float) -> int:
         if "e2e" in suites:
             system.subscribe(1)
             rows = [saturated(system, 1, events, "saturated"), paced(system, 1, rate, seconds)]
+            if signed:
+                system.subscribe(1, signed=True)
+                rows.append(saturated(system, 1, events, "saturated, signed"))
+                rows.append(paced(system, 1, rate, seconds, "signed"))
             tables.append(("End to end, 1 subscription", rows))
         if "fanout" in suites:
             rows = []
@@ -253,6 +265,14 @@ def run(suites: list[str], events: int, rate: int, seconds: float) -> int:
     for title, rows in tables:
         print(f"\n{title}\n")
         print(table(rows, raw))
+    if signed and "e2e" in suites:
+        plain, signed_row = tables[0][1][0], tables[0][1][2]
+        print(
+            f"\nsigning's cost, saturated: signed {signed_row.rate:,.0f}/s ÷ unsigned"
+            f" {plain.rate:,.0f}/s = {signed_row.rate / plain.rate:.2f}; workers' CPU per delivery"
+            f" {_cpu_ms(signed_row):.2f} ms ÷ {_cpu_ms(plain):.2f} ms ="
+            f" {_cpu_ms(signed_row) / _cpu_ms(plain):.2f}"
+        )
     print(
         "\nCPU %: percent of one core over the scenario (2 cores = 200 %); peak RSS: the largest"
         " sum over each component's processes.\nlost: deliveries that never arrived plus events"
@@ -266,6 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=10_000, help="deliveries per saturated row")
     parser.add_argument("--rate", type=int, default=500, help="deliveries/s of the paced rows")
     parser.add_argument("--seconds", type=float, default=10, help="length of the paced rows")
+    parser.add_argument(
+        "--signed", action="store_true", help="repeat the e2e rows with signed deliveries"
+    )
     return parser.parse_args(argv)
 
 
@@ -273,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM ends the run like Ctrl-C, so the processes below are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    return run(list(SUITES), args.events, args.rate, args.seconds)
+    return run(list(SUITES), args.events, args.rate, args.seconds, signed=args.signed)
 
 
 if __name__ == "__main__":

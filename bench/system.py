@@ -6,7 +6,9 @@ samples.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -85,17 +87,24 @@ class BenchSystem:
         self.system.add_worker(WORKER_PROCESSES=str(processes))
         time.sleep(2 + processes / 2)  # dramatiq's worker processes boot and connect
 
-    def subscribe(self, count: int) -> None:
-        """Replace the subscriptions with ``count`` of order.created.v1 to the sink."""
+    def subscribe(self, count: int, *, signed: bool = False) -> None:
+        """Replace the subscriptions with ``count`` of order.created.v1 to the sink; ``signed``:
+        each delivery signed (Standard Webhooks) with a secret from a file beside them."""
         folder = self.system.subscriptions
         for path in folder.iterdir():
             path.unlink()
         sink_url = f"http://127.0.0.1:{self.sink_port}/"
+        signing = ""
+        if signed:
+            (folder / "bench.whsec").write_text(
+                f"whsec_{base64.b64encode(os.urandom(32)).decode()}"
+            )
+            signing = ", delivery: {signing: {secretFile: bench.whsec}}"
         documents = [
             "apiVersion: eventing.kyma-project.io/v1alpha2\nkind: Subscription\n"
             f"metadata: {{name: bench-{i}}}\n"
             f"spec: {{sink: '{sink_url}', source: bench, types: [order.created.v1],"
-            " config: {maxInFlightMessages: '200'}}\n"
+            f" config: {{maxInFlightMessages: '200'}}{signing}}}\n"
             for i in range(count)
         ]
         (folder / "bench.yaml").write_text("---\n".join(documents))

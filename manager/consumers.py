@@ -52,6 +52,7 @@ class Target:
             delivery_count=message.delivery_count,
             ack_wait=self.spec.ack_wait,
             policy=self.subscription.delivery,
+            credentials=self.subscription.credentials,
         )
 
 

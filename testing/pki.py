@@ -34,18 +34,7 @@ def write(folder: Path) -> None:
     """A CA, the API server's serving certificate, the admin's client certificate and the
     service-account signing key pair, as PEM files in ``folder``."""
     folder.mkdir(parents=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("eventing-test-ca")
-    ca = (
-        _builder(ca_name, ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            _key_usage("digital_signature", "key_cert_sign", "crl_sign"),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    ca_name, ca_key = _ca(folder, "eventing-test-ca")
 
     server_key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [
@@ -76,6 +65,44 @@ def write(folder: Path) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
     )
+
+
+def write_sink(folder: Path) -> None:
+    """An https sink's certificates as PEM files in ``folder``: ``ca.crt`` (the CA that signed
+    both), ``sink.crt``/``sink.key`` (serving 127.0.0.1 and localhost) and ``client.crt``/
+    ``client.key`` (the client certificate the sink requires of the worker)."""
+    folder.mkdir(parents=True)
+    ca_name, ca_key = _ca(folder, "eventing-test-sink-ca")
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
+    for name, usage in (
+        ("sink", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = _builder(_name(f"eventing-test-{name}"), ca_name, key.public_key())
+        if name == "sink":
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False).sign(
+            ca_key, hashes.SHA256()
+        )
+        _write_pair(folder, name, cert, key)
+
+
+def _ca(folder: Path, common_name: str) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
+    """A new CA, its certificate written to ``folder/ca.crt``: its name and key, to sign with."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name(common_name)
+    ca = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    return ca_name, ca_key
 
 
 def _key_usage(*granted: str) -> x509.KeyUsage:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -83,15 +84,18 @@ class RecordingSink:
 class SinkServer:
     """Serves a :class:`RecordingSink` on a free loopback port, threaded."""
 
-    def __init__(self, sink: RecordingSink, port: int = 0) -> None:
+    def __init__(
+        self, sink: RecordingSink, port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.sink = sink
-        self._server = make_server("127.0.0.1", port, sink, threaded=True)
+        self._ssl_context = ssl_context  #: serves https (and may require client certificates)
+        self._server = make_server("127.0.0.1", port, sink, threaded=True, ssl_context=ssl_context)
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
+        return f"{'https' if self._ssl_context else 'http'}://127.0.0.1:{self.port}/events"
 
     def start(self) -> SinkServer:
         self._thread.start()
@@ -104,7 +108,9 @@ class SinkServer:
 
     def restart(self) -> SinkServer:
         """Serve the same sink on the same port again after :meth:`stop` (a sink coming back)."""
-        self._server = make_server("127.0.0.1", self.port, self.sink, threaded=True)
+        self._server = make_server(
+            "127.0.0.1", self.port, self.sink, threaded=True, ssl_context=self._ssl_context
+        )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         return self.start()
 

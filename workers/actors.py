@@ -22,10 +22,11 @@ import requests
 from eventing.delivery import steps
 from eventing.delivery.jobs import ACTOR, QUEUE, DeliveryJob
 from eventing.errors import PublishError
-from eventing.settings import DeliverySettings
+from eventing.settings import DeliverySettings, SourceSettings
 from workers import attempts, deadline
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics
+from workers.secrets import Secrets
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,18 @@ def declare(
     acks: Acknowledger,
     metrics: DeliveryMetrics,
     stopping: threading.Event | None = None,
+    secrets: Secrets | None = None,
 ) -> dramatiq.Actor[Any, Any]:
     """Register the delivery actor on ``broker`` and return it.
+
+    ``secrets`` reads what jobs' credentials name (by default files, or Secrets of the
+    cluster the default :class:`~eventing.settings.SourceSettings` name).
 
     ``stopping`` is set when the worker stops (:class:`workers.shutdown.GracefulStop`); jobs
     then hand their events back instead of going on, unless the sink has taken them.
     """
     stopping = stopping or threading.Event()
+    outbound = (secrets or Secrets(SourceSettings())).outbound
     sessions = threading.local()
     extra = settings.extra_deliveries
 
@@ -64,6 +70,7 @@ def declare(
                 log=acks,
                 observe=metrics.observer(parsed),
                 stopping=stopping.is_set,
+                outbound=outbound,
             )
         except attempts.Interrupted:
             # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back

@@ -28,6 +28,7 @@ from eventing.delivery.steps import DeadLetter, Progress, RetryLater
 from eventing.errors import PermanentDeliveryError, TemporaryDeliveryError
 from workers import delivery
 from workers.delivery import Attempt
+from workers.secrets import NOTHING, Outbound
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def run(
     rng: random.Random | None = None,
     observe: Callable[[Attempt], None] = lambda attempt: None,
     stopping: Callable[[], bool] = lambda: False,
+    outbound: Callable[[DeliveryJob, bytes], Outbound] = lambda job, body: NOTHING,
 ) -> Outcome:
     """Run the attempts that belong to this JetStream delivery of the event.
 
@@ -97,6 +99,8 @@ def run(
         observe: told about every HTTP attempt.
         stopping: whether the worker is stopping; then no attempt starts, no wait goes on, and
             an attempt that fails is not counted (the shutdown may have cut it off).
+        outbound: what each attempt adds (:meth:`workers.secrets.Secrets.outbound`: signed at
+            the attempt's time); a secret it cannot read fails the attempt as temporary.
 
     Raises:
         Interrupted: the worker is stopping and the event has no outcome yet.
@@ -131,7 +135,7 @@ def run(
         if stopping():
             raise Interrupted
         try:
-            status = delivery.post(session, job, headers, body, observe)
+            status = delivery.post(session, job, headers, body, observe, outbound(job, body))
         except PermanentDeliveryError as exc:
             return DeadLetter(str(exc), exc.status, step.number)
         except TemporaryDeliveryError as exc:

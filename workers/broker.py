@@ -16,6 +16,7 @@ from workers import actors
 from workers.connection import NatsAcknowledger
 from workers.idle import QuietThreads
 from workers.metrics import DeliveryMetrics, MetricsServer
+from workers.secrets import Secrets
 from workers.shutdown import GracefulStop
 
 
@@ -32,5 +33,12 @@ def setup_broker() -> dramatiq.Broker:
     if settings.workers.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)
-    actors.declare(broker, settings.delivery, acks, DeliveryMetrics(), stop.stopping)
+    actors.declare(
+        broker,
+        settings.delivery,
+        acks,
+        DeliveryMetrics(),
+        stop.stopping,
+        secrets=Secrets(settings.source),
+    )
     return broker

@@ -40,7 +40,7 @@ from eventing.errors import (
     TemporaryDeliveryError,
 )
 from eventing.events import cloudevent
-from workers import deadline
+from workers import deadline, secrets
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,12 @@ def post(
     headers: dict[str, str],
     body: bytes,
     observe: Callable[[Attempt], None],
+    outbound: secrets.Outbound = secrets.NOTHING,
 ) -> int:
     """Make one attempt: POST ``body`` with ``headers`` to the sink; the status if 2xx.
+
+    ``outbound`` adds this attempt's signature and credentials, and the CA and client
+    certificate of an https sink.
 
     Raises:
         TemporaryDeliveryError: no answer, or one worth retrying (:func:`classify`).
@@ -149,9 +153,11 @@ def post(
     with deadline.within(timeout) as limit:
         try:
             response = session.get_adapter(job.sink).send(
-                _request(job.sink, headers, body),
+                _request(job.sink, headers | outbound.headers, body),
                 stream=True,
                 timeout=(min(timeout, _CONNECT_TIMEOUT_MAX), timeout),
+                verify=outbound.verify,
+                cert=outbound.cert,
             )
         except Exception as exc:  # every failure to send is an outcome: classify_failure
             observe(Attempt(None, time.perf_counter() - started))

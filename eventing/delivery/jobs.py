@@ -2,17 +2,20 @@
 
 The manager enqueues one job per JetStream message and never acks; a worker delivers, then acks
 through the message's reply subject from its own NATS connection. A job carries everything a
-worker needs (the event as stored, the sink, the resolved retry policy), so workers hold no
-subscription state and any worker anywhere can take any job. No objects, no pickles.
+worker needs (the event as stored, the sink, the resolved retry policy, where the delivery's
+secrets are), so workers hold no subscription state and any worker anywhere can take any job.
+No objects, no pickles, and no secret in clear (see :mod:`eventing.delivery.credentials`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import dramatiq
 
+from eventing.delivery.credentials import SinkCredentials
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.nats.messages import DEAD_LETTER_PREFIX, OutboundMessage
 from eventing.wakeup import WakingRedisBroker
@@ -35,8 +38,11 @@ class DeliveryJob:
     delivery_count: int  #: JetStream's num_delivered, 1 on the first delivery
     ack_wait: float  #: the consumer's ack wait (seconds); keepalives go out at a third of it
     policy: DeliveryPolicy
+    #: where the worker finds the signing secret and sink credentials: references, never secrets
+    credentials: SinkCredentials = dataclasses.field(default_factory=SinkCredentials)
 
     def to_dict(self) -> dict[str, Any]:
+        credentials = {"credentials": self.credentials.to_dict()} if self.credentials else {}
         return {
             "event": self.event,
             "sink": self.sink,
@@ -48,6 +54,7 @@ class DeliveryJob:
             "delivery_count": self.delivery_count,
             "ack_wait": self.ack_wait,
             "policy": self.policy.to_dict(),
+            **credentials,
         }
 
     @classmethod
@@ -64,6 +71,7 @@ class DeliveryJob:
             delivery_count=int(data["delivery_count"]),
             ack_wait=float(data["ack_wait"]),
             policy=DeliveryPolicy.from_dict(data["policy"]),
+            credentials=SinkCredentials.from_dict(data.get("credentials", {})),
         )
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from eventing.delivery import signing
 from eventing.errors import InvalidSubscription
 from eventing.sources.snapshot import Entry, Parse, Snapshot, Unreadable, validated
 from eventing.subscriptions.model import KIND
@@ -31,6 +33,7 @@ from eventing.subscriptions.model import KIND
 _SUFFIXES = (".yaml", ".yml")
 
 MAX_FILE_BYTES = 1024 * 1024  #: a larger manifest file is refused unread
+MAX_SECRET_BYTES = signing.MAX_SECRETS_TEXT  #: a larger signing secret file is refused
 MAX_DEPTH = 64  #: deepest nesting of YAML collections in a document
 MAX_NODES = 100_000  #: YAML nodes of one document, counting what each alias expands to
 
@@ -141,6 +144,7 @@ class DirectorySource:
         self.path = Path(path)
         self._parse = parse  #: from_manifest with the settings' defaults bound
         self._fingerprint: tuple[tuple[str, int, int, int], ...] | None = None
+        self._secret_files: tuple[str, ...] = ()  #: signing secrets read at the last validation
         self._snapshot = Snapshot(())
 
     @property
@@ -156,7 +160,10 @@ class DirectorySource:
         unreadable: list[Unreadable] = []
         seen: set[str] = set()
         root = os.path.realpath(self.path)
+        secret_files, self._secret_files = self._secret_files, ()
         for name, *_ in fingerprint:
+            if name in secret_files:
+                continue  # a signing secret (an absolute path), not a manifest of the folder
             try:
                 text = _read_manifest(root, name)
             except FileNotFoundError:
@@ -180,6 +187,15 @@ class DirectorySource:
         entry = validated(self._parse, document, origin)
         if isinstance(entry, InvalidSubscription):
             return entry
+        entry = replace(entry, credentials=entry.credentials.anchored(os.path.abspath(self.path)))
+        secret = entry.credentials.signing
+        if secret is not None and secret.file:
+            self._secret_files += (secret.file,)
+            problem = _signing_problem(secret.file)
+            if problem is not None:
+                return InvalidSubscription(
+                    entry.key, [f"spec.delivery.signing.secretFile: {problem}"], origin=origin
+                )
         if entry.key in seen:
             return InvalidSubscription(
                 entry.key, [f"metadata.name: {entry.key} is defined more than once"], origin=origin
@@ -188,11 +204,21 @@ class DirectorySource:
         return entry
 
     def _scan(self) -> tuple[tuple[str, int, int, int], ...]:
+        """What the folder holds, and the signing secrets its subscriptions named (a secret file
+        that changes, appears or goes is validated again)."""
+        files = []
+        for path in self._secret_files:
+            try:
+                info = os.stat(path)
+            except OSError:
+                info = None
+            files.append(
+                (path, *((info.st_mtime_ns, info.st_size, info.st_ino) if info else (0, 0, 0)))
+            )
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
-            return ()
-        files = []
+            return tuple(files)
         for entry in entries:
             if entry.name.endswith(_SUFFIXES) and not entry.name.startswith("."):
                 try:  # the target of a symlink (a ConfigMap's update replaces it), else the link
@@ -205,6 +231,22 @@ class DirectorySource:
                     continue
                 files.append((entry.name, info.st_mtime_ns, info.st_size, info.st_ino))
         return tuple(sorted(files))
+
+
+def _signing_problem(path: str) -> str | None:
+    """Why the signing secret file ``path`` cannot sign, if it cannot (never its content)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(MAX_SECRET_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot be read: {getattr(exc, 'strerror', None) or type(exc).__name__}"
+    if len(text) > MAX_SECRET_BYTES:
+        return f"is larger than {MAX_SECRET_BYTES} bytes"
+    try:
+        signing.parse_secrets(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _read_manifest(root: str, name: str) -> str:

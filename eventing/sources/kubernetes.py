@@ -135,6 +135,17 @@ class KubernetesSource:
         subscription = validated(self._parse, item)
         if isinstance(subscription, InvalidSubscription):
             return subscription
+        if any(ref.file for ref in subscription.credentials.references()):
+            # A path would name a file of the worker's pod (its own NATS credentials, say), to
+            # be sent to a sink of the subscription's choosing.
+            return InvalidSubscription(
+                key,
+                [
+                    "spec.delivery: secretFile, caFile, certFile and keyFile are for the folder"
+                    " source; name a Secret of the subscription's namespace (secretRef, caRef,"
+                    " certRef)"
+                ],
+            )
         if self._sink_rule:
             problem = sink_rule_problem(subscription)
             if problem is None and key in missing:

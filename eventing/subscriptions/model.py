@@ -15,6 +15,7 @@ so existing NATS state maps over. What a subscription's status says is
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -26,6 +27,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from eventing import units
+from eventing.delivery.credentials import (
+    BASIC,
+    BEARER,
+    CA,
+    CERT,
+    KEY,
+    PASSWORD,
+    USERNAME,
+    SecretRef,
+    SinkCredentials,
+)
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidEvent, InvalidSubscription
 from eventing.events import eventtypes
@@ -39,10 +51,17 @@ DEFAULT_NAMESPACE = "default"
 #: The fields of ``spec`` (Kyma's, ``id`` read-only and unused, plus ``delivery``); the CRD in
 #: deploy/base declares exactly these (tests/kubernetes/test_crd.py).
 SPEC_FIELDS = frozenset({"id", "sink", "source", "types", "typeMatching", "config", "delivery"})
-DELIVERY_FIELDS = frozenset({"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax"})
+DELIVERY_FIELDS = frozenset(
+    {"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax", "signing", "auth", "tls"}
+)
+#: The fields of spec.delivery.signing, .auth and .tls (the CRD declares exactly these).
+SIGNING_FIELDS = frozenset({"secretFile", "secretRef"})
+AUTH_FIELDS = frozenset({"type", "secretFile", "secretRef"})
+TLS_FIELDS = frozenset({"caFile", "caRef", "certFile", "keyFile", "certRef"})
 MAX_TYPES = 100  #: types (so consumers) of one subscription; the CRD's maxItems
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _EXACT_SUBJECT_UNSAFE = re.compile(r"[\s*>]")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")  #: what Kubernetes allows as a Secret's key
 # A wrong value is quoted in a problem message, shortened: a manifest's value may be huge (an
 # alias bomb's repr runs into gigabytes), and the message goes into status and logs.
 _SHOWN = reprlib.Repr()
@@ -75,6 +94,8 @@ class Subscription:
     bindings: tuple[TypeBinding, ...]
     written: str  #: the spec as written, as JSON (the status echoes it)
     origin: str = ""  #: the manifest file it came from; empty for a Kubernetes object
+    #: where the signing secret, sink credentials and TLS files are (relative files as written)
+    credentials: SinkCredentials = dataclasses.field(default_factory=SinkCredentials)
 
     @property
     def key(self) -> str:
@@ -164,6 +185,7 @@ def from_manifest(
     max_in_flight = _max_in_flight(spec.get("config"), default_max_in_flight, problems)
     sink = _sink(spec.get("sink"), problems)
     delivery = _delivery(spec.get("delivery"), defaults, problems)
+    credentials = _credentials(spec.get("delivery"), str(namespace), sink, problems)
 
     bindings: list[TypeBinding] = []
     if not problems:
@@ -186,6 +208,7 @@ def from_manifest(
         max_in_flight=max_in_flight,
         delivery=delivery,
         bindings=tuple(bindings),
+        credentials=credentials,
         # default=str: YAML reads an unquoted 2026-01-01 in spec.id or config as a date
         written=json.dumps(dict(spec), default=str),
     )
@@ -287,6 +310,12 @@ def _sink(value: Any, problems: list[str]) -> str:
         valid = False
     if not valid:
         problems.append(f"spec.sink: must be an http(s) URL, got {_shown(value)}")
+    elif "@" in parts.netloc:
+        # requests sends no URL userinfo, and a URL is shown in status, metrics and logs.
+        problems.append(
+            "spec.sink: credentials in the URL are not sent; remove them and name a secret in"
+            " spec.delivery.auth (type bearer or basic, secretFile or secretRef)"
+        )
     return value
 
 
@@ -338,6 +367,160 @@ def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> Deli
                 continue
             changes[attribute] = seconds
     return replace(defaults, **changes)
+
+
+def _credentials(delivery: Any, namespace: str, sink: str, problems: list[str]) -> SinkCredentials:
+    """Where spec.delivery's signing secret, sink credentials and TLS files are.
+
+    Each names a file (``…File``: a path, relative to the manifest's folder or absolute) or a
+    Secret of the subscription's namespace (``…Ref``); which of them a source allows is the
+    source's rule (the Kubernetes one reads no file of the worker's).
+    """
+    if not isinstance(delivery, Mapping):
+        return SinkCredentials()
+    found = SinkCredentials()
+    signing = _section(delivery, "signing", SIGNING_FIELDS, problems)
+    if signing is not None:
+        secret = _secret(signing, "spec.delivery.signing", namespace, problems, key_required=True)
+        found = replace(found, signing=secret)
+    auth = _section(delivery, "auth", AUTH_FIELDS, problems)
+    if auth is not None:
+        kind = auth.get("type")
+        if kind not in (BEARER, BASIC):
+            problems.append(
+                f"spec.delivery.auth.type: must be {BEARER} or {BASIC}, got {_shown(kind)}"
+            )
+        elif kind == BASIC and isinstance(auth.get("secretRef"), Mapping):
+            # a kubernetes.io/basic-auth Secret: its two keys, user name and password
+            ref = _secret(
+                auth,
+                "spec.delivery.auth",
+                namespace,
+                problems,
+                key_required=False,
+                keys=(USERNAME, PASSWORD),
+            )
+            if ref is not None:
+                found = replace(found, auth_type=kind, auth=_basic_keys(ref))
+        else:
+            ref = _secret(auth, "spec.delivery.auth", namespace, problems, key_required=True)
+            if ref is not None:
+                found = replace(found, auth_type=kind, auth=(ref,))
+    tls = _section(delivery, "tls", TLS_FIELDS, problems)
+    if tls is not None:
+        found = replace(found, **_tls(tls, namespace, problems))
+        if urlsplit(sink).scheme != "https":
+            problems.append("spec.delivery.tls: applies to an https sink only")
+    return found
+
+
+def _section(
+    delivery: Mapping[str, Any], name: str, fields: frozenset[str], problems: list[str]
+) -> Mapping[str, Any] | None:
+    if name not in delivery:
+        return None
+    value = delivery[name]
+    if not isinstance(value, Mapping):
+        problems.append(f"spec.delivery.{name}: must be a mapping")
+        return None
+    unknown = set(value) - fields
+    if unknown:
+        problems.append(
+            f"spec.delivery.{name}: unknown field(s) {_names(unknown)}; expected {_names(fields)}"
+        )
+        return None
+    return value
+
+
+def _secret(
+    section: Mapping[str, Any],
+    field: str,
+    namespace: str,
+    problems: list[str],
+    *,
+    key_required: bool,
+    file: str = "secretFile",
+    ref: str = "secretRef",
+    default_key: str = "",
+    keys: tuple[str, ...] | None = None,
+) -> SecretRef | None:
+    """The one secret ``section`` names, as ``file`` or as ``ref`` (``{name, key}``; only
+    ``{name}`` when the Secret's ``keys`` are fixed)."""
+    if (file in section) == (ref in section):
+        problems.append(f"{field}: needs exactly one of {file} and {ref}")
+        return None
+    if file in section:
+        path = section[file]
+        if not isinstance(path, str) or not path.strip():
+            problems.append(f"{field}.{file}: must be a file path, got {_shown(path)}")
+            return None
+        return SecretRef(file=path)
+    value = section[ref]
+    if not isinstance(value, Mapping) or set(value) - {"name", "key"}:
+        problems.append(f"{field}.{ref}: must be a mapping of name and key")
+        return None
+    name, key = value.get("name"), value.get("key", default_key)
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 253:
+        problems.append(f"{field}.{ref}.name: must be the name of a Secret, got {_shown(name)}")
+        return None
+    if keys is not None and key:
+        problems.append(f"{field}.{ref}.key: the Secret's keys are {' and '.join(keys)}; name none")
+        return None
+    if key_required and not key:
+        problems.append(f"{field}.{ref}.key: must name the key of the Secret that holds it")
+        return None
+    if key and (not isinstance(key, str) or not _SECRET_KEY.match(key)):
+        problems.append(f"{field}.{ref}.key: must be a key of a Secret, got {_shown(key)}")
+        return None
+    return SecretRef(namespace=namespace, name=name, key=str(key or ""))
+
+
+def _basic_keys(ref: SecretRef) -> tuple[SecretRef, ...]:
+    return (replace(ref, key=USERNAME), replace(ref, key=PASSWORD))
+
+
+def _tls(tls: Mapping[str, Any], namespace: str, problems: list[str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if "caFile" in tls or "caRef" in tls:
+        found["ca"] = _secret(
+            tls,
+            "spec.delivery.tls",
+            namespace,
+            problems,
+            key_required=False,
+            file="caFile",
+            ref="caRef",
+            default_key=CA,
+        )
+    if "certRef" in tls and ("certFile" in tls or "keyFile" in tls):
+        problems.append("spec.delivery.tls: needs certRef, or certFile and keyFile, not both")
+    elif "certRef" in tls:
+        pair = _secret(
+            tls,
+            "spec.delivery.tls",
+            namespace,
+            problems,
+            key_required=False,
+            file="certFile",
+            ref="certRef",
+            keys=(CERT, KEY),
+        )
+        if pair is not None:
+            found["cert"], found["key"] = replace(pair, key=CERT), replace(pair, key=KEY)
+    elif ("certFile" in tls) != ("keyFile" in tls):
+        problems.append("spec.delivery.tls: certFile and keyFile go together")
+    elif "certFile" in tls:
+        for field, attribute in (("certFile", "cert"), ("keyFile", "key")):
+            path = tls[field]
+            if not isinstance(path, str) or not path.strip():
+                problems.append(
+                    f"spec.delivery.tls.{field}: must be a file path, got {_shown(path)}"
+                )
+            else:
+                found[attribute] = SecretRef(file=path)
+    if not found and not problems:
+        problems.append("spec.delivery.tls: names no CA and no client certificate")
+    return found
 
 
 def _is_uri_reference(value: str) -> bool:

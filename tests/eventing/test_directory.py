@@ -223,3 +223,39 @@ def test_a_validation_bug_costs_one_subscription_not_the_folder(tmp_path: Path) 
     [broken] = [e for e in snapshot.entries if isinstance(e, InvalidSubscription)]
     assert (broken.key, broken.origin) == ("team/two", "subs.yaml")
     assert broken.problems == ["cannot be validated: RuntimeError"]
+
+
+SIGNED = """
+apiVersion: eventing.kyma-project.io/v1alpha2
+kind: Subscription
+metadata: {name: signed}
+spec:
+  sink: "http://127.0.0.1:1/"
+  source: app
+  types: [a.b.v1]
+  delivery: {signing: {secretFile: secrets/signed.whsec}}
+"""
+SECRET = "whsec_" + "A" * 43 + "="
+
+
+def test_a_signing_secret_is_found_beside_the_manifest_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    secret = tmp_path / "secrets" / "signed.whsec"
+    secret.write_text("whsec_!!\n")
+    (tmp_path / "subs.yaml").write_text(SIGNED)
+    source = reader(tmp_path)
+
+    (entry,) = source.read()[0].entries
+    assert isinstance(entry, InvalidSubscription)
+    assert "spec.delivery.signing.secretFile: line 1: is not base64 after whsec_" in str(entry)
+
+    secret.write_text(SECRET + "\n")  # fixing the secret alone is seen: it is read again
+    snapshot, changed = source.read()
+    (subscription,) = snapshot.valid
+    assert changed and subscription.credentials.signing is not None
+    assert subscription.credentials.signing.file == str(secret)
+
+    secret.unlink()
+    (entry,) = source.read()[0].entries
+    assert isinstance(entry, InvalidSubscription)
+    assert "spec.delivery.signing.secretFile: cannot be read: No such file" in str(entry)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from eventing.delivery.credentials import SecretRef, SinkCredentials
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidSubscription
 from eventing.subscriptions.model import (
@@ -252,3 +253,119 @@ def test_the_spec_is_kept_as_written() -> None:
         **written,
         "config": {"maxInFlightMessages": 4, "since": "2026-01-01"},
     }
+
+
+@pytest.mark.parametrize(
+    "sink", ["https://user:pass@example.com/events", "http://token@127.0.0.1:9000/events"]
+)
+def test_credentials_in_the_sink_url_are_refused_not_silently_dropped(sink: str) -> None:
+    """requests prepares a request from a URL without sending its userinfo: on main such a
+    subscription was valid, and its sink got no credentials at all."""
+    with pytest.raises(InvalidSubscription) as raised:
+        parse(manifest({"sink": sink}))
+    message = str(raised.value)
+    assert "spec.sink: credentials in the URL are not sent" in message
+    assert "spec.delivery.auth" in message
+    assert "pass" not in message.replace("password", "")  # the secret is not echoed
+
+
+def test_delivery_secrets_are_references_in_the_subscriptions_namespace() -> None:
+    subscription = parse(
+        manifest(
+            {
+                "sink": "https://orders.example/events",
+                "delivery": {
+                    "signing": {"secretRef": {"name": "orders-signing", "key": "secret"}},
+                    "auth": {"type": "basic", "secretRef": {"name": "orders-basic"}},
+                    "tls": {"caRef": {"name": "orders-ca"}, "certRef": {"name": "orders-client"}},
+                },
+            },
+            namespace="shop",
+        )
+    )
+    found = subscription.credentials
+    assert found.signing == SecretRef(namespace="shop", name="orders-signing", key="secret")
+    assert found.auth_type == "basic"
+    assert [(ref.name, ref.key) for ref in found.auth] == [
+        ("orders-basic", "username"),
+        ("orders-basic", "password"),
+    ]
+    assert (found.ca, found.cert, found.key) == (
+        SecretRef(namespace="shop", name="orders-ca", key="ca.crt"),
+        SecretRef(namespace="shop", name="orders-client", key="tls.crt"),
+        SecretRef(namespace="shop", name="orders-client", key="tls.key"),
+    )
+    assert SinkCredentials.from_dict(found.to_dict()) == found
+
+
+def test_secret_files_are_kept_as_written_until_a_folder_anchors_them() -> None:
+    found = parse(
+        manifest(
+            {
+                "delivery": {
+                    "signing": {"secretFile": "secrets/orders.whsec"},
+                    "auth": {"type": "bearer", "secretFile": "/run/token"},
+                }
+            }
+        )
+    ).credentials
+    assert found.signing == SecretRef(file="secrets/orders.whsec")
+    anchored = found.anchored("/srv/subscriptions")
+    assert anchored.signing == SecretRef(file="/srv/subscriptions/secrets/orders.whsec")
+    assert anchored.auth == (SecretRef(file="/run/token"),)
+
+
+def test_a_subscription_without_secrets_has_none() -> None:
+    assert not parse(manifest()).credentials
+
+
+@pytest.mark.parametrize(
+    ("delivery", "message"),
+    [
+        ({"signing": "whsec_abc"}, "spec.delivery.signing: must be a mapping"),
+        ({"signing": {}}, "spec.delivery.signing: needs exactly one of secretFile and secretRef"),
+        (
+            {"signing": {"secretFile": "a", "secretRef": {"name": "b", "key": "c"}}},
+            "spec.delivery.signing: needs exactly one of secretFile and secretRef",
+        ),
+        (
+            {"signing": {"secretRef": {"name": "orders"}}},
+            "spec.delivery.signing.secretRef.key: must name the key",
+        ),
+        (
+            {"signing": {"secretRef": {"name": "Not_A_Name", "key": "k"}}},
+            "spec.delivery.signing.secretRef.name: must be the name of a Secret",
+        ),
+        ({"signing": {"secret": "whsec_abc"}}, "spec.delivery.signing: unknown field(s) secret"),
+        (
+            {"auth": {"type": "digest", "secretFile": "a"}},
+            "spec.delivery.auth.type: must be bearer or basic, got 'digest'",
+        ),
+        (
+            {"auth": {"type": "bearer", "secretRef": {"name": "token"}}},
+            "spec.delivery.auth.secretRef.key: must name the key",
+        ),
+        ({"tls": {"caFile": "ca.crt"}}, "spec.delivery.tls: applies to an https sink only"),
+    ],
+)
+def test_delivery_secret_problems_name_the_field(delivery: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSubscription) as raised:
+        parse(manifest({"delivery": delivery}))
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ({"certFile": "c.crt"}, "spec.delivery.tls: certFile and keyFile go together"),
+        (
+            {"certRef": {"name": "c"}, "keyFile": "k"},
+            "spec.delivery.tls: needs certRef, or certFile and keyFile, not both",
+        ),
+        ({}, "spec.delivery.tls: names no CA and no client certificate"),
+    ],
+)
+def test_tls_problems_name_the_field(tls: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSubscription) as raised:
+        parse(manifest({"sink": "https://orders.example/", "delivery": {"tls": tls}}))
+    assert message in str(raised.value)

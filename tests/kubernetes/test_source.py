@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
+from eventing.errors import InvalidSubscription
 from eventing.settings import Settings, SourceSettings
 from eventing.sources.cluster import SubscriptionCache, _listing, api_client
 from eventing.sources.kubernetes import FINALIZER, KubernetesSource
@@ -197,3 +198,18 @@ def test_a_failing_watch_is_reopened_after_a_pause_not_at_once() -> None:
     finally:
         cache.stop()
         server.shutdown()
+
+
+def test_a_subscription_naming_a_file_of_the_worker_is_invalid(
+    api: Any, kube: Kube, cache: SubscriptionCache
+) -> None:
+    """A path would name a file of the worker's pod (its NATS credentials, say), to be sent as
+    a bearer token to a sink of the subscription's choosing."""
+    stealing = {"auth": {"type": "bearer", "secretFile": "/var/run/secrets/nats/creds"}}
+    kube.apply(subscription("stealing", SINK, "order.created.v1", delivery=stealing))
+    source = KubernetesSource(cache, api, PARSE, sink_rule=False)
+    cache.start()
+
+    (entry,) = read_when(source, ["stealing"]).entries
+    assert isinstance(entry, InvalidSubscription)
+    assert "secretFile, caFile, certFile and keyFile are for the folder source" in str(entry)
