@@ -424,6 +424,13 @@ class ManagerSettings:
         _int(1, 65535),
         "Port of the manager's status and metrics endpoint.",
     )
+    api_token_file: str = setting(
+        "MANAGER_API_TOKEN_FILE",
+        "",
+        str.strip,
+        "File holding the bearer token that status and metrics require (not /healthz, /readyz);"
+        " required when MANAGER_HOST is not loopback. Read at each request: rotates in place.",
+    )
     default_max_in_flight: int = setting(
         "DEFAULT_MAX_IN_FLIGHT_MESSAGES",
         "10",

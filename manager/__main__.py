@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from eventing.errors import ConfigError
 from eventing.settings import settings_or_exit
 from manager import runner
 
@@ -22,6 +23,9 @@ def main() -> int:
     except OSError as exc:  # e.g. the status port is taken
         logging.getLogger("manager").error("cannot start: %s", exc)
         return 1
+    except ConfigError as exc:  # as settings_or_exit reports a bad variable
+        print(f"eventing-manager: {exc}", file=sys.stderr)
+        return 2
     return 0 if kept_leadership else 1
 
 

@@ -34,7 +34,7 @@ from manager import leader, pulling
 from manager.board import StatusBoard
 from manager.metrics import ManagerMetrics
 from manager.reconciler import Reconciler
-from manager.status import StatusServer
+from manager.status import StatusServer, api_token
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,9 @@ async def run(settings: Settings) -> bool:
 
     Raises:
         OSError: the status port cannot be bound.
+        ConfigError: the status API would be open beyond loopback (``api_token``).
     """
+    token = api_token(settings.manager)  # before anything connects anywhere
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -175,7 +177,13 @@ async def run(settings: Settings) -> bool:
     client = jetstream_client(settings)
     metrics = ManagerMetrics()
     board = StatusBoard.for_settings(settings, metrics)
-    server = StatusServer(settings.manager.host, settings.manager.port, metrics, lambda: board.view)
+    server = StatusServer(
+        settings.manager.host,
+        settings.manager.port,
+        metrics,
+        lambda: board.view,
+        token=token,
+    )
     client.start()
     try:
         await server.start()

