@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from eventing.errors import ConfigError
 from eventing.settings import settings_or_exit
 from manager import runner
 
@@ -17,6 +18,11 @@ def main() -> int:
         stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    try:
+        runner.job_signing_key(settings)  # a bad key file ends the start, not the first job
+    except ConfigError as exc:
+        print(f"eventing-manager: {exc}", file=sys.stderr)
+        return 2
     try:
         kept_leadership = asyncio.run(runner.run(settings))
     except OSError as exc:  # e.g. the status port is taken

@@ -19,9 +19,10 @@ from typing import Any
 import dramatiq
 import requests
 
-from eventing.delivery import steps
+from eventing.delivery import jobs, steps
 from eventing.delivery.jobs import ACTOR, QUEUE, DeliveryJob
-from eventing.errors import PublishError
+from eventing.errors import PublishError, UntrustedJob
+from eventing.redaction import mask_url
 from eventing.settings import DeliverySettings
 from workers import attempts, deadline
 from workers.connection import Acknowledger
@@ -38,23 +39,32 @@ def declare(
     acks: Acknowledger,
     metrics: DeliveryMetrics,
     stopping: threading.Event | None = None,
+    *,
+    key: bytes,
+    stream: str,
 ) -> dramatiq.Actor[Any, Any]:
     """Register the delivery actor on ``broker`` and return it.
 
     ``stopping`` is set when the worker stops (:class:`workers.shutdown.GracefulStop`); jobs
-    then hand their events back instead of going on, unless the sink has taken them.
+    then hand their events back instead of going on, unless the sink has taken them. Only jobs
+    signed with ``key`` whose ack subject is of ``stream`` are delivered (:func:`jobs.admit`).
     """
     stopping = stopping or threading.Event()
     sessions = threading.local()
     extra = settings.extra_deliveries
 
-    def deliver(job: dict[str, Any]) -> None:
+    def deliver(*args: Any, **kwargs: Any) -> None:
+        # Any arguments at all: a forged message's odd ones are refused here, not by dramatiq's
+        # call, whose TypeError it would log with the whole message.
         try:
-            parsed = DeliveryJob.from_dict(job)
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.error("dropped a malformed delivery job (%s): %.200r", exc, job)
+            parsed = jobs.admit(kwargs.get("job"), kwargs.get("signature"), key=key, stream=stream)
+        except UntrustedJob as exc:
+            # Dropped: the message has no ack subject that may be touched. Its content stays
+            # out of the log (it may be anyone's).
+            metrics.refused.labels(exc.reason).inc()
+            logger.warning("refused a delivery job (%s): %s", exc.reason, exc)
             return
-        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {parsed.sink}"
+        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {mask_url(parsed.sink)}"
         try:
             outcome = attempts.run(
                 parsed,
