@@ -9,9 +9,13 @@ sinks apart by host and path, and its query names still say which parameters wer
 
 from __future__ import annotations
 
+import re
 from urllib.parse import SplitResult, urlsplit
 
 MASK = "***"
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_QUERY_VALUE = re.compile(r"(?P<start>[?&][^=&\s'\"()]+=)[^&\s'\"()]*")
 
 
 def mask_url(url: str) -> str:
@@ -43,3 +47,9 @@ def _masked_pair(pair: str) -> str:
     """``name=***``; a lone word (``?abc123``) may be a token itself, so it goes whole."""
     name, equals, _ = pair.partition("=")
     return f"{name}={MASK}" if equals else MASK
+
+
+def mask_text(text: str) -> str:
+    """``text`` (an error message, say) with every URL in it masked by :func:`mask_url`, and any
+    query value it shows without a URL around it (urllib3 writes ``url: /hook?token=abc``)."""
+    return _QUERY_VALUE.sub(rf"\g<start>{MASK}", _URL.sub(lambda m: mask_url(m[0]), text))

@@ -24,7 +24,7 @@ from eventing.delivery.jobs import ACTOR, QUEUE, DeliveryJob
 from eventing.errors import PublishError, UntrustedJob
 from eventing.redaction import mask_url
 from eventing.settings import DeliverySettings
-from workers import attempts, deadline
+from workers import attempts, deadline, redacted
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics
 
@@ -50,6 +50,7 @@ def declare(
     signed with ``key`` whose ack subject is of ``stream`` are delivered (:func:`jobs.admit`).
     """
     stopping = stopping or threading.Event()
+    redacted.install(__name__)
     sessions = threading.local()
     extra = settings.extra_deliveries
 

@@ -29,6 +29,7 @@ from eventing import units
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidEvent, InvalidSubscription
 from eventing.events import eventtypes
+from eventing.redaction import mask_url
 from eventing.settings import SUBJECT_PREFIX
 
 API_VERSION = "eventing.kyma-project.io/v1alpha2"
@@ -286,7 +287,7 @@ def _sink(value: Any, problems: list[str]) -> str:
     except ValueError:
         valid = False
     if not valid:
-        problems.append(f"spec.sink: must be an http(s) URL, got {_shown(value)}")
+        problems.append(f"spec.sink: must be an http(s) URL, got {_shown(mask_url(value))}")
     return value
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventing.redaction import mask_url
+from eventing.redaction import mask_text, mask_url
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,14 @@ def test_credentials_are_masked_and_where_stays(url: str, shown: str) -> None:
 @pytest.mark.parametrize("url", ["http://user:pass@host:notaport/", "user:pass@host?token=1"])
 def test_what_does_not_parse_is_masked_whole(url: str) -> None:
     assert mask_url(url) == "***"
+
+
+def test_urls_and_query_values_in_a_text_are_masked() -> None:
+    text = (
+        "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url:"
+        " /hook?token=abc&x=1 (Caused by ...) while posting to http://u:p@h/hook?k=v"
+    )
+    assert mask_text(text) == (
+        "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url:"
+        " /hook?token=***&x=*** (Caused by ...) while posting to http://***@h/hook?k=***"
+    )
