@@ -14,7 +14,7 @@ from eventing.delivery import jobs
 from eventing.delivery.jobs import DeliveryJob
 from eventing.settings import DeliverySettings
 from testing.servers import free_port
-from tests.workers.conftest import KEY, POLICY, STREAM, make_job
+from tests.workers.conftest import KEY, POLICY, STREAM, make_job, stored_event
 from tests.workers.test_actors import RecordingAcks
 from workers import actors
 from workers.delivery import Attempt
@@ -71,18 +71,19 @@ def test_metric_labels_show_the_sink_without_credentials() -> None:
     assert not any(SECRET in value for each in labels for value in each.values())
 
 
-def test_logs_and_dead_letters_show_the_sink_without_credentials(
+def test_logs_and_dead_letters_show_the_sink_without_credentials_and_no_event_data(
     unreachable_sink: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO")
     acks = DeadLetters()
     policy = replace(POLICY, retry=1, backoff_delay=0.0)
-    run(acks, make_job(sink=unreachable_sink, policy=policy))
+    event = stored_event(data={"card": CARD})
+    run(acks, make_job(sink=unreachable_sink, policy=policy, event=event))
     [headers] = acks.stored
     assert "cannot connect" in headers["Eventing-Dead-Letter-Reason"]
     assert SECRET not in str(headers)
     assert "retrying" in caplog.text and "dead-lettered" in caplog.text
-    assert SECRET not in caplog.text
+    assert SECRET not in caplog.text and CARD not in caplog.text
 
 
 def test_dramatiq_logs_a_failing_job_by_its_id_only(caplog: pytest.LogCaptureFixture) -> None:
