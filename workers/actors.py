@@ -1,8 +1,9 @@
 """The delivery actor: the one place that decides what happens to a JetStream message.
 
 ``declare`` registers ``deliver`` on a given broker (nothing is registered at import). The actor
-is thin: job from dict → :func:`workers.attempts.run` → one ``match`` that acks, NAKs with a
-delay, or dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
+is thin: the job the manager signed (:func:`eventing.delivery.jobs.admit`; any other is dropped
+unread) → :func:`workers.attempts.run` → one ``match`` that acks, NAKs with a delay, or
+dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
 dramatiq's own retries are off: the job retries as :func:`eventing.delivery.steps.next_step`
 says, and JetStream redelivers. A settled message's count of failed attempts (see
 :mod:`workers.attempts`) is deleted.

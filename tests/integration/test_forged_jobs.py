@@ -15,6 +15,7 @@ from typing import Any
 import dramatiq
 import nats
 import pytest
+import redis
 
 from eventing.delivery import jobs, signatures
 from eventing.settings import StreamSettings
@@ -166,3 +167,28 @@ def test_an_altered_job_is_refused(
 
     assert attacker.sink.received(None) == []
     assert "(bad-signature)" in system.workers[0].log()
+
+
+def test_a_message_that_is_no_dramatiq_message_is_dropped_quietly(
+    system: System, redis_server: RedisServer, sink_server: SinkServer
+) -> None:
+    """Written into Redis by hand (dramatiq's layout: a list of ids, a hash of id -> message)."""
+    system.subscribe("orders", {**SPEC, "sink": f"{sink_server.url}/orders"})
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.hset(f"dramatiq:{jobs.QUEUE}.msgs", "garbage-1", f"not json {CARD}")
+        client.rpush(f"dramatiq:{jobs.QUEUE}", "garbage-1")
+    finally:
+        client.close()
+    worker = system.workers[0]
+    wait_until(
+        lambda: "no dramatiq message" in worker.log() or "Consumer encountered" in worker.log(),
+        30,
+        f"the worker to take the message\n{system.logs()}",
+    )
+
+    response = system.publish_binary("real-1", "myapp", "order.created.v1", b'{"n": 1}')
+    assert response.status_code == 204, response.text
+    wait_until(lambda: sink_server.sink.ids() == ["real-1"], 30, f"delivery\n{system.logs()}")
+    log = worker.log()
+    assert CARD not in log and "Traceback" not in log
