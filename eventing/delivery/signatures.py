@@ -92,13 +92,19 @@ def load_key(path: str, state_dir: Path) -> bytes:
     ``state_dir``, created by whichever process comes first.
 
     Raises:
-        ConfigError: the file cannot be read, or holds a key shorter than
-            :data:`MIN_KEY_BYTES`.
+        ConfigError: the file cannot be read (or this machine's own cannot be made), or holds a
+            key shorter than :data:`MIN_KEY_BYTES`.
     """
     if path:
         return _read_key(Path(path))
     own = state_dir / KEY_FILE_NAME
-    if _create_key(own):
+    try:
+        created = _create_key(own)
+    except OSError as exc:  # a read-only home in a container, say
+        raise ConfigError(
+            {_KEY_SETTING: f"unset, and this machine's own key cannot be made in {own}: {exc}"}
+        ) from None
+    if created:
         logger.info(
             "created this machine's job signing key %s (%s unset); processes on other machines"
             " need %s pointing at a copy of it",

@@ -104,6 +104,13 @@ def test_a_missing_or_short_key_file_is_a_config_error(tmp_path: Path, content: 
     assert "JOB_SIGNING_KEY_FILE" in error.value.problems
 
 
+def test_a_machine_key_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    with pytest.raises(ConfigError) as error:
+        signatures.load_key("", tmp_path / "not-a-folder" / "eventing")
+    assert "cannot be made" in error.value.problems["JOB_SIGNING_KEY_FILE"]
+
+
 def _load(state: str, results: Any) -> None:
     results.put(signatures.load_key("", Path(state)))
 
