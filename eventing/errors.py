@@ -14,6 +14,7 @@ translated into this tree in the one module that imports the library, with ``rai
     │   └── BatchTooLarge            a batch of more events than a process may hold (HTTP 413)
     ├── InvalidLegacyEvent           a legacy Kyma body failed Kyma's validation (HTTP 400)
     ├── InvalidSubscription          a Subscription manifest failed validation (shown in status)
+    ├── UntrustedJob                 a delivery job the manager did not sign (a worker drops it)
     ├── DeliveryError                a sink did not take an event
     │   ├── TemporaryDeliveryError   408, 429, 5xx, timeouts, connection errors: retry
     │   └── PermanentDeliveryError   other answers: retrying cannot help
@@ -198,3 +199,18 @@ class ConsumerError(EventingError):
 
 class NotFound(ConsumerError):
     """The stream or the consumer a call named does not exist."""
+
+
+class UntrustedJob(EventingError):
+    """A dramatiq message whose job a worker must not act on: not signed by the manager,
+    altered, malformed, or acking outside the configured stream's consumer.
+
+    ``reason`` is one of :data:`REASONS` (a bounded metric label); the message says what is
+    wrong and never shows the job's content.
+    """
+
+    REASONS = ("unsigned", "bad-signature", "malformed", "bad-ack-subject")
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)

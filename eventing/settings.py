@@ -39,6 +39,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 from eventing import units
@@ -140,6 +141,10 @@ def _broker_url(raw: str) -> str:
 def _path(raw: str) -> str:
     if not raw.strip():
         raise ValueError("expected a folder path")
+    return raw.strip()
+
+
+def _optional_path(raw: str) -> str:
     return raw.strip()
 
 
@@ -513,6 +518,15 @@ class DeliverySettings:
         "Redeliveries tolerated beyond the retry plan (worker crashes, expired ack waits) before"
         " an event is dead-lettered.",
     )
+    job_signing_key_file: str = setting(
+        "JOB_SIGNING_KEY_FILE",
+        "",
+        _optional_path,
+        "File of the key (32 bytes or more) the manager signs delivery jobs with and workers"
+        " check them with; unset: a key made on first start in"
+        " `$XDG_STATE_HOME/eventing/job-signing.key` (`~/.local/state/...`), shared by the"
+        " processes of one machine only.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,6 +666,7 @@ OTHER_VARIABLES = frozenset(
 OUR_PREFIXES = (
     "NATS_",
     "JS_",
+    "JOB_",
     "PROXY_",
     "MANAGER_",
     "WORKER_",
@@ -727,6 +742,14 @@ def hand_over_metrics_dir(path: str) -> None:
 def metrics_dir() -> str | None:
     """The metrics folder a launcher handed over, or None outside one (tests, a plain app)."""
     return os.environ.get(METRICS_DIR) or None
+
+
+def local_state_dir() -> Path:
+    """Where the services keep what one machine's processes share (the job signing key made
+    when ``JOB_SIGNING_KEY_FILE`` is unset): ``$XDG_STATE_HOME/eventing``, by default
+    ``~/.local/state/eventing``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "eventing"
 
 
 def markdown_table() -> str:

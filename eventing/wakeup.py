@@ -37,7 +37,7 @@ from typing import Any
 import redis
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.message import Message
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,14 @@ class _WakingConsumer(_RedisConsumer):
             self._freed.wait(self._idle_poll)
             self._freed.clear()
             return None
-        message = super().__next__()  # type: ignore[no-untyped-call]
+        try:
+            message = super().__next__()  # type: ignore[no-untyped-call]
+        except DecodeError:
+            # Written into Redis by someone else: dramatiq would log it whole, with a traceback,
+            # and restart this consumer 3 s later. It stays among this worker's fetched ids (its
+            # id is inside what cannot be read) until the worker stops.
+            logger.warning("dropped a message of %s that is no dramatiq message", self.queue_name)
+            return None
         if message is None and not self._stopping.is_set():
             self._await_wakeup()
         return message

@@ -19,6 +19,11 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
+        runner.job_signing_key(settings)  # a bad key file ends the start, not the first job
+    except ConfigError as exc:
+        print(f"eventing-manager: {exc}", file=sys.stderr)
+        return 2
+    try:
         kept_leadership = asyncio.run(runner.run(settings))
     except OSError as exc:  # e.g. the status port is taken
         logging.getLogger("manager").error("cannot start: %s", exc)

@@ -22,11 +22,11 @@ import logging
 import signal
 import time
 
-from eventing.delivery import jobs
+from eventing.delivery import jobs, signatures
 from eventing.errors import InvalidSubscription
 from eventing.nats import streams
 from eventing.nats.client import JetStreamClient
-from eventing.settings import Settings
+from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
@@ -74,11 +74,16 @@ class Manager:
         board: StatusBoard,
         metrics: ManagerMetrics,
     ) -> Manager:
-        """A manager of ``reader``'s subscriptions that enqueues into ``broker``."""
+        """A manager of ``reader``'s subscriptions that enqueues into ``broker``, signed.
+
+        Raises:
+            ConfigError: the job signing key cannot be read.
+        """
+        key = job_signing_key(settings)
         dispatcher = pulling.Dispatcher(
             client,
             settings.stream.name,
-            lambda work: jobs.enqueue(broker, work),
+            lambda work: jobs.enqueue(broker, work, key),
             lambda name, count: metrics.enqueued.labels(name).inc(count),
             on_shed=lambda name, count: metrics.shed.labels(name).inc(count),
             dead_letter_stream=settings.stream.dead_letter_name,
@@ -201,6 +206,15 @@ async def run(settings: Settings) -> bool:
         await server.close()
         await client.close()  # after the pull tasks stopped: drains what they left
         logger.info("manager stopped")
+
+
+def job_signing_key(settings: Settings) -> bytes:
+    """The key jobs are signed with (``JOB_SIGNING_KEY_FILE``, or this machine's own).
+
+    Raises:
+        ConfigError: the key cannot be read or is too short.
+    """
+    return signatures.load_key(settings.delivery.job_signing_key_file, local_state_dir())
 
 
 def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetStreamClient:

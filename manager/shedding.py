@@ -21,6 +21,7 @@ from eventing.errors import BackendUnavailable, ConsumerError
 from eventing.nats.client import JetStreamClient
 from eventing.nats.consumers import Pull
 from eventing.nats.messages import PulledMessage
+from eventing.redaction import mask_url
 from manager.consumers import Target, consumer
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class Shedding:
         js = self._client.jetstream
         reason = (
             f"backlog limit: more than MAX_BACKLOG={self._limit.max_backlog} events were waiting"
-            f" for {target.subscription.sink}; the oldest are dead-lettered"
+            f" for {mask_url(target.subscription.sink)}; the oldest are dead-lettered"
         )
         chunk = min(excess, _CHUNK)
         shed = 0

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import requests
 import yaml
 
+from eventing.redaction import mask_url
 from testing.cluster import NatsCluster
 from testing.servers import NatsServer, RedisServer, answers_ok, free_port, wait_until
 
@@ -254,8 +255,10 @@ class System:
             item = self.status(namespace, name)
         except requests.ConnectionError:  # a manager still starting (a loaded machine) serves soon
             return False
-        # The status echoes the spec as written, so it matches once this version is served.
-        return item is not None and item["status"]["ready"] and item["spec"] == spec
+        # The status echoes the spec as written (the sink without credentials), so it matches
+        # once this version is served.
+        shown = {**spec, "sink": mask_url(spec["sink"])} if "sink" in spec else spec
+        return item is not None and item["status"]["ready"] and item["spec"] == shown
 
     # publishing
 

@@ -22,11 +22,13 @@ from testing.sink import RecordingSink, SinkServer
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees a variable of ours from the developer's shell or another test."""
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees a variable of ours from the developer's shell or another test, nor the
+    developer's local state (the job signing key): each test's services share a fresh one."""
     for variable in settings.VARIABLES:
         monkeypatch.delenv(variable.name, raising=False)
     monkeypatch.delenv(settings.METRICS_DIR, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """The delivery actor: the one place that decides what happens to a JetStream message.
 
 ``declare`` registers ``deliver`` on a given broker (nothing is registered at import). The actor
-is thin: job from dict → :func:`workers.attempts.run` → one ``match`` that acks, NAKs with a
-delay, or dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
+is thin: the job the manager signed (:func:`eventing.delivery.jobs.admit`; any other is dropped
+unread) → :func:`workers.attempts.run` → one ``match`` that acks, NAKs with a delay, or
+dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
 dramatiq's own retries are off: the job retries as :func:`eventing.delivery.steps.next_step`
 says, and JetStream redelivers. A settled message's count of failed attempts (see
 :mod:`workers.attempts`) is deleted.
@@ -19,11 +20,12 @@ from typing import Any
 import dramatiq
 import requests
 
-from eventing.delivery import steps
+from eventing.delivery import jobs, steps
 from eventing.delivery.jobs import ACTOR, QUEUE, DeliveryJob
-from eventing.errors import PublishError
+from eventing.errors import PublishError, UntrustedJob
+from eventing.redaction import mask_url
 from eventing.settings import DeliverySettings, SourceSettings
-from workers import attempts, deadline
+from workers import attempts, deadline, redacted
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics
 from workers.secrets import Secrets
@@ -40,6 +42,9 @@ def declare(
     metrics: DeliveryMetrics,
     stopping: threading.Event | None = None,
     secrets: Secrets | None = None,
+    *,
+    key: bytes,
+    stream: str,
 ) -> dramatiq.Actor[Any, Any]:
     """Register the delivery actor on ``broker`` and return it.
 
@@ -47,20 +52,27 @@ def declare(
     cluster the default :class:`~eventing.settings.SourceSettings` name).
 
     ``stopping`` is set when the worker stops (:class:`workers.shutdown.GracefulStop`); jobs
-    then hand their events back instead of going on, unless the sink has taken them.
+    then hand their events back instead of going on, unless the sink has taken them. Only jobs
+    signed with ``key`` whose ack subject is of ``stream`` are delivered (:func:`jobs.admit`).
     """
     stopping = stopping or threading.Event()
     outbound = (secrets or Secrets(SourceSettings())).outbound
+    redacted.install(__name__)
     sessions = threading.local()
     extra = settings.extra_deliveries
 
-    def deliver(job: dict[str, Any]) -> None:
+    def deliver(*args: Any, **kwargs: Any) -> None:
+        # Any arguments at all: a forged message's odd ones are refused here, not by dramatiq's
+        # call, whose TypeError it would log with the whole message.
         try:
-            parsed = DeliveryJob.from_dict(job)
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.error("dropped a malformed delivery job (%s): %.200r", exc, job)
+            parsed = jobs.admit(kwargs.get("job"), kwargs.get("signature"), key=key, stream=stream)
+        except UntrustedJob as exc:
+            # Dropped: the message has no ack subject that may be touched. Its content stays
+            # out of the log (it may be anyone's).
+            metrics.refused.labels(exc.reason).inc()
+            logger.warning("refused a delivery job (%s): %s", exc.reason, exc)
             return
-        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {parsed.sink}"
+        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {mask_url(parsed.sink)}"
         try:
             outcome = attempts.run(
                 parsed,

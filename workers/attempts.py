@@ -26,6 +26,7 @@ from eventing.delivery import steps
 from eventing.delivery.jobs import DeliveryJob
 from eventing.delivery.steps import DeadLetter, Progress, RetryLater
 from eventing.errors import PermanentDeliveryError, TemporaryDeliveryError
+from eventing.redaction import mask_url
 from workers import delivery
 from workers.delivery import Attempt
 from workers.secrets import NOTHING, Outbound
@@ -150,7 +151,7 @@ def run(
                     "retrying %s (seq %d) to %s: %s",
                     job.subscription,
                     job.stream_sequence,
-                    job.sink,
+                    mask_url(job.sink),
                     exc,
                 )
             continue

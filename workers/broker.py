@@ -10,8 +10,9 @@ import logging
 
 import dramatiq
 
+from eventing.delivery import signatures
 from eventing.delivery.jobs import make_broker
-from eventing.settings import settings_or_exit
+from eventing.settings import local_state_dir, settings_or_exit
 from workers import actors
 from workers.connection import NatsAcknowledger
 from workers.idle import QuietThreads
@@ -33,6 +34,7 @@ def setup_broker() -> dramatiq.Broker:
     if settings.workers.metrics_port:
         broker.add_middleware(MetricsServer())
     dramatiq.set_broker(broker)
+    key = signatures.load_key(settings.delivery.job_signing_key_file, local_state_dir())
     actors.declare(
         broker,
         settings.delivery,
@@ -40,5 +42,7 @@ def setup_broker() -> dramatiq.Broker:
         DeliveryMetrics(),
         stop.stopping,
         secrets=Secrets(settings.source),
+        key=key,
+        stream=settings.stream.name,
     )
     return broker

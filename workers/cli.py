@@ -13,11 +13,18 @@ import shutil
 import sys
 import tempfile
 
-from eventing.settings import hand_over_metrics_dir, settings_or_exit
+from eventing.delivery import signatures
+from eventing.errors import ConfigError
+from eventing.settings import hand_over_metrics_dir, local_state_dir, settings_or_exit
 
 
 def main() -> int:
     settings = settings_or_exit("eventing-worker")
+    try:  # a bad key ends the start here, and the launcher makes the machine's own key once
+        signatures.load_key(settings.delivery.job_signing_key_file, local_state_dir())
+    except ConfigError as exc:
+        print(f"eventing-worker: {exc}", file=sys.stderr)
+        return 2
     metrics_dir = tempfile.mkdtemp(prefix="eventing-worker-metrics-")
     hand_over_metrics_dir(metrics_dir)
     # dramatiq reads this when first imported, and its worker processes inherit the value.

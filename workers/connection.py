@@ -39,10 +39,10 @@ from typing import Any, Protocol, TypeVar
 import tenacity
 from dramatiq import Middleware
 
-from eventing.delivery import jobs
+from eventing.delivery import jobs, signatures
 from eventing.delivery.jobs import DeliveryJob
 from eventing.delivery.steps import NOTHING_MADE, Progress
-from eventing.errors import BackendUnavailable
+from eventing.errors import BackendUnavailable, UntrustedJob
 from eventing.nats import streams
 from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
@@ -140,6 +140,7 @@ class NatsAcknowledger(Middleware):
     def keepalive(self, reply: str) -> None:
         # Fire and forget: a keepalive only restarts the ack wait, and a lost one costs at most
         # a redelivery, so the delivery thread does not wait for the loop to send it.
+        self._refuse_foreign(reply)
         self._require().keepalives.post([reply])
 
     def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
@@ -206,7 +207,9 @@ class NatsAcknowledger(Middleware):
 
         Raises:
             BackendUnavailable: no try was confirmed in time.
+            UntrustedJob: ``reply`` is no reply subject of the stream's consumers.
         """
+        self._refuse_foreign(reply)
         acks = self._require().acks
         started = time.monotonic()
 
@@ -231,6 +234,17 @@ class NatsAcknowledger(Middleware):
             settling(confirm)
         except (BackendUnavailable, TimeoutError) as exc:
             raise BackendUnavailable(f"not confirmed in time: {exc}") from exc
+
+    def _refuse_foreign(self, reply: str) -> None:
+        """The last line against a forged job (the actor admits none): this connection
+        publishes to reply subjects of the stream's consumers only, never onto an event subject.
+
+        Raises:
+            UntrustedJob: ``reply`` is no such subject.
+        """
+        problem = signatures.ack_subject_problem(reply, stream=self._stream.name)
+        if problem is not None:
+            raise UntrustedJob("bad-ack-subject", problem)
 
     def _require(self) -> _Connection:
         if self._connection is None:

@@ -40,6 +40,7 @@ from eventing.errors import (
     TemporaryDeliveryError,
 )
 from eventing.events import cloudevent
+from eventing.redaction import mask_text
 from workers import deadline, secrets
 
 logger = logging.getLogger(__name__)
@@ -224,5 +225,7 @@ def classify_failure(exc: Exception, timeout: float, *, cut_off: bool) -> Delive
 
 
 def _short(what: object) -> str:
-    text = str(what)
+    """An error's text for logs and dead letters: shortened, and without the sink's secrets
+    (requests and urllib3 quote the URL)."""
+    text = mask_text(str(what))
     return text if len(text) <= 200 else text[:200] + "…"

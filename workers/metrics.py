@@ -9,10 +9,12 @@ free port of the :data:`PORT_RANGE` above it, and logs the one it took. So every
 ``eventing-worker`` serves complete metrics of its own, and a scrape of every port of the range
 counts every delivery on the host.
 
-Every label is bounded: the subscription's name, namespace, event type, sink and consumer come
-from the Subscriptions an operator wrote, and the one label a sink chooses, its response code,
-is one of HTTP's registered statuses or ``other`` (a sink answering a new three-digit status
-each time would otherwise add series to every subscription for good).
+Every label is bounded: the subscription's name, namespace, event type, sink (without its
+credentials: :func:`eventing.redaction.mask_url`) and consumer come from the Subscriptions an
+operator wrote, a refused job's reason is one of :data:`eventing.errors.UntrustedJob.REASONS`,
+and the one label a sink chooses, its response code, is one of HTTP's registered statuses or
+``other`` (a sink answering a new three-digit status each time would otherwise add series to
+every subscription for good).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from eventing.delivery.jobs import DeliveryJob
+from eventing.redaction import mask_url
 from eventing.settings import metrics_dir, settings_or_exit
 from workers.delivery import Attempt
 
@@ -63,14 +66,22 @@ class DeliveryMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.refused = Counter(
+            "eventing_worker_refused_jobs",
+            "Delivery jobs dropped unread: unsigned, altered, malformed, or acking outside the"
+            " stream's consumer (reason).",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def observer(self, job: DeliveryJob) -> Callable[[Attempt], None]:
         namespace, _, name = job.subscription.partition("/")
+        sink = mask_url(job.sink)
 
         def observe(attempt: Attempt) -> None:
             code = str(attempt.status if attempt.status is not None else 500)
             code = code if code in _CODES else "other"
-            labels = (name, namespace, job.event_type, job.sink, code, job.consumer)
+            labels = (name, namespace, job.event_type, sink, code, job.consumer)
             self.deliveries.labels(*labels).inc()
             self.duration.labels(*labels).observe(attempt.seconds)
 

@@ -4,7 +4,8 @@ The manager enqueues one job per JetStream message and never acks; a worker deli
 through the message's reply subject from its own NATS connection. A job carries everything a
 worker needs (the event as stored, the sink, the resolved retry policy, where the delivery's
 secrets are), so workers hold no subscription state and any worker anywhere can take any job.
-No objects, no pickles, and no secret in clear (see :mod:`eventing.delivery.credentials`).
+No objects, no pickles, and no secret in clear (see :mod:`eventing.delivery.credentials`). Every
+job travels signed (:mod:`eventing.delivery.signatures`): workers act only on :func:`admit`'s jobs.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any, Protocol
 
 import dramatiq
 
+from eventing.delivery import signatures
 from eventing.delivery.credentials import SinkCredentials
 from eventing.delivery.retries import DeliveryPolicy
+from eventing.errors import UntrustedJob
 from eventing.nats.messages import DEAD_LETTER_PREFIX, OutboundMessage
+from eventing.redaction import mask_url
 from eventing.wakeup import WakingRedisBroker
 
 QUEUE = "eventing.delivery"
@@ -89,7 +93,7 @@ def dead_letter(
         "Eventing-Dead-Letter-Attempts": str(attempts),
         "Eventing-Dead-Letter-Subscription": job.subscription,
         "Eventing-Dead-Letter-Type": _header_safe(job.event_type),
-        "Eventing-Dead-Letter-Sink": _header_safe(job.sink),
+        "Eventing-Dead-Letter-Sink": _header_safe(mask_url(job.sink)),
         "Eventing-Dead-Letter-Stream-Sequence": str(job.stream_sequence),
         "Nats-Msg-Id": f"{job.consumer}-{job.stream_sequence}",
     }
@@ -123,20 +127,58 @@ def make_broker(url: str) -> dramatiq.Broker:
     return WakingRedisBroker(url=url)
 
 
-def enqueue(broker: Broker, jobs: list[DeliveryJob]) -> None:
-    """Hand ``jobs`` to the workers through ``broker`` (blocking; call it off the event loop).
+def enqueue(broker: Broker, jobs: list[DeliveryJob], key: bytes) -> None:
+    """Hand ``jobs`` to the workers through ``broker``, each signed with ``key`` (blocking; call
+    it off the event loop).
 
     Messages are addressed by queue and actor name, so the manager needs no actor object and
     never imports the workers.
     """
-    messages: list[dramatiq.Message[Any]] = [
-        dramatiq.Message(
-            queue_name=QUEUE, actor_name=ACTOR, args=(), kwargs={"job": job.to_dict()}, options={}
+    messages: list[dramatiq.Message[Any]] = []
+    for job in jobs:
+        document = job.to_dict()
+        signature = signatures.sign(document, key)
+        messages.append(
+            dramatiq.Message(
+                queue_name=QUEUE,
+                actor_name=ACTOR,
+                args=(),
+                kwargs={"job": document, "signature": signature},
+                options={},
+            )
         )
-        for job in jobs
-    ]
     if isinstance(broker, WakingRedisBroker):
         broker.enqueue_all(messages)  # one wake-up for the batch
         return
     for message in messages:
         broker.enqueue(message)
+
+
+def admit(job: Any, signature: Any, *, key: bytes, stream: str) -> DeliveryJob:
+    """The job a dramatiq message carries, if the manager made it.
+
+    Raises:
+        UntrustedJob: unsigned, signed with another key or altered, malformed, or with an ack
+            subject outside ``stream``'s consumer; its ``reason`` is one of
+            :data:`UntrustedJob.REASONS` and its message never shows the job's content.
+    """
+    if not isinstance(job, dict):
+        raise UntrustedJob("malformed", "the message carries no job")
+    if not isinstance(signature, str) or not signature:
+        raise UntrustedJob("unsigned", "the job carries no signature")
+    if not signatures.signed_by(job, signature, key):
+        raise UntrustedJob(
+            "bad-signature",
+            "the job's signature does not match (altered, or signed with another key than"
+            " this worker's: the manager and the workers must share JOB_SIGNING_KEY_FILE)",
+        )
+    try:
+        parsed = DeliveryJob.from_dict(job)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UntrustedJob("malformed", f"the job does not parse ({type(exc).__name__})") from None
+    problem = signatures.ack_subject_problem(
+        parsed.ack_subject, stream=stream, consumer=parsed.consumer
+    )
+    if problem is not None:
+        raise UntrustedJob("bad-ack-subject", problem)
+    return parsed

@@ -41,6 +41,7 @@ from eventing.delivery.credentials import (
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import InvalidEvent, InvalidSubscription
 from eventing.events import eventtypes
+from eventing.redaction import mask_url
 from eventing.settings import SUBJECT_PREFIX
 
 API_VERSION = "eventing.kyma-project.io/v1alpha2"
@@ -309,7 +310,7 @@ def _sink(value: Any, problems: list[str]) -> str:
     except ValueError:
         valid = False
     if not valid:
-        problems.append(f"spec.sink: must be an http(s) URL, got {_shown(value)}")
+        problems.append(f"spec.sink: must be an http(s) URL, got {_shown(mask_url(value))}")
     elif "@" in parts.netloc:
         # requests sends no URL userinfo, and a URL is shown in status, metrics and logs.
         problems.append(

@@ -1,7 +1,8 @@
 """What a subscription's status says, in Kyma's shape, and the manager's whole status view (pure).
 
 The manager computes status after every reconcile; the same dicts go to ``GET /subscriptions``
-and (from a Kubernetes source) to each object's status subresource. Everything here is a
+and (from a Kubernetes source) to each object's status subresource, so a sink shows there without
+its credentials. Everything here is a
 function of its arguments, the clock included (``now``), so the shapes are unit-tested without
 a manager: nothing reads NATS, a file or the time on its own.
 """
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from eventing.errors import InvalidSubscription
+from eventing.redaction import mask_url
 from eventing.subscriptions.model import API_VERSION, KIND, Subscription
 
 VALID = "Subscription spec valid"
@@ -88,7 +90,7 @@ def view(
                 if b.consumer_name in shedding
             )
             status = status_of(entry, failure, shedding=shed or None, now=now)
-            item = _item(entry.namespace, entry.name, entry.spec_as_written(), status)
+            item = _item(entry.namespace, entry.name, _shown_spec(entry.spec_as_written()), status)
         else:
             namespace, _, name = entry.key.partition("/")
             item = _item(namespace, name, None, status_invalid(entry, now=now))
@@ -113,6 +115,12 @@ def shed_reason(shed: int, last_shed: float, *, dead_letter_stream: str, max_bac
         f" (last at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last_shed))}):"
         f" more than MAX_BACKLOG={max_backlog} events were waiting"
     )
+
+
+def _shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as written, but for the sink's credentials (it goes to whoever reads status)."""
+    sink = spec.get("sink")
+    return {**spec, "sink": mask_url(sink)} if isinstance(sink, str) else spec
 
 
 def _item(

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,17 @@ def test_invalid_configuration_names_every_bad_variable(command: str) -> None:
         assert variable in result.stderr
     assert result.stderr.startswith(f"{command}: invalid configuration")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["eventing-manager", "eventing-worker"])
+def test_a_job_signing_key_too_short_stops_the_start(command: str, tmp_path: Path) -> None:
+    key = tmp_path / "job-signing.key"
+    key.write_text("short\n")
+    env = {**os.environ, "JOB_SIGNING_KEY_FILE": str(key)}
+    result = subprocess.run([script(command)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{command}: invalid configuration")
+    assert "JOB_SIGNING_KEY_FILE" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("command", ["eventing-manager", "eventing-worker"])

@@ -97,6 +97,11 @@ def stored_event(**changes: Any) -> str:
     return cloudevent.to_stored(event).decode()
 
 
+#: The job signing key of the workers' tests, and the stream their jobs' ack subjects are of.
+KEY = b"k" * 32
+STREAM = "sap"
+
+
 def make_job(
     delivery_count: int = 1, policy: DeliveryPolicy = POLICY, **changes: Any
 ) -> DeliveryJob:

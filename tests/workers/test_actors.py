@@ -16,7 +16,7 @@ from eventing.delivery.steps import NOTHING_MADE, Progress
 from eventing.errors import BackendUnavailable
 from eventing.settings import DeliverySettings
 from testing.sink import SinkServer
-from tests.workers.conftest import POLICY, make_job
+from tests.workers.conftest import KEY, POLICY, STREAM, make_job
 from workers import actors
 from workers.metrics import DeliveryMetrics
 
@@ -69,7 +69,7 @@ def acks() -> RecordingAcks:
 def broker(acks: RecordingAcks) -> Iterator[StubBroker]:
     broker = StubBroker()
     broker.emit_after("process_boot")
-    actors.declare(broker, DeliverySettings(), acks, DeliveryMetrics())
+    actors.declare(broker, DeliverySettings(), acks, DeliveryMetrics(), key=KEY, stream=STREAM)
     worker = dramatiq.Worker(broker, worker_timeout=50)
     worker.start()
     yield broker
@@ -78,7 +78,7 @@ def broker(acks: RecordingAcks) -> Iterator[StubBroker]:
 
 
 def deliver(broker: StubBroker, job: DeliveryJob) -> None:
-    jobs.enqueue(broker, [job])
+    jobs.enqueue(broker, [job], KEY)
     broker.join(jobs.QUEUE, fail_fast=True)  # an exception escaping the actor fails the test
 
 
@@ -188,18 +188,32 @@ def test_a_fault_of_ours_gives_the_message_back_after_a_delay(
     assert "redelivering in 16s" in error.getMessage() and error.exc_info is not None
 
 
-def test_a_malformed_job_is_dropped_without_acking(broker: StubBroker, acks: RecordingAcks) -> None:
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((), {"job": {"sink": 1}}),
+        (("4111 1111 1111 1111",), {}),
+        ((), {"job": make_job().to_dict(), "signature": "hmac-sha256=00", "extra": 1}),
+    ],
+)
+def test_a_message_the_manager_did_not_sign_is_dropped_unread(
+    broker: StubBroker,
+    acks: RecordingAcks,
+    caplog: pytest.LogCaptureFixture,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """Whatever its arguments: none reaches dramatiq's call (whose errors log the message)."""
     broker.enqueue(
         dramatiq.Message(
-            queue_name=jobs.QUEUE,
-            actor_name=jobs.ACTOR,
-            args=(),
-            kwargs={"job": {"sink": 1}},
-            options={},
+            queue_name=jobs.QUEUE, actor_name=jobs.ACTOR, args=args, kwargs=kwargs, options={}
         )
     )
-    broker.join(jobs.QUEUE)
+    broker.join(jobs.QUEUE, fail_fast=True)
     assert acks.calls == []
+    [refused] = [r for r in caplog.records if r.levelname != "DEBUG"]
+    assert refused.name == "workers.actors" and "refused a delivery job" in refused.getMessage()
+    assert "4111" not in caplog.text and "sink.test" not in caplog.text
 
 
 def test_the_job_contract_round_trips() -> None:

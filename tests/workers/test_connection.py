@@ -12,7 +12,7 @@ import pytest
 from nats.js.api import StorageType
 
 from eventing.delivery.steps import NOTHING_MADE, Progress
-from eventing.errors import BackendUnavailable
+from eventing.errors import BackendUnavailable, UntrustedJob
 from eventing.settings import Settings
 from testing.servers import NatsServer
 from tests.workers.conftest import make_job
@@ -85,10 +85,10 @@ def test_acks_from_many_threads_are_all_confirmed(
         nc = await nats.connect(nats_server.url)
         try:
             js = nc.jetstream()
-            await js.add_stream(name="ACKS", subjects=["acks.>"])
+            await js.add_stream(name="sap", subjects=["acks.>"])  # the stream acks may go to
             for i in range(count):
                 await js.publish("acks.x", str(i).encode())
-            subscription = await js.pull_subscribe("acks.x", durable="d", stream="ACKS")
+            subscription = await js.pull_subscribe("acks.x", durable="d", stream="sap")
             messages = await subscription.fetch(count, timeout=5)
             return [message.reply for message in messages]
         finally:
@@ -97,7 +97,7 @@ def test_acks_from_many_threads_are_all_confirmed(
     async def ack_pending() -> tuple[int, int]:
         nc = await nats.connect(nats_server.url)
         try:
-            info = await nc.jetstream().consumer_info("ACKS", "d")
+            info = await nc.jetstream().consumer_info("sap", "d")
             return info.num_ack_pending, info.ack_floor.stream_seq
         finally:
             await nc.close()
@@ -125,3 +125,14 @@ def test_an_ack_nats_does_not_confirm_is_tried_again_until_the_stop_bounds_it(
         assert time.monotonic() - started < 15
     finally:
         acks.after_worker_shutdown(None, None)
+
+
+@pytest.mark.parametrize(
+    "reply", ["kyma.orders.order.created.v1", "$JS.ACK.other-stream.c0ffee.1.7.7.0.0"]
+)
+def test_nothing_is_published_outside_the_streams_reply_subjects(
+    acks: NatsAcknowledger, reply: str
+) -> None:
+    for settle in (acks.ack, lambda r: acks.nak(r, 1.0), acks.keepalive):
+        with pytest.raises(UntrustedJob, match="ack subject"):
+            settle(reply)

@@ -18,7 +18,7 @@ import redis
 from eventing.delivery import jobs
 from eventing.wakeup import WakingRedisBroker
 from testing.servers import RedisServer, wait_until
-from tests.workers.conftest import make_job
+from tests.workers.conftest import KEY, make_job
 from workers import idle
 from workers.idle import QuietThreads, ReleasableQueue
 
@@ -104,7 +104,7 @@ def test_every_broker_of_the_project_wakes_workers(redis_server: RedisServer) ->
     listener = redis.Redis.from_url(redis_server.url).pubsub()  # type: ignore[no-untyped-call]
     listener.subscribe(broker.wake_channel(jobs.QUEUE))
     wait_until(lambda: listener.get_message(timeout=1) is not None, 10, "the subscription")
-    jobs.enqueue(broker, [make_job()])
+    jobs.enqueue(broker, [make_job()], KEY)
     message = listener.get_message(timeout=10)
     assert message is not None and message["type"] == "message"
     broker.close()
