@@ -304,7 +304,9 @@ class _KeySet:
 
     def _download(self) -> bytes:
         context = ssl.create_default_context(cafile=self._ca_file or None)
-        headers = {"Accept": "application/json"}
+        headers = {
+            "Accept": "application/jwk-set+json, application/json"
+        }  # the API server: 406 else
         if self._token_file:
             with open(self._token_file, encoding="utf-8") as file:
                 headers["Authorization"] = f"Bearer {file.read().strip()}"
