@@ -11,8 +11,6 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -21,10 +19,9 @@ from hypothesis import strategies as st
 from eventing.nats.messages import message_id
 from eventing.settings import Settings
 from proxy import auth, create_app
+from testing.tokens import AUDIENCE, ISSUER, Issuer
 from tests.proxy.conftest import RecordingPublisher
 
-ISSUER = "https://issuer.test"
-AUDIENCE = "eventing-proxy"
 BINARY = {
     "ce-specversion": "1.0",
     "ce-id": "order-4242",
@@ -54,34 +51,6 @@ RULES = """
   sources: ["orders"]
   types: ["order.*"]
 """
-
-
-class Issuer:
-    """An RSA key pair, its JWKS file, and tokens signed with it."""
-
-    def __init__(self, folder: Path) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.jwks = folder / "jwks.json"
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        self.jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256"}]}))
-
-    def token(self, *, headers: dict[str, Any] | None = None, **claims: Any) -> str:
-        now = int(time.time())
-        payload = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": "system:serviceaccount:shop:orders",
-            "iat": now,
-            "exp": now + 600,
-            **claims,
-        }
-        payload = {name: value for name, value in payload.items() if value is not None}
-        return jwt.encode(
-            payload, self.key, algorithm="RS256", headers={"kid": "k1", **(headers or {})}
-        )
-
-    def public_pem(self) -> bytes:
-        return self.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
 
 @pytest.fixture(scope="module")
