@@ -55,6 +55,8 @@ _REFETCH_EVERY = 10.0  #: least seconds between two JWKS fetches for unknown key
 _JWKS_MAX_AGE = 300.0  #: a JWKS older than this is fetched again
 _FETCH_TIMEOUT = 5.0
 _MAX_JWKS_BYTES = 1 << 20
+_VERIFIED_FOR = 60.0  #: longest a verified token's claims are remembered
+_MAX_VERIFIED = 4096  #: tokens remembered at most (about 2 KiB each)
 
 
 def warn_if_open(settings: ProxySettings) -> None:
@@ -319,7 +321,14 @@ class _KeySet:
 
 
 class _TokenVerifier:
-    """Verifies a JWT against the key set, issuer and audience, and maps it to a grant."""
+    """Verifies a JWT against the key set, issuer and audience, and maps it to a grant.
+
+    A publisher sends the same token with many requests (a Kubernetes token lives an hour), and
+    an RS256 verification costs about 90 µs of CPU, a fifth of a request; so the claims of a
+    verified token are remembered for up to :data:`_VERIFIED_FOR` seconds, never past its
+    ``exp``. The rules are applied at every request, so a changed rules file takes effect at
+    once; a key removed from the JWKS stops working within :data:`_VERIFIED_FOR` seconds.
+    """
 
     def __init__(
         self,
@@ -328,14 +337,17 @@ class _TokenVerifier:
         *,
         issuer: str,
         audience: str,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
         self._rules = rules
         self._issuer = issuer
         self._audience = audience
+        self._clock = clock
+        self._verified: dict[str, tuple[Mapping[str, Any], float]] = {}
 
     def verify(self, token: str) -> Grant:
-        claims = self._claims(token)
+        claims = self._remembered(token)
         grant = publishers.claims_grant(self._rules.current(), claims)
         if grant is None:
             raise Unauthenticated(
@@ -344,6 +356,19 @@ class _TokenVerifier:
                 error="invalid_token",
             )
         return grant
+
+    def _remembered(self, token: str) -> Mapping[str, Any]:
+        """The claims of ``token``, verified now or less than :data:`_VERIFIED_FOR` s ago."""
+        now = self._clock()
+        remembered = self._verified.get(token)
+        if remembered is not None and now < remembered[1]:
+            return remembered[0]
+        claims = self._claims(token)
+        expires = claims["exp"] if isinstance(claims.get("exp"), int | float) else now
+        if len(self._verified) >= _MAX_VERIFIED:  # many publishers, or one minting per request
+            self._verified.clear()
+        self._verified[token] = (claims, min(now + _VERIFIED_FOR, float(expires)))
+        return claims
 
     def _claims(self, token: str) -> Mapping[str, Any]:
         try:

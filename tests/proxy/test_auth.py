@@ -360,3 +360,38 @@ def test_an_unknown_key_id_fetches_the_jwks_again_but_not_at_every_request(
     jwks.write_text("{not json")
     clock.now += 301  # too old: fetched again, fails, the last good set stays
     assert keys.key("k1").key_id == "k1"
+
+
+def test_a_remembered_token_stops_working_once_its_key_left_the_jwks(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    from eventing import publishers
+    from eventing.errors import Unauthenticated
+
+    jwks, rules = tmp_path / "jwks.json", tmp_path / "rules.yaml"
+    jwks.write_text(issuer.jwks.read_text())
+    rules.write_text(RULES)
+    settings = Settings.from_environ(
+        {
+            "PROXY_JWKS": str(jwks),
+            "PROXY_JWT_ISSUER": ISSUER,
+            "PROXY_JWT_AUDIENCE": AUDIENCE,
+            "PROXY_JWT_RULES_FILE": str(rules),
+        }
+    ).proxy
+    clock = Clock()
+    verifier = auth._TokenVerifier(
+        auth._KeySet(settings, clock=clock),
+        auth.WatchedFile(str(rules), publishers.parse_claim_rules, clock=clock),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        clock=clock,
+    )
+    token = issuer.token()
+    assert verifier.verify(token).name == "shop-orders"
+    rotated = Issuer(tmp_path)  # writes its own key, of the same id, over the JWKS file
+    assert rotated.jwks == jwks
+    assert verifier.verify(token).name == "shop-orders"  # remembered
+    clock.now += 301  # the JWKS is fetched again, the remembered claims are too old
+    with pytest.raises(Unauthenticated, match="not valid"):
+        verifier.verify(token)
