@@ -313,11 +313,20 @@ class _KeySet:
             with open(self._token_file, encoding="utf-8") as file:
                 headers["Authorization"] = f"Bearer {file.read().strip()}"
         fetch = urllib.request.Request(self._location, headers=headers)
-        # HTTPSHandler only: a redirect to plain http is not followed with the token
-        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context), _NoRedirects()
+        )
         with opener.open(fetch, timeout=_FETCH_TIMEOUT) as answer:
             body: bytes = answer.read(_MAX_JWKS_BYTES + 1)
             return body
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect of a JWKS fetch: urllib would follow one to any host, plain http
+    included, and send our token along."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class _TokenVerifier:

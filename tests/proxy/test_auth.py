@@ -395,3 +395,62 @@ def test_a_remembered_token_stops_working_once_its_key_left_the_jwks(
     clock.now += 301  # the JWKS is fetched again, the remembered claims are too old
     with pytest.raises(Unauthenticated, match="not valid"):
         verifier.verify(token)
+
+
+def test_a_redirected_jwks_fetch_is_refused_and_sends_the_token_nowhere(
+    tmp_path: Path, publisher: RecordingPublisher, issuer: Issuer
+) -> None:
+    import ssl
+    import threading
+
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Request, Response
+
+    from testing import pki
+
+    seen: list[str | None] = []
+
+    @Request.application
+    def elsewhere(request: Request) -> Response:
+        seen.append(request.headers.get("Authorization"))
+        return Response(issuer.jwks.read_text(), content_type="application/json")
+
+    plain = make_server("127.0.0.1", 0, elsewhere)
+
+    @Request.application
+    def redirecting(request: Request) -> Response:
+        return Response(status=302, headers={"Location": f"http://127.0.0.1:{plain.port}/j"})
+
+    pki.write(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "pki" / "apiserver.crt", tmp_path / "pki" / "apiserver.key")
+    tls = make_server("127.0.0.1", 0, redirecting, ssl_context=context)
+    token = tmp_path / "token"
+    token.write_text("the-proxy-s-own-token")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    threads = [threading.Thread(target=server.serve_forever) for server in (plain, tls)]
+    for thread in threads:
+        thread.start()
+    try:
+        settings = Settings.from_environ(
+            {
+                "PROXY_JWKS": f"https://127.0.0.1:{tls.port}/jwks",
+                "PROXY_JWKS_CA_FILE": str(tmp_path / "pki" / "ca.crt"),
+                "PROXY_JWKS_TOKEN_FILE": str(token),
+                "PROXY_JWT_ISSUER": ISSUER,
+                "PROXY_JWT_AUDIENCE": AUDIENCE,
+                "PROXY_JWT_RULES_FILE": str(rules),
+            }
+        )
+        client = create_app(settings, publisher=publisher).test_client()
+        response = client.post("/publish", headers={**BINARY, **bearer(issuer.token())}, data=b"{}")
+    finally:
+        for server in (plain, tls):
+            server.shutdown()
+        for thread in threads:
+            thread.join()
+    assert response.status_code == 503
+    assert "JWKS" in response.get_json()["detail"]
+    assert seen == []
+    assert publisher.messages == []
