@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from eventing.nats.messages import message_id
 from eventing.settings import Settings
-from proxy import auth, create_app
+from proxy import auth, create_app, tokens
 from testing.tokens import AUDIENCE, ISSUER, Issuer
 from tests.proxy.conftest import RecordingPublisher
 
@@ -348,7 +348,7 @@ def test_an_unknown_key_id_fetches_the_jwks_again_but_not_at_every_request(
         }
     ).proxy
     clock = Clock()
-    keys = auth._KeySet(settings, clock=clock)
+    keys = tokens.KeySet(settings, clock=clock)
     assert keys.key("k1").key_id == "k1"
     document = json.loads(jwks.read_text())
     document["keys"].append({**document["keys"][0], "kid": "k2"})
@@ -380,9 +380,9 @@ def test_a_remembered_token_stops_working_once_its_key_left_the_jwks(
         }
     ).proxy
     clock = Clock()
-    verifier = auth._TokenVerifier(
-        auth._KeySet(settings, clock=clock),
-        auth.WatchedFile(str(rules), publishers.parse_claim_rules, clock=clock),
+    verifier = tokens.TokenVerifier(
+        tokens.KeySet(settings, clock=clock),
+        auth.WatchedFile(str(rules), publishers.parse_claim_rules, clock=clock).current,
         issuer=ISSUER,
         audience=AUDIENCE,
         clock=clock,
