@@ -178,7 +178,9 @@ def test_the_legacy_endpoint_answers_401_and_403_in_kyma_s_shape(
     assert publisher.messages == []
     allowed = secured.post("/orders/v1/events", json=LEGACY, headers=bearer("orders-key"))
     assert allowed.status_code == 200
-    assert len(publisher.messages) == 1
+    [stored] = publisher.messages
+    event_id = allowed.get_json()["event-id"]
+    assert stored.headers["Nats-Msg-Id"] == message_id("orders", event_id, "orders-service")
 
 
 def test_a_valid_jwt_publishes_under_its_rule_s_name(
@@ -260,6 +262,28 @@ def test_a_huge_credential_is_401_without_being_parsed(secured: FlaskClient) -> 
     assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+#: JOSE headers with hostile values where PyJWT and we read "alg", "kid", "typ", "crit", "b64".
+_JOSE_HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "alg": st.sampled_from(["RS256", "none", "HS256", "ES256", "EdDSA"]) | _JSON,
+        "kid": st.just("k1") | _JSON,
+        "typ": _JSON,
+        "crit": _JSON,
+        "b64": _JSON,
+    },
+)
+
+
+def _part(document: object) -> str:
+    return jwt.utils.base64url_encode(json.dumps(document).encode()).decode()
+
+
 _HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
 
 
@@ -272,6 +296,9 @@ _HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=
         ).map(lambda parts: "Bearer " + ".".join(parts)),
         st.binary(max_size=200).map(
             lambda raw: "Bearer " + jwt.utils.base64url_encode(raw).decode() + ".e30.c2ln"
+        ),
+        st.tuples(_JOSE_HEADERS, _JSON).map(
+            lambda parts: f"Bearer {_part(parts[0])}.{_part(parts[1])}.c2ln"
         ),
     )
 )
@@ -454,3 +481,22 @@ def test_a_redirected_jwks_fetch_is_refused_and_sends_the_token_nowhere(
     assert "JWKS" in response.get_json()["detail"]
     assert seen == []
     assert publisher.messages == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"PROXY_JWKS": "http://issuer.test/jwks"}, "PROXY_JWKS: expected a file path or an https"),
+        ({"PROXY_JWKS": "/jwks.json"}, "PROXY_JWT_AUDIENCE: must be set with PROXY_JWKS"),
+        ({"PROXY_JWKS": "/jwks.json"}, "PROXY_JWT_ISSUER: must be set with PROXY_JWKS"),
+        ({"PROXY_JWKS": "/jwks.json"}, "PROXY_JWT_RULES_FILE: must be set with PROXY_JWKS"),
+    ],
+)
+def test_jwt_settings_are_refused_without_what_makes_them_safe(
+    environ: dict[str, str], problem: str
+) -> None:
+    from eventing.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ(environ)
+    assert problem in str(raised.value)
