@@ -143,17 +143,17 @@ def _path(raw: str) -> str:
     return raw.strip()
 
 
-def _jwks(raw: str) -> str:
-    value = raw.strip()
-    if value.startswith("http://") or ("://" in value and not value.startswith("https://")):
-        raise ValueError("expected a file path or an https:// URL (keys must not travel in clear)")
-    return value
-
-
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ValueError("expected one of debug, info, warning, error")
+    return value
+
+
+def _jwks(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith("http://") or ("://" in value and not value.startswith("https://")):
+        raise ValueError("expected a file path or an https:// URL (keys must not travel in clear)")
     return value
 
 
