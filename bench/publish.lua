@@ -4,7 +4,8 @@
 -- id would be acknowledged without being written and flatter the figures; every event gets
 -- "<run tag>-<wrk thread>-<counter>[-<index in batch>]" instead.
 --
--- Arguments after "--": run tag, mode ("binary" or "batch"), data bytes, events per batch.
+-- Arguments after "--": run tag, mode ("binary" or "batch"), data bytes, events per batch, and
+-- the Authorization header to send ("": none).
 -- done() prints one "BENCH_RESULT {json}" line, which bench/publish.py reads.
 
 local threads = {}
@@ -19,17 +20,25 @@ function init(args)
    mode = args[2]
    batch_size = tonumber(args[4])
    data = '{"order":"' .. string.rep("x", tonumber(args[3]) - 12) .. '"}'
+   authorization = args[5] or ""
    counter = 0
 end
 
+local function with_credentials(headers)
+   if authorization ~= "" then
+      headers["Authorization"] = authorization
+   end
+   return headers
+end
+
 local function binary_request()
-   return wrk.format("POST", nil, {
+   return wrk.format("POST", nil, with_credentials({
       ["Content-Type"] = "application/json",
       ["ce-specversion"] = "1.0",
       ["ce-id"] = prefix .. counter,
       ["ce-source"] = "bench",
       ["ce-type"] = "order.created.v1",
-   }, data)
+   }), data)
 end
 
 local function batch_request()
@@ -39,9 +48,9 @@ local function batch_request()
          .. '","source":"bench","type":"order.created.v1",'
          .. '"datacontenttype":"application/json","data":' .. data .. "}"
    end
-   return wrk.format("POST", nil, {
+   return wrk.format("POST", nil, with_credentials({
       ["Content-Type"] = "application/cloudevents-batch+json",
-   }, "[" .. table.concat(events, ",") .. "]")
+   }), "[" .. table.concat(events, ",") .. "]")
 end
 
 function request()

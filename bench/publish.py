@@ -1,8 +1,12 @@
 """Publishing throughput and latency of the proxy, next to raw nats-py JetStream publishing.
 
 Part of ``python -m bench`` (``--suite publish``); alone: ``.venv/bin/python -m bench.publish
-[--duration 10] [--connections 1 16 64] [--rates 1000 2000]``. It needs ``wrk`` (``apt-get
-install wrk``) and takes about 90 seconds with the defaults.
+[--duration 10] [--connections 1 16 64] [--rates 1000 2000] [--auth none apikey jwt]``. It
+needs ``wrk`` (``apt-get install wrk``) and takes about 90 seconds with the defaults.
+
+``--auth`` runs the proxy scenarios once per credential mode (a proxy each: open, an API key
+from ``PROXY_API_KEYS_FILE``, an RS256 JWT against a JWKS file) and prints each mode's events/s
+divided by the open proxy's; every request then carries ``Authorization: Bearer …``.
 
 Why a baseline in the same run: absolute figures describe the machine more than the proxy. Raw
 nats-py publishing to the same nats-server, into an identically configured stream, with the same
@@ -55,10 +59,12 @@ from typing import NamedTuple
 
 from bench import interrupt
 from bench.publishers import (
+    AUTH_MODES,
     BATCH_SIZE,
     DATA_BYTES,
     STREAM,
     Result,
+    auth_environ,
     in_child_process,
     paced_publish,
     raw_publish,
@@ -118,10 +124,19 @@ def nats_server(workdir: Path) -> Iterator[NatsServer]:
 
 
 @contextlib.contextmanager
-def proxy_server(nats_url: str, workdir: Path) -> Iterator[tuple[Process, str]]:
-    """The proxy alone, as deployed with 2 granian workers, writing streams as the baseline."""
+def proxy_server(
+    nats_url: str, workdir: Path, environ: dict[str, str]
+) -> Iterator[tuple[Process, str]]:
+    """The proxy alone, as deployed with 2 granian workers, writing streams as the baseline;
+    ``environ`` adds settings (credentials)."""
+    workdir.mkdir()
     proxy, url = start_proxy(
-        nats_url, workdir, **stream_environ(nats_url), PROXY_WORKERS="2", PROXY_THREADS="32"
+        nats_url,
+        workdir,
+        **stream_environ(nats_url),
+        PROXY_WORKERS="2",
+        PROXY_THREADS="32",
+        **environ,
     )
     try:
         yield proxy, url
@@ -218,28 +233,40 @@ def baseline(broker: NatsServer, duration: int) -> list[Row]:
 
 
 def through_proxy(
-    broker: NatsServer, proxy: Process, url: str, args: argparse.Namespace
+    broker: NatsServer,
+    proxy: Process,
+    url: str,
+    args: argparse.Namespace,
+    auth: str,
+    authorization: str,
 ) -> list[Row]:
-    """Every proxy scenario; a short unreported wrk run first gets both workers connected."""
+    """Every proxy scenario; a short unreported wrk run first gets both workers connected.
+    With credentials (``auth`` is no ``none``), each scenario's name says which."""
     meter = CpuMeter(pid(broker), pid(proxy))
-    warmup = meter.measure("warm-up", lambda: run_wrk(url, "warmup", "binary", 16, WARMUP_SECONDS))
+    label = "" if auth == "none" else f", {auth}"
+    warmup = meter.measure(
+        f"warm-up{label}",
+        lambda: run_wrk(url, f"warmup-{auth}", "binary", 16, WARMUP_SECONDS, authorization),
+    )
     rows = [
         meter.measure(
-            f"proxy binary, {n} conn{'s' if n > 1 else ''}",
-            partial(run_wrk, url, f"c{n}", "binary", n, args.duration),
+            f"proxy binary, {n} conn{'s' if n > 1 else ''}{label}",
+            partial(run_wrk, url, f"c{n}-{auth}", "binary", n, args.duration, authorization),
         )
         for n in args.connections
     ]
     rows.append(
         meter.measure(
-            f"proxy batch of {BATCH_SIZE}, {BATCH_CONNECTIONS} conns",
-            lambda: run_wrk(url, "batch", "batch", BATCH_CONNECTIONS, args.duration),
+            f"proxy batch of {BATCH_SIZE}, {BATCH_CONNECTIONS} conns{label}",
+            lambda: run_wrk(
+                url, f"batch-{auth}", "batch", BATCH_CONNECTIONS, args.duration, authorization
+            ),
         )
     )
     rows += [
         replace(
             meter.measure(
-                f"proxy binary, fixed {rate:,} req/s",
+                f"proxy binary, fixed {rate:,} req/s{label}",
                 partial(
                     in_child_process,
                     paced_publish,
@@ -247,6 +274,7 @@ def through_proxy(
                     rate,
                     args.duration,
                     PACED_CONNECTIONS,
+                    authorization,
                 ),
             ),
             target_rate=rate,
@@ -254,6 +282,27 @@ def through_proxy(
         for rate in args.rates
     ]
     return [warmup, *rows]
+
+
+def auth_overhead(by_auth: dict[str, list[Row]]) -> str:
+    """Each credential mode's events/s divided by the open proxy's, scenario by scenario."""
+    if "none" not in by_auth or len(by_auth) < 2:
+        return ""
+    lines = ["auth overhead: events/s with credentials divided by events/s without"]
+    for auth, rows in by_auth.items():
+        if auth == "none":
+            continue
+        ratios = []
+        for row, open_row in zip(rows[1:], by_auth["none"][1:], strict=True):
+            name = open_row.scenario.removeprefix("proxy ")
+            if row.target_rate is not None:  # a fixed rate: compare latencies
+                ratios.append(
+                    f"{name} p50 {row.result.p50_ms:.2f} ms vs {open_row.result.p50_ms:.2f} ms"
+                )
+            elif open_row.result.rate:
+                ratios.append(f"{name} {row.result.rate / open_row.result.rate:.2f}x")
+        lines.append(f"  {auth}: " + "; ".join(ratios))
+    return "\n".join(lines)
 
 
 def machine_info() -> str:
@@ -361,6 +410,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1000, 2000],
         help="requests/s of the fixed-rate latency runs (default 1000 2000)",
     )
+    parser.add_argument(
+        "--auth",
+        nargs="+",
+        choices=AUTH_MODES,
+        default=["none"],
+        help="credentials the proxy requires, one proxy run each (default none); with none and"
+        " another, their ratio is printed",
+    )
     args = parser.parse_args(argv)
     if min(args.duration, *args.connections, *args.rates) < 1:
         parser.error("--duration, --connections and --rates must be positive")
@@ -375,15 +432,22 @@ def run(args: argparse.Namespace) -> int:
         nats_server(Path(workdir)) as broker,
     ):
         raw = baseline(broker, args.duration)
-        with proxy_server(broker.url, Path(workdir)) as (proxy, url):
-            proxied = through_proxy(broker, proxy, url, args)
+        by_auth: dict[str, list[Row]] = {}
+        for auth in dict.fromkeys(args.auth):
+            environ, authorization = auth_environ(auth, Path(workdir))
+            with proxy_server(broker.url, Path(workdir) / auth, environ) as (proxy, url):
+                by_auth[auth] = through_proxy(broker, proxy, url, args, auth, authorization)
         in_stream = asyncio.run(stream_messages(broker.url, STREAM))
+    proxied = [row for rows in by_auth.values() for row in rows]
     reported = sum(row.result.stored for row in proxied)
-    measured = proxied[1:]  # the warm-up counts for the stream check only
+    measured = [row for rows in by_auth.values() for row in rows[1:]]  # warm-ups: the check only
     print()
     print(table(raw + measured, sequential=raw[0].result, pipelined=raw[1].result))
     print()
     print(notes(measured))
+    overhead = auth_overhead(by_auth)
+    if overhead:
+        print(overhead)
     verdict = "ok" if in_stream >= reported else "FAILED: the proxy acknowledged unstored events"
     print(
         f"stream check: stream {STREAM} holds {in_stream:,} messages; the proxy answered 2xx for"

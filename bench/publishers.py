@@ -10,6 +10,7 @@ unique id, since JetStream stores a repeated (source, id) once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.client
 import itertools
 import json
@@ -31,6 +32,7 @@ from nats.js import JetStreamContext
 
 from eventing.nats.streams import stream_config
 from eventing.settings import Settings
+from testing import tokens
 
 LUA_SCRIPT = Path(__file__).resolve().with_name("publish.lua")
 STREAM = "sap"
@@ -44,6 +46,28 @@ BINARY_HEADERS = {
     "ce-source": "bench",
     "ce-type": "order.created.v1",
 }
+
+
+#: How the proxy may require credentials: none (open), an API key, a JWT (RS256, JWKS file).
+AUTH_MODES = ("none", "apikey", "jwt")
+_BENCH_KEY = "bench-publisher-key-0123456789abcdef"
+
+
+def auth_environ(mode: str, workdir: Path) -> tuple[dict[str, str], str]:
+    """The proxy's settings for an :data:`AUTH_MODES` mode, and the Authorization header a
+    publisher of source ``bench`` then sends (empty: none); files go into ``workdir``."""
+    if mode == "none":
+        return {}, ""
+    if mode == "apikey":
+        keys = workdir / "api-keys.yaml"
+        digest = hashlib.sha256(_BENCH_KEY.encode()).hexdigest()
+        keys.write_text(
+            f"- {{name: bench, sha256: '{digest}', sources: [bench], types: ['order.*']}}\n"
+        )
+        return {"PROXY_API_KEYS_FILE": str(keys)}, f"Bearer {_BENCH_KEY}"
+    issuer = tokens.Issuer(workdir)
+    environ = issuer.environ(workdir / "jwt-rules.yaml", sources="bench", types="order.*")
+    return environ, f"Bearer {issuer.token(lifetime=3600)}"
 
 
 @dataclass(frozen=True)
@@ -169,11 +193,14 @@ async def _publish_for(js: JetStreamContext, concurrency: int, duration: int) ->
     return Result(len(latencies), seconds, *percentiles_ms(latencies), errors)
 
 
-def run_wrk(url: str, tag: str, mode: str, connections: int, duration: int) -> Result:
-    """Closed-loop load with wrk; ``tag`` keeps event ids unique across runs."""
+def run_wrk(
+    url: str, tag: str, mode: str, connections: int, duration: int, authorization: str = ""
+) -> Result:
+    """Closed-loop load with wrk; ``tag`` keeps event ids unique across runs, ``authorization``
+    is sent as the Authorization header (empty: none)."""
     command = ["wrk", "-t", str(min(2, connections)), "-c", str(connections)]
     command += ["-d", f"{duration}s", "--timeout", "10s", "--latency", "-s", str(LUA_SCRIPT)]
-    command += [f"{url}/publish", "--", tag, mode, str(DATA_BYTES), str(BATCH_SIZE)]
+    command += [f"{url}/publish", "--", tag, mode, str(DATA_BYTES), str(BATCH_SIZE), authorization]
     completed = subprocess.run(command, capture_output=True, text=True, check=True)
     reports = [
         json.loads(line.removeprefix("BENCH_RESULT "))
@@ -193,8 +220,11 @@ def run_wrk(url: str, tag: str, mode: str, connections: int, duration: int) -> R
     )
 
 
-def paced_publish(url: str, rate: int, duration: int, connections: int) -> Result:
-    """(child process) POST binary events at ``rate``/s from one thread per connection.
+def paced_publish(
+    url: str, rate: int, duration: int, connections: int, authorization: str = ""
+) -> Result:
+    """(child process) POST binary events at ``rate``/s from one thread per connection, with
+    ``authorization`` as the Authorization header (empty: none).
 
     Request ``n`` is due at ``start + n / rate``; the next free thread sends it then (or late, if
     all are busy) and its latency counts from when it was due. A proxy over capacity falls ever
@@ -203,6 +233,7 @@ def paced_publish(url: str, rate: int, duration: int, connections: int) -> Resul
     """
     host, port = url.removeprefix("http://").split(":")
     body = event_data(DATA_BYTES)
+    headers = {**BINARY_HEADERS, **({"Authorization": authorization} if authorization else {})}
     tickets = itertools.count()  # next() is atomic under the GIL
     latencies: list[float] = []
     failures: list[int] = []
@@ -217,7 +248,7 @@ def paced_publish(url: str, rate: int, duration: int, connections: int) -> Resul
             time.sleep(max(0.0, due - time.perf_counter()))
             try:
                 connection.request(
-                    "POST", "/publish", body, {**BINARY_HEADERS, "ce-id": f"paced{rate}-{ticket}"}
+                    "POST", "/publish", body, {**headers, "ce-id": f"paced{rate}-{ticket}"}
                 )
                 response = connection.getresponse()
                 response.read()

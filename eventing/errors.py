@@ -13,6 +13,8 @@ translated into this tree in the one module that imports the library, with ``rai
     │   ├── InvalidBatch             some events of a batch are invalid (HTTP 400, per index)
     │   └── BatchTooLarge            a batch of more events than a process may hold (HTTP 413)
     ├── InvalidLegacyEvent           a legacy Kyma body failed Kyma's validation (HTTP 400)
+    ├── Unauthenticated              no credential, or one that does not verify (HTTP 401)
+    ├── Forbidden                    the publisher may not use an event's source or type (403)
     ├── InvalidSubscription          a Subscription manifest failed validation (shown in status)
     ├── UntrustedJob                 a delivery job the manager did not sign (a worker drops it)
     ├── DeliveryError                a sink did not take an event
@@ -117,6 +119,47 @@ class InvalidLegacyEvent(EventingError):
         self.field = field
         self.field_kind = field_kind
         super().__init__(message)
+
+
+class Unauthenticated(EventingError):
+    """The request carries no credential, or one that is unknown, malformed or does not verify.
+
+    ``error`` is RFC 6750's code for ``WWW-Authenticate`` (``invalid_request``,
+    ``invalid_token``), or None when no credential came at all.
+    """
+
+    status = 401
+
+    def __init__(self, message: str, *, error: str | None = None) -> None:
+        self.error = error
+        super().__init__(message)
+
+
+class Forbidden(EventingError):
+    """The publisher ``publisher`` may not publish some events of the request; nothing was
+    stored. ``refusals`` says why, by index in the request; ``sources`` and ``types`` are the
+    globs it may use."""
+
+    status = 403
+
+    def __init__(
+        self,
+        publisher: str,
+        refusals: Mapping[int, str],
+        *,
+        sources: tuple[str, ...],
+        types: tuple[str, ...],
+    ) -> None:
+        self.publisher = publisher
+        self.refusals = dict(refusals)
+        self.sources = sources
+        self.types = types
+        first = self.refusals[min(self.refusals)]
+        more = f" ({len(self.refusals)} events refused)" if len(self.refusals) > 1 else ""
+        super().__init__(
+            f"{first}{more}; it may publish sources {list(sources)} and types {list(types)},"
+            " nothing was stored"
+        )
 
 
 class InvalidSubscription(EventingError):

@@ -155,6 +155,13 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def _jwks(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith("http://") or ("://" in value and not value.startswith("https://")):
+        raise ValueError("expected a file path or an https:// URL (keys must not travel in clear)")
+    return value
+
+
 _USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*)(?P<secret>:[^@/\s]*)?@"
 )
@@ -359,6 +366,50 @@ class ProxySettings:
     )
     retry_after: int = setting(
         "PROXY_RETRY_AFTER", "1", _int(1, 3600), "Seconds in the Retry-After header of a 503."
+    )
+    api_keys_file: str = setting(
+        "PROXY_API_KEYS_FILE",
+        "",
+        str.strip,
+        "YAML list of publishers' API keys (name, key or sha256, sources, types), reloaded on"
+        " change; requests send `Authorization: Bearer <key>`. Empty, and no PROXY_JWKS:"
+        " anyone may publish.",
+    )
+    jwks: str = setting(
+        "PROXY_JWKS",
+        "",
+        _jwks,
+        "JWKS (a file, or an https URL) that verifies publishers' JWT bearer tokens, e.g. the"
+        " API server's /openid/v1/jwks; fetched again for an unknown key id.",
+    )
+    jwks_ca_file: str = setting(
+        "PROXY_JWKS_CA_FILE",
+        "",
+        str.strip,
+        "CA bundle that verifies an https PROXY_JWKS (empty: the system's CAs).",
+    )
+    jwks_token_file: str = setting(
+        "PROXY_JWKS_TOKEN_FILE",
+        "",
+        str.strip,
+        "Bearer token sent to fetch an https PROXY_JWKS, read at each fetch (e.g. the pod's"
+        " service-account token, which the API server asks for).",
+    )
+    jwt_issuer: str = setting(
+        "PROXY_JWT_ISSUER", "", str.strip, "The `iss` every JWT must carry (with PROXY_JWKS)."
+    )
+    jwt_audience: str = setting(
+        "PROXY_JWT_AUDIENCE",
+        "",
+        str.strip,
+        "The `aud` every JWT must carry (with PROXY_JWKS), e.g. `eventing-proxy`.",
+    )
+    jwt_rules_file: str = setting(
+        "PROXY_JWT_RULES_FILE",
+        "",
+        str.strip,
+        "YAML list of rules (name, claims as globs, sources, types) giving a verified JWT its"
+        " publisher name and what it may publish; reloaded on change.",
     )
 
 
@@ -599,6 +650,12 @@ class Settings:
             )
         if settings.proxy.max_request_size < 1:
             problems[_name(ProxySettings, "max_request_size")] = "must be a positive size"
+        if settings.proxy.jwks:
+            for field in ("jwt_issuer", "jwt_audience", "jwt_rules_file"):
+                if not getattr(settings.proxy, field):
+                    problems[_name(ProxySettings, field)] = (
+                        f"must be set with {_name(ProxySettings, 'jwks')}"
+                    )
         if stream.dead_letter_name == stream.name:
             problems[_name(StreamSettings, "dead_letter_name")] = (
                 f"must differ from {_name(StreamSettings, 'name')}"

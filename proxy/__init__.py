@@ -22,14 +22,18 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
         settings: the entry point's (:func:`eventing.settings.settings_or_exit`).
         publisher: anything with ``publish(messages)`` and ``ready()``; defaults to a
             :class:`proxy.publisher.JetStreamPublisher`, which connects lazily.
+
+    Raises:
+        ConfigError: a file of publishers' credentials is missing or invalid.
     """
     # prometheus_client picks single- or multi-process mode when first imported, so the
     # launcher (proxy.server, which imports this package) must hand the metrics folder over first.
-    from proxy import admission, metrics, problems, views
+    from proxy import admission, auth, metrics, problems, views
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.proxy.max_request_size
     app.extensions["eventing.settings"] = settings
+    app.extensions["eventing.auth"] = auth.Authenticator(settings.proxy)
     app.extensions["eventing.publisher"] = publisher or JetStreamPublisher(settings)
     app.extensions["eventing.metrics"] = counted = metrics.ProxyMetrics(
         destination=",".join(settings.nats.urls),

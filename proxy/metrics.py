@@ -82,6 +82,20 @@ class ProxyMetrics:
             ["event_type", "event_source", "code"],
             registry=self.registry,
         )
+        self.publisher_events = Counter(
+            "eventing_epp_publisher_events",
+            "Events stored, by publisher: a name from PROXY_API_KEYS_FILE or"
+            " PROXY_JWT_RULES_FILE, or anonymous while publishing is open.",
+            ["publisher"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "eventing_epp_publisher_refusals",
+            "Requests refused for their credentials: unauthenticated (401, publisher empty) or"
+            " forbidden (403, by publisher).",
+            ["publisher", "reason"],
+            registry=self.registry,
+        )
         self.health = Gauge(
             "eventing_epp_health",
             "1 while the proxy runs.",

@@ -19,11 +19,13 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from eventing.errors import (
+    Forbidden,
     InvalidBatch,
     InvalidEvent,
     InvalidLegacyEvent,
     Overloaded,
     PublishError,
+    Unauthenticated,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ LEGACY_ENDPOINT = "events.legacy_publish"
 #: The legacy endpoint as a route label (Flask's rule, as the request metrics write it).
 LEGACY_ROUTE = "/{application}/v1/events"
 _NOT_STORED = "Event not stored"
+_CHALLENGE = 'Bearer realm="eventing"'
 
 
 def register(app: Flask) -> None:
@@ -41,6 +44,8 @@ def register(app: Flask) -> None:
     app.register_error_handler(InvalidEvent, _invalid_event)
     app.register_error_handler(InvalidLegacyEvent, _invalid_legacy_event)
     app.register_error_handler(PublishError, _publish_error)
+    app.register_error_handler(Unauthenticated, _unauthenticated)
+    app.register_error_handler(Forbidden, _forbidden)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
 
@@ -163,6 +168,31 @@ def _publish_error(error: PublishError) -> Response:
         # exactly when the process is short of time
         logger.warning("publish failed (%s): %s", error.status, error)
     return response
+
+
+def _unauthenticated(error: Unauthenticated) -> Response:
+    """401 with RFC 6750's challenge; the detail says what was expected, never the credential."""
+    if request.endpoint == LEGACY_ENDPOINT:
+        response = _legacy(401, _legacy_failure(401, str(error)))
+    else:
+        response = problem(401, "Unauthorized", str(error))
+    challenge = _CHALLENGE + (f', error="{error.error}"' if error.error else "")
+    response.headers["WWW-Authenticate"] = challenge  # RFC 6750 section 3
+    return response
+
+
+def _forbidden(error: Forbidden) -> Response:
+    """403 naming each refused event and what the publisher may publish."""
+    if request.endpoint == LEGACY_ENDPOINT:
+        return _legacy(403, _legacy_failure(403, str(error)))
+    return problem(
+        403,
+        "Forbidden",
+        str(error),
+        publisher=error.publisher,
+        allowed={"sources": list(error.sources), "types": list(error.types)},
+        errors=[{"index": index, "detail": text} for index, text in sorted(error.refusals.items())],
+    )
 
 
 def _http_error(error: HTTPException) -> Response:

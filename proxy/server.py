@@ -17,6 +17,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
+from eventing.errors import ConfigError
 from eventing.settings import hand_over_metrics_dir, settings_or_exit
 
 if TYPE_CHECKING:  # importing the app fixes prometheus_client's mode: only app() may do so
@@ -28,6 +29,14 @@ def main() -> int:
     settings = settings_or_exit("eventing-proxy")
     log_config = _log_config(settings.log_level)
     logging.config.dictConfig(log_config)
+    from proxy import auth
+
+    try:  # each worker reads the files again; a bad one should stop the launcher, not them
+        auth.Authenticator(settings.proxy)
+    except ConfigError as exc:
+        print(f"eventing-proxy: {exc}", file=sys.stderr)
+        return 2
+    auth.warn_if_open(settings.proxy)
 
     from granian.constants import Interfaces, Loops
     from granian.server import Server

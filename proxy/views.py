@@ -14,13 +14,14 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
+from eventing import publishers
 from eventing.errors import InvalidEvent, InvalidLegacyEvent, PublishError
 from eventing.events import binding, cloudevent, eventtypes, legacy
 from eventing.nats.messages import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.source import SubscriptionSource
 from eventing.subscriptions import model
-from proxy import guards, problems
+from proxy import auth, guards, problems
 from proxy.admission import Admission
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher
@@ -32,14 +33,16 @@ _READ_LOCK = threading.Lock()  # the reader caches; one thread refreshes it at a
 @blueprint.post("/publish")
 def publish() -> Response:
     settings = _settings()
+    grant = auth.publisher_of()
     prefix = settings.events.type_prefix
     trace = binding.trace_extensions(request.headers.items())
     mode, messages = binding.parse_http(
         _headers(),
         _read_body(),
-        lambda event: _prepare(event, trace, prefix),
+        lambda event: _prepare(event, trace, prefix, _dedup_name(grant)),
     )
-    failures = _store(messages)
+    auth.check(grant, [(m.event_source, m.event_type) for m in messages])
+    failures = _store(messages, grant)
     if not failures:
         return _no_content()
     if mode != "batch":
@@ -50,6 +53,7 @@ def publish() -> Response:
 @blueprint.post("/<application>/v1/events")
 def legacy_publish(application: str) -> Response:
     settings = _settings()
+    grant = auth.publisher_of()
     converted = legacy.parse(application, _read_body(), settings.events.type_prefix)
     try:
         guards.check(converted.subject, converted.event.get_data())
@@ -59,7 +63,8 @@ def legacy_publish(application: str) -> Response:
             legacy.BAD_PAYLOAD, "Bad payload syntax", more_info=str(exc)
         ) from None
     event = cloudevent.with_extensions(converted.event, replacing={}, adding=trace)
-    failures = _store([outbound(event, converted.subject)])
+    auth.check(grant, [(event.get_source(), event.get_type())])
+    failures = _store([outbound(event, converted.subject, _dedup_name(grant))], grant)
     if failures:
         raise failures[0]
     return jsonify({"event-id": event.get_id(), "status": "", "reason": ""})
@@ -154,16 +159,24 @@ def _no_content() -> Response:
     return response
 
 
-def _prepare(event: cloudevent.Event, trace: dict[str, str], prefix: str) -> OutboundMessage:
+def _dedup_name(grant: publishers.Grant) -> str | None:
+    """The publisher's name in the dedup key; None while publishing is open, which keeps the
+    key of (source, id) that events stored before credentials were required have."""
+    return None if grant is publishers.OPEN else grant.name
+
+
+def _prepare(
+    event: cloudevent.Event, trace: dict[str, str], prefix: str, publisher: str | None
+) -> OutboundMessage:
     subject = eventtypes.subject_for(event.get_source(), event.get_type(), prefix)
     guards.check(subject, event.get_data())
     stored = cloudevent.with_extensions(
         event, replacing={"originaltype": event.get_type()}, adding=trace
     )
-    return outbound(stored, subject)
+    return outbound(stored, subject, publisher)
 
 
-def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
+def _store(messages: list[OutboundMessage], grant: publishers.Grant) -> dict[int, PublishError]:
     """Publish, holding the events in flight, and record metrics; the failures by index (empty:
     everything stored).
 
@@ -185,6 +198,8 @@ def _store(messages: list[OutboundMessage]) -> dict[int, PublishError]:
         if index not in failures:
             event_type, source = metrics.event_labels(message.event_type, message.event_source)
             metrics.published.labels(event_type, source, "204").inc()
+    if len(failures) < len(messages):
+        metrics.publisher_events.labels(grant.name).inc(len(messages) - len(failures))
     return failures
 
 

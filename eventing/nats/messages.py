@@ -41,20 +41,31 @@ class PulledMessage:
     delivery_count: int  #: 1 on the first delivery, counting every redelivery
 
 
-def message_id(source: str, event_id: str) -> str:
-    """``Nats-Msg-Id`` of an event: CloudEvents makes (source, id) unique, so we dedup on it."""
-    return hashlib.blake2b(f"{source}\n{event_id}".encode(), digest_size=16).hexdigest()
+def message_id(source: str, event_id: str, publisher: str | None = None) -> str:
+    """``Nats-Msg-Id`` of an event: CloudEvents makes (source, id) unique, so we dedup on it,
+    within one publisher's events.
+
+    Parameters:
+        publisher: the name of the identity that published the event (:mod:`eventing.publishers`);
+            None while publishing is open, which keeps the key of (source, id) alone. With it,
+            one publisher's event never hides another's of the same source and id.
+    """
+    key = f"{source}\n{event_id}" if publisher is None else f"{publisher}\n{source}\n{event_id}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def outbound(event: cloudevent.Event, subject: str) -> OutboundMessage:
-    """The JetStream message for ``event`` on ``subject``.
+def outbound(
+    event: cloudevent.Event, subject: str, publisher: str | None = None
+) -> OutboundMessage:
+    """The JetStream message for ``event`` on ``subject``, published by ``publisher`` (None:
+    publishing is open; see :func:`message_id`).
 
     Besides the dedup id, the ``ce-*`` routing headers Kyma sets are added, percent-encoded as in
     the CloudEvents HTTP binding, so no attribute can break the header block.
     """
     source, event_id = event.get_source(), event.get_id()
     headers = {
-        "Nats-Msg-Id": message_id(source, event_id),
+        "Nats-Msg-Id": message_id(source, event_id, publisher),
         "ce-specversion": event.get_specversion(),
         "ce-type": quote(event.get_type(), safe=_CE_HEADER_SAFE),
         "ce-source": quote(source, safe=_CE_HEADER_SAFE),

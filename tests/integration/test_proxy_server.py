@@ -389,3 +389,50 @@ def test_idle_connections_do_not_lock_new_clients_out(
         for _ in range(1100):
             stack.enter_context(socket.create_connection((host, int(port)), timeout=10))
         assert _publish_many(url, count=4, threads=4) == [204] * 4
+
+
+def test_open_publishing_is_warned_about_once_at_start(
+    proxy: tuple[str, subprocess.Popen[bytes], Path],
+) -> None:
+    _, _, log = proxy
+    warned = [line for line in log.read_text().splitlines() if "publishing is open" in line]
+    assert len(warned) == 1, log.read_text()
+    assert " WARNING " in warned[0]
+    assert "PROXY_API_KEYS_FILE" in warned[0] and "PROXY_JWKS" in warned[0]
+
+
+def test_the_served_proxy_requires_a_key_once_a_keys_file_is_set(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    from testing.system import start_proxy
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("- {name: loadtest, key: load-key, sources: [loadtest], types: ['*']}\n")
+    environ = {"JS_STREAM_NAME": STREAM, "JS_STREAM_RETENTION_POLICY": "limits"}
+    served, url = start_proxy(nats_server.url, tmp_path, PROXY_API_KEYS_FILE=str(keys), **environ)
+    try:
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": "1",
+            "ce-source": "loadtest",
+            "ce-type": "order.created.v1",
+        }
+        refused = requests.post(f"{url}/publish", headers=headers, data=b"{}", timeout=10)
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        headers["Authorization"] = "Bearer load-key"
+        stored = requests.post(f"{url}/publish", headers=headers, data=b"{}", timeout=10)
+        assert stored.status_code == 204
+        assert len(read_stream(nats_server)) == 1
+        assert "publishing is open" not in served.log()
+    finally:
+        served.stop()
+
+
+def test_a_broken_keys_file_stops_the_proxy_at_start_naming_it(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("- {name: loadtest, key: load-key}\n")  # no sources, no types
+    env = {**os.environ, "PROXY_API_KEYS_FILE": str(keys), "INGRESS_PORT": str(free_port())}
+    result = subprocess.run(_proxy_command(), env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert str(keys) in result.stderr and "sources: expected" in result.stderr

@@ -243,3 +243,32 @@ def test_in_flight_limit_answers_503_with_retry_after(
     finally:
         nats_server.process.send_signal(signal.SIGCONT)
     assert not any(b'"late-' in m.payload for m in read_stream(nats_server))
+
+
+def _two_publishers(tmp_path: Path) -> str:
+    """A keys file of two publishers that may both use source ``myapp``; its path."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        "- name: orders\n  key: orders-key\n  sources: [myapp]\n  types: ['*']\n"
+        "- name: intruder\n  key: intruder-key\n  sources: ['*']\n  types: ['*']\n"
+    )
+    return str(keys)
+
+
+def test_one_publisher_cannot_pre_empt_another_s_event(
+    nats_server: NatsServer, make_app: Callable[[Settings], Flask], tmp_path: Path
+) -> None:
+    """Whoever published (source, id) first used to win: the real event was answered 204 and
+    never stored. The dedup key now holds the publisher's identity."""
+    settings = settings_for(nats_server, PROXY_API_KEYS_FILE=_two_publishers(tmp_path))
+    client = make_app(settings).test_client()
+    forged = {**BINARY, "ce-type": "order.cancelled.v1", "Authorization": "Bearer intruder-key"}
+    real = {**BINARY, "Authorization": "Bearer orders-key"}
+    assert client.post("/publish", headers=forged, data=b"{}").status_code == 204
+    assert client.post("/publish", headers=real, data=b"{}").status_code == 204
+    assert client.post("/publish", headers=real, data=b"{}").status_code == 204  # a retry
+    stored = read_stream(nats_server)
+    assert [m.subject for m in stored] == [
+        "kyma.myapp.order.cancelled.v1",
+        "kyma.myapp.order.created.v1",
+    ]
