@@ -15,10 +15,12 @@ import subprocess
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 
 def free_port() -> int:
@@ -81,6 +83,17 @@ def redis_server_binary() -> Path | None:
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
     return Path(found) if found else None
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's TLS files (PEM, e.g. from :func:`testing.pki.write`); with
+    ``verify_clients``, only clients presenting a certificate of ``ca`` get in."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    verify_clients: bool = True
 
 
 class _Server:
@@ -148,13 +161,21 @@ class NatsServer(_Server):
     name = "nats-server"
 
     def __init__(
-        self, binary: Path, workdir: Path, *, jetstream: bool = True, config: str | None = None
+        self,
+        binary: Path,
+        workdir: Path,
+        *,
+        jetstream: bool = True,
+        config: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
-        """``config`` is nats-server configuration text (account limits, say), passed with -c."""
+        """``config`` is nats-server configuration text (accounts and their users, limits),
+        passed with -c; ``tls`` makes every client connection TLS (the monitor stays HTTP)."""
         super().__init__(binary, workdir)
         self.monitor_port = free_port()
         self.jetstream = jetstream
         self.config = config
+        self.tls = tls
 
     @property
     def url(self) -> str:
@@ -164,7 +185,7 @@ class NatsServer(_Server):
         return [
             str(self.binary),
             *(["-js"] if self.jetstream else []),
-            *(["-c", str(self._config_file())] if self.config is not None else []),
+            *(["-c", str(self._config_file())] if self.config or self.tls else []),
             "-a",
             "127.0.0.1",
             "-p",
@@ -177,7 +198,14 @@ class NatsServer(_Server):
 
     def _config_file(self) -> Path:
         path = self.workdir / "nats-server.conf"
-        path.write_text(self.config or "")
+        tls = self.tls
+        block = (
+            f'tls {{ cert_file: "{tls.cert}", key_file: "{tls.key}", ca_file: "{tls.ca}",'
+            f" verify: {str(tls.verify_clients).lower()} }}\n"
+            if tls
+            else ""
+        )
+        path.write_text(block + (self.config or ""))
         return path
 
     def is_ready(self) -> bool:
@@ -191,19 +219,60 @@ class RedisServer(_Server):
 
     name = "redis-server"
 
-    def __init__(self, binary: Path, workdir: Path, *, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        *,
+        appendonly: bool = True,
+        users: Mapping[str, str] | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
+        """``users`` (name → password, ``default`` among them for a plain ``requirepass``) are
+        the only ACL users, each allowed everything; ``tls`` makes the port TLS-only."""
         super().__init__(binary, workdir)
         self.appendonly = appendonly
+        self.users = dict(users or {})
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL without credentials (``rediss://`` with TLS)."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
+        port = (
+            ["--port", "0", "--tls-port", str(self.port)]
+            if self.tls
+            else ["--port", str(self.port)]
+        )
+        tls = self.tls
+        certificates = (
+            [
+                *("--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key)),
+                *("--tls-ca-cert-file", str(tls.ca)),
+                *("--tls-auth-clients", "yes" if tls.verify_clients else "no"),
+            ]
+            if tls
+            else []
+        )
+        users = (
+            [
+                *(["--user", "default", "off"] if "default" not in self.users else []),
+                *(
+                    arg
+                    for name, password in self.users.items()
+                    for arg in ("--user", name, "on", f">{password}", "~*", "&*", "+@all")
+                ),
+            ]
+            if self.users
+            else []
+        )
         return [
             str(self.binary),
-            "--port",
-            str(self.port),
+            *port,
+            *certificates,
+            *users,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -218,12 +287,23 @@ class RedisServer(_Server):
         return self.ping()
 
     def ping(self) -> bool:
+        """Whether the server answers a PING (as the first of its users, over its TLS)."""
+        name, password = next(iter(self.users.items()), (None, None))
+        tls = {"ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        client = redis.Redis.from_url(
+            self.url,
+            username=name,
+            password=password,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            **tls,
+        )
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            return bool(client.ping())
+        except redis.RedisError:
             return False
+        finally:
+            client.close()
 
     def wipe(self) -> None:
         """Forget every key (as after a restart on an empty disk)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from eventing.errors import (
     StreamFull,
     StreamNotAnswering,
 )
+from eventing.nats.auth import connect_options, reload_certificate, unauthenticated_warning
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage
 from eventing.nats.streams import needs_update, stream_config
@@ -78,6 +80,7 @@ class JetStreamClient:
         self._buckets: dict[str, KeyValue] = {}
         self._closing = False
         self._failure_reported_at: float | None = None  #: monotonic; None while connected
+        self._tls: ssl.SSLContext | None = None  #: the current connection's, reloaded on loss
 
     @property
     def is_connected(self) -> bool:
@@ -86,6 +89,9 @@ class JetStreamClient:
     def start(self) -> None:
         """Begin connecting (forever, in the background); idempotent."""
         if self._connecting is None:
+            warning = unauthenticated_warning(self._settings)
+            if warning:
+                logger.warning("%s: %s", self._name, warning)
             self._connecting = asyncio.get_running_loop().create_task(self._stay_connected())
 
     async def wait_connected(self, timeout: float) -> bool:
@@ -117,8 +123,15 @@ class JetStreamClient:
         raise _GivenUp
 
     async def _connect(self) -> None:
+        try:
+            secured = connect_options(self._settings)
+        except (OSError, ssl.SSLError) as exc:  # a certificate file being replaced, say
+            logger.warning("%s cannot read its NATS TLS files: %s; retrying", self._name, exc)
+            raise _GivenUp from None
+        self._tls = secured.get("tls")
         self._nc = await nats.connect(
             servers=list(self._settings.urls),
+            **secured,
             name=self._name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=self._settings.reconnect_wait,
@@ -160,6 +173,11 @@ class JetStreamClient:
         if self._closing:  # our own close: nothing to report
             return
         logger.warning("%s disconnected from NATS; reconnecting", self._name)
+        if self._tls is not None:
+            try:  # the next handshake presents a renewed client certificate
+                reload_certificate(self._tls, self._settings)
+            except (OSError, ssl.SSLError) as exc:
+                logger.warning("%s keeps its NATS client certificate: %s", self._name, exc)
 
     async def _on_reconnected(self) -> None:
         self._failure_reported_at = None
