@@ -208,6 +208,14 @@ class NatsServer(_Server):
         path.write_text(block + (self.config or ""))
         return path
 
+    def reload(self, config: str) -> None:
+        """Make the running server read ``config`` instead (SIGHUP): clients its new
+        authorization refuses are disconnected, and must come back with new credentials."""
+        self.config = config
+        self._config_file()
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     def is_ready(self) -> bool:
         query = "?js-enabled-only=true" if self.jetstream else ""
         return answers_ok(f"http://127.0.0.1:{self.monitor_port}/healthz{query}")

@@ -35,11 +35,20 @@ def redis_client(settings: DeliverySettings) -> redis.Redis:
     return redis.Redis(connection_pool=redis.ConnectionPool.from_url(url.geturl(), **options))
 
 
+def rabbitmq_url(settings: DeliverySettings) -> str:
+    """``BROKER_URL`` as pika may parse it: without the user when the password is in a file
+    (pika refuses a user without a password; :func:`secure_rabbitmq` sets both)."""
+    url = urlsplit(settings.broker_url)
+    return _without_userinfo(url).geturl() if settings.broker_password_file else url.geturl()
+
+
 def secure_rabbitmq(parameters: pika.URLParameters, settings: DeliverySettings) -> None:
-    """Give dramatiq's RabbitMQ ``parameters`` (from ``BROKER_URL``) the password file and CA."""
+    """Give dramatiq's RabbitMQ ``parameters`` (from :func:`rabbitmq_url`) the password file
+    and the CA."""
     if settings.broker_password_file:
+        user = urlsplit(settings.broker_url).username
         parameters.credentials = _RabbitPasswordFile(
-            parameters.credentials.username, settings.broker_password_file
+            unquote(user) if user else "guest", settings.broker_password_file
         )
     if settings.broker_tls_ca_file:
         context = ssl.create_default_context(cafile=settings.broker_tls_ca_file)

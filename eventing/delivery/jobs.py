@@ -121,7 +121,7 @@ def make_broker(settings: DeliverySettings) -> dramatiq.Broker:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         # Confirms make enqueue mean "RabbitMQ has it", which at-least-once needs.
-        broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+        broker = RabbitmqBroker(url=brokers.rabbitmq_url(settings), confirm_delivery=True)
         brokers.secure_rabbitmq(broker.parameters, settings)
         return broker
     return WakingRedisBroker(client=brokers.redis_client(settings))
