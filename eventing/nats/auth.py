@@ -6,7 +6,8 @@ password, or the userinfo of ``NATS_URL``. nats-py reads a creds file and an NKE
 itself at every (re)connect; a token and a password are handed over as callables that read
 their file then too, so a rotated Secret is used from the next reconnect on without a restart.
 The NKEY's public key is an exception: nats-py derives it once per connection, so a seed
-replaced by another key's takes effect when the connection is opened anew (a restart).
+replaced by another key's takes effect when the connection is opened anew, which the client does
+when the server refuses the old key (:meth:`JetStreamClient._on_error`).
 
 TLS is on once any ``NATS_TLS_*`` file is set; the context (CA, client certificate) is built at
 each new connection (:class:`eventing.nats.client.JetStreamClient` builds one per connection

@@ -49,6 +49,7 @@ _STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messa
 _NO_STREAM_PAUSE = 0.1  # seconds between publishes to a stream that has no leader, or none yet
 _CLOSE_TIMEOUT = 1.0  # seconds a drain, then a close, may take when the server does not answer
 _FAILURE_REPORT_EVERY = 30.0  # seconds between warnings while NATS cannot be reached
+_AUTHORIZATION_VIOLATION = "Authorization Violation"  # how nats-server refuses credentials
 T = TypeVar("T")
 
 
@@ -81,6 +82,7 @@ class JetStreamClient:
         self._closing = False
         self._failure_reported_at: float | None = None  #: monotonic; None while connected
         self._tls: ssl.SSLContext | None = None  #: the current connection's, reloaded on loss
+        self._abandoning: asyncio.Task[None] | None = None  #: closing a refused connection
 
     @property
     def is_connected(self) -> bool:
@@ -118,6 +120,7 @@ class JetStreamClient:
     async def _connection(self) -> None:
         """Open a connection and hold it until nats-py gives it up (raises :class:`_GivenUp`)."""
         self._given_up.clear()
+        self._abandoning = None
         await self._connect()
         await self._given_up.wait()
         raise _GivenUp
@@ -150,7 +153,22 @@ class JetStreamClient:
     async def _on_error(self, exc: Exception) -> None:
         """nats-py reports every failed connection attempt here: the first one while
         disconnected, and one every ``_FAILURE_REPORT_EVERY`` after it, are logged as warnings,
-        naming the servers (without credentials), so a wrong ``NATS_URL`` is not silent."""
+        naming the servers (without credentials), so a wrong ``NATS_URL`` is not silent.
+
+        A server that refuses our credentials while we reconnect makes us give the connection
+        up: nats-py would retry with what it read when it was opened (an NKEY's public key, the
+        CA) forever, while a connection opened anew reads every credential file again.
+        """
+        refused = self._nc
+        if (
+            refused is not None
+            and not refused.is_connected
+            and not refused.is_closed
+            and not self._closing
+            and self._abandoning is None
+            and _AUTHORIZATION_VIOLATION in str(exc)
+        ):
+            self._abandoning = asyncio.get_running_loop().create_task(refused.close())
         now = time.monotonic()
         last = self._failure_reported_at
         if (
