@@ -13,7 +13,6 @@ from typing import Any
 import dramatiq
 import nats
 import nats.errors
-import nkeys  # type: ignore[import-untyped]
 import pytest
 import redis
 import requests
@@ -23,6 +22,7 @@ from eventing.nats.client import JetStreamClient
 from eventing.nats.messages import OutboundMessage
 from eventing.settings import DeliverySettings, Settings
 from testing import pki
+from testing.natsauth import Nkey, Operator
 from testing.servers import (
     NatsServer,
     RabbitServer,
@@ -49,9 +49,8 @@ class Secrets:
         self.proxy_password = secrets.token_urlsafe(12)
         self.manager_password = secrets.token_urlsafe(12)
         self.redis_password = secrets.token_urlsafe(12)
-        seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
-        self.worker_nkey = nkeys.from_seed(bytearray(seed)).public_key.decode()
-        self.worker_seed_file = self.file("worker.nk", seed.decode())
+        self.worker_nkey = Nkey.new()
+        self.worker_seed_file = self.file("worker.nk", self.worker_nkey.seed)
         self.manager_password_file = self.file("manager.password", self.manager_password)
         self.redis_password_file = self.file("redis.password", self.redis_password)
 
@@ -62,7 +61,12 @@ class Secrets:
         return str(path)
 
     def all(self) -> list[str]:
-        return [self.proxy_password, self.manager_password, self.redis_password]
+        return [
+            self.proxy_password,
+            self.manager_password,
+            self.redis_password,
+            self.worker_nkey.seed,
+        ]
 
 
 def _nats(tmp_path: Path, name: str, **options: Any) -> NatsServer:
@@ -113,7 +117,7 @@ def locked_nats(tmp_path: Path, certificates: Path, credentials: Secrets) -> Ite
             "accounts { EVENTS { jetstream: enabled, users: ["
             f' {{user: proxy, password: "{credentials.proxy_password}"}},'
             f' {{user: manager, password: "{credentials.manager_password}"}},'
-            f" {{nkey: {credentials.worker_nkey}}}"
+            f" {{nkey: {credentials.worker_nkey.public}}}"
             "] } }\n"
         ),
     )
@@ -139,43 +143,41 @@ def locked_redis(tmp_path: Path, certificates: Path, credentials: Secrets) -> It
     server.kill()
 
 
-def test_the_system_delivers_through_tls_and_credentials_and_shows_none_of_them(
-    locked_nats: NatsServer,
-    locked_redis: RedisServer,
-    certificates: Path,
-    credentials: Secrets,
-    sink_server: SinkServer,
-    tmp_path: Path,
-) -> None:
-    """Each process authenticates its own way (URL userinfo, user and password file, NKEY
-    seed), all present the client certificate; Redis is an ACL user over TLS."""
-    port = locked_nats.port
-    tls = {
+def _client_tls(certificates: Path) -> dict[str, str]:
+    return {
         "NATS_TLS_CA_FILE": str(certificates / "ca.crt"),
         "NATS_TLS_CERT_FILE": str(certificates / "admin.crt"),
         "NATS_TLS_KEY_FILE": str(certificates / "admin.key"),
     }
+
+
+def _deliver_through(
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+    certificates: Path,
+    credentials: Secrets,
+    sink_server: SinkServer,
+    tmp_path: Path,
+    identities: tuple[dict[str, str], dict[str, str], dict[str, str]],
+) -> str:
+    """Run proxy, manager and a worker, each with its own NATS ``identities`` and the client
+    certificate, against Redis as an ACL user over TLS; publish one event and see it delivered.
+    Returns what they showed: every log and the proxy's ``/metrics``."""
+    proxy, manager, worker_identity = identities
     system = System(
-        locked_nats,
-        locked_redis,
+        nats_server,
+        redis_server,
         tmp_path,
-        **tls,
-        BROKER_URL=f"rediss://eventing@127.0.0.1:{locked_redis.port}/0",
+        **_client_tls(certificates),
+        BROKER_URL=f"rediss://eventing@127.0.0.1:{redis_server.port}/0",
         BROKER_PASSWORD_FILE=credentials.redis_password_file,
         BROKER_TLS_CA_FILE=str(certificates / "ca.crt"),
     )
-    system.proxy.env = {
-        **system.env,
-        "NATS_URL": f"nats://proxy:{credentials.proxy_password}@127.0.0.1:{port}",
-    }
-    system.manager.env = {
-        **system.env,
-        "NATS_USER": "manager",
-        "NATS_PASSWORD_FILE": credentials.manager_password_file,
-    }
+    system.proxy.env = {**system.env, **proxy}
+    system.manager.env = {**system.env, **manager}
     try:
         system.start(workers=0)
-        worker = system.add_worker(NATS_NKEY_SEED_FILE=credentials.worker_seed_file)
+        worker = system.add_worker(**worker_identity)
         wait_until(lambda: "ready for action" in worker.log(), 30, f"the worker\n{worker.log()}")
         system.subscribe(
             "orders", {"sink": sink_server.url, "source": "shop", "types": ["order.created.v1"]}
@@ -185,9 +187,82 @@ def test_the_system_delivers_through_tls_and_credentials_and_shows_none_of_them(
         metrics = requests.get(f"{system.proxy_url}/metrics", timeout=5).text
     finally:
         system.stop()
-    shown = metrics + system.logs() + worker.log()
     assert "destination_service" in metrics
-    assert not [password for password in credentials.all() if password in shown]
+    return metrics + system.logs() + worker.log()
+
+
+def test_the_system_delivers_through_tls_and_passwords_and_shows_none_of_them(
+    locked_nats: NatsServer,
+    locked_redis: RedisServer,
+    certificates: Path,
+    credentials: Secrets,
+    sink_server: SinkServer,
+    tmp_path: Path,
+) -> None:
+    """Each process authenticates its own way (URL userinfo, user and password file, NKEY
+    seed), all present the client certificate; Redis is an ACL user over TLS."""
+    url = f"nats://proxy:{credentials.proxy_password}@127.0.0.1:{locked_nats.port}"
+    manager = {"NATS_USER": "manager", "NATS_PASSWORD_FILE": credentials.manager_password_file}
+    worker = {"NATS_NKEY_SEED_FILE": credentials.worker_seed_file}
+    shown = _deliver_through(
+        locked_nats,
+        locked_redis,
+        certificates,
+        credentials,
+        sink_server,
+        tmp_path,
+        ({"NATS_URL": url}, manager, worker),
+    )
+    assert not [secret for secret in credentials.all() if secret in shown]
+
+
+def test_the_system_delivers_with_a_creds_file_per_component(
+    tmp_path: Path,
+    locked_redis: RedisServer,
+    certificates: Path,
+    credentials: Secrets,
+    sink_server: SinkServer,
+) -> None:
+    """Operator mode, as deploy/ runs NATS: each component a JWT user of the events account."""
+    operator = Operator()
+    server = _nats(
+        tmp_path,
+        "operator-nats",
+        config=operator.server_config(),
+        tls=ServerTls(
+            certificates / "apiserver.crt", certificates / "apiserver.key", certificates / "ca.crt"
+        ),
+    )
+    creds = {name: operator.user_creds(name) for name in ("proxy", "manager", "worker")}
+    files = {name: credentials.file(f"{name}.creds", text) for name, text in creds.items()}
+    try:
+        shown = _deliver_through(
+            server,
+            locked_redis,
+            certificates,
+            credentials,
+            sink_server,
+            tmp_path,
+            (
+                {"NATS_CREDS_FILE": files["proxy"]},
+                {"NATS_CREDS_FILE": files["manager"]},
+                {"NATS_CREDS_FILE": files["worker"]},
+            ),
+        )
+        with_certificate = ssl.create_default_context(cafile=certificates / "ca.crt")
+        with_certificate.load_cert_chain(certificates / "admin.crt", certificates / "admin.key")
+        assert _connects(server, tls=with_certificate, user_credentials=files["worker"])
+        assert not _connects(server, tls=with_certificate)
+        assert not _connects(
+            server,
+            tls=ssl.create_default_context(cafile=certificates / "ca.crt"),
+            user_credentials=files["worker"],
+        )
+    finally:
+        server.kill()
+    seeds = [line for text in creds.values() for line in text.splitlines() if line.startswith("SU")]
+    assert len(seeds) == 3
+    assert not [secret for secret in [*seeds, credentials.redis_password] if secret in shown]
 
 
 def _connects(server: NatsServer, **options: object) -> bool:
@@ -225,12 +300,6 @@ def test_clients_without_credentials_or_without_a_certificate_are_refused(
     assert not _connects(locked_nats, user="manager", password=password)  # no TLS at all
 
 
-def _new_nkey() -> tuple[str, str]:
-    """An NKEY user: its seed and its public key."""
-    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
-    return seed.decode(), nkeys.from_seed(bytearray(seed)).public_key.decode()
-
-
 def _token_rotation() -> tuple[str, str, str, str, dict[str, str], dict[str, str]]:
     old, new = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
     return (
@@ -244,14 +313,14 @@ def _token_rotation() -> tuple[str, str, str, str, dict[str, str], dict[str, str
 
 
 def _nkey_rotation() -> tuple[str, str, str, str, dict[str, str], dict[str, str]]:
-    (old_seed, old_key), (new_seed, new_key) = _new_nkey(), _new_nkey()
+    old, new = Nkey.new(), Nkey.new()
     return (
         "NATS_NKEY_SEED_FILE",
-        old_seed,
-        new_seed,
+        old.seed,
+        new.seed,
         "authorization {{ users: [{{nkey: {}}}] }}\n",
-        {"old": old_key},
-        {"new": new_key},
+        {"old": old.public},
+        {"new": new.public},
     )
 
 
