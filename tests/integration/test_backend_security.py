@@ -203,7 +203,14 @@ def test_the_system_delivers_through_tls_and_passwords_and_shows_none_of_them(
     seed), all present the client certificate; Redis is an ACL user over TLS."""
     url = f"nats://proxy:{credentials.proxy_password}@127.0.0.1:{locked_nats.port}"
     manager = {"NATS_USER": "manager", "NATS_PASSWORD_FILE": credentials.manager_password_file}
-    worker = {"NATS_NKEY_SEED_FILE": credentials.worker_seed_file}
+    worker = {
+        "NATS_NKEY_SEED_FILE": credentials.worker_seed_file,
+        # the worker's Redis password in its URL, not a file: never shown either
+        "BROKER_URL": (
+            f"rediss://eventing:{credentials.redis_password}@127.0.0.1:{locked_redis.port}/0"
+        ),
+        "BROKER_PASSWORD_FILE": "",
+    }
     shown = _deliver_through(
         locked_nats,
         locked_redis,
