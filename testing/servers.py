@@ -334,9 +334,12 @@ class RabbitServer(_Server):
 
     name = "rabbitmq-server"
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, *, tls: ServerTls | None = None) -> None:
+        """``tls`` adds an AMQPS listener on :attr:`tls_port` (beside the plain one)."""
         super().__init__(binary, workdir)
         self.dist_port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
 
     @property
     def url(self) -> str:
@@ -359,6 +362,7 @@ class RabbitServer(_Server):
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"),
             "RABBITMQ_FEATURE_FLAGS_FILE": str(base / "feature_flags"),
             "RABBITMQ_PID_FILE": str(base / "pid"),
+            **({"RABBITMQ_CONFIG_FILE": str(self._tls_config())} if self.tls else {}),
         }
         with self._log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -372,8 +376,23 @@ class RabbitServer(_Server):
         if self.process.poll() is not None:
             raise AssertionError(f"{self.name} exited at start:\n{self.log()}")
 
+    def _tls_config(self) -> Path:
+        assert self.tls is not None
+        path = self.workdir / "rabbitmq.conf"
+        path.write_text(
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca}\n"
+            f"ssl_options.certfile = {self.tls.cert}\n"
+            f"ssl_options.keyfile = {self.tls.key}\n"
+            f"ssl_options.verify = {'verify_peer' if self.tls.verify_clients else 'verify_none'}\n"
+            f"ssl_options.fail_if_no_peer_cert = {str(self.tls.verify_clients).lower()}\n"
+        )
+        return path
+
     def is_ready(self) -> bool:
-        return accepts_connections(self.port)
+        return accepts_connections(self.port) and (
+            self.tls_port is None or accepts_connections(self.tls_port)
+        )
 
     def _signal(self, signum: int) -> None:
         # The node runs in a process group of its own (beam, epmd helpers): end all of it.

@@ -29,6 +29,7 @@ from testing.servers import (
     RedisServer,
     ServerTls,
     nats_server_binary,
+    rabbitmq_server_binary,
     redis_server_binary,
     require_binary,
     wait_until,
@@ -436,3 +437,37 @@ def test_rabbitmq_takes_the_password_from_its_file(
     wrong = DeliverySettings(broker_url=url, broker_password_file=credentials.file("bad", "x"))
     with pytest.raises(dramatiq.errors.BrokerConnectionError):
         _round_trip(jobs.make_broker(wrong))
+
+
+def test_rabbitmq_over_tls_is_reached_with_the_ca_file(
+    tmp_path: Path, certificates: Path, credentials: Secrets
+) -> None:
+    binary = require_binary(
+        rabbitmq_server_binary(), "rabbitmq-server", "apt-get install rabbitmq-server"
+    )
+    (tmp_path / "tls-rabbitmq").mkdir()
+    server = RabbitServer(
+        binary,
+        tmp_path / "tls-rabbitmq",
+        tls=ServerTls(
+            certificates / "apiserver.crt",
+            certificates / "apiserver.key",
+            certificates / "ca.crt",
+            verify_clients=False,
+        ),
+    )
+    server.start()
+    try:
+        url = f"amqps://guest@127.0.0.1:{server.tls_port}/%2F"
+        password = credentials.file("amqp", "guest")
+        trusted = DeliverySettings(
+            broker_url=url,
+            broker_password_file=password,
+            broker_tls_ca_file=str(certificates / "ca.crt"),
+        )
+        assert _round_trip(jobs.make_broker(trusted))
+        untrusted = DeliverySettings(broker_url=url, broker_password_file=password)
+        with pytest.raises(ssl.SSLCertVerificationError):  # the system's CAs know no test CA
+            _round_trip(jobs.make_broker(untrusted))
+    finally:
+        server.kill()
