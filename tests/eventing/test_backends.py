@@ -3,6 +3,7 @@ and the connect options the settings turn into (no server needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from eventing.delivery import brokers, jobs
 from eventing.nats import auth
+from eventing.nats.client import JetStreamClient
 from eventing.settings import DeliverySettings, NatsSettings, Settings
 
 
@@ -78,3 +80,26 @@ def test_rabbitmq_takes_its_password_from_the_file(tmp_path: Path) -> None:
     assert (credentials.username, credentials.password) == ("app", "first")
     password.write_text("second\n")
     assert credentials.password == "second"
+
+
+def test_a_client_of_nats_beyond_loopback_without_credentials_warns_once_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings.from_environ({"NATS_URL": "nats://nats.invalid:4222"})
+
+    async def start_twice() -> None:
+        client = JetStreamClient(settings.nats, settings.stream, name="proxy")
+        client.start()
+        client.start()
+        await client.close()
+
+    with caplog.at_level(logging.WARNING, logger="eventing.nats.client"):
+        asyncio.run(start_twice())
+    warnings = [
+        r.getMessage() for r in caplog.records if "without authentication" in r.getMessage()
+    ]
+    assert warnings == [
+        "proxy: NATS at nats://nats.invalid:4222 is reached without authentication: set"
+        " NATS_CREDS_FILE (or NATS_NKEY_SEED_FILE, NATS_TOKEN_FILE, NATS_USER with"
+        " NATS_PASSWORD_FILE) and NATS_TLS_CA_FILE"
+    ]
