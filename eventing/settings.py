@@ -21,7 +21,7 @@ else receives settings. This module is the one place that reads the environment:
 folder a launcher hands to its own processes (:func:`hand_over_metrics_dir`) goes through here
 too.
 
-Why one module over 400 lines: it is the list of declarations, one per variable (56 of them, a
+Why one module over 400 lines: it is the list of declarations, one per variable (65 of them, a
 few lines each with its help text: about 370 lines), grouped as the README lists them, between
 the value parsers and the reading, checks and table (about 150 lines each). Spread over modules,
 a new setting would again cost edits in several places.
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import sys
@@ -138,6 +139,11 @@ def _broker_url(raw: str) -> str:
     return raw.strip()
 
 
+def _file(raw: str) -> str:
+    """A file path, or empty for none (whether it can be read is checked with the others)."""
+    return raw.strip()
+
+
 def _path(raw: str) -> str:
     if not raw.strip():
         raise ValueError("expected a folder path")
@@ -180,6 +186,33 @@ def without_credentials(text: str) -> str:
     return _USERINFO.sub(mask, text)
 
 
+def has_userinfo(url: str) -> bool:
+    """Whether ``url`` carries a user name, a password or a token before its host."""
+    return _USERINFO.match(url) is not None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address, as in a URL) is this machine: traffic to it
+    never leaves the host, so it needs no credentials to be safe from the network."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def secret_from_file(path: str) -> str:
+    """The secret ``path`` holds, without the line break an editor or ``kubectl`` adds.
+
+    Read whenever a connection is opened, not once, so a rotated Secret's new value is used from
+    the next connection on.
+    """
+    with open(path, encoding="utf-8") as file:
+        return file.read().strip()
+
+
 @dataclass(frozen=True, slots=True)
 class Variable(Generic[T]):
     """One environment variable: its name, default, parser and meaning (for the README)."""
@@ -220,6 +253,68 @@ class NatsSettings:
         _positive_duration,
         "Pause between reconnection attempts; processes retry forever instead of exiting.",
     )
+    creds_file: str = setting(
+        "NATS_CREDS_FILE",
+        "",
+        _file,
+        "NATS credentials (.creds: user JWT and NKEY seed) to connect with; re-read at every"
+        " reconnect.",
+    )
+    nkey_seed_file: str = setting(
+        "NATS_NKEY_SEED_FILE",
+        "",
+        _file,
+        "NKEY seed (`SU…`) of the NATS user to connect as; re-read at every reconnect.",
+    )
+    token_file: str = setting(
+        "NATS_TOKEN_FILE",
+        "",
+        _file,
+        "File holding the NATS authentication token; re-read at every reconnect.",
+    )
+    user: str = setting(
+        "NATS_USER", "", str, "NATS user name (with NATS_PASSWORD_FILE); or in NATS_URL."
+    )
+    password_file: str = setting(
+        "NATS_PASSWORD_FILE",
+        "",
+        _file,
+        "File holding NATS_USER's password; re-read at every reconnect.",
+    )
+    tls_ca_file: str = setting(
+        "NATS_TLS_CA_FILE",
+        "",
+        _file,
+        "CA bundle (PEM) that NATS servers' certificates must chain to (empty: the system's);"
+        " setting any NATS_TLS_* file turns TLS on.",
+    )
+    tls_cert_file: str = setting(
+        "NATS_TLS_CERT_FILE",
+        "",
+        _file,
+        "Client certificate (PEM) presented to NATS, with NATS_TLS_KEY_FILE; read at each new"
+        " connection.",
+    )
+    tls_key_file: str = setting(
+        "NATS_TLS_KEY_FILE", "", _file, "Private key (PEM) of NATS_TLS_CERT_FILE."
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file)
+
+    @property
+    def authentication(self) -> tuple[str, ...]:
+        """The variables naming how this process authenticates to NATS (none, one, or several:
+        a conflict :meth:`Settings.from_environ` refuses)."""
+        ways = {
+            "NATS_CREDS_FILE": self.creds_file,
+            "NATS_NKEY_SEED_FILE": self.nkey_seed_file,
+            "NATS_TOKEN_FILE": self.token_file,
+            "NATS_USER": self.user or self.password_file,
+            "NATS_URL": any(has_userinfo(url) for url in self.urls),
+        }
+        return tuple(name for name, chosen in ways.items() if chosen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,7 +606,22 @@ class DeliverySettings:
         "BROKER_URL",
         "redis://127.0.0.1:6379/0",
         _broker_url,
-        "dramatiq broker: Redis, or RabbitMQ (amqp://).",
+        "dramatiq broker: Redis (redis://, rediss:// for TLS), or RabbitMQ (amqp://, amqps://);"
+        " a user and password may stand in the URL.",
+    )
+    broker_password_file: str = setting(
+        "BROKER_PASSWORD_FILE",
+        "",
+        _file,
+        "File holding the broker's password (the user, if any, stays in BROKER_URL); read at"
+        " every new connection.",
+    )
+    broker_tls_ca_file: str = setting(
+        "BROKER_TLS_CA_FILE",
+        "",
+        _file,
+        "CA bundle (PEM) that the broker's certificate must chain to (rediss://, amqps://;"
+        " empty: the system's).",
     )
     retry: int = setting(
         "DELIVERY_RETRY",
@@ -660,9 +770,50 @@ class Settings:
             problems[_name(StreamSettings, "dead_letter_name")] = (
                 f"must differ from {_name(StreamSettings, 'name')}"
             )
+        problems.update(_backend_problems(settings))
         if problems:
             raise ConfigError(problems)
         return settings
+
+
+def _backend_problems(settings: Settings) -> dict[str, str]:
+    """What is contradictory or unreadable in how NATS and the broker are reached: found at
+    start, not at the first connection, where a process would only retry forever."""
+    problems: dict[str, str] = {}
+    nats, delivery = settings.nats, settings.delivery
+    ways = nats.authentication
+    if len(ways) > 1:
+        problems[ways[0]] = (
+            f"conflicts with {', '.join(ways[1:])}: set one way of authenticating to NATS"
+        )
+    if bool(nats.user) != bool(nats.password_file):
+        problems["NATS_USER"] = "NATS_USER and NATS_PASSWORD_FILE go together: set both or neither"
+    if bool(nats.tls_cert_file) != bool(nats.tls_key_file):
+        problems["NATS_TLS_CERT_FILE"] = (
+            "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together: set both or neither"
+        )
+    url = delivery.broker_url
+    if delivery.broker_password_file and re.match(r"^\w+://[^@/]*:[^@/]*@", url):
+        problems["BROKER_PASSWORD_FILE"] = (
+            "conflicts with the password in BROKER_URL: keep only the user in the URL"
+        )
+    if delivery.broker_tls_ca_file and not url.startswith(("rediss://", "amqps://")):
+        problems["BROKER_TLS_CA_FILE"] = "needs a TLS BROKER_URL (rediss:// or amqps://)"
+    files = {
+        "NATS_CREDS_FILE": nats.creds_file,
+        "NATS_NKEY_SEED_FILE": nats.nkey_seed_file,
+        "NATS_TOKEN_FILE": nats.token_file,
+        "NATS_PASSWORD_FILE": nats.password_file,
+        "NATS_TLS_CA_FILE": nats.tls_ca_file,
+        "NATS_TLS_CERT_FILE": nats.tls_cert_file,
+        "NATS_TLS_KEY_FILE": nats.tls_key_file,
+        "BROKER_PASSWORD_FILE": delivery.broker_password_file,
+        "BROKER_TLS_CA_FILE": delivery.broker_tls_ca_file,
+    }
+    for name, path in files.items():
+        if path and not os.access(path, os.R_OK):
+            problems.setdefault(name, f"cannot read the file {path!r}")
+    return problems
 
 
 def _read(cls: Callable[..., G], environ: Mapping[str, str], problems: dict[str, str]) -> G:
@@ -722,6 +873,7 @@ OTHER_VARIABLES = frozenset(
 #: Prefixes that mark a variable as ours: a misspelled one would otherwise be ignored silently.
 OUR_PREFIXES = (
     "NATS_",
+    "BROKER_",
     "JS_",
     "JOB_",
     "PROXY_",

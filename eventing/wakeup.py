@@ -49,8 +49,16 @@ _SUBSCRIBED_WITHIN = 5.0
 class WakingRedisBroker(RedisBroker):
     """A :class:`~dramatiq.brokers.redis.RedisBroker` whose enqueues wake idle consumers."""
 
-    def __init__(self, *, url: str, idle_poll: float = IDLE_POLL) -> None:
-        super().__init__(url=url)  # type: ignore[no-untyped-call]
+    def __init__(
+        self,
+        *,
+        client: redis.Redis | None = None,
+        url: str | None = None,
+        idle_poll: float = IDLE_POLL,
+    ) -> None:
+        """``client`` (with its credentials and TLS) or a plain ``url``; the wake-up
+        subscriptions are opened from the same client's pool."""
+        super().__init__(client=client, url=url)  # type: ignore[no-untyped-call]
         self.idle_poll = idle_poll
         self.stopping = threading.Event()  #: set when the worker starts shutting down
         self.add_middleware(_StopWaiting(self))

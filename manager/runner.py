@@ -251,7 +251,7 @@ async def _lead_and_manage(
         settings,
         reader,
         client,
-        jobs.make_broker(settings.delivery.broker_url),
+        jobs.make_broker(settings.delivery),
         board,
         metrics,
     )

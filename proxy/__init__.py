@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from eventing.settings import Settings
+from eventing.settings import Settings, without_credentials
 from eventing.sources.source import source_for
 from proxy.publisher import JetStreamPublisher, Publisher
 
@@ -36,7 +36,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
     app.extensions["eventing.auth"] = auth.Authenticator(settings.proxy)
     app.extensions["eventing.publisher"] = publisher or JetStreamPublisher(settings)
     app.extensions["eventing.metrics"] = counted = metrics.ProxyMetrics(
-        destination=",".join(settings.nats.urls),
+        destination=without_credentials(",".join(settings.nats.urls)),
         max_event_types=settings.proxy.metrics_max_event_types,
     )
     app.extensions["eventing.subscriptions"] = source_for(settings, watch=False)

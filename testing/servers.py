@@ -15,10 +15,12 @@ import subprocess
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 
 def free_port() -> int:
@@ -81,6 +83,17 @@ def redis_server_binary() -> Path | None:
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
     return Path(found) if found else None
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's TLS files (PEM, e.g. from :func:`testing.pki.write`); with
+    ``verify_clients``, only clients presenting a certificate of ``ca`` get in."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    verify_clients: bool = True
 
 
 class _Server:
@@ -148,13 +161,21 @@ class NatsServer(_Server):
     name = "nats-server"
 
     def __init__(
-        self, binary: Path, workdir: Path, *, jetstream: bool = True, config: str | None = None
+        self,
+        binary: Path,
+        workdir: Path,
+        *,
+        jetstream: bool = True,
+        config: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
-        """``config`` is nats-server configuration text (account limits, say), passed with -c."""
+        """``config`` is nats-server configuration text (accounts and their users, limits),
+        passed with -c; ``tls`` makes every client connection TLS (the monitor stays HTTP)."""
         super().__init__(binary, workdir)
         self.monitor_port = free_port()
         self.jetstream = jetstream
         self.config = config
+        self.tls = tls
 
     @property
     def url(self) -> str:
@@ -164,7 +185,7 @@ class NatsServer(_Server):
         return [
             str(self.binary),
             *(["-js"] if self.jetstream else []),
-            *(["-c", str(self._config_file())] if self.config is not None else []),
+            *(["-c", str(self._config_file())] if self.config or self.tls else []),
             "-a",
             "127.0.0.1",
             "-p",
@@ -177,8 +198,23 @@ class NatsServer(_Server):
 
     def _config_file(self) -> Path:
         path = self.workdir / "nats-server.conf"
-        path.write_text(self.config or "")
+        tls = self.tls
+        block = (
+            f'tls {{ cert_file: "{tls.cert}", key_file: "{tls.key}", ca_file: "{tls.ca}",'
+            f" verify: {str(tls.verify_clients).lower()} }}\n"
+            if tls
+            else ""
+        )
+        path.write_text(block + (self.config or ""))
         return path
+
+    def reload(self, config: str) -> None:
+        """Make the running server read ``config`` instead (SIGHUP): clients its new
+        authorization refuses are disconnected, and must come back with new credentials."""
+        self.config = config
+        self._config_file()
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
 
     def is_ready(self) -> bool:
         query = "?js-enabled-only=true" if self.jetstream else ""
@@ -191,19 +227,60 @@ class RedisServer(_Server):
 
     name = "redis-server"
 
-    def __init__(self, binary: Path, workdir: Path, *, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        *,
+        appendonly: bool = True,
+        users: Mapping[str, str] | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
+        """``users`` (name → password, ``default`` among them for a plain ``requirepass``) are
+        the only ACL users, each allowed everything; ``tls`` makes the port TLS-only."""
         super().__init__(binary, workdir)
         self.appendonly = appendonly
+        self.users = dict(users or {})
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL without credentials (``rediss://`` with TLS)."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
+        port = (
+            ["--port", "0", "--tls-port", str(self.port)]
+            if self.tls
+            else ["--port", str(self.port)]
+        )
+        tls = self.tls
+        certificates = (
+            [
+                *("--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key)),
+                *("--tls-ca-cert-file", str(tls.ca)),
+                *("--tls-auth-clients", "yes" if tls.verify_clients else "no"),
+            ]
+            if tls
+            else []
+        )
+        users = (
+            [
+                *(["--user", "default", "off"] if "default" not in self.users else []),
+                *(
+                    arg
+                    for name, password in self.users.items()
+                    for arg in ("--user", name, "on", f">{password}", "~*", "&*", "+@all")
+                ),
+            ]
+            if self.users
+            else []
+        )
         return [
             str(self.binary),
-            "--port",
-            str(self.port),
+            *port,
+            *certificates,
+            *users,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -218,12 +295,23 @@ class RedisServer(_Server):
         return self.ping()
 
     def ping(self) -> bool:
+        """Whether the server answers a PING (as the first of its users, over its TLS)."""
+        name, password = next(iter(self.users.items()), (None, None))
+        tls = {"ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        client = redis.Redis.from_url(
+            self.url,
+            username=name,
+            password=password,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            **tls,
+        )
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            return bool(client.ping())
+        except redis.RedisError:
             return False
+        finally:
+            client.close()
 
     def wipe(self) -> None:
         """Forget every key (as after a restart on an empty disk)."""
@@ -246,9 +334,12 @@ class RabbitServer(_Server):
 
     name = "rabbitmq-server"
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, *, tls: ServerTls | None = None) -> None:
+        """``tls`` adds an AMQPS listener on :attr:`tls_port` (beside the plain one)."""
         super().__init__(binary, workdir)
         self.dist_port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
 
     @property
     def url(self) -> str:
@@ -271,6 +362,7 @@ class RabbitServer(_Server):
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"),
             "RABBITMQ_FEATURE_FLAGS_FILE": str(base / "feature_flags"),
             "RABBITMQ_PID_FILE": str(base / "pid"),
+            **({"RABBITMQ_CONFIG_FILE": str(self._tls_config())} if self.tls else {}),
         }
         with self._log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -284,8 +376,23 @@ class RabbitServer(_Server):
         if self.process.poll() is not None:
             raise AssertionError(f"{self.name} exited at start:\n{self.log()}")
 
+    def _tls_config(self) -> Path:
+        assert self.tls is not None
+        path = self.workdir / "rabbitmq.conf"
+        path.write_text(
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca}\n"
+            f"ssl_options.certfile = {self.tls.cert}\n"
+            f"ssl_options.keyfile = {self.tls.key}\n"
+            f"ssl_options.verify = {'verify_peer' if self.tls.verify_clients else 'verify_none'}\n"
+            f"ssl_options.fail_if_no_peer_cert = {str(self.tls.verify_clients).lower()}\n"
+        )
+        return path
+
     def is_ready(self) -> bool:
-        return accepts_connections(self.port)
+        return accepts_connections(self.port) and (
+            self.tls_port is None or accepts_connections(self.tls_port)
+        )
 
     def _signal(self, signum: int) -> None:
         # The node runs in a process group of its own (beam, epmd helpers): end all of it.

@@ -25,7 +25,7 @@ def setup_broker() -> dramatiq.Broker:
     """Build, register and return the broker with the delivery actor declared."""
     settings = settings_or_exit("eventing-worker", warn=False)  # eventing-worker warned
     logging.getLogger().setLevel(settings.log_level)
-    broker = make_broker(settings.delivery.broker_url)
+    broker = make_broker(settings.delivery)
     stop = GracefulStop()
     acks = NatsAcknowledger(settings.nats, settings.stream, stop)
     broker.add_middleware(acks)

@@ -11,18 +11,22 @@ job travels signed (:mod:`eventing.delivery.signatures`): workers act only on :f
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import dramatiq
 
-from eventing.delivery import signatures
+from eventing.delivery import brokers, signatures
 from eventing.delivery.credentials import SinkCredentials
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import UntrustedJob
 from eventing.nats.messages import DEAD_LETTER_PREFIX, OutboundMessage
 from eventing.redaction import mask_url
+from eventing.settings import DeliverySettings
 from eventing.wakeup import WakingRedisBroker
+
+logger = logging.getLogger(__name__)
 
 QUEUE = "eventing.delivery"
 ACTOR = "deliver"
@@ -116,15 +120,22 @@ class Broker(Protocol):
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any: ...
 
 
-def make_broker(url: str) -> dramatiq.Broker:
+def make_broker(settings: DeliverySettings) -> dramatiq.Broker:
     """A dramatiq broker for ``BROKER_URL``: Redis (whose idle workers an enqueue wakes, see
-    :mod:`eventing.wakeup`), or RabbitMQ with publisher confirms."""
-    if url.startswith(("amqp://", "amqps://")):
+    :mod:`eventing.wakeup`), or RabbitMQ with publisher confirms; with the credentials and TLS
+    of :mod:`eventing.delivery.brokers`. Warns once when the broker is unauthenticated beyond
+    loopback."""
+    warning = brokers.unauthenticated_warning(settings)
+    if warning:
+        logger.warning("%s", warning)
+    if settings.broker_url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         # Confirms make enqueue mean "RabbitMQ has it", which at-least-once needs.
-        return RabbitmqBroker(url=url, confirm_delivery=True)
-    return WakingRedisBroker(url=url)
+        broker = RabbitmqBroker(url=brokers.rabbitmq_url(settings), confirm_delivery=True)
+        brokers.secure_rabbitmq(broker.parameters, settings)
+        return broker
+    return WakingRedisBroker(client=brokers.redis_client(settings))
 
 
 def enqueue(broker: Broker, jobs: list[DeliveryJob], key: bytes) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from eventing.errors import (
     StreamFull,
     StreamNotAnswering,
 )
+from eventing.nats.auth import connect_options, reload_certificate, unauthenticated_warning
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage
 from eventing.nats.streams import needs_update, stream_config
@@ -47,6 +49,7 @@ _STORE_FAILED = 10077  # JetStream API error "store failed" (maximum bytes/messa
 _NO_STREAM_PAUSE = 0.1  # seconds between publishes to a stream that has no leader, or none yet
 _CLOSE_TIMEOUT = 1.0  # seconds a drain, then a close, may take when the server does not answer
 _FAILURE_REPORT_EVERY = 30.0  # seconds between warnings while NATS cannot be reached
+_AUTHORIZATION_VIOLATION = "Authorization Violation"  # how nats-server refuses credentials
 T = TypeVar("T")
 
 
@@ -78,6 +81,8 @@ class JetStreamClient:
         self._buckets: dict[str, KeyValue] = {}
         self._closing = False
         self._failure_reported_at: float | None = None  #: monotonic; None while connected
+        self._tls: ssl.SSLContext | None = None  #: the current connection's, reloaded on loss
+        self._abandoning: asyncio.Task[None] | None = None  #: closing a refused connection
 
     @property
     def is_connected(self) -> bool:
@@ -86,6 +91,9 @@ class JetStreamClient:
     def start(self) -> None:
         """Begin connecting (forever, in the background); idempotent."""
         if self._connecting is None:
+            warning = unauthenticated_warning(self._settings)
+            if warning:
+                logger.warning("%s: %s", self._name, warning)
             self._connecting = asyncio.get_running_loop().create_task(self._stay_connected())
 
     async def wait_connected(self, timeout: float) -> bool:
@@ -112,13 +120,21 @@ class JetStreamClient:
     async def _connection(self) -> None:
         """Open a connection and hold it until nats-py gives it up (raises :class:`_GivenUp`)."""
         self._given_up.clear()
+        self._abandoning = None
         await self._connect()
         await self._given_up.wait()
         raise _GivenUp
 
     async def _connect(self) -> None:
+        try:
+            secured = connect_options(self._settings)
+        except (OSError, ssl.SSLError) as exc:  # a certificate file being replaced, say
+            logger.warning("%s cannot read its NATS TLS files: %s; retrying", self._name, exc)
+            raise _GivenUp from None
+        self._tls = secured.get("tls")
         self._nc = await nats.connect(
             servers=list(self._settings.urls),
+            **secured,
             name=self._name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=self._settings.reconnect_wait,
@@ -137,7 +153,22 @@ class JetStreamClient:
     async def _on_error(self, exc: Exception) -> None:
         """nats-py reports every failed connection attempt here: the first one while
         disconnected, and one every ``_FAILURE_REPORT_EVERY`` after it, are logged as warnings,
-        naming the servers (without credentials), so a wrong ``NATS_URL`` is not silent."""
+        naming the servers (without credentials), so a wrong ``NATS_URL`` is not silent.
+
+        A server that refuses our credentials while we reconnect makes us give the connection
+        up: nats-py would retry with what it read when it was opened (an NKEY's public key, the
+        CA) forever, while a connection opened anew reads every credential file again.
+        """
+        refused = self._nc
+        if (
+            refused is not None
+            and not refused.is_connected
+            and not refused.is_closed
+            and not self._closing
+            and self._abandoning is None
+            and _AUTHORIZATION_VIOLATION in str(exc)
+        ):
+            self._abandoning = asyncio.get_running_loop().create_task(refused.close())
         now = time.monotonic()
         last = self._failure_reported_at
         if (
@@ -160,6 +191,11 @@ class JetStreamClient:
         if self._closing:  # our own close: nothing to report
             return
         logger.warning("%s disconnected from NATS; reconnecting", self._name)
+        if self._tls is not None:
+            try:  # the next handshake presents a renewed client certificate
+                reload_certificate(self._tls, self._settings)
+            except (OSError, ssl.SSLError) as exc:
+                logger.warning("%s keeps its NATS client certificate: %s", self._name, exc)
 
     async def _on_reconnected(self) -> None:
         self._failure_reported_at = None

@@ -139,3 +139,89 @@ def test_the_worker_metrics_address_is_a_setting() -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_environ({"WORKER_METRICS_HOST": " "})
     assert list(raised.value.problems) == ["WORKER_METRICS_HOST"]
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> str:
+    path = tmp_path / "secret"
+    path.write_text("s3cret\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("environ", "first", "others"),
+    [
+        (
+            {"NATS_CREDS_FILE": "{f}", "NATS_TOKEN_FILE": "{f}"},
+            "NATS_CREDS_FILE",
+            "NATS_TOKEN_FILE",
+        ),
+        (
+            {"NATS_NKEY_SEED_FILE": "{f}", "NATS_USER": "app", "NATS_PASSWORD_FILE": "{f}"},
+            "NATS_NKEY_SEED_FILE",
+            "NATS_USER",
+        ),
+        (
+            {"NATS_TOKEN_FILE": "{f}", "NATS_URL": "nats://app:pw@nats:4222"},
+            "NATS_TOKEN_FILE",
+            "NATS_URL",
+        ),
+    ],
+)
+def test_two_ways_of_authenticating_to_nats_are_refused_at_start(
+    secret: str, environ: dict[str, str], first: str, others: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({name: value.format(f=secret) for name, value in environ.items()})
+    assert raised.value.problems[first] == (
+        f"conflicts with {others}: set one way of authenticating to NATS"
+    )
+    assert "pw" not in str(raised.value)
+
+
+def test_nats_settings_that_go_in_pairs_are_refused_alone(secret: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({"NATS_PASSWORD_FILE": secret, "NATS_TLS_CERT_FILE": secret})
+    assert set(raised.value.problems) == {"NATS_USER", "NATS_TLS_CERT_FILE"}
+
+
+def test_an_unreadable_secret_file_is_named_at_start(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({"NATS_TOKEN_FILE": missing, "BROKER_PASSWORD_FILE": missing})
+    assert raised.value.problems == {
+        "NATS_TOKEN_FILE": f"cannot read the file {missing!r}",
+        "BROKER_PASSWORD_FILE": f"cannot read the file {missing!r}",
+    }
+
+
+def test_broker_credentials_and_tls_settings_that_contradict_the_url_are_refused(
+    secret: str,
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ(
+            {
+                "BROKER_URL": "redis://app:pw@redis:6379/0",
+                "BROKER_PASSWORD_FILE": secret,
+                "BROKER_TLS_CA_FILE": secret,
+            }
+        )
+    assert raised.value.problems == {
+        "BROKER_PASSWORD_FILE": "conflicts with the password in BROKER_URL: keep only the user"
+        " in the URL",
+        "BROKER_TLS_CA_FILE": "needs a TLS BROKER_URL (rediss:// or amqps://)",
+    }
+    settings = Settings.from_environ(
+        {
+            "BROKER_URL": "rediss://app@redis:6379/0",
+            "BROKER_PASSWORD_FILE": secret,
+            "BROKER_TLS_CA_FILE": secret,
+        }
+    )
+    assert settings.delivery.broker_password_file == secret
+
+
+def test_a_misspelled_broker_setting_is_named() -> None:
+    assert unknown_variables({"BROKER_PASWORD_FILE": "x"}) == [
+        "BROKER_PASWORD_FILE is not a setting and is ignored (did you mean BROKER_PASSWORD_FILE?)"
+    ]

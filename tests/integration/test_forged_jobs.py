@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from eventing.delivery import jobs, signatures
-from eventing.settings import StreamSettings
+from eventing.settings import DeliverySettings, StreamSettings
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import RecordingSink, SinkServer
 from testing.system import System
@@ -73,7 +73,7 @@ def forged_job(sink: str, ack_subject: str) -> dict[str, Any]:
 
 def push(redis: RedisServer, **kwargs: Any) -> None:
     """Put one dramatiq message with ``kwargs`` into the delivery queue, as anyone could."""
-    broker = jobs.make_broker(redis.url)
+    broker = jobs.make_broker(DeliverySettings(broker_url=redis.url))
     try:
         broker.enqueue(
             dramatiq.Message(

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from eventing.delivery import jobs
+from eventing.settings import DeliverySettings
 from eventing.wakeup import WakingRedisBroker
 from testing.servers import RedisServer, wait_until
 from tests.workers.conftest import KEY, make_job
@@ -99,7 +100,7 @@ def test_a_released_queue_ends_every_wait_and_still_hands_out_what_it_holds() ->
 
 def test_every_broker_of_the_project_wakes_workers(redis_server: RedisServer) -> None:
     """The manager enqueues through make_broker: its jobs must wake idle workers too."""
-    broker = jobs.make_broker(redis_server.url)
+    broker = jobs.make_broker(DeliverySettings(broker_url=redis_server.url))
     assert isinstance(broker, WakingRedisBroker)
     listener = redis.Redis.from_url(redis_server.url).pubsub()  # type: ignore[no-untyped-call]
     listener.subscribe(broker.wake_channel(jobs.QUEUE))
