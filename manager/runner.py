@@ -81,6 +81,7 @@ class Manager:
             lambda work: jobs.enqueue(broker, work),
             lambda name, count: metrics.enqueued.labels(name).inc(count),
             on_shed=lambda name, count: metrics.shed.labels(name).inc(count),
+            on_filtered=lambda name, count: metrics.filtered.labels(name).inc(count),
             dead_letter_stream=settings.stream.dead_letter_name,
             max_backlog=settings.manager.max_backlog,
             publish_timeout=settings.stream.dead_letter_publish_timeout,
