@@ -13,11 +13,15 @@ import shutil
 import sys
 import tempfile
 
+from eventing.delivery.egress import loopback_warning, policy_for
 from eventing.settings import hand_over_metrics_dir, settings_or_exit
 
 
 def main() -> int:
     settings = settings_or_exit("eventing-worker")
+    warning = loopback_warning(policy_for(settings))
+    if warning is not None:
+        print(f"eventing-worker: warning: {warning}", file=sys.stderr, flush=True)
     metrics_dir = tempfile.mkdtemp(prefix="eventing-worker-metrics-")
     hand_over_metrics_dir(metrics_dir)
     # dramatiq reads this when first imported, and its worker processes inherit the value.

@@ -59,6 +59,7 @@ def reading(kube: Kube, **env: str) -> dict[str, str]:
         "SUBSCRIPTIONS_SOURCE": "kubernetes",
         "KUBECONFIG": str(kube.kubeconfig),
         "KUBE_NAMESPACES": kube.namespace,
+        "SINK_ALLOW": "127.0.0.0/8,::1",  # the test's sinks are on loopback, refused by default
         **env,
     }
 
@@ -89,6 +90,7 @@ def test_an_applied_subscription_gets_its_consumer_a_finalizer_and_kyma_status(
         ("Subscription spec valid", "True", "Subscription spec has no validation errors"),
         ("Subscription active", "True", "NATS Subscription active"),
         ("Backlog within limit", "True", "Backlog within limit"),
+        ("Sink allowed", "True", "Sink allowed by the egress policy"),
     }
     assert stored["metadata"]["finalizers"] == ["eventing.kyma-project.io"]
     # Defaults come from the CRD, as in Kyma.
