@@ -37,6 +37,7 @@ class Target:
 
     subscription: Subscription
     spec: ConsumerSpec
+    held: str | None = None  #: why its events wait instead of being pulled (a refused sink)
 
     def receives(self, message: PulledMessage) -> bool:
         """Whether the subscription receives this message's event, not merely shares the

@@ -129,6 +129,11 @@ class Dispatcher:
             idle = True
             while (target := self._targets.get(name)) is not None:
                 await self._shedding.check(name, target)
+                if target.held is not None:
+                    # Its events wait for the sink or the policy to change, their backlog
+                    # bounded by the check above like any other.
+                    await asyncio.sleep(_IDLE_FETCH_TIMEOUT)
+                    continue
                 batch = 1 if idle else max(1, min(target.spec.max_ack_pending, _MAX_BATCH))
                 messages = await pull.fetch(
                     batch, _IDLE_FETCH_TIMEOUT if idle else _BUSY_FETCH_TIMEOUT
@@ -145,7 +150,7 @@ class Dispatcher:
         target = self._targets.get(name)
         if target is None:
             return  # unsubscribed meanwhile; the messages return after their ack wait
-        # Reading each event to match it costs a JSON parse: off the loop, with the enqueue.
+        # Matching reads each event (a JSON parse): off the event loop.
         work, strangers = await asyncio.to_thread(_jobs, target, messages)
         if strangers:
             await self._drop(name, strangers)

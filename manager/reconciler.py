@@ -5,7 +5,7 @@ deletes what the plan says (each failed action retried with back-off,
 :class:`~manager.reconcile.Retries`), and points the pull tasks at the consumers that exist.
 It decides nothing itself (that is the pure plan's job) and shows nothing (that is the status
 board's): it returns what it could not do, as an :class:`Outcome`, including the subscriptions
-whose sink the egress policy refuses (:mod:`manager.sinks`), which it does not pull.
+whose sink the egress policy refuses (:mod:`manager.sinks`), whose pulls it holds.
 """
 
 from __future__ import annotations
@@ -103,14 +103,13 @@ class Reconciler:
             # The pulls go on as they were: the consumers they read still exist, and stopping
             # them would only delay delivery until the next success.
             return Outcome(problem=problem)
-        # The consumers of a refused sink stay (its events wait), but nobody pulls them.
+        # The consumers of a refused sink are held: their events wait, within MAX_BACKLOG.
         refused = await sinks.refusals(valid, self._egress)
         by_name = {s.name: s for s in wanted.values()}
         self._pulls.sync(
             {
-                name: consumers.Target(subscription, by_name[name])
+                name: consumers.Target(subscription, by_name[name], refused.get(subscription.key))
                 for subscription in valid
-                if subscription.key not in refused
                 for name in (b.consumer_name for b in subscription.bindings)
                 if name not in errors
             }

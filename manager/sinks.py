@@ -4,7 +4,8 @@ The workers check every address they connect to (:mod:`workers.egress`), which i
 that counts; this one resolves each sink's host when the subscriptions change, so that a
 refused sink shows in the subscription's status (why it is not ready) instead of in dead
 letters only, and the manager pulls no events for it: they wait in the stream, as for a
-subscription whose sink is down, until the sink or the policy changes. A host that does not
+subscription whose sink is down, until the sink or the policy changes (beyond ``MAX_BACKLOG``
+the oldest are shed as ever). A host that does not
 resolve now is not refused here (a Service may come later); its deliveries are checked when
 they connect.
 """

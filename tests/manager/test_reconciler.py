@@ -102,7 +102,7 @@ def test_a_refused_consumer_is_an_error_of_its_own_and_is_not_pulled(
     asyncio.run(scenario())
 
 
-def test_a_refused_sink_keeps_its_consumer_but_is_not_pulled(nats_server: NatsServer) -> None:
+def test_a_refused_sink_keeps_its_consumer_but_its_pulls_are_held(nats_server: NatsServer) -> None:
     settings = settings_for(nats_server.url)
     allowed = subscription(settings, "allowed")
     metadata = replace(subscription(settings, "metadata"), sink="http://169.254.169.254/")
@@ -114,7 +114,10 @@ def test_a_refused_sink_keeps_its_consumer_but_is_not_pulled(nats_server: NatsSe
             assert outcome.problem is None and dict(outcome.errors) == {}
             assert list(outcome.refused) == ["default/metadata"]
             assert "link-local" in outcome.refused["default/metadata"]
-            assert list(pulls.targets[-1]) == [allowed.bindings[0].consumer_name]
+            [held] = [t for t in pulls.targets[-1].values() if t.subscription == metadata]
+            assert held.held == outcome.refused["default/metadata"]
+            [pulled] = [t for t in pulls.targets[-1].values() if t.subscription == allowed]
+            assert pulled.held is None
             assert subscribed(metrics) == 2  # both consumers: its events wait for a change
 
     asyncio.run(scenario())
