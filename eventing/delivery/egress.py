@@ -43,17 +43,6 @@ _METADATA_ADDRESSES = ("fd00:ec2::254/128", "100.100.100.200/32")
 _LOOPBACK = ("127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128")
 
 
-def loopback_warning(policy: EgressPolicy) -> str | None:
-    """The start-up warning of a policy that lets sinks reach the worker's own loopback (the
-    folder mode's default, for the quickstart's sink), or None."""
-    if policy.refusal("localhost", "127.0.0.1") is not None:
-        return None
-    return (
-        "sinks on loopback are allowed (SUBSCRIPTIONS_SOURCE=directory); where others write"
-        " subscriptions, refuse them with SINK_DENY=127.0.0.0/8,::1"
-    )
-
-
 def network_of(entry: str) -> Network | None:
     """The network an entry of ``SINK_ALLOW`` / ``SINK_DENY`` names, or None for a host name."""
     try:
@@ -136,6 +125,18 @@ def policy_for(settings: Settings) -> EgressPolicy:
         allow=Rules.parse(settings.delivery.sink_allow),
         deny=Rules.parse(settings.delivery.sink_deny),
         loopback=settings.source.kind != "kubernetes",
+    )
+
+
+def loopback_warning(policy: EgressPolicy) -> str | None:
+    """The start-up warning of a policy that lets sinks reach the worker's own loopback (the
+    folder mode's default, for the quickstart's sink), or None."""
+    if policy.refusal("localhost", "127.0.0.1") is not None:
+        return None
+    why = "SUBSCRIPTIONS_SOURCE=directory" if policy.loopback else "SINK_ALLOW"
+    return (
+        f"sinks on loopback are allowed ({why}); where others write subscriptions, refuse them"
+        " with SINK_DENY=127.0.0.0/8,::1"
     )
 
 

@@ -91,4 +91,7 @@ def test_only_a_policy_that_allows_loopback_warns_at_start() -> None:
     warning = loopback_warning(FOLDER)
     assert warning is not None and "SINK_DENY" in warning
     assert loopback_warning(KUBERNETES) is None
+    allowed = {"SUBSCRIPTIONS_SOURCE": "kubernetes", "SINK_ALLOW": "127.0.0.1"}
+    warning = loopback_warning(policy_for(Settings.from_environ(allowed)))
+    assert warning is not None and "SINK_ALLOW" in warning
     assert loopback_warning(policy_for(Settings.from_environ({"SINK_DENY": "127.0.0.0/8"}))) is None
