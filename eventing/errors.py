@@ -20,6 +20,7 @@ translated into this tree in the one module that imports the library, with ``rai
     ├── DeliveryError                a sink did not take an event
     │   ├── TemporaryDeliveryError   408, 429, 5xx, timeouts, connection errors: retry
     │   └── PermanentDeliveryError   other answers: retrying cannot help
+    │       └── SinkRefused          the egress policy refuses the sink's address
     ├── PublishError                 JetStream did not persist an event (HTTP 5xx)
     │   ├── BackendUnavailable       not connected to NATS (502)
     │   ├── StreamNotAnswering       no stream took the message in time (504)
@@ -190,6 +191,11 @@ class TemporaryDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """The sink refused the event for good (other 4xx, redirects)."""
+
+
+class SinkRefused(PermanentDeliveryError):
+    """The egress policy refuses every address, or one, that the sink's host resolves to; no
+    connection was made, so nothing about the address is known beyond its name."""
 
 
 class PublishError(EventingError):

@@ -21,9 +21,9 @@ else receives settings. This module is the one place that reads the environment:
 folder a launcher hands to its own processes (:func:`hand_over_metrics_dir`) goes through here
 too.
 
-Why one module over 400 lines: it is the list of declarations, one per variable (65 of them, a
-few lines each with its help text: about 370 lines), grouped as the README lists them, between
-the value parsers and the reading, checks and table (about 150 lines each). Spread over modules,
+Why one module over 400 lines: it is the list of declarations, one per variable (76 of them, a
+few lines each with its help text: over half the module), grouped as the README lists them,
+between the value parsers and the reading, checks and table. Spread over modules,
 a new setting would again cost edits in several places.
 
 Names follow Kyma's where Kyma has one (``NATS_URL``, ``EVENT_TYPE_PREFIX``, ``JS_STREAM_*``,
@@ -131,6 +131,26 @@ def _host(raw: str) -> str:
     if not raw.strip() or any(c.isspace() for c in raw.strip()):
         raise ValueError("expected a host name or IP address")
     return raw.strip()
+
+
+_HOST_NAME = re.compile(
+    r"^(\*\.)?[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?(\.[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)*$"
+)
+
+
+def _sink_rules(raw: str) -> tuple[str, ...]:
+    entries = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(entry.rstrip(".")):
+                raise ValueError(
+                    f"expected CIDRs (10.0.0.0/8, fd00::/8), addresses or host names"
+                    f" (*.example.com for every name below it), separated by commas; {entry!r}"
+                    " is none of them"
+                ) from None
+    return entries
 
 
 def _broker_url(raw: str) -> str:
@@ -672,6 +692,19 @@ class DeliverySettings:
         _positive_duration,
         "Least JetStream ack wait of a consumer; raised per subscription to cover its timeout.",
     )
+    sink_allow: tuple[str, ...] = setting(
+        "SINK_ALLOW",
+        "",
+        _sink_rules,
+        "Sink CIDRs and host names let through that the egress policy refuses by default"
+        " (link-local, cloud metadata; loopback when SUBSCRIPTIONS_SOURCE=kubernetes).",
+    )
+    sink_deny: tuple[str, ...] = setting(
+        "SINK_DENY",
+        "",
+        _sink_rules,
+        "Sink CIDRs and host names refused besides the defaults; wins over SINK_ALLOW.",
+    )
     extra_deliveries: int = setting(
         "DELIVERY_EXTRA_DELIVERIES",
         "5",
@@ -886,6 +919,7 @@ OUR_PREFIXES = (
     "SUBSCRIPTIONS_",
     "KUBE_",
     "LEADER_ELECTION",
+    "SINK_",
 )
 # Kubernetes adds <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://… and so on for every Service of
 # the namespace (e.g. EVENTING_NATS_PORT for the Service eventing-nats): not ours to warn about.

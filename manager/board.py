@@ -55,7 +55,7 @@ class StatusBoard:
         self._dead_letter_stream = dead_letter_stream
         self._max_backlog = max_backlog
         self._clock = clock
-        self._last: tuple[Snapshot, Mapping[str, str], str | None] | None = None
+        self._last: tuple[Snapshot, Mapping[str, str], str | None, Mapping[str, str]] | None = None
         self._shedding_shown: dict[str, str] = {}
 
     @classmethod
@@ -74,10 +74,13 @@ class StatusBoard:
         errors: Mapping[str, str],
         problem: str | None,
         backlogs: Mapping[str, Backlog],
+        *,
+        refused: Mapping[str, str],
     ) -> status.View:
         """Show ``snapshot`` as a reconcile left it: ``errors`` by consumer name, ``problem``
-        if NATS could not be reconciled at all. Returns the new view."""
-        self._last = (snapshot, errors, problem)
+        if NATS could not be reconciled at all, ``refused`` sinks by subscription. Returns the
+        new view."""
+        self._last = (snapshot, errors, problem, refused)
         self._shedding_shown = shedding = self._shedding(backlogs)
         self.view = view = status.view(
             snapshot.entries,
@@ -85,6 +88,7 @@ class StatusBoard:
             errors=errors,
             problem=problem,
             shedding=shedding,
+            refused=refused,
             previous=self.view,
         )
         for entry, item in zip(snapshot.entries, view.items, strict=True):
@@ -101,7 +105,8 @@ class StatusBoard:
         for name, backlog in backlogs.items():
             self._metrics.pending.labels(name).set(backlog.pending)
         if self._last is not None and self._shedding(backlogs) != self._shedding_shown:
-            self.publish(*self._last, backlogs)
+            snapshot, errors, problem, refused = self._last
+            self.publish(snapshot, errors, problem, backlogs, refused=refused)
 
     def _shedding(self, backlogs: Mapping[str, Backlog]) -> dict[str, str]:
         """Why each consumer that shed events within :data:`SHEDDING_SHOWN` did, by name."""

@@ -17,6 +17,7 @@ from eventing.errors import ConsumerError, NotFound
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import PulledMessage
 from eventing.nats.streams import Consumer
+from eventing.subscriptions import matching
 from eventing.subscriptions.model import Subscription
 from manager.reconcile import (
     MANAGED_BY,
@@ -36,13 +37,17 @@ class Target:
 
     subscription: Subscription
     spec: ConsumerSpec
+    held: str | None = None  #: why its events wait instead of being pulled (a refused sink)
+
+    def receives(self, message: PulledMessage) -> bool:
+        """Whether the subscription receives this message's event, not merely shares the
+        consumer's subject (:func:`eventing.subscriptions.matching.receives`)."""
+        return matching.receives(self.subscription, self.spec.event_type, _text(message))
 
     def job(self, message: PulledMessage) -> jobs.DeliveryJob:
         """The delivery job of one message this consumer handed out."""
         return jobs.DeliveryJob(
-            # Bytes that are no UTF-8 (stored past the proxy) stay as surrogates, not replaced:
-            # the worker dead-letters such an event with its bytes as they were.
-            event=message.data.decode("utf-8", errors="surrogateescape"),
+            event=_text(message),
             sink=self.subscription.sink,
             subscription=self.subscription.key,
             event_type=self.spec.event_type,
@@ -54,6 +59,12 @@ class Target:
             policy=self.subscription.delivery,
             credentials=self.subscription.credentials,
         )
+
+
+def _text(message: PulledMessage) -> str:
+    # Bytes that are no UTF-8 (stored past the proxy) stay as surrogates, not replaced: the
+    # worker dead-letters such an event with its bytes as they were.
+    return message.data.decode("utf-8", errors="surrogateescape")
 
 
 async def actual_consumers(js: ConsumerApi, stream: str) -> dict[str, ActualConsumer]:

@@ -54,6 +54,13 @@ class ManagerMetrics:
             ["consumer_name"],
             registry=self.registry,
         )
+        self.filtered = Counter(
+            "eventing_delivery_filtered",
+            "Events acked without delivery: they shared a consumer's subject, not its"
+            " subscription's source or type.",
+            ["consumer_name"],
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "eventing_manager_leader",
             "1 while this manager works: it holds the Lease, or LEADER_ELECTION is off.",

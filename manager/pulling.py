@@ -42,6 +42,7 @@ _MAX_BATCH = 100
 _BIND_PAUSE = 1.0  # seconds before binding again to a consumer not there (yet)
 _FETCH_PAUSE = 0.5  # seconds before pulling again after a failed fetch
 _BUG_PAUSE = 1.0  # seconds before pulling again after an unexpected error
+_ACK = b"+ACK"
 
 
 class Dispatcher:
@@ -55,6 +56,7 @@ class Dispatcher:
         on_enqueued: Callable[[str, int], None],
         *,
         on_shed: Callable[[str, int], None],
+        on_filtered: Callable[[str, int], None],
         dead_letter_stream: str,
         max_backlog: int,
         publish_timeout: float,
@@ -63,6 +65,8 @@ class Dispatcher:
         self._stream = stream
         self._enqueue = enqueue
         self._on_enqueued = on_enqueued
+        self._on_filtered = on_filtered
+        self._ack_timeout = publish_timeout
         limit = Limit(max_backlog, dead_letter_stream, publish_timeout)
         self._shedding = Shedding(client, stream, limit, on_shed)
         self._targets: dict[str, Target] = {}
@@ -125,6 +129,11 @@ class Dispatcher:
             idle = True
             while (target := self._targets.get(name)) is not None:
                 await self._shedding.check(name, target)
+                if target.held is not None:
+                    # Its events wait for the sink or the policy to change, their backlog
+                    # bounded by the check above like any other.
+                    await asyncio.sleep(_IDLE_FETCH_TIMEOUT)
+                    continue
                 batch = 1 if idle else max(1, min(target.spec.max_ack_pending, _MAX_BATCH))
                 messages = await pull.fetch(
                     batch, _IDLE_FETCH_TIMEOUT if idle else _BUSY_FETCH_TIMEOUT
@@ -141,13 +150,48 @@ class Dispatcher:
         target = self._targets.get(name)
         if target is None:
             return  # unsubscribed meanwhile; the messages return after their ack wait
-        work = [target.job(message) for message in messages]
+        # Matching reads each event (a JSON parse): off the event loop.
+        work, strangers = await asyncio.to_thread(_jobs, target, messages)
+        if strangers:
+            await self._drop(name, strangers)
+        if not work:
+            return
         try:
             await asyncio.to_thread(self._enqueue, work)
         except Exception as exc:  # any broker failure: JetStream redelivers after the ack wait
             logger.warning("could not enqueue %d job(s) of %s: %s", len(work), name, exc)
             return
         self._on_enqueued(name, len(work))
+
+    async def _drop(self, name: str, strangers: list[PulledMessage]) -> None:
+        """Ack events that only share the consumer's subject: they were never this
+        subscription's, so they are neither delivered nor dead-lettered. One not acked now
+        comes back after the ack wait and is dropped then."""
+        outcomes = await asyncio.gather(
+            *(self._client.acknowledge(m.reply, _ACK, self._ack_timeout) for m in strangers),
+            return_exceptions=True,
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            logger.warning(
+                "could not ack %d filtered event(s) of %s: %s", len(failed), name, failed[0]
+            )
+        logger.debug("filtered %d event(s) of %s: another source or type", len(strangers), name)
+        self._on_filtered(name, len(strangers) - len(failed))
+
+
+def _jobs(
+    target: Target, messages: list[PulledMessage]
+) -> tuple[list[jobs.DeliveryJob], list[PulledMessage]]:
+    """The jobs of the messages ``target`` receives, and the messages it does not."""
+    work: list[jobs.DeliveryJob] = []
+    strangers: list[PulledMessage] = []
+    for message in messages:
+        if target.receives(message):
+            work.append(target.job(message))
+        else:
+            strangers.append(message)
+    return work, strangers
 
 
 class _NotBound(Exception):

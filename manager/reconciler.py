@@ -4,7 +4,8 @@ Given a snapshot of the subscriptions, it lists the stream's consumers, creates,
 deletes what the plan says (each failed action retried with back-off,
 :class:`~manager.reconcile.Retries`), and points the pull tasks at the consumers that exist.
 It decides nothing itself (that is the pure plan's job) and shows nothing (that is the status
-board's): it returns what it could not do, as an :class:`Outcome`.
+board's): it returns what it could not do, as an :class:`Outcome`, including the subscriptions
+whose sink the egress policy refuses (:mod:`manager.sinks`), whose pulls it holds.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from eventing.delivery.egress import EgressPolicy, policy_for
 from eventing.nats.client import JetStreamClient
+from eventing.settings import Settings
 from eventing.sources.snapshot import Snapshot
-from manager import consumers, reconcile
+from manager import consumers, reconcile, sinks
 from manager.metrics import ManagerMetrics
 from manager.reconcile import Action
 
@@ -31,6 +34,7 @@ class Outcome:
     problem: str | None = None  #: why nothing was reconciled (NATS down, a failed listing)
     errors: Mapping[str, str] = field(default_factory=dict)  #: consumers not set up, by name
     deletions_done: bool = False  #: every consumer meant to go is gone
+    refused: Mapping[str, str] = field(default_factory=dict)  #: sinks refused, by subscription
 
 
 class Pulls(Protocol):
@@ -50,13 +54,29 @@ class Reconciler:
         *,
         stream: str,
         ack_wait: float,
+        egress: EgressPolicy,
     ) -> None:
         self._client = client
+        self._egress = egress
         self._pulls = pulls
         self._metrics = metrics
         self._stream = stream
         self._ack_wait = ack_wait
         self._retries = reconcile.Retries()
+
+    @classmethod
+    def for_settings(
+        cls, client: JetStreamClient, pulls: Pulls, metrics: ManagerMetrics, settings: Settings
+    ) -> Reconciler:
+        """The reconciler of a manager configured by ``settings``."""
+        return cls(
+            client,
+            pulls,
+            metrics,
+            stream=settings.stream.name,
+            ack_wait=settings.delivery.ack_wait,
+            egress=policy_for(settings),
+        )
 
     @property
     def next_retry(self) -> float | None:
@@ -83,10 +103,12 @@ class Reconciler:
             # The pulls go on as they were: the consumers they read still exist, and stopping
             # them would only delay delivery until the next success.
             return Outcome(problem=problem)
+        # The consumers of a refused sink are held: their events wait, within MAX_BACKLOG.
+        refused = await sinks.refusals(valid, self._egress)
         by_name = {s.name: s for s in wanted.values()}
         self._pulls.sync(
             {
-                name: consumers.Target(subscription, by_name[name])
+                name: consumers.Target(subscription, by_name[name], refused.get(subscription.key))
                 for subscription in valid
                 for name in (b.consumer_name for b in subscription.bindings)
                 if name not in errors
@@ -95,7 +117,7 @@ class Reconciler:
         deletions_done = not any(
             isinstance(a, reconcile.Delete) and a.name in errors for a in actions
         )
-        return Outcome(errors=errors, deletions_done=deletions_done)
+        return Outcome(errors=errors, deletions_done=deletions_done, refused=refused)
 
     async def _apply(self, actions: list[Action]) -> dict[str, str]:
         """Carry out the actions that are due; the error of each consumer not set up (held

@@ -86,17 +86,12 @@ class Manager:
             lambda work: jobs.enqueue(broker, work, key),
             lambda name, count: metrics.enqueued.labels(name).inc(count),
             on_shed=lambda name, count: metrics.shed.labels(name).inc(count),
+            on_filtered=lambda name, count: metrics.filtered.labels(name).inc(count),
             dead_letter_stream=settings.stream.dead_letter_name,
             max_backlog=settings.manager.max_backlog,
             publish_timeout=settings.stream.dead_letter_publish_timeout,
         )
-        reconciler = Reconciler(
-            client,
-            dispatcher,
-            metrics,
-            stream=settings.stream.name,
-            ack_wait=settings.delivery.ack_wait,
-        )
+        reconciler = Reconciler.for_settings(client, dispatcher, metrics, settings)
         return cls(reader, client, dispatcher, reconciler, board)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -129,7 +124,11 @@ class Manager:
         outcome = await self._reconciler.reconcile(snapshot)
         self._dirty = outcome.problem is not None
         view = self._board.publish(
-            snapshot, outcome.errors, outcome.problem, self._dispatcher.backlogs
+            snapshot,
+            outcome.errors,
+            outcome.problem,
+            self._dispatcher.backlogs,
+            refused=outcome.refused,
         )
         consumers_gone = outcome.problem is None and outcome.deletions_done
         await asyncio.to_thread(self._reader.write_back, view.items, consumers_gone)

@@ -159,19 +159,25 @@ class Shedding:
         return swept
 
     async def _dead_letter(self, messages: list[PulledMessage], target: Target, reason: str) -> int:
-        """Store a dead letter for each message, then ack it; how many were both.
+        """Store a dead letter for each message, then ack it; how many were both. A message
+        the subscription does not receive (:meth:`Target.receives`) is acked without one.
 
         Raises:
             BackendUnavailable: an ack was not confirmed (its message comes back, is shed again).
         """
-        work = [target.job(message) for message in messages]
+        own: list[PulledMessage] = []
+        strangers: list[PulledMessage] = []
+        for message in messages:
+            (own if target.receives(message) else strangers).append(message)
+        work = [target.job(message) for message in own]
         letters = [jobs.dead_letter(job, reason, None, job.delivery_count - 1) for job in work]
         outcomes = await self._client.publish_many(
             letters, self._limit.publish_timeout, stream=self._limit.dead_letter_stream
         )
-        stored = [m for m, outcome in zip(messages, outcomes, strict=True) if outcome is None]
+        stored = [m for m, outcome in zip(own, outcomes, strict=True) if outcome is None]
+        acked = [*stored, *strangers]
         await asyncio.gather(
-            *(self._client.acknowledge(m.reply, _ACK, self._limit.publish_timeout) for m in stored)
+            *(self._client.acknowledge(m.reply, _ACK, self._limit.publish_timeout) for m in acked)
         )
         for outcome in outcomes:
             if outcome is not None:

@@ -2,6 +2,7 @@
 
 Settings → broker (Redis, or RabbitMQ with publisher confirms) → our middleware (the NATS
 connection for acks, quiet idle threads, metrics) → ``dramatiq.set_broker`` → the delivery actor.
+The process's egress policy is installed first (:mod:`workers.egress`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import logging
 import dramatiq
 
 from eventing.delivery import signatures
+from eventing.delivery.egress import policy_for
 from eventing.delivery.jobs import make_broker
 from eventing.settings import local_state_dir, settings_or_exit
-from workers import actors
+from workers import actors, egress
 from workers.connection import NatsAcknowledger
 from workers.idle import QuietThreads
 from workers.metrics import DeliveryMetrics, MetricsServer
@@ -25,6 +27,7 @@ def setup_broker() -> dramatiq.Broker:
     """Build, register and return the broker with the delivery actor declared."""
     settings = settings_or_exit("eventing-worker", warn=False)  # eventing-worker warned
     logging.getLogger().setLevel(settings.log_level)
+    egress.install(policy_for(settings))
     broker = make_broker(settings.delivery)
     stop = GracefulStop()
     acks = NatsAcknowledger(settings.nats, settings.stream, stop)

@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from eventing.delivery import signatures
+from eventing.delivery.egress import loopback_warning, policy_for
 from eventing.errors import ConfigError
 from eventing.settings import hand_over_metrics_dir, local_state_dir, settings_or_exit
 
@@ -25,6 +26,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"eventing-worker: {exc}", file=sys.stderr)
         return 2
+    warning = loopback_warning(policy_for(settings))
+    if warning is not None:
+        print(f"eventing-worker: warning: {warning}", file=sys.stderr, flush=True)
     metrics_dir = tempfile.mkdtemp(prefix="eventing-worker-metrics-")
     hand_over_metrics_dir(metrics_dir)
     # dramatiq reads this when first imported, and its worker processes inherit the value.

@@ -22,8 +22,9 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from workers.egress import GuardedHTTPConnection, GuardedHTTPSConnection
 
 _current: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
     "eventing_deadline", default=None
@@ -156,7 +157,7 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _WatchedHTTPConnection(GuardedHTTPConnection):
     def connect(self) -> None:
         super().connect()
         _watch(self.sock)
@@ -166,7 +167,7 @@ class _WatchedHTTPConnection(HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
+class _WatchedHTTPSConnection(GuardedHTTPSConnection):
     def connect(self) -> None:
         super().connect()
         _watch(self.sock)

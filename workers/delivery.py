@@ -215,6 +215,8 @@ def classify_failure(exc: Exception, timeout: float, *, cut_off: bool) -> Delive
     parse or has no adapter for) and the ``ValueError`` http.client and urllib3 raise for a
     request they cannot encode (a host name too long for DNS, a header value they refuse).
     """
+    if isinstance(exc, DeliveryError):  # decided before sending (workers.egress: SinkRefused)
+        return exc
     if cut_off or isinstance(exc, requests.Timeout):
         return TemporaryDeliveryError(f"no complete answer within {timeout:g}s")
     if isinstance(exc, requests.ConnectionError):

@@ -22,6 +22,7 @@ from eventing.subscriptions.model import API_VERSION, KIND, Subscription
 VALID = "Subscription spec valid"
 ACTIVE = "Subscription active"
 BACKLOG = "Backlog within limit"
+SINK = "Sink allowed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ def view(
     errors: Mapping[str, str] | None = None,
     problem: str | None = None,
     shedding: Mapping[str, str] | None = None,
+    refused: Mapping[str, str] | None = None,
     previous: View | None = None,
     now: datetime | None = None,
 ) -> View:
@@ -67,6 +69,8 @@ def view(
         problem: why no consumer could be reconciled at all (e.g. NATS down); makes every
             subscription not ready, and the view not ready.
         shedding: why each consumer that lately shed events to the dead-letter stream did.
+        refused: why the egress policy refuses each subscription's sink, by ``namespace/name``;
+            such a subscription is not ready.
         previous: the view this one replaces; a condition that did not change keeps its
             ``lastTransitionTime``.
         now: the time of a condition that changed.
@@ -76,6 +80,7 @@ def view(
     """
     errors = errors or {}
     shedding = shedding or {}
+    refused = refused or {}
     shown = previous.by_key if previous is not None else {}
     items: list[dict[str, Any]] = []
     for entry in entries:
@@ -89,7 +94,9 @@ def view(
                 for b in entry.bindings
                 if b.consumer_name in shedding
             )
-            status = status_of(entry, failure, shedding=shed or None, now=now)
+            status = status_of(
+                entry, failure, shedding=shed or None, refused=refused.get(entry.key), now=now
+            )
             item = _item(entry.namespace, entry.name, _shown_spec(entry.spec_as_written()), status)
         else:
             namespace, _, name = entry.key.partition("/")
@@ -182,12 +189,14 @@ def status_of(
     error: str | None = None,
     *,
     shedding: str | None = None,
+    refused: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Kyma's status for a valid subscription; ``error`` says why its consumers are not active.
 
     ``shedding`` says why the oldest waiting events went to the dead-letter stream lately (a
     backlog over ``MAX_BACKLOG``); the subscription stays ready, but its sink is not keeping up.
+    ``refused`` says why the egress policy refuses its sink: it is not ready, and gets nothing.
     """
     active = (
         condition(ACTIVE, True, "NATS Subscription active", now=now)
@@ -199,8 +208,13 @@ def status_of(
         if shedding is None
         else condition(BACKLOG, False, "Oldest events dead-lettered", shedding, now=now)
     )
+    sink = (
+        condition(SINK, True, "Sink allowed by the egress policy", now=now)
+        if refused is None
+        else condition(SINK, False, "Sink refused by the egress policy", refused, now=now)
+    )
     return {
-        "ready": error is None,
+        "ready": error is None and refused is None,
         "types": [
             {"originalType": b.original_type, "cleanType": b.clean_type}
             for b in subscription.bindings
@@ -215,5 +229,6 @@ def status_of(
             condition(VALID, True, "Subscription spec has no validation errors", now=now),
             active,
             backlog,
+            sink,
         ],
     }

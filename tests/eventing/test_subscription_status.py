@@ -56,6 +56,7 @@ def test_status_in_kymas_shape() -> None:
         ("Subscription spec valid", "True", "Subscription spec has no validation errors"),
         ("Subscription active", "True", "NATS Subscription active"),
         ("Backlog within limit", "True", "Backlog within limit"),
+        ("Sink allowed", "True", "Sink allowed by the egress policy"),
     ]
     failing = status_of(subscription, "nats: JetStream system temporarily unavailable")
     assert failing["ready"] is False

@@ -67,6 +67,7 @@ async def running(
         enqueued,
         on_enqueued,
         on_shed=lambda name, count: None,
+        on_filtered=lambda name, count: None,
         dead_letter_stream=settings.stream.dead_letter_name,
         max_backlog=1000,
         publish_timeout=2.0,

@@ -86,7 +86,11 @@ def test_publishing_shows_the_snapshot_and_sets_kymas_status_metric_per_consumer
     broken = InvalidSubscription("default/broken", ["spec.sink: must not be empty"])
 
     view = board.publish(
-        Snapshot((fine, failing, broken)), {binding.consumer_name: "limit reached"}, None, {}
+        Snapshot((fine, failing, broken)),
+        {binding.consumer_name: "limit reached"},
+        None,
+        {},
+        refused={},
     )
 
     assert board.view is view and view.ready
@@ -99,7 +103,7 @@ def test_a_problem_sets_every_status_metric_to_zero() -> None:
     board, metrics = board_with(Clock())
     sub = subscription("orders")
 
-    board.publish(Snapshot((sub,)), {}, "NATS connection not ready", {})
+    board.publish(Snapshot((sub,)), {}, "NATS connection not ready", {}, refused={})
 
     assert board.view.ready is False
     assert status_metric(metrics, sub) == 0
@@ -111,7 +115,7 @@ def test_following_records_backlogs_and_shows_shedding_while_it_is_recent() -> N
     sub = subscription("orders")
     [binding] = sub.bindings
     name = binding.consumer_name
-    board.publish(Snapshot((sub,)), {}, None, {name: Backlog(pending=5)})
+    board.publish(Snapshot((sub,)), {}, None, {name: Backlog(pending=5)}, refused={})
     assert backlog_condition(board.view.items[0])[0] == "True"
 
     board.follow({name: Backlog(pending=1200, shed=200, last_shed=NOW - 1)})
@@ -150,7 +154,9 @@ def test_the_board_of_settings_names_their_streams_and_limit() -> None:
     sub = subscription("orders")
     [binding] = sub.bindings
 
-    board.publish(Snapshot((sub,)), {}, None, {binding.consumer_name: Backlog(1, 2, time.time())})
+    board.publish(
+        Snapshot((sub,)), {}, None, {binding.consumer_name: Backlog(1, 2, time.time())}, refused={}
+    )
 
     [message] = [backlog_condition(i)[1] for i in board.view.items]
     assert SETTINGS.stream.dead_letter_name in message and "MAX_BACKLOG=1000" in message

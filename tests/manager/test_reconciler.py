@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 
@@ -40,9 +41,7 @@ async def reconciler_for(
         assert await client.wait_connected(10)
         await client.ensure_stream()
         pulls, metrics = RecordingPulls(), ManagerMetrics()
-        reconciler = Reconciler(
-            client, pulls, metrics, stream=settings.stream.name, ack_wait=settings.delivery.ack_wait
-        )
+        reconciler = Reconciler.for_settings(client, pulls, metrics, settings)
         yield reconciler, pulls, metrics
     finally:
         await client.close()
@@ -103,15 +102,34 @@ def test_a_refused_consumer_is_an_error_of_its_own_and_is_not_pulled(
     asyncio.run(scenario())
 
 
+def test_a_refused_sink_keeps_its_consumer_but_its_pulls_are_held(nats_server: NatsServer) -> None:
+    settings = settings_for(nats_server.url)
+    allowed = subscription(settings, "allowed")
+    metadata = replace(subscription(settings, "metadata"), sink="http://169.254.169.254/")
+
+    async def scenario() -> None:
+        async with reconciler_for(settings) as (reconciler, pulls, metrics):
+            outcome = await reconciler.reconcile(Snapshot((allowed, metadata)))
+
+            assert outcome.problem is None and dict(outcome.errors) == {}
+            assert list(outcome.refused) == ["default/metadata"]
+            assert "link-local" in outcome.refused["default/metadata"]
+            [held] = [t for t in pulls.targets[-1].values() if t.subscription == metadata]
+            assert held.held == outcome.refused["default/metadata"]
+            [pulled] = [t for t in pulls.targets[-1].values() if t.subscription == allowed]
+            assert pulled.held is None
+            assert subscribed(metrics) == 2  # both consumers: its events wait for a change
+
+    asyncio.run(scenario())
+
+
 def test_without_nats_nothing_is_reconciled_and_the_pulls_stay_as_they_were() -> None:
     settings = settings_for("nats://127.0.0.1:1")
 
     async def scenario() -> None:
         client = runner.jetstream_client(settings)
         pulls = RecordingPulls()
-        reconciler = Reconciler(
-            client, pulls, ManagerMetrics(), stream="sap", ack_wait=settings.delivery.ack_wait
-        )
+        reconciler = Reconciler.for_settings(client, pulls, ManagerMetrics(), settings)
         outcome = await reconciler.reconcile(Snapshot((subscription(settings, "orders"),)))
         assert outcome.problem == "NATS connection not ready"
         assert not outcome.deletions_done and pulls.targets == []
