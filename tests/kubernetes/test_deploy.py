@@ -68,6 +68,9 @@ SLICE_SETTINGS = {
     "NATS_TLS_CA_FILE",
 }
 
+# Each component's NATS_INBOX_PREFIX in deploy/ (the only inbox its NATS user may listen on).
+INBOX_PREFIXES = {name: f"_INBOX_{name}" for name in ("proxy", "manager", "workers")}
+
 variants = pytest.mark.parametrize("variant", sorted(VARIANTS))
 
 
@@ -374,8 +377,23 @@ def test_a_client_without_credentials_is_refused_and_each_user_only_does_its_par
         "workers publish kyma.>": False,
         "workers create a consumer": False,
         "manager publishes kyma.>": False,
+        "proxy user listens on _INBOX.>": False,
+        "proxy user listens on the manager's inbox": False,
+        "workers user listens on _INBOX.>": False,
+        "workers user listens on the manager's inbox": False,
         "proxy publishes kyma.>": True,
     }
+
+
+@variants
+def test_each_component_gets_replies_on_an_inbox_of_its_own(variant: str) -> None:
+    """The prefix its NATS user may listen on (deploy/secrets.sh), and nobody else."""
+    env = {
+        name.removeprefix("eventing-"): {e["name"]: e.get("value") for e in c.get("env", [])}
+        for name, c in _our_containers(render(VARIANTS[variant])).items()
+    }
+
+    assert {name: e.get("NATS_INBOX_PREFIX") for name, e in env.items()} == INBOX_PREFIXES
 
 
 def test_with_the_tls_overlay_clients_need_tls_and_the_ca_and_still_their_login(
@@ -440,12 +458,13 @@ def test_the_system_runs_with_each_components_nats_user(
         name: f"nats://{name}:{users[name]}@127.0.0.1:{nats.port}"
         for name in ("proxy", "manager", "workers")
     }
-    system.proxy.env = {**system.env, "NATS_URL": as_user["proxy"]}
-    system.manager.env = {**system.env, "NATS_URL": as_user["manager"]}
+    inboxes = {name: {"NATS_INBOX_PREFIX": prefix} for name, prefix in INBOX_PREFIXES.items()}
+    system.proxy.env = {**system.env, "NATS_URL": as_user["proxy"], **inboxes["proxy"]}
+    system.manager.env = {**system.env, "NATS_URL": as_user["manager"], **inboxes["manager"]}
     try:
         system.proxy.start()
         system.manager.start()
-        system.add_worker(NATS_URL=as_user["workers"])
+        system.add_worker(NATS_URL=as_user["workers"], **inboxes["workers"])
         system.proxy.wait_ready(lambda: answers_ok(f"{system.proxy_url}/readyz"))
         system.manager.wait_ready(lambda: answers_ok(f"{system.manager_url}/readyz"))
         sink_server.sink.answer = lambda request: 400 if "refused" in request.path else 204
@@ -871,7 +890,9 @@ def _dead_letters(server: NatsServer, manager_password: str) -> int:
 
     async def count() -> int:
         nc = await nats_client.connect(
-            f"nats://manager:{manager_password}@127.0.0.1:{server.port}", allow_reconnect=False
+            f"nats://manager:{manager_password}@127.0.0.1:{server.port}",
+            allow_reconnect=False,
+            inbox_prefix=INBOX_PREFIXES["manager"],
         )
         try:
             return int((await nc.jetstream().stream_info("sap-dlq")).state.messages)
@@ -903,7 +924,10 @@ async def _nats_outcomes(port: int, users: dict[str, str]) -> dict[str, bool]:
             seen.append(str(exc).lower())
 
         clients[name] = await nats_client.connect(
-            f"nats://{name}:{password}@{url}", error_cb=collect, allow_reconnect=False
+            f"nats://{name}:{password}@{url}",
+            error_cb=collect,
+            allow_reconnect=False,
+            inbox_prefix=INBOX_PREFIXES[name],
         )
     try:
         await clients["manager"].jetstream().add_stream(name="sap", subjects=["kyma.>"])
@@ -927,6 +951,15 @@ async def _nats_outcomes(port: int, users: dict[str, str]) -> dict[str, bool]:
                 "$js.api.consumer",
             ),
             ("manager publishes kyma.>", "manager", _publishing("kyma.a"), "publish", "kyma.a"),
+            # Pulled events come back to the manager's inbox: nobody else may listen there.
+            *(
+                (f"{user} user listens on {what}", user, _subscribing(inbox), "subscription", inbox)
+                for user in ("proxy", "workers")
+                for what, inbox in (
+                    ("_INBOX.>", "_INBOX.>"),
+                    ("the manager's inbox", "_INBOX_manager.>"),
+                )
+            ),
         ]
         for what, user, attempt, kind, subject in attempts:
             with contextlib.suppress(nats_client.errors.Error):
@@ -959,7 +992,7 @@ def _subscribing(subject: str) -> Callable[[Client], Awaitable[object]]:
 async def _violated(errors: list[str], kind: str, subject: str) -> bool:
     """Whether the server reported a permissions violation for ``kind`` to ``subject`` (a
     prefix); asked right after the attempt, it arrives within moments."""
-    wanted = f'permissions violation for {kind} to "{subject}'
+    wanted = f'permissions violation for {kind} to "{subject}'.lower()
     for _ in range(100):
         if any(wanted in error for error in errors):
             return True
