@@ -144,7 +144,14 @@ def test_namespaced_objects_name_the_eventing_namespace(variant: str) -> None:
         if o["kind"] not in CLUSTER_SCOPED
     }
 
-    assert {ref: ns for ref, ns in namespaces.items() if ns != "eventing"} == {}
+    assert {ref: ns for ref, ns in namespaces.items() if ns != "eventing"} == {
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            DELIVERY_SECRETS_NAMESPACE,
+            "eventing-workers-delivery-secrets",
+        ): DELIVERY_SECRETS_NAMESPACE
+    }
 
 
 @variants
@@ -180,7 +187,9 @@ def test_every_container_is_probed_limited_and_locked_down() -> None:
         assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001, ref
 
 
-def test_only_components_that_read_subscriptions_get_a_token() -> None:
+def test_only_components_that_talk_to_the_api_server_get_a_token() -> None:
+    """The proxy and the manager read Subscriptions; the workers read the Secrets that
+    deliveries name (``secretRef``, ``caRef``, ``certRef``)."""
     objects = render(VARIANTS["base"])
     mounts = {
         o["metadata"]["name"]: o["spec"]["template"]["spec"].get("automountServiceAccountToken")
@@ -191,14 +200,16 @@ def test_only_components_that_read_subscriptions_get_a_token() -> None:
     assert mounts == {
         "eventing-proxy": True,
         "eventing-manager": True,
-        "eventing-workers": False,
+        "eventing-workers": True,
         "eventing-nats": False,
         "eventing-redis": False,
     }
 
 
 # (component, verb, resource[/subresource], namespace, name, allowed); "apps" stands for any
-# application namespace, "eventing" is the system's own.
+# application namespace, "eventing" is the system's own. deploy/ lets deliveries use Secrets of
+# one namespace ("default"); each other one needs its own RoleBinding (docs/security.md).
+DELIVERY_SECRETS_NAMESPACE = "default"
 PERMISSIONS = [
     ("manager", "list", "subscriptions", "", "", True),
     ("manager", "watch", "subscriptions", "apps", "", True),
@@ -221,7 +232,21 @@ PERMISSIONS = [
     ("proxy", "patch", "subscriptions", "apps", "s", False),
     ("proxy", "update", "subscriptions/status", "apps", "s", False),
     ("proxy", "list", "services", "apps", "", False),
+    ("proxy", "get", "secrets", "apps", "x", False),
+    ("proxy", "get", "secrets", DELIVERY_SECRETS_NAMESPACE, "x", False),
     ("workers", "get", "subscriptions", "apps", "s", False),
+    # Deliveries' Secrets, one at a time, only where a RoleBinding grants them: never a list or
+    # watch (every Secret of the namespace), never the system's own or another namespace's.
+    ("workers", "get", "secrets", DELIVERY_SECRETS_NAMESPACE, "orders-signing", True),
+    ("workers", "list", "secrets", DELIVERY_SECRETS_NAMESPACE, "", False),
+    ("workers", "watch", "secrets", DELIVERY_SECRETS_NAMESPACE, "", False),
+    ("workers", "update", "secrets", DELIVERY_SECRETS_NAMESPACE, "orders-signing", False),
+    ("workers", "get", "configmaps", DELIVERY_SECRETS_NAMESPACE, "x", False),
+    ("workers", "get", "secrets", "apps", "x", False),
+    ("workers", "get", "secrets", "eventing", "eventing-nats-users", False),
+    ("workers", "get", "secrets", "kube-system", "x", False),
+    ("workers", "list", "secrets", "", "", False),
+    ("workers", "get", "services", DELIVERY_SECRETS_NAMESPACE, "sink", False),
 ]
 GROUPS = {"subscriptions": "eventing.kyma-project.io", "leases": "coordination.k8s.io"}
 
@@ -541,6 +566,7 @@ FLOWS = [
     ("workers", "internet", 443, True),
     ("manager", "api-server", 443, True),
     ("proxy", "api-server", 6443, True),
+    ("workers", "api-server", 443, True),
     ("proxy", "dns", 53, True),
     ("nats", "dns", 53, True),
     ("prometheus", "manager", 8081, True),
