@@ -18,15 +18,18 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import nats as nats_client
 import nats.errors
 import nats.js.errors
 import pytest
 import redis as redis_client
+import standardwebhooks
 import yaml
 from nats.aio.client import Client
 
-from eventing.settings import VARIABLES, Settings
+from eventing.errors import TemporaryDeliveryError
+from eventing.settings import VARIABLES, Settings, SourceSettings
 from testing import pki
 from testing.kube import ControlPlane, Kube
 from testing.servers import (
@@ -43,6 +46,10 @@ from testing.servers import (
 from testing.sink import SinkServer
 from testing.system import System
 from tests.kubernetes.kustomize import Object, identity, render
+from tests.kubernetes.test_worker_secrets import SIGNING, credentials_of
+from tests.kubernetes.test_worker_secrets import secret as delivery_secret
+from tests.workers.conftest import make_job
+from workers.secrets import Secrets
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 VARIANTS = {
@@ -258,6 +265,50 @@ def test_rbac_grants_each_component_what_it_needs_and_no_more(cluster: Kube) -> 
     answers = {row: _allowed(cluster, *row[:5]) for row in PERMISSIONS}
 
     assert {row[:5]: got for row, got in answers.items() if got != row[5]} == {}
+
+
+def test_the_workers_token_reads_a_delivery_secret_where_deploy_binds_it_and_nowhere_else(
+    cluster: Kube, kube_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The worker's own Secret reading (workers/secrets.py) with a token of deploy/'s workers
+    service account, against the real API server: a signing secretRef works in the bound
+    namespace, and the same Subscription in another namespace gets 403."""
+    wanted = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    cluster.apply(o for o in render(VARIANTS["base"]) if o["kind"] in wanted)
+    cluster.create_namespace("apps")
+    signing = {"signing": {"secretRef": {"name": "orders-signing", "key": "secret"}}}
+    jobs = {}
+    for namespace in (DELIVERY_SECRETS_NAMESPACE, "apps"):
+        kube = Kube(kube_control_plane, namespace=namespace)
+        kube.apply(delivery_secret("orders-signing", {"secret": SIGNING}))
+        jobs[namespace] = make_job(credentials=credentials_of(kube, signing))
+        kube.close()
+    secrets = Secrets(SourceSettings(kubeconfig=str(_token_kubeconfig(cluster, tmp_path))))
+
+    headers = secrets.outbound(jobs[DELIVERY_SECRETS_NAMESPACE], b"{}").headers
+    with pytest.raises(TemporaryDeliveryError) as refused:
+        secrets.outbound(jobs["apps"], b"{}")
+
+    standardwebhooks.Webhook(SIGNING).verify(b"{}", headers, json_parse=False)
+    assert "403 Forbidden" in str(refused.value)
+
+
+def _token_kubeconfig(admin: Kube, folder: Path) -> Path:
+    """A kubeconfig that is the workers' service account (a TokenRequest token), as in the pod."""
+    config = yaml.safe_load(admin.kubeconfig.read_text())
+    api = kubernetes.config.new_client_from_config(str(admin.kubeconfig))
+    try:
+        token = kubernetes.client.CoreV1Api(api).create_namespaced_service_account_token(
+            "eventing-workers",
+            "eventing",
+            {"apiVersion": "authentication.k8s.io/v1", "spec": {"expirationSeconds": 600}},
+        )
+    finally:
+        api.close()
+    config["users"] = [{"name": "admin", "user": {"token": token.status.token}}]
+    path = folder / "workers.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.mark.parametrize("variant", ["base", "tls"])
