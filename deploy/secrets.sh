@@ -37,7 +37,9 @@ nats() {
     stream=sap dead_letters=sap-dlq bucket=KV_eventing-attempts
     secret eventing-nats-server
     # Each user publishes and subscribes only what its component does (eventing/nats/): replies
-    # to its requests come back on _INBOX.>, JetStream's API is limited to the streams it owns.
+    # to its requests (PubAcks, API answers, the manager's pulled events) come back on its own
+    # inbox, _INBOX_<user>.> (NATS_INBOX_PREFIX in its Deployment), where no other user may
+    # listen; JetStream's API is limited to the streams it owns.
     cat <<EOF
   accounts.conf: |
     accounts {
@@ -49,7 +51,7 @@ nats() {
             user: proxy, password: $proxy
             permissions: {
               publish: { allow: ["kyma.>", $(owns_stream $stream)] }
-              subscribe: { allow: ["_INBOX.>"] }
+              subscribe: { allow: ["_INBOX_proxy.>"] }
             }
           }
           # The manager owns both streams and every consumer, pulls, and dead-letters the
@@ -64,7 +66,7 @@ nats() {
                                  "\$JS.API.CONSUMER.DELETE.$stream.>",
                                  "\$JS.API.CONSUMER.MSG.NEXT.$stream.>",
                                  "\$JS.ACK.$stream.>", "dlq.>"] }
-              subscribe: { allow: ["_INBOX.>"] }
+              subscribe: { allow: ["_INBOX_manager.>"] }
             }
           }
           # The workers ack (and nak, and keep alive) the messages of the event stream, count
@@ -77,7 +79,7 @@ nats() {
                                  "\$JS.API.STREAM.PURGE.$bucket",
                                  "\$JS.API.STREAM.MSG.GET.$bucket",
                                  "\$JS.API.DIRECT.GET.$bucket.>", "\$KV.eventing-attempts.>"] }
-              subscribe: { allow: ["_INBOX.>"] }
+              subscribe: { allow: ["_INBOX_workers.>"] }
             }
           }
         ]

