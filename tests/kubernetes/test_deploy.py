@@ -162,17 +162,30 @@ def test_namespaced_objects_name_the_eventing_namespace(variant: str) -> None:
 
 
 @variants
-def test_the_config_is_valid_for_every_component(variant: str) -> None:
+def test_the_config_is_valid_for_every_component(tmp_path: Path, variant: str) -> None:
     objects = render(VARIANTS[variant])
     environ = _config(objects)
     for container in _our_containers(objects).values():
         env = {e["name"]: e["value"] for e in container.get("env", [])}
 
-        settings = Settings.from_environ({**environ, **env})
+        settings = Settings.from_environ(_with_mounted_files({**environ, **env}, tmp_path))
 
         assert settings.source.kind == "kubernetes"
         assert set(env) <= {variable.name for variable in VARIABLES} | SLICE_SETTINGS
     assert set(environ) <= {variable.name for variable in VARIABLES} | SLICE_SETTINGS
+
+
+def _with_mounted_files(environ: dict[str, str], root: Path) -> dict[str, str]:
+    """``environ`` with each ``*_FILE`` path moved under ``root``, where a file now stands as the
+    pod's mounted Secret would (settings refuse a file they cannot read)."""
+    moved = dict(environ)
+    for name, value in environ.items():
+        if name.endswith("_FILE") and value.startswith("/"):
+            path = root / value.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("mounted-secret")
+            moved[name] = str(path)
+    return moved
 
 
 def test_our_components_run_one_image_with_their_own_command() -> None:
