@@ -44,7 +44,7 @@ from testing.servers import (
     wait_until,
 )
 from testing.sink import SinkServer
-from testing.system import System
+from testing.system import System, stop_group
 from tests.kubernetes.kustomize import Object, identity, render
 from tests.kubernetes.test_worker_secrets import SIGNING, credentials_of
 from tests.kubernetes.test_worker_secrets import secret as delivery_secret
@@ -410,8 +410,7 @@ def test_redis_as_deployed_refuses_a_client_without_the_password(tmp_path: Path)
             redis_client.Redis(port=port, password="wrong").ping()
         assert redis_client.Redis(port=port, password=password).ping() is True
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_group(server)  # the shell and the redis-server it started, not the shell alone
 
 
 def test_a_rogue_server_cannot_join_the_cluster_route_but_a_node_with_the_password_can(
