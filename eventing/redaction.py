@@ -1,10 +1,15 @@
-"""What may be shown of a URL: the one masker of every place that shows one (pure).
+"""What may be shown of a URL: the one module every place that shows one masks it with (pure).
 
 A sink URL may carry credentials (``https://user:pass@host/hook?token=...``), and so may a broker
 or NATS URL. Statuses, metric labels, logs and dead-letter headers show where a delivery went,
 never how it got in: :func:`mask_url` keeps the scheme, host, port and path, and masks the
 userinfo and every query value (a query word without a value too). A masked URL still tells two
 sinks apart by host and path, and its query names still say which parameters were sent.
+
+The URLs of our own backends (NATS, the broker) are shown by :func:`without_credentials`, which
+keeps the user name: an operator reading "nats://proxy:***@nats:4222" learns which account
+failed, and those URLs carry no query. A sink's user name may itself be the secret (a token as
+user), so a sink keeps none.
 """
 
 from __future__ import annotations
@@ -53,3 +58,26 @@ def mask_text(text: str) -> str:
     """``text`` (an error message, say) with every URL in it masked by :func:`mask_url`, and any
     query value it shows without a URL around it (urllib3 writes ``url: /hook?token=abc``)."""
     return _QUERY_VALUE.sub(rf"\g<start>{MASK}", _URL.sub(lambda m: mask_url(m[0]), text))
+
+
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*)(?P<secret>:[^@/\s]*)?@"
+)
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the password (or token) of every URL in it masked, for logs and errors:
+    ``nats://app:secret@host`` → ``nats://app:***@host``, ``nats://token@host`` → ``nats://***@host``.
+    """
+
+    def mask(match: re.Match[str]) -> str:
+        if match["secret"] is not None:
+            return f"{match['scheme']}{match['user']}:{MASK}@"
+        return f"{match['scheme']}{MASK}@"
+
+    return _USERINFO.sub(mask, text)
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether ``url`` carries a user name, a password or a token before its host."""
+    return _USERINFO.match(url) is not None

@@ -45,6 +45,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from eventing import units
 from eventing.errors import ConfigError
+from eventing.redaction import has_userinfo, without_credentials
 
 T = TypeVar("T")
 G = TypeVar("G")
@@ -195,29 +196,6 @@ def _jwks(raw: str) -> str:
     if value.startswith("http://") or ("://" in value and not value.startswith("https://")):
         raise ValueError("expected a file path or an https:// URL (keys must not travel in clear)")
     return value
-
-
-_USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*)(?P<secret>:[^@/\s]*)?@"
-)
-
-
-def without_credentials(text: str) -> str:
-    """``text`` with the password (or token) of every URL in it masked, for logs and errors:
-    ``nats://app:secret@host`` → ``nats://app:***@host``, ``nats://token@host`` → ``nats://***@host``.
-    """
-
-    def mask(match: re.Match[str]) -> str:
-        if match["secret"] is not None:
-            return f"{match['scheme']}{match['user']}:***@"
-        return f"{match['scheme']}***@"
-
-    return _USERINFO.sub(mask, text)
-
-
-def has_userinfo(url: str) -> bool:
-    """Whether ``url`` carries a user name, a password or a token before its host."""
-    return _USERINFO.match(url) is not None
 
 
 def is_loopback(host: str) -> bool:

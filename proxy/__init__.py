@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from eventing.settings import Settings, without_credentials
+from eventing.redaction import without_credentials
+from eventing.settings import Settings
 from eventing.sources.source import source_for
 from proxy.publisher import JetStreamPublisher, Publisher
 

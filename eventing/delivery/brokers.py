@@ -19,7 +19,8 @@ import pika  # type: ignore[import-untyped]
 import redis
 from redis.credentials import CredentialProvider
 
-from eventing.settings import DeliverySettings, is_loopback, secret_from_file, without_credentials
+from eventing.redaction import without_credentials
+from eventing.settings import DeliverySettings, is_loopback, secret_from_file
 
 
 def redis_client(settings: DeliverySettings) -> redis.Redis:

@@ -20,7 +20,8 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from eventing.settings import NatsSettings, is_loopback, secret_from_file, without_credentials
+from eventing.redaction import without_credentials
+from eventing.settings import NatsSettings, is_loopback, secret_from_file
 
 
 def connect_options(settings: NatsSettings) -> dict[str, Any]:

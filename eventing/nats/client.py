@@ -41,7 +41,8 @@ from eventing.nats.auth import connect_options, reload_certificate, unauthentica
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage
 from eventing.nats.streams import needs_update, stream_config
-from eventing.settings import NatsSettings, StreamSettings, without_credentials
+from eventing.redaction import without_credentials
+from eventing.settings import NatsSettings, StreamSettings
 
 logger = logging.getLogger(__name__)
 
