@@ -19,6 +19,7 @@ from testing.servers import (
     require_binary,
 )
 from testing.sink import RecordingSink, SinkServer
+from testing.system import System
 
 
 @pytest.fixture(autouse=True)
@@ -116,3 +117,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def stop_showing_logs(request: pytest.FixtureRequest, *systems: System) -> None:
+    """Stop ``systems``, printing their logs when the test failed (pytest shows them with the
+    failure), as every fixture that starts a system does on teardown."""
+    report = getattr(request.node, "rep_call", None)
+    for system in systems:
+        system.stop()
+        if report is not None and report.failed:
+            print(system.logs())

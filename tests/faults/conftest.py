@@ -13,6 +13,7 @@ from testing.counting import LINES
 from testing.servers import NatsServer, RedisServer
 from testing.sink import SinkServer
 from testing.system import System
+from tests.conftest import stop_showing_logs
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -60,12 +61,7 @@ def start_system(
         return system
 
     yield start
-    for system in systems:
-        system.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for system in systems:
-            print(system.logs())
+    stop_showing_logs(request, *systems)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from proxy import create_app
 from proxy.publisher import JetStreamPublisher
 from testing.servers import NatsServer, RedisServer
 from testing.system import System
+from tests.conftest import stop_showing_logs
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,4 @@ def system(
     """Proxy, manager and one worker, started; stopped after the test (logs printed on failure)."""
     running = System(nats_server, redis_server, tmp_path).start()
     yield running
-    running.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(running.logs())
+    stop_showing_logs(request, running)

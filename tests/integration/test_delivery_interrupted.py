@@ -14,6 +14,7 @@ import pytest
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import Process, System
+from tests.conftest import stop_showing_logs
 from tests.integration.conftest import read_stream
 
 pytestmark = pytest.mark.integration
@@ -39,11 +40,7 @@ def start_system(
         return system.start(workers=workers)
 
     yield start
-    report = getattr(request.node, "rep_call", None)
-    for system in systems:
-        system.stop()
-        if report is not None and report.failed:
-            print(system.logs())
+    stop_showing_logs(request, *systems)
 
 
 @pytest.fixture

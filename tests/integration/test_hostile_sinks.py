@@ -20,6 +20,7 @@ from eventing.delivery.steps import DeadLetter
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import System
+from tests.conftest import stop_showing_logs
 from tests.integration.conftest import read_stream
 from tests.workers.conftest import POLICY, Clock, MemoryLog, make_job
 from workers import attempts, deadline
@@ -352,7 +353,4 @@ def test_the_whole_system_shrugs_off_hostile_sinks(
         assert system.publish_binary("after-1", "shop", "order.created.v1").status_code == 204
         wait_until(lambda: "after-1" in sink_server.sink.ids(), 10, "the healthy sink served")
     finally:
-        system.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(system.logs())
+        stop_showing_logs(request, system)

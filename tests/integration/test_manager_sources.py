@@ -23,6 +23,7 @@ from eventing.subscriptions.model import MAX_TYPES
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import System
+from tests.conftest import stop_showing_logs
 
 pytestmark = pytest.mark.integration
 
@@ -145,10 +146,7 @@ def limited_system(
     """The system on a nats-server whose account may hold one consumer only."""
     running = System(nats_server_one_consumer, redis_server, tmp_path).start()
     yield running
-    running.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(running.logs())
+    stop_showing_logs(request, running)
 
 
 def test_past_the_consumer_limit_status_says_so_and_attempts_back_off(

@@ -21,6 +21,7 @@ from eventing.events.eventtypes import standard_subject
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import System
+from tests.conftest import stop_showing_logs
 from tests.integration.conftest import read_stream
 
 pytestmark = pytest.mark.integration
@@ -85,10 +86,7 @@ def patient_system(
     """A system whose ack wait is far longer than the test: nothing is redelivered in it."""
     running = System(nats_server, redis_server, tmp_path, DELIVERY_ACK_WAIT="10m").start()
     yield running
-    running.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(running.logs())
+    stop_showing_logs(request, running)
 
 
 def test_unencodable_events_are_dead_lettered_at_once_and_hold_nothing_up(

@@ -11,6 +11,7 @@ import pytest
 from testing.servers import NatsServer, RedisServer, wait_until
 from testing.sink import SinkServer
 from testing.system import System
+from tests.conftest import stop_showing_logs
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,4 @@ def test_every_worker_on_a_host_serves_complete_metrics(
         )
         assert sum(logged()) == len(sink_server.sink.received())
     finally:
-        system.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(system.logs())
+        stop_showing_logs(request, system)
