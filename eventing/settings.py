@@ -404,6 +404,43 @@ class StreamSettings:
         "How long storing a dead letter (a worker's, or the manager's shed backlog) waits for"
         " JetStream's acknowledgement.",
     )
+    ledger_name: str = setting(
+        "JS_LEDGER_STREAM_NAME",
+        "sap-ledger",
+        _stream_name,
+        "Stream of the delivery ledger: every attempt at every (event, subscription) and its"
+        " outcome.",
+    )
+    ledger_max_age: float = setting(
+        "LEDGER_MAX_AGE",
+        "72h",
+        units.duration,
+        "How long the delivery ledger keeps an attempt (0: no ledger).",
+    )
+    ledger_max_bytes: int = setting(
+        "LEDGER_MAX_BYTES",
+        "1Gi",
+        units.size,
+        "Size cap of the delivery ledger; beyond it the oldest attempts go first.",
+    )
+    archive_name: str = setting(
+        "JS_ARCHIVE_STREAM_NAME",
+        "sap-archive",
+        _stream_name,
+        "Stream that keeps a copy of every event for replay, delivered or not.",
+    )
+    archive_max_age: float = setting(
+        "EVENT_ARCHIVE_MAX_AGE",
+        "24h",
+        units.duration,
+        "How long events are kept for replay (0: no archive, no replay).",
+    )
+    archive_max_bytes: int = setting(
+        "EVENT_ARCHIVE_MAX_BYTES",
+        "1Gi",
+        units.size,
+        "Size cap of the replay archive; beyond it the oldest events go first (counted).",
+    )
     subject_prefix: str = SUBJECT_PREFIX
 
 

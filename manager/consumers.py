@@ -58,6 +58,7 @@ class Target:
             ack_wait=self.spec.ack_wait,
             policy=self.subscription.delivery,
             credentials=self.subscription.credentials,
+            published=message.published,
         )
 
 

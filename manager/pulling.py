@@ -75,6 +75,11 @@ class Dispatcher:
         self._owner: asyncio.Task[None] | None = None
 
     @property
+    def targets(self) -> dict[str, Target]:
+        """Where each consumer pulled delivers now, by consumer name."""
+        return self._targets
+
+    @property
     def backlogs(self) -> dict[str, Backlog]:
         """The latest backlog of each consumer pulled, by name, for status and metrics."""
         return self._shedding.backlogs

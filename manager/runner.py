@@ -30,7 +30,8 @@ from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
-from manager import leader, pulling
+from manager import leader, operations, pulling
+from manager.api import ApiContext
 from manager.board import StatusBoard
 from manager.metrics import ManagerMetrics
 from manager.reconciler import Reconciler
@@ -55,7 +56,7 @@ class Manager:
     ) -> None:
         self._reader = reader
         self._client = client
-        self._dispatcher = dispatcher
+        self.dispatcher = self._dispatcher = dispatcher
         self._reconciler = reconciler
         self._board = board
         self._last_sync = 0.0
@@ -63,6 +64,8 @@ class Manager:
         self._dirty = True  #: the last reconcile did not reach NATS
         self._reported: frozenset[str] = frozenset()  #: problems logged, until they change
         self._read_error: str | None = None
+        #: hands jobs to the workers, signed (set by :meth:`assemble`; the API's redrives use it)
+        self.enqueue: jobs.Enqueue | None = None
 
     @classmethod
     def assemble(
@@ -80,10 +83,14 @@ class Manager:
             ConfigError: the job signing key cannot be read.
         """
         key = job_signing_key(settings)
+
+        def enqueue(work: list[jobs.DeliveryJob]) -> None:
+            jobs.enqueue(broker, work, key)
+
         dispatcher = pulling.Dispatcher(
             client,
             settings.stream.name,
-            lambda work: jobs.enqueue(broker, work, key),
+            enqueue,
             lambda name, count: metrics.enqueued.labels(name).inc(count),
             on_shed=lambda name, count: metrics.shed.labels(name).inc(count),
             on_filtered=lambda name, count: metrics.filtered.labels(name).inc(count),
@@ -92,7 +99,9 @@ class Manager:
             publish_timeout=settings.stream.dead_letter_publish_timeout,
         )
         reconciler = Reconciler.for_settings(client, dispatcher, metrics, settings)
-        return cls(reader, client, dispatcher, reconciler, board)
+        manager = cls(reader, client, dispatcher, reconciler, board)
+        manager.enqueue = enqueue
+        return manager
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile until ``stop`` is set, then stop pulling."""
@@ -181,12 +190,14 @@ async def run(settings: Settings) -> bool:
     client = jetstream_client(settings)
     metrics = ManagerMetrics()
     board = StatusBoard.for_settings(settings, metrics)
+    context = ApiContext(settings, client, board)
     server = StatusServer(
         settings.manager.host,
         settings.manager.port,
         metrics,
         lambda: board.view,
         token=token,
+        routes=[*operations.routes(context.operations)],
     )
     client.start()
     try:
@@ -200,7 +211,7 @@ async def run(settings: Settings) -> bool:
             settings.manager.host,
             server.port,
         )
-        return await _lead_and_manage(settings, client, board, metrics, stop)
+        return await _lead_and_manage(context, metrics, stop)
     finally:
         await server.close()
         await client.close()  # after the pull tasks stopped: drains what they left
@@ -230,14 +241,12 @@ def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetS
 
 
 async def _lead_and_manage(
-    settings: Settings,
-    client: JetStreamClient,
-    board: StatusBoard,
-    metrics: ManagerMetrics,
-    stop: asyncio.Event,
+    context: ApiContext, metrics: ManagerMetrics, stop: asyncio.Event
 ) -> bool:
     """Wait for the Lease if leader election is on, then manage until ``stop``; whether the
-    Lease (if any) was kept to the end."""
+    Lease (if any) was kept to the end. Once leading, the API's operations reach the manager
+    through ``context``."""
+    settings, client, board = context.settings, context.client, context.board
     lease = None
     if settings.manager.leader_election:
         lease = leader.Lease(api_client(settings.source), settings.manager.lease_namespace)
@@ -254,6 +263,7 @@ async def _lead_and_manage(
         board,
         metrics,
     )
+    context.dispatcher, context.enqueue = manager.dispatcher, manager.enqueue
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(manager.run(stop), name="manager")
         keeping = (

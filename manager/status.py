@@ -8,10 +8,12 @@ replaces as a whole. Endpoints:
 - ``GET /readyz``: 200 once the last reconcile reached NATS, else 500;
 - ``GET /metrics``: :class:`~manager.metrics.ManagerMetrics` in Prometheus' text format;
 - ``GET /subscriptions``: every subscription with its status, and the unreadable files;
-- ``GET /subscriptions/{namespace}/{name}``: one of them, or a 404 naming it.
+- ``GET /subscriptions/{namespace}/{name}``: one of them, or a 404 naming it;
+- the operations routes (:mod:`manager.api`'s modules) given to :func:`application`.
 
 A trailing slash is served as the path without it; any other path is a JSON 404 naming it,
 any other method a JSON 405 (``http.server`` answered both in HTML, 501 for a method).
+Every error is a problem document (:func:`problem`).
 
 With ``MANAGER_API_TOKEN_FILE`` every endpoint but the probes requires
 ``Authorization: Bearer <token>`` (a JSON 401 otherwise): the status names every sink and the
@@ -27,7 +29,8 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +128,11 @@ class StatusServer:
         metrics: ManagerMetrics,
         view: Callable[[], View],
         token: ApiToken | None = None,
+        routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self._address = (host, port)
         self._socket: socket.socket | None = None
-        self._runner = web.AppRunner(application(metrics, view, token), access_log=None)
+        self._runner = web.AppRunner(application(metrics, view, token, routes), access_log=None)
 
     @property
     def port(self) -> int:
@@ -155,10 +159,14 @@ class StatusServer:
 
 
 def application(
-    metrics: ManagerMetrics, view: Callable[[], View], token: ApiToken | None = None
+    metrics: ManagerMetrics,
+    view: Callable[[], View],
+    token: ApiToken | None = None,
+    routes: Sequence[web.RouteDef] = (),
 ) -> web.Application:
-    """The endpoints as an aiohttp application; ``view`` gives the view to show now, and
-    ``token``, if any, is required of every request but the probes."""
+    """The endpoints as an aiohttp application; ``view`` gives the view to show now,
+    ``token``, if any, is required of every request but the probes, and ``routes`` are served
+    beside the status (each also with a trailing slash)."""
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(body=b"ok\n", content_type="text/plain")
@@ -195,6 +203,9 @@ def application(
     ):
         app.router.add_get(path, handler)
         app.router.add_get(f"{path}/", handler)  # as http.server's answers did, no redirect
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, f"{route.path}/", route.handler)
     return app
 
 
@@ -206,9 +217,10 @@ async def _unknown_paths(request: web.Request, handler: _Handler) -> web.StreamR
         return await handler(request)
     except web.HTTPNotFound:
         return _not_found(f"no such endpoint: {request.path.rstrip('/') or '/'}")
-    except web.HTTPMethodNotAllowed:
-        detail = f"{request.method} {request.path}: only GET is served"
-        return _json(405, {"title": "Method Not Allowed", "status": 405, "detail": detail})
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods - {"HEAD"})) or "GET"
+        detail = f"{request.method} {request.path}: only {allowed} is served here"
+        return problem(405, detail)
 
 
 def _bearer(token: ApiToken) -> Middleware:
@@ -243,7 +255,20 @@ def _bearer(token: ApiToken) -> Middleware:
 
 
 def _not_found(detail: str) -> web.Response:
-    return _json(404, {"title": "Not Found", "status": 404, "detail": detail})
+    return problem(404, detail)
+
+
+def problem(status: int, detail: str, **fields: Any) -> web.Response:
+    """A problem document (RFC 9457's fields, served as ``application/json`` like every answer
+    of this API) with ``detail`` saying what was wrong and what was expected; ``fields`` are
+    added as they are (``field``, ``expected``...)."""
+    title = HTTPStatus(status).phrase
+    return _json(status, {"title": title, "status": status, "detail": detail, **fields})
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """``body`` as indented JSON."""
+    return _json(status, body)
 
 
 def _json(status: int, body: Any) -> web.Response:

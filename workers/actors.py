@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import dramatiq
@@ -44,7 +44,7 @@ def declare(
     secrets: Secrets | None = None,
     *,
     key: bytes,
-    stream: str,
+    streams: Collection[str],
 ) -> dramatiq.Actor[Any, Any]:
     """Register the delivery actor on ``broker`` and return it.
 
@@ -53,7 +53,8 @@ def declare(
 
     ``stopping`` is set when the worker stops (:class:`workers.shutdown.GracefulStop`); jobs
     then hand their events back instead of going on, unless the sink has taken them. Only jobs
-    signed with ``key`` whose ack subject is of ``stream`` are delivered (:func:`jobs.admit`).
+    signed with ``key`` whose ack subject is of one of ``streams`` are delivered
+    (:func:`jobs.admit`).
     """
     stopping = stopping or threading.Event()
     outbound = (secrets or Secrets(SourceSettings())).outbound
@@ -65,7 +66,9 @@ def declare(
         # Any arguments at all: a forged message's odd ones are refused here, not by dramatiq's
         # call, whose TypeError it would log with the whole message.
         try:
-            parsed = jobs.admit(kwargs.get("job"), kwargs.get("signature"), key=key, stream=stream)
+            parsed = jobs.admit(
+                kwargs.get("job"), kwargs.get("signature"), key=key, streams=streams
+            )
         except UntrustedJob as exc:
             # Dropped: the message has no ack subject that may be touched. Its content stays
             # out of the log (it may be anyone's).

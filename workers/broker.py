@@ -14,6 +14,7 @@ import dramatiq
 from eventing.delivery import signatures
 from eventing.delivery.egress import policy_for
 from eventing.delivery.jobs import make_broker
+from eventing.nats import streams
 from eventing.settings import local_state_dir, settings_or_exit
 from workers import actors, egress
 from workers.connection import NatsAcknowledger
@@ -46,6 +47,6 @@ def setup_broker() -> dramatiq.Broker:
         stop.stopping,
         secrets=Secrets(settings.source),
         key=key,
-        stream=settings.stream.name,
+        streams=streams.job_streams(settings.stream),
     )
     return broker

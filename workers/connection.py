@@ -242,7 +242,7 @@ class NatsAcknowledger(Middleware):
         Raises:
             UntrustedJob: ``reply`` is no such subject.
         """
-        problem = signatures.ack_subject_problem(reply, stream=self._stream.name)
+        problem = signatures.ack_subject_problem(reply, streams=streams.job_streams(self._stream))
         if problem is not None:
             raise UntrustedJob("bad-ack-subject", problem)
 

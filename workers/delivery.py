@@ -33,10 +33,12 @@ import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
 from eventing.delivery.jobs import DeliveryJob
+from eventing.delivery.ledger import ANSWER_LIMIT
 from eventing.errors import (
     DeliveryError,
     InvalidEvent,
     PermanentDeliveryError,
+    SinkRefused,
     TemporaryDeliveryError,
 )
 from eventing.events import cloudevent
@@ -54,10 +56,14 @@ _FIELD_VALUE = re.compile(r"[\x20-\x7e\t]*")
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """What one HTTP attempt did, for metrics and logs."""
+    """What one HTTP attempt did, for metrics, logs and the ledger."""
 
     status: int | None  #: None: no answer (timeout, connection error)
     seconds: float
+    kind: str = "answered"  #: one of :data:`eventing.delivery.ledger.KINDS`
+    error: str = ""  #: why it failed, if it did (credentials masked)
+    answer: bytes = b""  #: the first :data:`~eventing.delivery.ledger.ANSWER_LIMIT` bytes
+    started: float = 0.0  #: Unix seconds
 
 
 def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
@@ -150,7 +156,7 @@ def post(
         PermanentDeliveryError: an answer or failure that retrying cannot change.
     """
     timeout = job.policy.timeout
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     with deadline.within(timeout) as limit:
         try:
             response = session.get_adapter(job.sink).send(
@@ -161,24 +167,33 @@ def post(
                 cert=outbound.cert,
             )
         except Exception as exc:  # every failure to send is an outcome: classify_failure
-            observe(Attempt(None, time.perf_counter() - started))
-            raise classify_failure(exc, timeout, cut_off=limit.expired) from exc
+            error = classify_failure(exc, timeout, cut_off=limit.expired)
+            kind = failure_kind(exc, cut_off=limit.expired)
+            observe(Attempt(None, time.perf_counter() - started, kind, str(error), b"", began))
+            raise error from exc
         # http.client takes a connection cut off amid the headers for their end, so a response
         # that arrives past the deadline may be a fragment: it counts as no answer.
-        complete = not limit.expired
+        complete, answer = not limit.expired, b""
         try:
             if complete:
-                response.raw.read(_RESPONSE_READ_LIMIT, decode_content=False)
+                answer = response.raw.read(_RESPONSE_READ_LIMIT, decode_content=False) or b""
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             pass  # the status line is what counts; a broken or endless body does not change it
         finally:
             response.close()
+    seconds = time.perf_counter() - started
     if not complete:
-        observe(Attempt(None, time.perf_counter() - started))
-        raise TemporaryDeliveryError(f"no complete answer within {timeout:g}s")
-    observe(Attempt(response.status_code, time.perf_counter() - started))
-    classify(response.status_code, parse_retry_after(response.headers.get("Retry-After")))
-    return response.status_code
+        error = TemporaryDeliveryError(f"no complete answer within {timeout:g}s")
+        observe(Attempt(None, seconds, "timeout", str(error), b"", began))
+        raise error
+    status = response.status_code
+    try:
+        classify(status, parse_retry_after(response.headers.get("Retry-After")))
+    except DeliveryError as exc:
+        observe(Attempt(status, seconds, "answered", str(exc), answer[:ANSWER_LIMIT], began))
+        raise
+    observe(Attempt(status, seconds, "answered", "", answer[:ANSWER_LIMIT], began))
+    return status
 
 
 def _request(sink: str, headers: dict[str, str], body: bytes) -> requests.PreparedRequest:
@@ -224,6 +239,37 @@ def classify_failure(exc: Exception, timeout: float, *, cut_off: bool) -> Delive
     if isinstance(exc, requests.RequestException | ValueError | TypeError):
         return PermanentDeliveryError(f"cannot send to the sink: {_short(exc)}")
     return TemporaryDeliveryError(f"sending failed: {type(exc).__name__}: {_short(exc)}")
+
+
+def failure_kind(exc: Exception, *, cut_off: bool) -> str:
+    """Which of :data:`eventing.delivery.ledger.KINDS` a request that got no response is."""
+    if isinstance(exc, SinkRefused):
+        return "refused-by-policy"
+    if cut_off or isinstance(exc, requests.Timeout):
+        return "timeout"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "tls"
+    if isinstance(exc, requests.ConnectionError):
+        cause: BaseException | None = exc
+        for _ in range(8):  # requests wraps urllib3's error, which wraps the socket's
+            if cause is None:
+                break
+            if isinstance(cause, ConnectionRefusedError):
+                return "connection-refused"
+            cause = cause.__cause__ or cause.__context__ or _reason(cause)
+        return "connection-error"
+    if isinstance(exc, DeliveryError | requests.RequestException | ValueError | TypeError):
+        return "unsendable"
+    return "error"
+
+
+def _reason(exc: BaseException) -> BaseException | None:
+    """The error urllib3 wraps (``MaxRetryError.reason``, ``NewConnectionError``'s args)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        return reason
+    wrapped = [arg for arg in getattr(exc, "args", ()) if isinstance(arg, BaseException)]
+    return wrapped[0] if wrapped else None
 
 
 def _short(what: object) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +32,12 @@ logger = logging.getLogger(__name__)
 QUEUE = "eventing.delivery"
 ACTOR = "deliver"
 
+#: Where a job comes from: ``live`` (a subscription's consumer on the event stream), ``replay``
+#: (the archive, replayed on request or for a subscription that starts in the past), ``redrive``
+#: (a dead letter sent again to its subscription's current sink), ``dead-letter-sink`` (a dead
+#: letter sent to the subscription's ``spec.delivery.deadLetterSink``).
+ORIGINS = ("live", "replay", "redrive", "dead-letter-sink")
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryJob:
@@ -48,9 +55,24 @@ class DeliveryJob:
     policy: DeliveryPolicy
     #: where the worker finds the signing secret and sink credentials: references, never secrets
     credentials: SinkCredentials = dataclasses.field(default_factory=SinkCredentials)
+    origin: str = "live"  #: one of :data:`ORIGINS`
+    #: when JetStream stored the message (Unix seconds; 0.0: not known), for latency metrics
+    published: float = 0.0
+    #: a redrive's dead letter: its sequence in the dead-letter stream (0: not a redrive)
+    dead_letter_sequence: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        credentials = {"credentials": self.credentials.to_dict()} if self.credentials else {}
+        # What is at its default is left out: a live job is most jobs, and its size is the
+        # broker's and the signature's work.
+        optional: dict[str, Any] = {}
+        if self.credentials:
+            optional["credentials"] = self.credentials.to_dict()
+        if self.origin != "live":
+            optional["origin"] = self.origin
+        if self.published:
+            optional["published"] = self.published
+        if self.dead_letter_sequence:
+            optional["dead_letter_sequence"] = self.dead_letter_sequence
         return {
             "event": self.event,
             "sink": self.sink,
@@ -62,12 +84,15 @@ class DeliveryJob:
             "delivery_count": self.delivery_count,
             "ack_wait": self.ack_wait,
             "policy": self.policy.to_dict(),
-            **credentials,
+            **optional,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeliveryJob:
         """Rebuild a job; ``KeyError``/``TypeError``/``ValueError`` on a malformed one."""
+        origin = str(data.get("origin", "live"))
+        if origin not in ORIGINS:
+            raise ValueError(f"unknown origin {origin!r}")
         return cls(
             event=str(data["event"]),
             sink=str(data["sink"]),
@@ -80,6 +105,9 @@ class DeliveryJob:
             ack_wait=float(data["ack_wait"]),
             policy=DeliveryPolicy.from_dict(data["policy"]),
             credentials=SinkCredentials.from_dict(data.get("credentials", {})),
+            origin=origin,
+            published=float(data.get("published", 0.0)),
+            dead_letter_sequence=int(data.get("dead_letter_sequence", 0)),
         )
 
 
@@ -112,6 +140,10 @@ def dead_letter(
 
 def _header_safe(value: str) -> str:
     return " ".join(value.split())[:500]
+
+
+#: What hands jobs to the workers, signed (:func:`enqueue` bound to a broker and a key); blocking.
+Enqueue = Callable[[list[DeliveryJob]], None]
 
 
 class Broker(Protocol):
@@ -165,13 +197,15 @@ def enqueue(broker: Broker, jobs: list[DeliveryJob], key: bytes) -> None:
         broker.enqueue(message)
 
 
-def admit(job: Any, signature: Any, *, key: bytes, stream: str) -> DeliveryJob:
+def admit(job: Any, signature: Any, *, key: bytes, streams: Collection[str]) -> DeliveryJob:
     """The job a dramatiq message carries, if the manager made it.
 
     Raises:
         UntrustedJob: unsigned, signed with another key or altered, malformed, or with an ack
-            subject outside ``stream``'s consumer; its ``reason`` is one of
-            :data:`UntrustedJob.REASONS` and its message never shows the job's content.
+            subject outside the job's consumer on one of ``streams`` (the event stream, and
+            the archive and dead-letter streams that replays and redrives read); its
+            ``reason`` is one of :data:`UntrustedJob.REASONS` and its message never shows the
+            job's content.
     """
     if not isinstance(job, dict):
         raise UntrustedJob("malformed", "the message carries no job")
@@ -188,7 +222,7 @@ def admit(job: Any, signature: Any, *, key: bytes, stream: str) -> DeliveryJob:
     except (KeyError, TypeError, ValueError) as exc:
         raise UntrustedJob("malformed", f"the job does not parse ({type(exc).__name__})") from None
     problem = signatures.ack_subject_problem(
-        parsed.ack_subject, stream=stream, consumer=parsed.consumer
+        parsed.ack_subject, streams=streams, consumer=parsed.consumer
     )
     if problem is not None:
         raise UntrustedJob("bad-ack-subject", problem)

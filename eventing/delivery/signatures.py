@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,11 @@ def signed_by(job: Mapping[str, Any], signature: Any, key: bytes) -> bool:
     )
 
 
-def ack_subject_problem(subject: str, *, stream: str, consumer: str | None = None) -> str | None:
-    """Why ``subject`` is no reply subject of ``consumer`` (None: of any consumer) on ``stream``,
-    or None if it is.
+def ack_subject_problem(
+    subject: str, *, streams: Collection[str], consumer: str | None = None
+) -> str | None:
+    """Why ``subject`` is no reply subject of ``consumer`` (None: of any consumer) on one of
+    ``streams``, or None if it is.
 
     Acks, NAKs, keepalives and terms go only to such subjects: anything else would publish into
     the event stream or another stream's consumers.
@@ -80,8 +82,8 @@ def ack_subject_problem(subject: str, *, stream: str, consumer: str | None = Non
     match = _ACK_V1.match(subject) or _ACK_V2.match(subject)
     if match is None:
         return "the ack subject is no JetStream reply subject ($JS.ACK.<stream>.<consumer>...)"
-    if match["stream"] != stream:
-        return f"the ack subject is not of the stream {stream}"
+    if match["stream"] not in streams:
+        return f"the ack subject is not of the streams {', '.join(sorted(streams))}"
     if consumer is not None and match["consumer"] != consumer:
         return "the ack subject is not of the job's consumer"
     return None

@@ -98,6 +98,7 @@ class Pull:
                     reply=message.reply,
                     stream_sequence=message.metadata.sequence.stream,
                     delivery_count=message.metadata.num_delivered,
+                    published=message.metadata.timestamp.timestamp(),
                 )
                 for message in messages
             ]

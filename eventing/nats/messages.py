@@ -14,6 +14,7 @@ from urllib.parse import quote
 from eventing.events import cloudevent
 
 DEAD_LETTER_PREFIX = "dlq"  #: dead letters are stored on ``dlq.<consumer>``
+LEDGER_PREFIX = "ledger"  #: see :mod:`eventing.delivery.ledger`
 _CE_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 
 
@@ -39,6 +40,7 @@ class PulledMessage:
     reply: str  #: the subject an ack, nak or term of this delivery is published to
     stream_sequence: int
     delivery_count: int  #: 1 on the first delivery, counting every redelivery
+    published: float = 0.0  #: when JetStream stored it (Unix seconds)
 
 
 def message_id(source: str, event_id: str, publisher: str | None = None) -> str:

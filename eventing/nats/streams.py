@@ -22,7 +22,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from eventing.nats.messages import DEAD_LETTER_PREFIX
+from eventing.nats.messages import DEAD_LETTER_PREFIX, LEDGER_PREFIX
 from eventing.settings import StreamSettings
 
 ATTEMPTS_BUCKET = "eventing-attempts"
@@ -73,6 +73,27 @@ def dead_letter_config(settings: StreamSettings) -> StreamConfig:
         num_replicas=settings.replicas,
         max_age=settings.dead_letter_max_age,
         duplicate_window=min(settings.duplicate_window, settings.dead_letter_max_age),
+    )
+
+
+def job_streams(settings: StreamSettings) -> frozenset[str]:
+    """The streams whose messages delivery jobs settle: the events, the archive (replays) and
+    the dead letters (redrives, dead-letter sinks)."""
+    return frozenset({settings.name, settings.archive_name, settings.dead_letter_name})
+
+
+def ledger_config(settings: StreamSettings) -> StreamConfig:
+    """The delivery ledger (:mod:`eventing.delivery.ledger`): ``ledger.>``, limits retention,
+    kept ``LEDGER_MAX_AGE`` within ``LEDGER_MAX_BYTES``, the oldest records dropped first."""
+    return StreamConfig(
+        name=settings.ledger_name,
+        subjects=[f"{LEDGER_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType(settings.storage),
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.replicas,
+        max_age=settings.ledger_max_age,
+        max_bytes=settings.ledger_max_bytes,
     )
 
 

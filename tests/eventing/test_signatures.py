@@ -30,7 +30,7 @@ def job_document(**changes: Any) -> dict[str, Any]:
 
 
 def admit(document: Any, signature: Any) -> DeliveryJob:
-    return jobs.admit(document, signature, key=KEY, stream=STREAM)
+    return jobs.admit(document, signature, key=KEY, streams={STREAM})
 
 
 def test_a_signed_job_is_admitted_after_any_reordering() -> None:
@@ -85,7 +85,7 @@ def test_the_reply_subjects_of_both_forms_are_admitted() -> None:
         f"$JS.ACK.{STREAM}.{CONSUMER}.1.7.7.1700000000000000000.0",
         f"$JS.ACK._.ACCHASH.{STREAM}.{CONSUMER}.1.7.7.1700000000000000000.0.TOKEN",
     ):
-        assert signatures.ack_subject_problem(subject, stream=STREAM, consumer=CONSUMER) is None
+        assert signatures.ack_subject_problem(subject, streams={STREAM}, consumer=CONSUMER) is None
 
 
 def test_the_key_file_named_is_read(tmp_path: Path) -> None:
@@ -129,3 +129,31 @@ def test_processes_starting_together_share_one_private_key(tmp_path: Path) -> No
     [key_file] = state.iterdir()  # no temporary file left behind
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_the_fields_of_replays_and_redrives_travel_signed() -> None:
+    document = job_document(origin="redrive", published=1_700_000_000.25, dead_letter_sequence=9)
+    admitted = admit(document, signatures.sign(document, KEY))
+    assert (admitted.origin, admitted.published, admitted.dead_letter_sequence) == (
+        "redrive",
+        1_700_000_000.25,
+        9,
+    )
+    assert admitted.to_dict() == document
+
+
+def test_a_live_job_carries_no_default_fields() -> None:
+    assert not {"origin", "published", "dead_letter_sequence"} & set(make_job().to_dict())
+
+
+def test_an_unknown_origin_is_malformed() -> None:
+    document = job_document(origin="elsewhere")
+    with pytest.raises(UntrustedJob) as refused:
+        admit(document, signatures.sign(document, KEY))
+    assert refused.value.reason == "malformed"
+
+
+def test_archive_and_dead_letter_subjects_are_admitted_when_named() -> None:
+    subject = f"$JS.ACK.sap-archive.{CONSUMER}.1.7.7.1700000000000000000.0"
+    assert signatures.ack_subject_problem(subject, streams={STREAM}) is not None
+    assert signatures.ack_subject_problem(subject, streams={STREAM, "sap-archive"}) is None

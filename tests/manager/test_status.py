@@ -7,17 +7,19 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from eventing.errors import ConfigError
 from eventing.settings import ManagerSettings
 from eventing.subscriptions.status import View
+from manager import operations
 from manager.metrics import ManagerMetrics
 from manager.status import ApiToken, StatusServer, api_token
 
@@ -37,13 +39,21 @@ READY = View(
 Scenario = Callable[[aiohttp.ClientSession, str, list[View]], Awaitable[None]]
 
 
-def serve(scenario: Scenario, *, shown: View = READY, token: ApiToken | None = None) -> None:
+def serve(
+    scenario: Scenario,
+    *,
+    shown: View = READY,
+    token: ApiToken | None = None,
+    routes: Sequence[web.RouteDef] = (),
+) -> None:
     """Run ``scenario`` against a server showing ``shown`` (a list the scenario may change),
-    requiring ``token`` if given."""
+    requiring ``token`` if given, serving ``routes`` beside the status."""
 
     async def main() -> None:
         views = [shown]
-        server = StatusServer("127.0.0.1", 0, ManagerMetrics(), lambda: views[-1], token)
+        server = StatusServer(
+            "127.0.0.1", 0, ManagerMetrics(), lambda: views[-1], token, routes=routes
+        )
         await server.start()
         try:
             async with aiohttp.ClientSession() as session:
@@ -119,7 +129,7 @@ def test_a_method_other_than_get_is_a_json_405() -> None:
             assert await response.json() == {
                 "title": "Method Not Allowed",
                 "status": 405,
-                "detail": "POST /subscriptions: only GET is served",
+                "detail": "POST /subscriptions: only GET is served here",
             }
 
     serve(scenario)
@@ -282,3 +292,38 @@ def test_the_manager_refuses_to_start_open_beyond_loopback() -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "MANAGER_API_TOKEN_FILE: required since MANAGER_HOST=0.0.0.0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_operations_report_their_progress_and_an_unknown_one_is_a_404() -> None:
+    registry = operations.Operations()
+    replay = registry.start("replay", "default/orders", total=10)
+    replay.done = 4
+
+    async def scenario(session: aiohttp.ClientSession, url: str, views: list[View]) -> None:
+        async with session.get(f"{url}/operations/{replay.id}") as response:
+            shown = await response.json()
+            assert (response.status, shown["state"], shown["done"], shown["total"]) == (
+                200,
+                "running",
+                4,
+                10,
+            )
+        replay.finish("replayed 10 events")
+        async with session.get(f"{url}/operations/") as response:
+            assert [item["state"] for item in (await response.json())["items"]] == ["done"]
+        async with session.get(f"{url}/operations/redrive-9") as response:
+            assert response.status == 404
+            assert "redrive-9" in (await response.json())["detail"]
+        async with session.delete(f"{url}/operations") as response:
+            assert response.status == 405
+
+    serve(scenario, routes=operations.routes(registry))
+
+
+def test_finished_operations_beyond_the_kept_ones_are_forgotten() -> None:
+    registry = operations.Operations()
+    running = registry.start("replay")
+    for _ in range(operations.KEPT + 5):
+        registry.start("redrive").finish()
+    kept = registry.all()
+    assert running in kept and len(kept) == operations.KEPT + 1

@@ -69,7 +69,7 @@ def acks() -> RecordingAcks:
 def broker(acks: RecordingAcks) -> Iterator[StubBroker]:
     broker = StubBroker()
     broker.emit_after("process_boot")
-    actors.declare(broker, DeliverySettings(), acks, DeliveryMetrics(), key=KEY, stream=STREAM)
+    actors.declare(broker, DeliverySettings(), acks, DeliveryMetrics(), key=KEY, streams={STREAM})
     worker = dramatiq.Worker(broker, worker_timeout=50)
     worker.start()
     yield broker

@@ -11,9 +11,11 @@ from dataclasses import replace
 
 import pytest
 import requests
+import urllib3.exceptions
 
 from eventing.delivery.jobs import DeliveryJob
 from eventing.delivery.steps import DeadLetter, Progress, RetryLater
+from eventing.errors import SinkRefused
 from tests.workers.conftest import (
     POLICY,
     Clock,
@@ -380,3 +382,42 @@ def test_a_worker_that_stops_hands_back_an_undelivered_event(
         run(make_job(), session, clock, log=log, stopping=stops_after(looks))
     assert len(sink.received) == 1 and log.writes == counted
     assert clock.total < 1
+
+
+def test_each_attempt_says_what_kind_of_failure_it_was(
+    sink: ScriptedSink, session: requests.Session, clock: Clock
+) -> None:
+    refused = requests.ConnectionError(
+        urllib3.exceptions.MaxRetryError(
+            None,  # type: ignore[arg-type]
+            "/",
+            urllib3.exceptions.NewConnectionError(None, "refused"),  # type: ignore[arg-type]
+        )
+    )
+    refused.__context__ = ConnectionRefusedError(111, "Connection refused")
+    sink.replies = [
+        refused,
+        requests.ConnectionError("name or service not known"),
+        requests.exceptions.SSLError("certificate verify failed"),
+        requests.ReadTimeout("slow"),
+        503,
+        204,
+    ]
+    attempts: list[Attempt] = []
+    policy = replace(POLICY, retry=6, in_job_wait_max=100.0)
+    assert run(make_job(policy=policy), session, clock, attempts=attempts) == Delivered(204, 6)
+    assert [a.kind for a in attempts] == [
+        "connection-refused",
+        "connection-error",
+        "tls",
+        "timeout",
+        "answered",
+        "answered",
+    ]
+    assert [a.error != "" for a in attempts] == [True] * 5 + [False]
+    assert all(a.started > 0 for a in attempts)
+
+
+def test_a_refused_address_is_refused_by_policy() -> None:
+    exc = SinkRefused("the egress policy refuses 169.254.169.254")
+    assert delivery.failure_kind(exc, cut_off=False) == "refused-by-policy"

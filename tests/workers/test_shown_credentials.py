@@ -46,7 +46,7 @@ class FailingAcks(RecordingAcks):
 def run(acks: RecordingAcks, job: DeliveryJob) -> None:
     broker = StubBroker()
     broker.emit_after("process_boot")
-    actors.declare(broker, DeliverySettings(), acks, DeliveryMetrics(), key=KEY, stream=STREAM)
+    actors.declare(broker, DeliverySettings(), acks, DeliveryMetrics(), key=KEY, streams={STREAM})
     worker = dramatiq.Worker(broker, worker_timeout=50)
     worker.start()
     try:
