@@ -10,6 +10,7 @@ caller names the variable or field.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -69,3 +70,34 @@ def size(text: str) -> int:
     if not match:
         raise ValueError("expected a byte size such as 65536, 64Ki, 700Mi or 1Gi (-1: no limit)")
     return int(match[1]) * _SIZE_FACTORS[match[2]]
+
+
+def moment(text: str, now: float) -> float:
+    """Unix seconds of a point in time as operators write it: an RFC 3339 time
+    (``2026-12-01T10:00:00Z``, an offset or ``Z`` required) or a duration ago (``15m``, ``2h``,
+    ``90s``, as :func:`duration` reads it), counted back from ``now``.
+
+    Raises:
+        ValueError: neither.
+    """
+    text = text.strip()
+    try:
+        return now - duration(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ValueError(
+            "expected an RFC 3339 time with its offset (2026-12-01T10:00:00Z) or a duration"
+            f" ago (15m, 2h), got {text[:80]!r}"
+        )
+    return parsed.timestamp()
+
+
+def rfc3339(seconds: float) -> str:
+    """Unix ``seconds`` as an RFC 3339 UTC time with milliseconds, as the API shows times."""
+    shown = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return shown.replace("+00:00", "Z")

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from eventing.nats.messages import LEDGER_PREFIX
+from eventing.nats.messages import LEDGER_PREFIX, OutboundMessage
+from eventing.units import rfc3339
 
 PREFIX = LEDGER_PREFIX  #: records are stored on ``ledger.<event key>.<subscription key>``
 
@@ -106,6 +107,22 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # the attempt too
+
+    def shown(self) -> dict[str, Any]:
+        """The record as the manager's API and the command-line tool show it: times in RFC
+        3339, an attempt's ``status`` only when the sink answered and ``error`` only when it
+        failed."""
+        shown = self.to_dict()
+        shown["time"] = rfc3339(self.time)
+        if self.attempt is not None:
+            attempt = {k: v for k, v in self.attempt.to_dict().items() if v not in (None, "")}
+            attempt["time"] = rfc3339(self.attempt.time)
+            shown["attempt"] = attempt
+        return shown
+
+    def message(self) -> OutboundMessage:
+        """The JetStream message that stores this record in the ledger stream."""
+        return OutboundMessage(self.subject, self.to_bytes(), {}, self.type, self.source)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()

@@ -45,3 +45,28 @@ def test_the_key_separates_source_and_id() -> None:
 def test_what_is_no_record_is_a_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
         Record.from_bytes(data)
+
+
+def test_the_shown_form_has_rfc3339_times_and_only_the_fields_that_say_something() -> None:
+    delivered = Record(
+        **{
+            **RECORD.to_dict(),
+            "outcome": "delivered",
+            "reason": "",
+            "attempt": AttemptRecord(2, 1_700_000_001.0, 0.01, "answered", 204),
+        }
+    )
+    shown = delivered.shown()
+    assert shown["time"] == "2023-11-14T22:13:20.500Z"
+    assert shown["attempt"] == {
+        "number": 2,
+        "time": "2023-11-14T22:13:21.000Z",
+        "seconds": 0.01,
+        "kind": "answered",
+        "status": 204,
+    }
+
+
+def test_a_record_is_stored_on_its_subject() -> None:
+    message = RECORD.message()
+    assert (message.subject, Record.from_bytes(message.payload)) == (RECORD.subject, RECORD)

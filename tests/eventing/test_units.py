@@ -47,3 +47,27 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError, match="expected a byte size"):
         units.size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("15m", 1_000_000.0 - 900),
+        ("2h", 1_000_000.0 - 7200),
+        ("1970-01-12T13:46:40Z", 1_000_000.0),
+        ("1970-01-12T14:46:40+01:00", 1_000_000.0),
+        ("1970-01-12T13:46:40.5z", 1_000_000.5),
+    ],
+)
+def test_a_moment_is_a_time_or_a_duration_ago(text: str, seconds: float) -> None:
+    assert units.moment(text, now=1_000_000.0) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2026-12-01T10:00:00", "-5m", "2026-13-01Z"])
+def test_a_moment_without_an_offset_or_unit_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="RFC 3339"):
+        units.moment(text, now=1_000_000.0)
+
+
+def test_times_are_shown_in_utc_with_milliseconds() -> None:
+    assert units.rfc3339(1_000_000.25) == "1970-01-12T13:46:40.250Z"
