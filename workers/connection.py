@@ -263,7 +263,9 @@ class _Connection:
 
 
 def _key(job: DeliveryJob) -> str:
-    return f"{job.consumer}.{job.stream_sequence}"
+    # The reading consumer, not the job's: a replay's sequence is the archive's, a redrive's the
+    # dead-letter stream's, and neither may take the count of a live event.
+    return f"{jobs.reading_consumer(job.consumer, job.origin)}.{job.stream_sequence}"
 
 
 def _at(job: DeliveryJob) -> str:

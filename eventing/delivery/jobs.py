@@ -39,6 +39,16 @@ ACTOR = "deliver"
 ORIGINS = ("live", "replay", "redrive", "dead-letter-sink")
 
 
+def reading_consumer(consumer: str, origin: str) -> str:
+    """The JetStream consumer that hands out the messages of jobs of ``origin`` for the
+    subscription type whose live consumer is ``consumer``: that one itself on the event stream;
+    ``<consumer>-replay`` on the archive, ``<consumer>-redrive`` and
+    ``<consumer>-dead-letter-sink`` on the dead-letter stream. A job names its live consumer
+    (dead letters go to ``dlq.<consumer>`` whatever the origin) and acks only its reader's
+    messages (:func:`admit`)."""
+    return consumer if origin == "live" else f"{consumer}-{origin}"
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryJob:
     """One delivery of one stored event to one subscription's sink."""
@@ -117,7 +127,8 @@ def dead_letter(
     """The dead letter of ``job``: the event as stored, with why and where it failed.
 
     Workers send one when an event runs out of attempts, the manager when it sheds a backlog.
-    The message id makes a repeated dead letter (a crash before the ack) a duplicate.
+    The message id makes a repeated dead letter (a crash before the ack) a duplicate; it names
+    the reading consumer, since a replay's or a redrive's sequence is of another stream.
     """
     headers = {
         "Eventing-Dead-Letter-Reason": _header_safe(reason),
@@ -127,7 +138,7 @@ def dead_letter(
         "Eventing-Dead-Letter-Type": _header_safe(job.event_type),
         "Eventing-Dead-Letter-Sink": _header_safe(mask_url(job.sink)),
         "Eventing-Dead-Letter-Stream-Sequence": str(job.stream_sequence),
-        "Nats-Msg-Id": f"{job.consumer}-{job.stream_sequence}",
+        "Nats-Msg-Id": f"{reading_consumer(job.consumer, job.origin)}-{job.stream_sequence}",
     }
     return OutboundMessage(
         subject=f"{DEAD_LETTER_PREFIX}.{job.consumer}",
@@ -222,7 +233,9 @@ def admit(job: Any, signature: Any, *, key: bytes, streams: Collection[str]) -> 
     except (KeyError, TypeError, ValueError) as exc:
         raise UntrustedJob("malformed", f"the job does not parse ({type(exc).__name__})") from None
     problem = signatures.ack_subject_problem(
-        parsed.ack_subject, streams=streams, consumer=parsed.consumer
+        parsed.ack_subject,
+        streams=streams,
+        consumer=reading_consumer(parsed.consumer, parsed.origin),
     )
     if problem is not None:
         raise UntrustedJob("bad-ack-subject", problem)

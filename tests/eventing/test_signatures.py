@@ -132,7 +132,12 @@ def test_processes_starting_together_share_one_private_key(tmp_path: Path) -> No
 
 
 def test_the_fields_of_replays_and_redrives_travel_signed() -> None:
-    document = job_document(origin="redrive", published=1_700_000_000.25, dead_letter_sequence=9)
+    document = job_document(
+        origin="redrive",
+        published=1_700_000_000.25,
+        dead_letter_sequence=9,
+        ack_subject=f"$JS.ACK.{STREAM}.{CONSUMER}-redrive.1.9.9.1700000000000000000.0",
+    )
     admitted = admit(document, signatures.sign(document, KEY))
     assert (admitted.origin, admitted.published, admitted.dead_letter_sequence) == (
         "redrive",
@@ -157,3 +162,23 @@ def test_archive_and_dead_letter_subjects_are_admitted_when_named() -> None:
     subject = f"$JS.ACK.sap-archive.{CONSUMER}.1.7.7.1700000000000000000.0"
     assert signatures.ack_subject_problem(subject, streams={STREAM}) is not None
     assert signatures.ack_subject_problem(subject, streams={STREAM, "sap-archive"}) is None
+
+
+@pytest.mark.parametrize(
+    ("origin", "stream", "reader"),
+    [
+        ("replay", "sap-archive", f"{CONSUMER}-replay"),
+        ("redrive", "sap-dlq", f"{CONSUMER}-redrive"),
+        ("dead-letter-sink", "sap-dlq", f"{CONSUMER}-dead-letter-sink"),
+    ],
+)
+def test_a_job_of_another_origin_acks_only_its_readers_messages(
+    origin: str, stream: str, reader: str
+) -> None:
+    streams = {STREAM, "sap-archive", "sap-dlq"}
+    own = job_document(origin=origin, ack_subject=f"$JS.ACK.{stream}.{reader}.1.3.3.1.0")
+    assert jobs.admit(own, signatures.sign(own, KEY), key=KEY, streams=streams).origin == origin
+    live = job_document(origin=origin, ack_subject=f"$JS.ACK.{stream}.{CONSUMER}.1.3.3.1.0")
+    with pytest.raises(UntrustedJob) as refused:
+        jobs.admit(live, signatures.sign(live, KEY), key=KEY, streams=streams)
+    assert refused.value.reason == "bad-ack-subject"
