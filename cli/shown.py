@@ -33,7 +33,9 @@ def print_json(document: Any) -> None:
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    return Table(*columns, title=title, title_justify="left", box=None, header_style="bold")
+    return Table(
+        *columns, title=title, title_justify="left", box=None, pad_edge=False, header_style="bold"
+    )
 
 
 def outcome(name: str) -> Text:
