@@ -168,6 +168,37 @@ def test_a_redrive_is_followed_until_its_operation_is_done(fake_manager: FakeMan
     assert result.stdout.strip() == "redrive-1 done: 3 of 3 events handed over"
 
 
+def test_on_a_terminal_the_progress_is_drawn_as_a_bar_on_stderr(fake_manager: FakeManager) -> None:
+    fake_manager.steps = [operation("running", 0, 4), operation("done", 4, 4)]
+    # rich's way of being told stderr is a terminal (CliRunner's streams are not)
+    result = run(fake_manager, "dlq", "redrive", "--sequence", "1", TTY_COMPATIBLE="1")
+    assert result.exit_code == 0, result.output
+    assert "redrive default/orders" in result.stderr and "4/4" in result.stderr
+    assert result.stdout.strip() == "redrive-1 done: 4 of 4 events handed over"
+
+
+def test_publish_checks_the_event_before_sending(fake_manager: FakeManager) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: a usage error comes first
+    not_json = run(
+        fake_manager,
+        "publish",
+        "--source",
+        "/s",
+        "--type",
+        "t",
+        "--data",
+        "{x",
+        EVENTING_PROXY_URL=url,
+    )
+    assert (
+        not_json.exit_code == 2
+        and "Invalid value for --data: expected a JSON value" in not_json.stderr
+    )
+    no_source = run(fake_manager, "publish", "--source", "", "--type", "t", EVENTING_PROXY_URL=url)
+    assert no_source.exit_code == 2
+    assert "not a valid CloudEvent: source: required, a non-empty string" in no_source.stderr
+
+
 def test_a_redrive_without_waiting_prints_the_operation(fake_manager: FakeManager) -> None:
     fake_manager.steps = [operation("running", 0, 0), operation("done", 5, 5)]
     started = run(
