@@ -72,7 +72,8 @@ def listing(
         after = document.get("next")
         if after is None or len(items) >= limit:
             break
-    items = items[:limit]
+    if len(items) > limit:  # a page longer than asked for: the rest comes after the last shown
+        items, after = items[:limit], items[limit - 1].get("sequence")
     if as_json:
         shown.print_json({"items": items, "next": after})
         return
