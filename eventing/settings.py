@@ -14,7 +14,7 @@ The groups follow who reads them, so a service is handed the group it needs and 
 across: ``nats`` (every service), ``stream`` (the event and dead-letter streams: every service),
 ``events`` (proxy and manager), ``proxy``, ``source`` (manager and proxy), ``manager``,
 ``delivery`` (manager and workers: the broker, the retry policy), ``workers`` (the worker
-launcher and its processes).
+launcher and its processes), ``cli`` (the command-line tool alone: :func:`group_or_exit`).
 
 Only entry points call :func:`settings_or_exit` (or :meth:`Settings.from_environ`); everything
 else receives settings. This module is the one place that reads the environment: the metrics
@@ -172,6 +172,13 @@ def _broker_url(raw: str) -> str:
 def _file(raw: str) -> str:
     """A file path, or empty for none (whether it can be read is checked with the others)."""
     return raw.strip()
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:8081")
+    return value
 
 
 def _path(raw: str) -> str:
@@ -791,6 +798,39 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CliSettings:
+    """Where the command-line tool ``eventing`` finds the manager's API and the proxy, and the
+    credentials it sends them (read from files, so they stay out of the shell's history)."""
+
+    manager_url: str = setting(
+        "EVENTING_MANAGER_URL",
+        "http://127.0.0.1:8081",
+        _http_url,
+        "The manager's API, as the `eventing` command-line tool reaches it.",
+    )
+    proxy_url: str = setting(
+        "EVENTING_PROXY_URL",
+        "http://127.0.0.1:8080",
+        _http_url,
+        "The proxy, as `eventing publish` reaches it.",
+    )
+    manager_token_file: str = setting(
+        "EVENTING_MANAGER_TOKEN_FILE",
+        "",
+        _file,
+        "File holding the manager's API token (what its MANAGER_API_TOKEN_FILE holds), sent by"
+        " `eventing` as `Authorization: Bearer`.",
+    )
+    api_key_file: str = setting(
+        "EVENTING_API_KEY_FILE",
+        "",
+        _file,
+        "File holding the publisher's bearer credential (an API key, or a JWT) that"
+        " `eventing publish` sends the proxy.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of every service, in groups by who reads them."""
 
@@ -802,6 +842,7 @@ class Settings:
     manager: ManagerSettings = dataclasses.field(default_factory=ManagerSettings)
     delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
     workers: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
+    cli: CliSettings = dataclasses.field(default_factory=CliSettings)
     log_level: str = setting("LOG_LEVEL", "info", _log_level, "debug, info, warning or error.")
 
     @classmethod
@@ -998,6 +1039,25 @@ def settings_or_exit(program: str, *, warn: bool = True) -> Settings:
     for warning in unknown_variables(os.environ) if warn else ():
         print(f"{program}: warning: {warning}", file=sys.stderr, flush=True)
     return settings
+
+
+def group_or_exit(group: Callable[..., G], program: str) -> G:
+    """One group's settings from ``os.environ``, for a program that reads no other: the
+    command-line tool runs in an operator's shell, where the services' variables, if any, are
+    none of its business (a stale ``NATS_CREDS_FILE`` must not stop ``eventing dlq list``).
+    Misspelled variables of ours are warned about as :func:`settings_or_exit` does.
+
+    Raises:
+        SystemExit: 2, a variable of the group is invalid (named on stderr, no traceback).
+    """
+    problems: dict[str, str] = {}
+    value = _read(group, os.environ, problems)
+    if problems:
+        print(f"{program}: {ConfigError(problems)}", file=sys.stderr)
+        raise SystemExit(2)
+    for warning in unknown_variables(os.environ):
+        print(f"{program}: warning: {warning}", file=sys.stderr, flush=True)
+    return value
 
 
 #: How a launcher (eventing-proxy, eventing-worker) tells the processes it starts where they keep

@@ -28,7 +28,7 @@ def test_import_contracts_hold() -> None:
 
 
 #: Every package of ours, installed or run from the checkout.
-OUR_PACKAGES = ("eventing", "proxy", "manager", "workers", "devtools", "testing", "bench")
+OUR_PACKAGES = ("eventing", "proxy", "manager", "workers", "devtools", "cli", "testing", "bench")
 
 
 def _cycles(imports: Mapping[str, Iterable[str]]) -> list[list[str]]:
@@ -116,6 +116,7 @@ def test_code_is_strictly_typed() -> None:
             "manager",
             "workers",
             "devtools",
+            "cli",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -150,7 +151,7 @@ def _environment_reads(path: Path) -> list[str]:
 def test_only_the_settings_module_reads_the_environment() -> None:
     reads = [
         where
-        for package in ("eventing", "proxy", "manager", "workers")
+        for package in ("eventing", "proxy", "manager", "workers", "cli")
         for path in sorted((ROOT / package).rglob("*.py"))
         if path != ROOT / "eventing" / "settings.py"
         for where in _environment_reads(path)

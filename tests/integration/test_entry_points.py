@@ -30,6 +30,19 @@ def test_invalid_configuration_names_every_bad_variable(command: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_the_command_line_tool_reads_its_own_settings_alone() -> None:
+    """``eventing`` refuses its own bad variables like the services do, and ignores theirs: an
+    operator's shell may hold a stale service setting that is none of its business."""
+    env = {**os.environ, "INGRESS_PORT": "eighty", "EVENTING_MANAGER_URL": "127.0.0.1:8081"}
+    result = subprocess.run(
+        [script("eventing"), "subscriptions"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("eventing: invalid configuration (1 problem(s))")
+    assert "EVENTING_MANAGER_URL: expected an http:// or https:// URL" in result.stderr
+    assert "INGRESS_PORT" not in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("command", ["eventing-manager", "eventing-worker"])
 def test_a_job_signing_key_too_short_stops_the_start(command: str, tmp_path: Path) -> None:
     key = tmp_path / "job-signing.key"
