@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from eventing.delivery.ledger import AttemptRecord, Record
 from eventing.errors import InvalidSubscription
 from eventing.settings import Settings
 from eventing.sources import snapshot
@@ -122,7 +123,12 @@ def test_following_records_backlogs_and_shows_shedding_while_it_is_recent() -> N
 
     assert (
         metrics.registry.get_sample_value(
-            "eventing_manager_consumer_pending", {"consumer_name": name}
+            "eventing_manager_consumer_pending",
+            {
+                "subscription_namespace": "default",
+                "subscription_name": "orders",
+                "event_type": "a.b.v1",
+            },
         )
         == 1200
     )
@@ -161,3 +167,28 @@ def test_the_board_of_settings_names_their_streams_and_limit() -> None:
     [message] = [backlog_condition(i)[1] for i in board.view.items]
     assert SETTINGS.stream.dead_letter_name in message and "MAX_BACKLOG=1000" in message
     assert status_metric(metrics, sub) == 1
+
+
+def test_backlogs_and_events_in_retry_are_shown_by_subscription_not_by_consumer_hash() -> None:
+    """Issue 15: no in-retry figure, and consumer metrics labelled by a hash."""
+    board, metrics = board_with(Clock())
+    sub = subscription("orders")
+    [binding] = sub.bindings
+    for event in ("e1", "e2"):
+        board.health.take(
+            Record(
+                sub.key, "shop", event, "a.b.v1", 1, "live", "retrying", NOW,
+                AttemptRecord(1, NOW, 0.1, "timeout"), "timed out",
+            )
+        )  # fmt: skip
+    board.publish(Snapshot((sub,)), {}, None, {binding.consumer_name: Backlog(5)}, refused={})
+    board.follow({binding.consumer_name: Backlog(pending=7)})
+
+    labels = {"subscription_namespace": "default", "subscription_name": "orders"}
+    assert metrics.registry.get_sample_value("eventing_manager_in_retry", labels) == 2
+    pending = metrics.registry.get_sample_value(
+        "eventing_manager_consumer_pending", {**labels, "event_type": "a.b.v1"}
+    )
+    assert pending == 7
+    assert board.view.items[0]["status"]["delivery"]["retrying"] == 2
+    assert board.view.items[0]["status"]["delivery"]["pending"] == 7
