@@ -40,7 +40,7 @@ FAILING_AFTER = 3  #: failed attempts in a row that make a sink failing
 RETRYING_TRACKED = 10_000  #: events in retry tracked per subscription
 _BATCH = 256  #: records taken per read of the ledger
 _WAIT = 1.0  #: seconds a read waits for a first record
-_AGAIN = 5.0  #: seconds before the ledger is read again after it could not be
+_AGAIN = 2.0  #: seconds before the ledger is read again after it could not be
 
 
 @dataclass(slots=True)
@@ -148,5 +148,7 @@ async def follow(
                     exc,
                 )
             problem = str(exc)
+        except Exception:  # a fault of ours must not stop the manager's deliveries with it
+            logger.exception("following the delivery ledger %s failed; reading again", stream)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _AGAIN)

@@ -25,6 +25,7 @@ from eventing.nats.streams import Consumer, consumer_config, consumer_of
 logger = logging.getLogger(__name__)
 
 _PAGE = 256  #: consumers per page of the server's consumer list
+_FOLLOW_HEARTBEAT = 2.0  #: seconds between an ordered consumer's heartbeats when idle
 
 
 class ConsumerApi:
@@ -72,14 +73,19 @@ class ConsumerApi:
     async def follow(self, stream: str, subject: str, start: int) -> Follow:
         """Read ``subject`` of ``stream`` in order from the sequence ``start`` (or the oldest
         message kept after it) on: an ordered consumer, in the server's memory and never acked,
-        that nats-py recreates after a gap (a reconnection, a missed heartbeat)."""
+        that nats-py recreates after a gap (a reconnection, two missed heartbeats: a server that
+        restarted lost it)."""
         js = self._require()
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
         )
         with _translated():
             subscription = await js.subscribe(
-                subject, stream=stream, config=config, ordered_consumer=True
+                subject,
+                stream=stream,
+                config=config,
+                ordered_consumer=True,
+                idle_heartbeat=_FOLLOW_HEARTBEAT,
             )
         return Follow(subscription)
 
