@@ -12,6 +12,7 @@ and the metrics. The HTTP API (:mod:`manager.status`) and the Kubernetes status 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -105,11 +106,12 @@ class StatusBoard:
             delivery=delivery,
             previous=self.view,
         )
+        consumers: dict[str, tuple[str, str, str]] = {}
         for entry, item in zip(snapshot.entries, view.items, strict=True):
             if isinstance(entry, Subscription):
                 ready = 1 if item["status"]["ready"] else 0
                 for binding in entry.bindings:
-                    self._consumers[binding.consumer_name] = (
+                    consumers[binding.consumer_name] = (
                         entry.namespace,
                         entry.name,
                         binding.original_type,
@@ -119,7 +121,23 @@ class StatusBoard:
                     ).set(ready)
                 retrying = delivery[entry.key].retrying if entry.key in delivery else 0
                 self._metrics.in_retry.labels(entry.namespace, entry.name).set(retrying)
+        self._forget_series(consumers)
         return view
+
+    def _forget_series(self, consumers: dict[str, tuple[str, str, str]]) -> None:
+        """Remove the gauges of subscriptions and types gone (a gauge would show its last value
+        for good), and keep the labels of the consumers there are now."""
+        subscriptions = {labels[:2] for labels in consumers.values()}
+        for name, labels in self._consumers.items() - consumers.items():
+            namespace, subscription, _ = labels
+            with contextlib.suppress(KeyError):  # never set
+                self._metrics.pending.remove(*labels)
+            with contextlib.suppress(KeyError):
+                self._metrics.status.remove(subscription, namespace, name, BACKEND, self._stream)
+            if labels[:2] not in subscriptions:
+                with contextlib.suppress(KeyError):
+                    self._metrics.in_retry.remove(namespace, subscription)
+        self._consumers = consumers
 
     def follow(self, backlogs: Mapping[str, Backlog]) -> None:
         """Between reconciles: record each backlog, and show a change in shedding, in a

@@ -138,6 +138,9 @@ async def follow(
                             health.take(Record.from_bytes(data))
                         except ValueError as exc:  # anyone with NATS access may write there
                             logger.debug("ledger record %d is unreadable: %s", sequence, exc)
+                    # A fetch from a full queue never suspends: catching up on a long ledger
+                    # would hold the loop that pulls events and serves the API.
+                    await asyncio.sleep(0)
             finally:
                 await reading.close()
         except ConsumerError as exc:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from eventing.delivery.ledger import AttemptRecord, Record
 from eventing.errors import InvalidSubscription
 from eventing.settings import Settings
@@ -192,3 +194,18 @@ def test_backlogs_and_events_in_retry_are_shown_by_subscription_not_by_consumer_
     assert pending == 7
     assert board.view.items[0]["status"]["delivery"]["retrying"] == 2
     assert board.view.items[0]["status"]["delivery"]["pending"] == 7
+
+
+def test_the_gauges_of_a_subscription_gone_are_removed() -> None:
+    """A gauge keeps its last value until removed: a deleted subscription would show its
+    backlog, events in retry and readiness for good."""
+    board, metrics = board_with(Clock())
+    gone, kept = subscription("gone"), subscription("kept")
+    consumers = {s.bindings[0].consumer_name: Backlog(3) for s in (gone, kept)}
+    board.publish(Snapshot((gone, kept)), {}, None, consumers, refused={})
+    board.follow(consumers)
+    board.publish(Snapshot((kept,)), {}, None, consumers, refused={})
+
+    text = generate_latest(metrics.registry).decode()
+    assert 'subscription_name="kept"' in text
+    assert 'subscription_name="gone"' not in text
