@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from eventing.delivery import ledger
 from eventing.delivery.ledger import Record
-from eventing.errors import ConsumerError
+from eventing.errors import ConsumerError, NotFound
 from eventing.nats.client import JetStreamClient
 from eventing.subscriptions.status import Delivery, LastError
 from eventing.units import rfc3339
@@ -143,8 +143,12 @@ async def follow(
                     await asyncio.sleep(0)
             finally:
                 await reading.close()
-        except ConsumerError as exc:
+        except NotFound as exc:
             if str(exc) != problem:
+                logger.info("no delivery ledger %s yet, reading it once it exists", stream)
+            problem = str(exc)
+        except ConsumerError as exc:
+            if str(exc) != problem and client.is_connected:  # else the client says so
                 logger.warning(
                     "cannot read the delivery ledger %s (status.delivery stands still): %s",
                     stream,
