@@ -30,10 +30,10 @@ from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
-from manager import leader, operations, pulling
+from manager import health, leader, operations, pulling
 from manager.api import ApiContext
 from manager.board import StatusBoard
-from manager.metrics import ManagerMetrics
+from manager.metrics import ManagerMetrics, labels_of
 from manager.reconciler import Reconciler
 from manager.status import StatusServer, api_token
 
@@ -87,13 +87,16 @@ class Manager:
         def enqueue(work: list[jobs.DeliveryJob]) -> None:
             jobs.enqueue(broker, work, key)
 
+        def of(name: str) -> tuple[str, str, str]:
+            return labels_of(dispatcher.targets.get(name))
+
         dispatcher = pulling.Dispatcher(
             client,
             settings.stream.name,
             enqueue,
-            lambda name, count: metrics.enqueued.labels(name).inc(count),
-            on_shed=lambda name, count: metrics.shed.labels(name).inc(count),
-            on_filtered=lambda name, count: metrics.filtered.labels(name).inc(count),
+            lambda name, count: metrics.enqueued.labels(*of(name)).inc(count),
+            on_shed=lambda name, count: metrics.shed.labels(*of(name)).inc(count),
+            on_filtered=lambda name, count: metrics.filtered.labels(*of(name)).inc(count),
             dead_letter_stream=settings.stream.dead_letter_name,
             max_backlog=settings.manager.max_backlog,
             publish_timeout=settings.stream.dead_letter_publish_timeout,
@@ -266,6 +269,9 @@ async def _lead_and_manage(
     context.dispatcher, context.enqueue = manager.dispatcher, manager.enqueue
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(manager.run(stop), name="manager")
+        if settings.stream.ledger_max_age:  # 0: no ledger to follow
+            ledger = settings.stream.ledger_name
+            tasks.create_task(health.follow(client, ledger, board.health, stop), name="health")
         keeping = (
             tasks.create_task(leader.keep(lease, stop, metrics.leader.set), name="lease")
             if lease is not None

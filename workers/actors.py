@@ -126,6 +126,7 @@ def declare(
                 )
             case steps.DeadLetter(reason=reason, status=status, attempts=made):
                 acks.dead_letter(parsed, reason, status, made)
+                metrics.dead_lettered(parsed)
                 acks.ack(parsed.ack_subject)
                 acks.forget(parsed)
                 logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)

@@ -220,7 +220,7 @@ class KubernetesSource:
     def _write_status(self, current: dict[str, Any], status: dict[str, Any]) -> None:
         old = current.get("status") or {}
         status = keep_transition_times(old, status)
-        if status == old:
+        if _stored(status) == old:
             return
         metadata = current["metadata"]
         self._custom.patch_namespaced_custom_object_status(
@@ -236,6 +236,17 @@ class KubernetesSource:
                 logger.warning("writing to subscription %s failed: %s", _key(current), exc)
         except Exception as exc:  # API server unreachable: the next reconcile writes again
             logger.warning("writing to subscription %s failed: %s", _key(current), exc)
+
+
+def _stored(value: Any) -> Any:
+    """What the API server keeps of a status sent as a merge patch: a null removes its field
+    (``status.delivery.lastError`` is null until a first failure), so a status compared as
+    sent would differ from the stored one, and be written again, at every reconcile."""
+    if isinstance(value, dict):
+        return {key: _stored(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_stored(item) for item in value]
+    return value
 
 
 def sink_rule_problem(subscription: Subscription) -> str | None:

@@ -18,11 +18,49 @@ from typing import Any, Protocol
 from eventing.errors import InvalidSubscription
 from eventing.redaction import mask_url
 from eventing.subscriptions.model import API_VERSION, KIND, Subscription
+from eventing.units import rfc3339
 
 VALID = "Subscription spec valid"
 ACTIVE = "Subscription active"
 BACKLOG = "Backlog within limit"
 SINK = "Sink allowed"
+DELIVERING = "Sink delivering"
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """A subscription's last failed attempt: when, the sink's status (None: no answer), why."""
+
+    time: float  #: Unix seconds
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the delivery ledger says of a subscription's deliveries (:mod:`manager.health`
+    counts them); ``failing`` is why its sink counts as failing (None: it does not)."""
+
+    delivered: int = 0
+    dead_lettered: int = 0
+    retrying: int = 0  #: events whose last attempt failed and that will be tried again
+    last_error: LastError | None = None
+    failing_since: float | None = None  #: the first failure of the run that made it failing
+    failing: str | None = None
+
+    def shown(self, pending: int) -> dict[str, Any]:
+        """``status.delivery``: Kyma's status has none, so the names follow its camelCase."""
+        error = self.last_error
+        return {
+            "delivered": self.delivered,
+            "deadLettered": self.dead_lettered,
+            "pending": pending,
+            "retrying": self.retrying,
+            "lastError": None
+            if error is None
+            else {"time": rfc3339(error.time), "status": error.status, "reason": error.reason},
+            "failingSince": None if self.failing_since is None else rfc3339(self.failing_since),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +95,8 @@ def view(
     problem: str | None = None,
     shedding: Mapping[str, str] | None = None,
     refused: Mapping[str, str] | None = None,
+    pending: Mapping[str, int] | None = None,
+    delivery: Mapping[str, Delivery] | None = None,
     previous: View | None = None,
     now: datetime | None = None,
 ) -> View:
@@ -71,6 +111,9 @@ def view(
         shedding: why each consumer that lately shed events to the dead-letter stream did.
         refused: why the egress policy refuses each subscription's sink, by ``namespace/name``;
             such a subscription is not ready.
+        pending: each consumer's backlog, by consumer name (a subscription's is its consumers'
+            sum).
+        delivery: what the ledger says of each subscription's deliveries, by ``namespace/name``.
         previous: the view this one replaces; a condition that did not change keeps its
             ``lastTransitionTime``.
         now: the time of a condition that changed.
@@ -81,6 +124,8 @@ def view(
     errors = errors or {}
     shedding = shedding or {}
     refused = refused or {}
+    pending = pending or {}
+    delivery = delivery or {}
     shown = previous.by_key if previous is not None else {}
     items: list[dict[str, Any]] = []
     for entry in entries:
@@ -95,7 +140,13 @@ def view(
                 if b.consumer_name in shedding
             )
             status = status_of(
-                entry, failure, shedding=shed or None, refused=refused.get(entry.key), now=now
+                entry,
+                failure,
+                shedding=shed or None,
+                refused=refused.get(entry.key),
+                delivery=delivery.get(entry.key, Delivery()),
+                pending=sum(pending.get(b.consumer_name, 0) for b in entry.bindings),
+                now=now,
             )
             item = _item(entry.namespace, entry.name, _shown_spec(entry.spec_as_written()), status)
         else:
@@ -190,6 +241,8 @@ def status_of(
     *,
     shedding: str | None = None,
     refused: str | None = None,
+    delivery: Delivery = Delivery(),
+    pending: int = 0,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Kyma's status for a valid subscription; ``error`` says why its consumers are not active.
@@ -197,6 +250,10 @@ def status_of(
     ``shedding`` says why the oldest waiting events went to the dead-letter stream lately (a
     backlog over ``MAX_BACKLOG``); the subscription stays ready, but its sink is not keeping up.
     ``refused`` says why the egress policy refuses its sink: it is not ready, and gets nothing.
+    ``delivery`` and ``pending`` (its backlog) become ``status.delivery``; a sink that keeps
+    failing (``delivery.failing``) turns the Sink delivering condition False. ``ready`` keeps
+    Kyma's NATS meaning (the subscription is set up and pulled), as with a shedding backlog:
+    the sink's health is this condition's, and an operator's alert's.
     """
     active = (
         condition(ACTIVE, True, "NATS Subscription active", now=now)
@@ -212,6 +269,11 @@ def status_of(
         condition(SINK, True, "Sink allowed by the egress policy", now=now)
         if refused is None
         else condition(SINK, False, "Sink refused by the egress policy", refused, now=now)
+    )
+    delivering = (
+        condition(DELIVERING, True, "Sink accepts events", now=now)
+        if delivery.failing is None
+        else condition(DELIVERING, False, "Sink failing", delivery.failing, now=now)
     )
     return {
         "ready": error is None and refused is None,
@@ -230,5 +292,7 @@ def status_of(
             active,
             backlog,
             sink,
+            delivering,
         ],
+        "delivery": delivery.shown(pending),
     }

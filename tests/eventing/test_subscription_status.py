@@ -10,6 +10,8 @@ import pytest
 
 from eventing.errors import InvalidSubscription
 from eventing.subscriptions.status import (
+    Delivery,
+    LastError,
     View,
     keep_transition_times,
     shed_reason,
@@ -57,6 +59,7 @@ def test_status_in_kymas_shape() -> None:
         ("Subscription active", "True", "NATS Subscription active"),
         ("Backlog within limit", "True", "Backlog within limit"),
         ("Sink allowed", "True", "Sink allowed by the egress policy"),
+        ("Sink delivering", "True", "Sink accepts events"),
     ]
     failing = status_of(subscription, "nats: JetStream system temporarily unavailable")
     assert failing["ready"] is False
@@ -205,3 +208,67 @@ def test_the_shed_reason_names_the_count_the_stream_the_time_and_the_limit() -> 
         "120 oldest waiting events moved to the dead-letter stream sap-dlq"
         " (last at 2026-01-01T12:00:00Z): more than MAX_BACKLOG=1000 events were waiting"
     )
+
+
+def delivering(status: dict[str, Any]) -> tuple[str, str, str]:
+    (found,) = (c for c in status["conditions"] if c["type"] == "Sink delivering")
+    return found["status"], found["reason"], found["message"]
+
+
+def test_a_failing_sink_shows_in_the_delivery_figures_and_its_condition() -> None:
+    """Issue 15: a sink that kept failing left the subscription with every condition True and
+    no figure saying so."""
+    subscription = parse(manifest())
+    failing = Delivery(
+        delivered=5,
+        dead_lettered=1,
+        retrying=2,
+        last_error=LastError(time=1_767_268_800.0, status=503, reason="HTTP 503"),
+        failing_since=1_767_268_740.0,
+        failing="3 attempts in a row failed since 2026-01-01T11:59:00.000Z; last: HTTP 503",
+    )
+    status = status_of(subscription, delivery=failing, pending=4)
+    assert status["delivery"] == {
+        "delivered": 5,
+        "deadLettered": 1,
+        "pending": 4,
+        "retrying": 2,
+        "lastError": {"time": "2026-01-01T12:00:00.000Z", "status": 503, "reason": "HTTP 503"},
+        "failingSince": "2026-01-01T11:59:00.000Z",
+    }
+    assert delivering(status) == ("False", "Sink failing", failing.failing)
+    # ready keeps Kyma's NATS meaning (the subscription is set up), as with a shedding backlog
+    assert status["ready"] is True
+
+    recovered = Delivery(delivered=6, dead_lettered=1, last_error=failing.last_error)
+    status = status_of(subscription, delivery=recovered)
+    assert status["delivery"]["failingSince"] is None
+    assert status["delivery"]["lastError"] is not None  # the last error stays shown
+    assert delivering(status)[:2] == ("True", "Sink accepts events")
+
+
+def test_a_subscription_nothing_was_delivered_for_shows_zero_figures() -> None:
+    status = status_of(parse(manifest()))
+    assert status["delivery"] == {
+        "delivered": 0,
+        "deadLettered": 0,
+        "pending": 0,
+        "retrying": 0,
+        "lastError": None,
+        "failingSince": None,
+    }
+    assert delivering(status)[0] == "True"
+
+
+def test_the_view_sums_pending_over_a_subscriptions_consumers_and_shows_its_delivery() -> None:
+    subscription = parse(manifest({"types": ["order.received.v1", "order.paid.v1"]}))
+    consumers = [b.consumer_name for b in subscription.bindings]
+    failing = Delivery(failing="5 attempts in a row failed", failing_since=1_767_268_740.0)
+    shown = view(
+        [subscription],
+        pending={consumers[0]: 3, consumers[1]: 4, "another": 100},
+        delivery={subscription.key: failing},
+    )
+    status = shown.items[0]["status"]
+    assert status["delivery"]["pending"] == 7
+    assert delivering(status)[0] == "False"

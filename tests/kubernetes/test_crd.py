@@ -125,6 +125,33 @@ def test_a_deep_status_is_pruned_so_it_cannot_blind_the_manager(
     assert backend == {"types": [{"originalType": "a.b.v1", "consumerName": "c"}]}
 
 
+@pytest.mark.integration
+def test_the_api_server_keeps_a_failing_subscriptions_delivery_status_whole(
+    kube_control_plane: ControlPlane, kube: Kube
+) -> None:
+    """A sink that got no answer has ``lastError.status`` null: pruned or refused, the manager
+    would write it again on every reconcile."""
+    kube.apply(CRD_PATH.read_text())
+    manifest = yaml.safe_load(EXAMPLES[0].read_text())
+    manifest["metadata"] = {"name": "failing-sink"}
+    kube.apply(manifest)
+    failing = subscription_status.Delivery(
+        delivered=3,
+        retrying=1,
+        last_error=subscription_status.LastError(1_767_268_800.0, None, "timed out"),
+        failing_since=1_767_268_740.0,
+        failing="3 or more attempts in a row failed",
+    )
+    written = subscription_status.status_of(parse(manifest), delivery=failing, pending=2)
+    stored = kube.merge_patch_status(
+        model.API_VERSION, model.KIND, "failing-sink", json.dumps({"status": written})
+    )
+    # A merge patch stores no null: the sink that gave no answer has no lastError.status.
+    shown = written["delivery"]
+    last_error = {"time": shown["lastError"]["time"], "reason": "timed out"}
+    assert json.loads(stored)["status"]["delivery"] == {**shown, "lastError": last_error}
+
+
 def test_the_crd_defaults_are_the_models_defaults() -> None:
     spec = served_schema()["spec"]["properties"]
 
@@ -146,6 +173,12 @@ def test_the_crd_status_holds_every_field_the_manager_writes() -> None:
     backend_types = status["backend"]["properties"]["types"]["items"]["properties"]
     assert set(written["backend"]["types"][0]) == set(backend_types)
     assert set(written["conditions"][0]) == set(status["conditions"]["items"]["properties"])
+    delivery = status["delivery"]["properties"]
+    assert set(written["delivery"]) == set(delivery)
+    failing = subscription_status.Delivery(
+        last_error=subscription_status.LastError(1.0, None, "timed out"), failing_since=1.0
+    ).shown(pending=0)
+    assert set(failing["lastError"]) == set(delivery["lastError"]["properties"])
 
 
 @pytest.mark.integration

@@ -91,7 +91,10 @@ def test_an_applied_subscription_gets_its_consumer_a_finalizer_and_kyma_status(
         ("Subscription active", "True", "NATS Subscription active"),
         ("Backlog within limit", "True", "Backlog within limit"),
         ("Sink allowed", "True", "Sink allowed by the egress policy"),
+        ("Sink delivering", "True", "Sink accepts events"),
     }
+    # A merge patch stores no nulls: no lastError, no failingSince yet.
+    assert status["delivery"] == {"delivered": 0, "deadLettered": 0, "pending": 0, "retrying": 0}
     assert stored["metadata"]["finalizers"] == ["eventing.kyma-project.io"]
     # Defaults come from the CRD, as in Kyma.
     assert stored["spec"]["typeMatching"] == "standard"

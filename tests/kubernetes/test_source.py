@@ -18,7 +18,7 @@ from eventing.settings import Settings, SourceSettings
 from eventing.sources.cluster import SubscriptionCache, _listing, api_client
 from eventing.sources.kubernetes import FINALIZER, KubernetesSource
 from eventing.sources.snapshot import Snapshot, parser_for
-from eventing.subscriptions.status import status_of
+from eventing.subscriptions.status import Delivery, LastError, status_of
 from testing.kube import Kube
 from testing.servers import wait_until
 from tests.kubernetes.test_manager import API_VERSION, CRD, get, subscription
@@ -213,3 +213,37 @@ def test_a_subscription_naming_a_file_of_the_worker_is_invalid(
     (entry,) = read_when(source, ["stealing"]).entries
     assert isinstance(entry, InvalidSubscription)
     assert "secretFile, caFile, certFile and keyFile are for the folder source" in str(entry)
+
+
+def test_a_sinks_recovery_clears_failing_since_and_an_unchanged_status_is_not_written_again(
+    api: Any, kube: Kube, cache: SubscriptionCache
+) -> None:
+    """A merge patch stores no null: the write-back compares what the API server keeps, and
+    sends the nulls that remove what a recovery cleared."""
+    kube.apply(subscription("orders", SINK, "order.created.v1"))
+    source = KubernetesSource(cache, api, PARSE, sink_rule=False)
+    cache.start()
+    (orders,) = read_when(source, ["orders"]).valid
+    metadata = {"namespace": kube.namespace, "name": "orders"}
+    error = LastError(1_767_268_800.0, None, "timed out")
+    failing = Delivery(last_error=error, failing_since=1_767_268_740.0, failing="failing")
+    source.write_back([{"metadata": metadata, "status": status_of(orders, delivery=failing)}], True)
+    wait_until(lambda: "failingSince" in stored_delivery(source), 20, "the failing status read")
+
+    recovered = status_of(orders, delivery=Delivery(delivered=1, last_error=error))
+    source.write_back([{"metadata": metadata, "status": recovered}], True)
+    wait_until(lambda: stored_delivery(source).get("delivered") == 1, 20, "the recovery read")
+    assert "failingSince" not in stored_delivery(source)
+
+    patches: list[object] = []
+    patch = source._custom.patch_namespaced_custom_object_status
+    source._custom.patch_namespaced_custom_object_status = lambda *a: patches.append(patch(*a))
+    source.write_back([{"metadata": metadata, "status": recovered}], True)
+    assert patches == []
+
+
+def stored_delivery(source: KubernetesSource) -> dict[str, Any]:
+    """``status.delivery`` of the one subscription, as the source's cache last saw it."""
+    source.read()  # what write_back compares with comes from the last read
+    (current,) = source._current.values()
+    return dict((current.get("status") or {}).get("delivery") or {})

@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import generate_latest
+
+from eventing.delivery.ledger import AttemptRecord, Record
 from eventing.errors import InvalidSubscription
 from eventing.settings import Settings
 from eventing.sources import snapshot
@@ -122,7 +125,12 @@ def test_following_records_backlogs_and_shows_shedding_while_it_is_recent() -> N
 
     assert (
         metrics.registry.get_sample_value(
-            "eventing_manager_consumer_pending", {"consumer_name": name}
+            "eventing_manager_consumer_pending",
+            {
+                "subscription_namespace": "default",
+                "subscription_name": "orders",
+                "event_type": "a.b.v1",
+            },
         )
         == 1200
     )
@@ -161,3 +169,43 @@ def test_the_board_of_settings_names_their_streams_and_limit() -> None:
     [message] = [backlog_condition(i)[1] for i in board.view.items]
     assert SETTINGS.stream.dead_letter_name in message and "MAX_BACKLOG=1000" in message
     assert status_metric(metrics, sub) == 1
+
+
+def test_backlogs_and_events_in_retry_are_shown_by_subscription_not_by_consumer_hash() -> None:
+    """Issue 15: no in-retry figure, and consumer metrics labelled by a hash."""
+    board, metrics = board_with(Clock())
+    sub = subscription("orders")
+    [binding] = sub.bindings
+    for event in ("e1", "e2"):
+        board.health.take(
+            Record(
+                sub.key, "shop", event, "a.b.v1", 1, "live", "retrying", NOW,
+                AttemptRecord(1, NOW, 0.1, "timeout"), "timed out",
+            )
+        )  # fmt: skip
+    board.publish(Snapshot((sub,)), {}, None, {binding.consumer_name: Backlog(5)}, refused={})
+    board.follow({binding.consumer_name: Backlog(pending=7)})
+
+    labels = {"subscription_namespace": "default", "subscription_name": "orders"}
+    assert metrics.registry.get_sample_value("eventing_manager_in_retry", labels) == 2
+    pending = metrics.registry.get_sample_value(
+        "eventing_manager_consumer_pending", {**labels, "event_type": "a.b.v1"}
+    )
+    assert pending == 7
+    assert board.view.items[0]["status"]["delivery"]["retrying"] == 2
+    assert board.view.items[0]["status"]["delivery"]["pending"] == 7
+
+
+def test_the_gauges_of_a_subscription_gone_are_removed() -> None:
+    """A gauge keeps its last value until removed: a deleted subscription would show its
+    backlog, events in retry and readiness for good."""
+    board, metrics = board_with(Clock())
+    gone, kept = subscription("gone"), subscription("kept")
+    consumers = {s.bindings[0].consumer_name: Backlog(3) for s in (gone, kept)}
+    board.publish(Snapshot((gone, kept)), {}, None, consumers, refused={})
+    board.follow(consumers)
+    board.publish(Snapshot((kept,)), {}, None, consumers, refused={})
+
+    text = generate_latest(metrics.registry).decode()
+    assert 'subscription_name="kept"' in text
+    assert 'subscription_name="gone"' not in text
