@@ -206,11 +206,15 @@ class Redrives:
                             break
             finally:
                 await pull.close()
-            await js.delete(self._stream, name)
         except Exception as exc:  # NATS or broker trouble: the operation says so
             logger.warning("redrive of %s stopped: %s", consumer, exc)
             failure = f"{type(exc).__name__}: {exc}"
             progress.ended(consumer, len(sequences) - len(handed), failure)
+        finally:
+            # Jobs still under way lose only their ack: their dead letter is deleted or
+            # replaced before it, and what is left stays in the stream for the next redrive.
+            with contextlib.suppress(ConsumerError):
+                await js.delete(self._stream, name)
 
     async def _hand_over(
         self, consumer: str, messages: list[PulledMessage], chosen: set[int], handed: set[int]

@@ -107,10 +107,12 @@ def declare(
                 acks.nak(parsed.ack_subject, delay)
             return
         with _unsettled(where):
-            if not redrives.settle(parsed, outcome, acks, observed.answer):
-                settle(parsed, outcome, where, observed.answer)
+            lettered = redrives.before_settling(parsed, outcome, acks, observed.answer)
+            settle(parsed, outcome, where, observed.answer, lettered)
 
-    def settle(parsed: DeliveryJob, outcome: attempts.Outcome, where: str, answer: bytes) -> None:
+    def settle(
+        parsed: DeliveryJob, outcome: attempts.Outcome, where: str, answer: bytes, lettered: bool
+    ) -> None:
         match outcome:
             case attempts.Delivered(status=status, attempts=made):
                 acks.ack(parsed.ack_subject)
@@ -127,7 +129,8 @@ def declare(
                     reason,
                 )
             case steps.DeadLetter(reason=reason, status=status, attempts=made):
-                acks.dead_letter(parsed, reason, status, made, answer=answer)
+                if not lettered:
+                    acks.dead_letter(parsed, reason, status, made, answer=answer)
                 acks.ack(parsed.ack_subject)
                 acks.forget(parsed)
                 logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)

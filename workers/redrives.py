@@ -1,16 +1,17 @@
 """How the jobs that come from the dead-letter stream end: redrives and dead-letter sinks.
 
-:mod:`workers.actors` hands their outcome here instead of settling it itself. Their message is
-a dead letter in ``sap-dlq`` (read through ``<consumer>-redrive`` or
+:mod:`workers.actors` hands their outcome here before it settles it as any other job's (acks
+it). Their message is a dead letter in ``sap-dlq`` (read through ``<consumer>-redrive`` or
 ``<consumer>-dead-letter-sink``), which limits retention keeps whatever the ack does, so:
 
-- a redrive the sink took deletes its dead letter, then acks: never delivered twice by a later
-  redrive (a crash in between leaves a deleted message, which JetStream does not redeliver);
-- a redrive that fails for good stores an updated dead letter (the new reason, status, attempts
-  and answer, one more redrive, the original stream sequence), then deletes the old one, then
-  acks: never duplicated (the replacement's ``Nats-Msg-Id`` names the old one's sequence, so a
-  crash and a second try store it once), never lost (the old one goes only after the new one is
-  stored);
+- a redrive the sink took deletes its dead letter, then is acked: never delivered twice by a
+  later redrive (a crash in between leaves a deleted message, which JetStream does not
+  redeliver);
+- a redrive that fails for good stores an updated dead letter (the new reason, status,
+  attempts and answer, one more redrive, the original stream sequence), then deletes the old
+  one, then is acked: never duplicated (the replacement's ``Nats-Msg-Id`` names the old one's
+  sequence, so a crash and a second try store it once), never lost (the old one goes only
+  after the new one is stored);
 - a dead-letter sink's job that runs out of attempts is logged and acked: the copy in
   ``sap-dlq`` stays, and a dead letter of a dead letter would only loop.
 
@@ -31,9 +32,6 @@ from workers.delivery import Attempt
 
 logger = logging.getLogger(__name__)
 
-#: The origins whose outcomes :func:`settle` decides.
-ORIGINS = frozenset({"redrive", "dead-letter-sink"})
-
 
 class LastAnswer:
     """Passes each attempt on to ``observe`` and keeps what the sink answered last, for the
@@ -48,9 +46,12 @@ class LastAnswer:
         self._observe(attempt)
 
 
-def settle(job: DeliveryJob, outcome: attempts.Outcome, acks: Acknowledger, answer: bytes) -> bool:
-    """Settle ``job``'s outcome if it is a redrive's or a dead-letter sink's final one; whether
-    it did (False: the actor settles it as any other).
+def before_settling(
+    job: DeliveryJob, outcome: attempts.Outcome, acks: Acknowledger, answer: bytes
+) -> bool:
+    """Do what a redrive's or a dead-letter sink's outcome needs before the actor settles it
+    (acks, and writes its ledger record, as for any job); whether its dead letter is taken care
+    of already, so the actor must not store one.
 
     Raises:
         PublishError, ConsumerError, TimeoutError: the dead-letter stream did not answer; the
@@ -58,28 +59,18 @@ def settle(job: DeliveryJob, outcome: attempts.Outcome, acks: Acknowledger, answ
     """
     where = f"{job.subscription} dead letter {job.stream_sequence}"
     match job.origin, outcome:
-        case "redrive", attempts.Delivered(status=status, attempts=made):
+        case "redrive", attempts.Delivered():
             acks.remove_dead_letter(job.dead_letter_sequence or job.stream_sequence)
-            acks.ack(job.ack_subject)
-            acks.forget(job)
-            logger.info("redrove %s: %d after %d attempt(s)", where, status, made)
-            return True
+            logger.info("redrove %s: its dead letter is deleted", where)
         case "redrive", steps.DeadLetter(reason=reason, status=status, attempts=made):
             _replace(job, reason, status, made, answer, acks)
-            acks.ack(job.ack_subject)
-            acks.forget(job)
-            logger.warning("redriving %s failed again after %d attempt(s): %s", where, made, reason)
+            logger.warning("redriving %s failed again; its dead letter is replaced", where)
             return True
-        case "dead-letter-sink", steps.DeadLetter(reason=reason, attempts=made):
-            acks.ack(job.ack_subject)
-            acks.forget(job)
+        case "dead-letter-sink", steps.DeadLetter():
             logger.warning(
-                "the dead-letter sink of %s did not take %s after %d attempt(s): %s; it stays in"
-                " the dead-letter stream",
+                "the dead-letter sink of %s did not take %s; it stays in the dead-letter stream",
                 job.subscription,
                 where,
-                made,
-                reason,
             )
             return True
     return False
