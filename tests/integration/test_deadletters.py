@@ -17,6 +17,7 @@ import pytest
 import requests
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
+from eventing.delivery import ledger
 from eventing.delivery.ledger import AttemptRecord, Record
 from eventing.nats.streams import ledger_config
 from eventing.settings import StreamSettings
@@ -122,6 +123,26 @@ def _write_ledger(system: System, record: Record) -> None:
     asyncio.run(write())
 
 
+def _ledger(system: System, subject: str) -> list[Record]:
+    """The ledger's records on ``subject``."""
+
+    async def read() -> list[Record]:
+        client = await nats.connect(system.nats_url)
+        try:
+            js = client.jetstream()
+            found = []
+            info = await js.stream_info("sap-ledger")
+            for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+                message = await js.get_msg("sap-ledger", sequence)
+                if message.subject == subject:
+                    found.append(Record.from_bytes(message.data or b""))
+            return found
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
 def test_a_dead_letter_is_listed_shown_redriven_to_one_subscription_and_purged(
     system: System, sinks: list[SinkServer]
 ) -> None:
@@ -165,11 +186,27 @@ def test_a_dead_letter_is_listed_shown_redriven_to_one_subscription_and_purged(
     time.sleep(1)  # what a fan-out would have sent has arrived by now
     assert audit.sink.ids() == ["e1"]
 
+    records = _ledger(system, ledger.subject("shop", "e1", "default/orders"))
+    assert [r.outcome for r in records if r.origin == "redrive"] == ["redriven"]
+
     broken.sink.answer = lambda request: 500
-    assert system.publish_binary("e2", "shop", event_type).status_code == 204
-    _one_letter(system, "default/orders")
-    purged = _api(system, "POST", "/deadletters/purge", json={"subscription": "default/orders"})
-    assert purged.json() == {"purged": 1}
+    for event_id in ("e2", "e3"):
+        assert system.publish_binary(event_id, "shop", event_type).status_code == 204
+    wait_until(lambda: len(_letters(system, "default/orders")) == 2, 20, "two dead letters")
+    page = _api(system, "GET", "/deadletters?subscription=default/orders&limit=1").json()
+    assert [i["id"] for i in page["items"]] == ["e2"]  # oldest first
+    rest = _api(system, "GET", f"/deadletters?subscription=default/orders&after={page['next']}")
+    assert [i["id"] for i in rest.json()["items"]] == ["e3"] and rest.json()["next"] is None
+    for reason, found in (("ANSWERED 500", 2), ("timeout", 0)):
+        query = {"subscription": "default/orders", "reason": reason}
+        assert len(_api(system, "GET", "/deadletters", params=query).json()["items"]) == found
+
+    purge = _api(system, "POST", "/deadletters/purge", json={"before": "2000-01-01T00:00:00Z"})
+    assert purge.json() == {"purged": 0}
+    purge = _api(system, "POST", "/deadletters/purge", json={"sequences": [page["next"]]})
+    assert purge.json() == {"purged": 1}
+    purge = _api(system, "POST", "/deadletters/purge", json={"subscription": "default/orders"})
+    assert purge.json() == {"purged": 1}
     assert _letters(system, "default/orders") == []
 
 
