@@ -83,11 +83,15 @@ class DeadLetterSinks:
         self._ack_wait = ack_wait
         self._wanted: dict[str, _Wanted] = {}
         self._pulls: dict[str, asyncio.Task[None]] = {}  #: by consumer name; ended by stop()
+        #: no consumer of ours was left at the last look (a manager that starts looks once)
+        self._none_left = False
 
     async def reconcile(self, subscriptions: tuple[Subscription, ...]) -> None:
         """Create, update and delete the consumers; start and stop their pulls. NATS trouble is
         logged and tried again on the next reconcile."""
         self._wanted = wanted(subscriptions, self._ack_wait)
+        if not self._wanted and self._none_left:
+            return  # nothing wanted, and nothing of ours left on the stream at the last look
         js = self._client.jetstream
         try:
             actual = {
@@ -116,6 +120,7 @@ class DeadLetterSinks:
                             name,
                             want.subscription.key,
                         )
+            self._none_left = not self._wanted
         except NotFound:
             return  # no dead-letter stream yet: the client creates it, the next reconcile acts
         except ConsumerError as exc:

@@ -194,9 +194,12 @@ def test_a_dead_letter_is_listed_shown_redriven_to_one_subscription_and_purged(
         assert system.publish_binary(event_id, "shop", event_type).status_code == 204
     wait_until(lambda: len(_letters(system, "default/orders")) == 2, 20, "two dead letters")
     page = _api(system, "GET", "/deadletters?subscription=default/orders&limit=1").json()
-    assert [i["id"] for i in page["items"]] == ["e2"]  # oldest first
+    [first] = page["items"]
+    assert page["next"] == first["sequence"]
     rest = _api(system, "GET", f"/deadletters?subscription=default/orders&after={page['next']}")
-    assert [i["id"] for i in rest.json()["items"]] == ["e3"] and rest.json()["next"] is None
+    [second] = rest.json()["items"]
+    assert rest.json()["next"] is None and second["sequence"] > first["sequence"]  # oldest first
+    assert {first["id"], second["id"]} == {"e2", "e3"}
     for reason, found in (("ANSWERED 500", 2), ("timeout", 0)):
         query = {"subscription": "default/orders", "reason": reason}
         assert len(_api(system, "GET", "/deadletters", params=query).json()["items"]) == found
@@ -264,6 +267,27 @@ def test_a_dead_letter_sink_receives_knatives_attributes(
     assert base64.b64decode(event.get_extension("knativeerrordata")) == b"try later"
     assert event.get_data() == {"n": 7}
     assert _one_letter(system, "default/payments")["id"] == "p1"  # the copy stays
+    assert _dead_letter_consumers(system) == ["dead-letter-sink"]
+
+    system.subscribe("payments", {**spec, "delivery": FAST})  # the field removed: its consumer too
+    wait_until(lambda: _dead_letter_consumers(system) == [], 20, "the DLS consumer gone")
+    assert system.publish_binary("p2", "pay", "payment.failed.v1").status_code == 204
+    wait_until(lambda: len(_letters(system, "default/payments")) == 2, 20, "a second letter")
+    assert dead_letter_sink.sink.ids() == ["p1"]
+
+
+def _dead_letter_consumers(system: System) -> list[str]:
+    """What the durable consumers on the dead-letter stream are for (their name's tail)."""
+
+    async def names() -> list[str]:
+        client = await nats.connect(system.nats_url)
+        try:
+            infos = await client.jetstream().consumers_info("sap-dlq")
+            return sorted(i.name.partition("-")[2] for i in infos if i.config.durable_name)
+        finally:
+            await client.close()
+
+    return asyncio.run(names())
 
 
 @pytest.mark.parametrize(
