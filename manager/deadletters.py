@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -53,16 +54,18 @@ def routes(context: ApiContext) -> list[web.RouteDef]:
         items: list[Letter] = []
         more = False
         try:
-            async for stored in context.client.stored.scan(
+            scan = context.client.stored.scan(
                 stream, subjects, after=after, since=since, headers_only=True
-            ):
-                letter = Letter.of(stored.sequence, stored.subject, stored.headers, stored.time)
-                if not letter.matches(reason, since):
-                    continue
-                if len(items) == limit:
-                    more = True
-                    break
-                items.append(letter)
+            )
+            async with contextlib.aclosing(scan):
+                async for stored in scan:
+                    letter = Letter.of(stored.sequence, stored.subject, stored.headers, stored.time)
+                    if not letter.matches(reason, since):
+                        continue
+                    if len(items) == limit:
+                        more = True
+                        break
+                    items.append(letter)
         except NotFound:
             pass  # no dead-letter stream yet: no dead letters
         except ConsumerError as exc:
@@ -237,10 +240,12 @@ async def _purge_scan(
     store = context.client.stored
     doomed: list[int] = []
     try:
-        async for stored in store.scan(stream, subjects, headers_only=True):
-            if before is not None and stored.time >= before:
-                break  # oldest first: every later one is newer
-            doomed.append(stored.sequence)
+        scan = store.scan(stream, subjects, headers_only=True)
+        async with contextlib.aclosing(scan):
+            async for stored in scan:
+                if before is not None and stored.time >= before:
+                    break  # oldest first: every later one is newer
+                doomed.append(stored.sequence)
     except NotFound:
         return 0
     return sum([await store.delete(stream, sequence) for sequence in doomed])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 import nats.errors
@@ -54,10 +54,15 @@ class StoredMessages:
         after: int = 0,
         since: float | None = None,
         headers_only: bool = False,
-    ) -> AsyncIterator[StoredMessage]:
+    ) -> AsyncGenerator[StoredMessage, None]:
         """The messages of ``stream`` on ``subjects``, oldest first, from the sequence after
-        ``after`` (or the first stored at or after ``since``). The caller may stop at any
-        point: the scan's consumer is deleted when the iteration ends."""
+        ``after`` (or the first stored at or after ``since``). A caller that stops early
+        closes the iteration (``contextlib.aclosing``), which deletes the scan's consumer.
+
+        Raises:
+            NotFound: no such stream.
+            ConsumerError: the server did not answer, or pending messages did not arrive.
+        """
         js = self._require()
         policy, sequence, moment = _start(after, since)
         config = ConsumerConfig(
@@ -85,7 +90,17 @@ class StoredMessages:
                         try:
                             page = await subscription.fetch(min(_PAGE, remaining), _FETCH_TIMEOUT)
                         except TimeoutError:
-                            return
+                            page = []
+                    if not page:
+                        # Deleted since they were counted, or lost: never a silently short
+                        # answer, which would end a listing's pages.
+                        with _translated():
+                            remaining = (await js.consumer_info(stream, info.name)).num_pending
+                        if remaining:
+                            raise ConsumerError(
+                                f"reading {stream} stopped: {remaining} message(s) pending did"
+                                f" not arrive within {_FETCH_TIMEOUT:g}s"
+                            )
                     for message in page:
                         metadata = message.metadata
                         remaining = metadata.num_pending
