@@ -41,6 +41,7 @@ from manager.status import json_response, problem
 logger = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT = 1.0
+_SETTLED_WITHIN = 2 * _FETCH_TIMEOUT  #: how long a new redrive waits for an earlier one's end
 _BATCH = 100
 _LEDGER_TIMEOUT = 0.5  #: a redriven record is a note: it never holds a redrive up long
 _ACK = b"+ACK"
@@ -75,12 +76,16 @@ class Redrives:
         chosen = await self._choose(body)
         if isinstance(chosen, web.Response):
             return chosen
+        earlier = [self._running[c] for c in chosen if c in self._running]
+        if earlier:  # one that handed everything over notices it is settled within a fetch
+            await asyncio.wait(earlier, timeout=_SETTLED_WITHIN)
         busy = sorted(c for c in chosen if c in self._running and not self._running[c].done())
         if busy:
             return problem(
                 409,
-                f"a redrive of {busy[0]} is still settling; one redrive per subscription type"
-                " runs at a time, ask again once its operation is done",
+                f"an earlier redrive of {busy[0]} still has jobs under way (its consumer"
+                f" {jobs.reading_consumer(busy[0], 'redrive')} lives until they are settled);"
+                " one redrive per subscription type runs at a time, ask again later",
             )
         subscriptions = {self._target(c).subscription.key for c in chosen}
         operation = self._context.operations.start(
