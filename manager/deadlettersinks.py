@@ -38,7 +38,9 @@ _ACK = b"+ACK"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Wanted:
+class Wanted:
+    """A dead-letter sink consumer a subscription type needs."""
+
     subscription: Subscription
     binding: TypeBinding
     ack_wait: float
@@ -59,10 +61,10 @@ class _Wanted:
         )
 
 
-def wanted(subscriptions: tuple[Subscription, ...], least_ack_wait: float) -> dict[str, _Wanted]:
+def wanted(subscriptions: tuple[Subscription, ...], least_ack_wait: float) -> dict[str, Wanted]:
     """The dead-letter sink consumers the subscriptions need, by name (pure)."""
     return {
-        jobs.reading_consumer(binding.consumer_name, ORIGIN): _Wanted(
+        jobs.reading_consumer(binding.consumer_name, ORIGIN): Wanted(
             subscription, binding, ack_wait_for(subscription, least_ack_wait)
         )
         for subscription in subscriptions
@@ -81,7 +83,7 @@ class DeadLetterSinks:
         self._stream = stream
         self._enqueue = enqueue
         self._ack_wait = ack_wait
-        self._wanted: dict[str, _Wanted] = {}
+        self._wanted: dict[str, Wanted] = {}
         self._pulls: dict[str, asyncio.Task[None]] = {}  #: by consumer name; ended by stop()
         #: no consumer of ours was left at the last look (a manager that starts looks once)
         self._none_left = False
@@ -167,7 +169,7 @@ class DeadLetterSinks:
             return  # removed meanwhile; the messages come back after the ack wait, if wanted
         work: list[jobs.DeliveryJob] = []
         for message in messages:
-            job = _job(want, message)
+            job = sink_job(want, message)
             if job is None:
                 logger.warning(
                     "dead letter %d of %s is no event the dead-letter sink can take; skipped",
@@ -185,7 +187,7 @@ class DeadLetterSinks:
                 logger.warning("could not enqueue %d dead-letter sink job(s): %s", len(work), exc)
 
 
-def _job(want: _Wanted, message: PulledMessage) -> jobs.DeliveryJob | None:
+def sink_job(want: Wanted, message: PulledMessage) -> jobs.DeliveryJob | None:
     """The job that takes one dead letter to the dead-letter sink; None if it is no event."""
     subscription, binding = want.subscription, want.binding
     letter = Letter.of(message.stream_sequence, "", message.headers, message.published)
