@@ -129,11 +129,11 @@ def declare(
                     reason,
                 )
             case steps.DeadLetter(reason=reason, status=status, attempts=made):
-                if not lettered:
+                if not lettered:  # workers.redrives logged what it did instead
                     acks.dead_letter(parsed, reason, status, made, answer=answer)
+                    logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)
                 acks.ack(parsed.ack_subject)
                 acks.forget(parsed)
-                logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)
 
     declare_actor = dramatiq.actor(
         actor_name=ACTOR,

@@ -64,13 +64,21 @@ def before_settling(
             logger.info("redrove %s: its dead letter is deleted", where)
         case "redrive", steps.DeadLetter(reason=reason, status=status, attempts=made):
             _replace(job, reason, status, made, answer, acks)
-            logger.warning("redriving %s failed again; its dead letter is replaced", where)
-            return True
-        case "dead-letter-sink", steps.DeadLetter():
             logger.warning(
-                "the dead-letter sink of %s did not take %s; it stays in the dead-letter stream",
+                "redriving %s failed again after %d attempt(s): %s; its dead letter is replaced",
+                where,
+                made,
+                reason,
+            )
+            return True
+        case "dead-letter-sink", steps.DeadLetter(reason=reason, attempts=made):
+            logger.warning(
+                "the dead-letter sink of %s did not take %s after %d attempt(s): %s; it stays in"
+                " the dead-letter stream",
                 job.subscription,
                 where,
+                made,
+                reason,
             )
             return True
     return False
