@@ -30,9 +30,10 @@ from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
-from manager import health, leader, operations, pulling
+from manager import deadletters, health, leader, operations, pulling
 from manager.api import ApiContext
 from manager.board import StatusBoard
+from manager.deadlettersinks import DeadLetterSinks
 from manager.metrics import ManagerMetrics, labels_of
 from manager.reconciler import Reconciler
 from manager.status import StatusServer, api_token
@@ -53,8 +54,10 @@ class Manager:
         dispatcher: pulling.Dispatcher,
         reconciler: Reconciler,
         board: StatusBoard,
+        dead_letter_sinks: DeadLetterSinks | None = None,
     ) -> None:
         self._reader = reader
+        self._dead_letter_sinks = dead_letter_sinks
         self._client = client
         self.dispatcher = self._dispatcher = dispatcher
         self._reconciler = reconciler
@@ -102,7 +105,10 @@ class Manager:
             publish_timeout=settings.stream.dead_letter_publish_timeout,
         )
         reconciler = Reconciler.for_settings(client, dispatcher, metrics, settings)
-        manager = cls(reader, client, dispatcher, reconciler, board)
+        sinks = DeadLetterSinks(
+            client, settings.stream.dead_letter_name, enqueue, settings.delivery.ack_wait
+        )
+        manager = cls(reader, client, dispatcher, reconciler, board, sinks)
         manager.enqueue = enqueue
         return manager
 
@@ -118,6 +124,8 @@ class Manager:
                     await asyncio.wait_for(stop.wait(), POLL)
         finally:
             await self._dispatcher.stop()
+            if self._dead_letter_sinks is not None:
+                await self._dead_letter_sinks.stop()
 
     async def _step(self, snapshot: Snapshot, changed: bool) -> None:
         connected = self._client.is_connected
@@ -134,6 +142,8 @@ class Manager:
         self._last_sync = time.monotonic()
         self._report(snapshot)
         outcome = await self._reconciler.reconcile(snapshot)
+        if self._dead_letter_sinks is not None and outcome.problem is None:
+            await self._dead_letter_sinks.reconcile(snapshot.valid)
         self._dirty = outcome.problem is not None
         view = self._board.publish(
             snapshot,
@@ -200,7 +210,7 @@ async def run(settings: Settings) -> bool:
         metrics,
         lambda: board.view,
         token=token,
-        routes=[*operations.routes(context.operations)],
+        routes=[*operations.routes(context.operations), *deadletters.routes(context)],
     )
     client.start()
     try:

@@ -41,6 +41,8 @@ class RecordingSink:
     """Records every request; ``answer`` picks the status (and may sleep) per request."""
 
     answer: Callable[[Request], int] = lambda request: 204
+    #: the body of each answer (none by default)
+    reply: Callable[[Request], bytes] = lambda request: b""
     deliveries: list[Delivery] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
@@ -70,7 +72,8 @@ class RecordingSink:
         finally:
             with self._lock:
                 self.in_flight -= 1
-        return Response(status=status)(environ, start_response)  # type: ignore[no-any-return]
+        response = Response(self.reply(request), status=status)
+        return response(environ, start_response)  # type: ignore[no-any-return]
 
     def received(self, status: int | None = 204) -> list[Delivery]:
         """Deliveries answered with ``status`` (None: all)."""

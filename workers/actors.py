@@ -22,10 +22,10 @@ import requests
 
 from eventing.delivery import jobs, steps
 from eventing.delivery.jobs import ACTOR, QUEUE, DeliveryJob
-from eventing.errors import PublishError, UntrustedJob
+from eventing.errors import ConsumerError, PublishError, UntrustedJob
 from eventing.redaction import mask_url
 from eventing.settings import DeliverySettings, SourceSettings
-from workers import attempts, deadline, redacted
+from workers import attempts, deadline, redacted, redrives
 from workers.connection import Acknowledger
 from workers.metrics import DeliveryMetrics
 from workers.secrets import Secrets
@@ -76,6 +76,7 @@ def declare(
             logger.warning("refused a delivery job (%s): %s", exc.reason, exc)
             return
         where = f"{parsed.subscription} seq {parsed.stream_sequence} to {mask_url(parsed.sink)}"
+        observed = redrives.LastAnswer(metrics.observer(parsed))
         try:
             outcome = attempts.run(
                 parsed,
@@ -83,7 +84,7 @@ def declare(
                 extra_deliveries=extra,
                 keepalive=lambda: acks.keepalive(parsed.ack_subject),
                 log=acks,
-                observe=metrics.observer(parsed),
+                observe=observed,
                 stopping=stopping.is_set,
                 outbound=outbound,
             )
@@ -106,9 +107,12 @@ def declare(
                 acks.nak(parsed.ack_subject, delay)
             return
         with _unsettled(where):
-            settle(parsed, outcome, where)
+            lettered = redrives.before_settling(parsed, outcome, acks, observed.answer)
+            settle(parsed, outcome, where, observed.answer, lettered)
 
-    def settle(parsed: DeliveryJob, outcome: attempts.Outcome, where: str) -> None:
+    def settle(
+        parsed: DeliveryJob, outcome: attempts.Outcome, where: str, answer: bytes, lettered: bool
+    ) -> None:
         match outcome:
             case attempts.Delivered(status=status, attempts=made):
                 acks.ack(parsed.ack_subject)
@@ -125,11 +129,13 @@ def declare(
                     reason,
                 )
             case steps.DeadLetter(reason=reason, status=status, attempts=made):
-                acks.dead_letter(parsed, reason, status, made)
-                metrics.dead_lettered(parsed)
+                if not lettered:  # workers.redrives logged what it did instead
+                    acks.dead_letter(parsed, reason, status, made, answer=answer)
+                    logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)
+                if parsed.origin != "dead-letter-sink":  # a redrive that failed again is one
+                    metrics.dead_lettered(parsed)
                 acks.ack(parsed.ack_subject)
                 acks.forget(parsed)
-                logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)
 
     declare_actor = dramatiq.actor(
         actor_name=ACTOR,
@@ -148,7 +154,7 @@ def _unsettled(where: str) -> Iterator[None]:
     delivered event then arrives twice."""
     try:
         yield
-    except PublishError as exc:
+    except (PublishError, ConsumerError, TimeoutError) as exc:
         logger.warning("could not settle %s, JetStream will redeliver it: %s", where, exc)
 
 

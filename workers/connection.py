@@ -42,10 +42,11 @@ from dramatiq import Middleware
 from eventing.delivery import jobs, signatures
 from eventing.delivery.jobs import DeliveryJob
 from eventing.delivery.steps import NOTHING_MADE, Progress
-from eventing.errors import BackendUnavailable, UntrustedJob
+from eventing.errors import BackendUnavailable, NotFound, UntrustedJob
 from eventing.nats import streams
 from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
+from eventing.nats.messages import OutboundMessage
 from eventing.settings import NatsSettings, StreamSettings
 from workers.shutdown import GracefulStop
 
@@ -71,8 +72,14 @@ class Acknowledger(Protocol):
     def keepalive(self, reply: str) -> None: ...
 
     def dead_letter(
-        self, job: DeliveryJob, reason: str, status: int | None, attempts: int
+        self, job: DeliveryJob, reason: str, status: int | None, attempts: int, *, answer: bytes
     ) -> None: ...
+
+    def store_dead_letter(self, message: OutboundMessage) -> None: ...
+
+    def dead_letter_headers(self, sequence: int) -> dict[str, str] | None: ...
+
+    def remove_dead_letter(self, sequence: int) -> None: ...
 
     def progress(self, job: DeliveryJob) -> Progress | None: ...
 
@@ -143,17 +150,52 @@ class NatsAcknowledger(Middleware):
         self._refuse_foreign(reply)
         self._require().keepalives.post([reply])
 
-    def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
+    def dead_letter(
+        self, job: DeliveryJob, reason: str, status: int | None, attempts: int, *, answer: bytes
+    ) -> None:
         """Store the event in the dead-letter stream with why it ends there.
 
         Raises:
             PublishError: the dead letter was not stored (the caller must not ack then).
         """
+        self.store_dead_letter(jobs.dead_letter(job, reason, status, attempts, answer=answer))
+
+    def store_dead_letter(self, message: OutboundMessage) -> None:
+        """Store a dead letter as built (a redrive's replacement, :mod:`workers.redrives`).
+
+        Raises:
+            PublishError: it was not stored.
+        """
         connection = self._require()
-        message = jobs.dead_letter(job, reason, status, attempts)
         timeout = self._stream.dead_letter_publish_timeout
         stream = self._stream.dead_letter_name
         connection.loop.run(connection.client.publish(message, timeout, stream=stream), timeout + 1)
+
+    def dead_letter_headers(self, sequence: int) -> dict[str, str] | None:
+        """The headers of the dead letter at ``sequence``; None if it is gone.
+
+        Raises:
+            ConsumerError: the stream did not answer.
+        """
+        connection = self._require()
+        stream = self._stream.dead_letter_name
+        try:
+            stored = connection.loop.run(
+                connection.client.stored.get(stream, sequence), _KV_TIMEOUT
+            )
+        except NotFound:
+            return None
+        return stored.headers
+
+    def remove_dead_letter(self, sequence: int) -> None:
+        """Delete the dead letter at ``sequence`` (redriven); one already gone is fine.
+
+        Raises:
+            ConsumerError: the stream did not answer.
+        """
+        connection = self._require()
+        stream = self._stream.dead_letter_name
+        connection.loop.run(connection.client.stored.delete(stream, sequence), _KV_TIMEOUT)
 
     def progress(self, job: DeliveryJob) -> Progress | None:
         """The failed attempts counted for ``job``'s message; None if the bucket cannot say."""

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import dramatiq
 
-from eventing.delivery import brokers, signatures
+from eventing.delivery import brokers, deadletters, signatures
 from eventing.delivery.credentials import SinkCredentials
 from eventing.delivery.retries import DeliveryPolicy
 from eventing.errors import UntrustedJob
@@ -122,30 +122,38 @@ class DeliveryJob:
 
 
 def dead_letter(
-    job: DeliveryJob, reason: str, status: int | None, attempts: int
+    job: DeliveryJob, reason: str, status: int | None, attempts: int, *, answer: bytes = b""
 ) -> OutboundMessage:
-    """The dead letter of ``job``: the event as stored, with why and where it failed.
+    """The dead letter of ``job``: the event as stored, with why and where it failed, the
+    event's source and id, and the first KiB of the sink's last ``answer``
+    (:mod:`eventing.delivery.deadletters` reads it back).
 
     Workers send one when an event runs out of attempts, the manager when it sheds a backlog.
     The message id makes a repeated dead letter (a crash before the ack) a duplicate; it names
     the reading consumer, since a replay's or a redrive's sequence is of another stream.
     """
+    source, event_id = deadletters.identity(job.event)
     headers = {
-        "Eventing-Dead-Letter-Reason": _header_safe(reason),
-        "Eventing-Dead-Letter-Status": str(status or ""),
-        "Eventing-Dead-Letter-Attempts": str(attempts),
-        "Eventing-Dead-Letter-Subscription": job.subscription,
-        "Eventing-Dead-Letter-Type": _header_safe(job.event_type),
-        "Eventing-Dead-Letter-Sink": _header_safe(mask_url(job.sink)),
-        "Eventing-Dead-Letter-Stream-Sequence": str(job.stream_sequence),
+        deadletters.REASON: _header_safe(reason),
+        deadletters.STATUS: str(status or ""),
+        deadletters.ATTEMPTS: str(attempts),
+        deadletters.SUBSCRIPTION: job.subscription,
+        deadletters.TYPE: _header_safe(job.event_type),
+        deadletters.SINK: _header_safe(mask_url(job.sink)),
+        deadletters.STREAM_SEQUENCE: str(job.stream_sequence),
+        deadletters.SOURCE: deadletters.encoded(source),
+        deadletters.ID: deadletters.encoded(event_id),
+        deadletters.ORIGIN: job.origin,
         "Nats-Msg-Id": f"{reading_consumer(job.consumer, job.origin)}-{job.stream_sequence}",
     }
+    if answer:
+        headers[deadletters.ANSWER] = deadletters.answer_header(answer)
     return OutboundMessage(
         subject=f"{DEAD_LETTER_PREFIX}.{job.consumer}",
         payload=job.event.encode("utf-8", errors="surrogateescape"),  # the bytes as stored
         headers=headers,
         event_type=job.event_type,
-        event_source="",
+        event_source=source,
     )
 
 

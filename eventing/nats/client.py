@@ -40,6 +40,7 @@ from eventing.errors import (
 from eventing.nats.auth import connect_options, reload_certificate, unauthenticated_warning
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage
+from eventing.nats.stored import StoredMessages
 from eventing.nats.streams import needs_update, stream_config
 from eventing.redaction import without_credentials
 from eventing.settings import NatsSettings, StreamSettings
@@ -442,6 +443,12 @@ class JetStreamClient:
     def jetstream(self) -> ConsumerApi:
         """The consumers of the current connection, for the manager to manage and pull."""
         return ConsumerApi(self._js)
+
+    @property
+    def stored(self) -> StoredMessages:
+        """The stored messages of the current connection: scanned, read and deleted one by one
+        (dead letters, ledger records)."""
+        return StoredMessages(self._js)
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a

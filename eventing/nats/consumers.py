@@ -64,6 +64,14 @@ class ConsumerApi:
             info = await js.consumer_info(stream, name)
         return info.num_pending or 0
 
+    async def unsettled(self, stream: str, name: str) -> tuple[int, int]:
+        """How many messages the consumer has not handed out yet, and how many it handed out
+        that are not acked."""
+        js = self._require()
+        with _translated():
+            info = await js.consumer_info(stream, name)
+        return info.num_pending or 0, info.num_ack_pending or 0
+
     async def pull(self, stream: str, name: str) -> Pull:
         """A pull subscription on the durable consumer ``name`` (which must exist)."""
         js = self._require()
@@ -120,6 +128,7 @@ class Pull:
                     stream_sequence=message.metadata.sequence.stream,
                     delivery_count=message.metadata.num_delivered,
                     published=message.metadata.timestamp.timestamp(),
+                    headers=message.headers or {},
                 )
                 for message in messages
             ]

@@ -8,7 +8,8 @@ delivery job needs (its bytes, where to ack it, its place in the stream, how oft
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from eventing.events import cloudevent
@@ -41,6 +42,8 @@ class PulledMessage:
     stream_sequence: int
     delivery_count: int  #: 1 on the first delivery, counting every redelivery
     published: float = 0.0  #: when JetStream stored it (Unix seconds)
+    #: the stored headers (a dead letter's say why it failed)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def message_id(source: str, event_id: str, publisher: str | None = None) -> str:

@@ -134,6 +134,8 @@ class Consumer:
     ack_wait: float  #: seconds
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: where a new consumer starts: 0, at new messages; else at this stream sequence (a redrive)
+    start_sequence: int = 0
 
 
 def consumer_config(consumer: Consumer) -> ConsumerConfig:
@@ -143,7 +145,10 @@ def consumer_config(consumer: Consumer) -> ConsumerConfig:
         durable_name=consumer.name,
         description=consumer.description,
         ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.NEW,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE
+        if consumer.start_sequence
+        else DeliverPolicy.NEW,
+        opt_start_seq=consumer.start_sequence or None,
         ack_wait=consumer.ack_wait,
         max_deliver=-1,
         max_ack_pending=consumer.max_ack_pending,

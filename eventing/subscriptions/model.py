@@ -53,7 +53,17 @@ DEFAULT_NAMESPACE = "default"
 #: deploy/base declares exactly these (tests/kubernetes/test_crd.py).
 SPEC_FIELDS = frozenset({"id", "sink", "source", "types", "typeMatching", "config", "delivery"})
 DELIVERY_FIELDS = frozenset(
-    {"retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax", "signing", "auth", "tls"}
+    {
+        "retry",
+        "backoffPolicy",
+        "backoffDelay",
+        "timeout",
+        "retryAfterMax",
+        "signing",
+        "auth",
+        "tls",
+        "deadLetterSink",
+    }
 )
 #: The fields of spec.delivery.signing, .auth and .tls (the CRD declares exactly these).
 SIGNING_FIELDS = frozenset({"secretFile", "secretRef"})
@@ -97,6 +107,8 @@ class Subscription:
     origin: str = ""  #: the manifest file it came from; empty for a Kubernetes object
     #: where the signing secret, sink credentials and TLS files are (relative files as written)
     credentials: SinkCredentials = dataclasses.field(default_factory=SinkCredentials)
+    #: spec.delivery.deadLetterSink: where each dead letter is also sent (empty: nowhere)
+    dead_letter_sink: str = ""
 
     @property
     def key(self) -> str:
@@ -187,6 +199,7 @@ def from_manifest(
     sink = _sink(spec.get("sink"), problems)
     delivery = _delivery(spec.get("delivery"), defaults, problems)
     credentials = _credentials(spec.get("delivery"), str(namespace), sink, problems)
+    dead_letter_sink = _dead_letter_sink(spec.get("delivery"), problems)
 
     bindings: list[TypeBinding] = []
     if not problems:
@@ -210,6 +223,7 @@ def from_manifest(
         delivery=delivery,
         bindings=tuple(bindings),
         credentials=credentials,
+        dead_letter_sink=dead_letter_sink,
         # default=str: YAML reads an unquoted 2026-01-01 in spec.id or config as a date
         written=json.dumps(dict(spec), default=str),
     )
@@ -299,9 +313,9 @@ def _max_in_flight(config: Any, default: int, problems: list[str]) -> int:
     return value
 
 
-def _sink(value: Any, problems: list[str]) -> str:
+def _sink(value: Any, problems: list[str], field: str = "spec.sink") -> str:
     if not isinstance(value, str) or not value:
-        problems.append("spec.sink: must not be empty")
+        problems.append(f"{field}: must not be empty")
         return ""
     try:
         parts = urlsplit(value)
@@ -310,14 +324,21 @@ def _sink(value: Any, problems: list[str]) -> str:
     except ValueError:
         valid = False
     if not valid:
-        problems.append(f"spec.sink: must be an http(s) URL, got {_shown(mask_url(value))}")
+        problems.append(f"{field}: must be an http(s) URL, got {_shown(mask_url(value))}")
     elif "@" in parts.netloc:
         # requests sends no URL userinfo, and a URL is shown in status, metrics and logs.
         problems.append(
-            "spec.sink: credentials in the URL are not sent; remove them and name a secret in"
+            f"{field}: credentials in the URL are not sent; remove them and name a secret in"
             " spec.delivery.auth (type bearer or basic, secretFile or secretRef)"
         )
     return value
+
+
+def _dead_letter_sink(delivery: Any, problems: list[str]) -> str:
+    """spec.delivery.deadLetterSink, validated as the sink is; empty when absent."""
+    if not isinstance(delivery, Mapping) or "deadLetterSink" not in delivery:
+        return ""
+    return _sink(delivery["deadLetterSink"], problems, "spec.delivery.deadLetterSink")
 
 
 def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> DeliveryPolicy:

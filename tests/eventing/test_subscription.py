@@ -153,7 +153,15 @@ def test_delivery_overrides_the_defaults_field_by_field() -> None:
             "spec.delivery.backoffDelay: expected an ISO-8601 duration",
         ),
         ({"delivery": {"timeout": "PT0S"}}, "spec.delivery.timeout: must be longer than zero"),
-        ({"delivery": {"deadLetterSink": "x"}}, "spec.delivery: unknown field(s) deadLetterSink"),
+        ({"delivery": {"deadLetterSinc": "x"}}, "spec.delivery: unknown field(s) deadLetterSinc"),
+        (
+            {"delivery": {"deadLetterSink": "x"}},
+            "spec.delivery.deadLetterSink: must be an http(s) URL, got 'x'",
+        ),
+        (
+            {"delivery": {"deadLetterSink": "http://user:pw@dls/"}},
+            "spec.delivery.deadLetterSink: credentials in the URL are not sent",
+        ),
         ({"delivry": {"retry": 3}}, "spec: unknown field(s) delivry; expected config, delivery"),
         (
             {"typeMatching": "exact", "source": "", "types": ["a.*.b"]},
@@ -369,3 +377,11 @@ def test_tls_problems_name_the_field(tls: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidSubscription) as raised:
         parse(manifest({"sink": "https://orders.example/", "delivery": {"tls": tls}}))
     assert message in str(raised.value)
+
+
+def test_a_dead_letter_sink_is_kept_apart_from_the_sink_and_the_policy() -> None:
+    subscription = parse(manifest({"delivery": {"retry": 1, "deadLetterSink": "https://dls/x"}}))
+    assert subscription.dead_letter_sink == "https://dls/x"
+    assert subscription.sink == "http://127.0.0.1:9000/events"
+    assert subscription.delivery.retry == 1
+    assert parse(manifest()).dead_letter_sink == ""

@@ -38,7 +38,9 @@ class RecordingAcks:
     def keepalive(self, reply: str) -> None:
         self.calls.append(("keepalive", reply))
 
-    def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
+    def dead_letter(
+        self, job: DeliveryJob, reason: str, status: int | None, attempts: int, *, answer: bytes
+    ) -> None:
         self.calls.append(("dead_letter", job.stream_sequence, status, attempts))
 
     def progress(self, job: DeliveryJob) -> Progress | None:

@@ -31,9 +31,11 @@ class DeadLetters(RecordingAcks):
         super().__init__()
         self.stored: list[dict[str, str]] = []
 
-    def dead_letter(self, job: DeliveryJob, reason: str, status: int | None, attempts: int) -> None:
-        super().dead_letter(job, reason, status, attempts)
-        self.stored.append(jobs.dead_letter(job, reason, status, attempts).headers)
+    def dead_letter(
+        self, job: DeliveryJob, reason: str, status: int | None, attempts: int, *, answer: bytes
+    ) -> None:
+        super().dead_letter(job, reason, status, attempts, answer=answer)
+        self.stored.append(jobs.dead_letter(job, reason, status, attempts, answer=answer).headers)
 
 
 class FailingAcks(RecordingAcks):
