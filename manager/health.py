@@ -81,7 +81,14 @@ class DeliveryHealth:
         self.version = 0  #: changes with every record taken: the board shows figures anew
 
     def take(self, record: Record) -> None:
-        """Count ``record``: its attempt (a success or a failure) and its outcome."""
+        """Count ``record``: its attempt (a success or a failure) and its outcome.
+
+        A dead-letter sink's deliveries say nothing of the subscription's sink, and are left
+        out. ``redriven`` only marks a dead letter handed to the workers: the redrive's own
+        ``delivered`` (or ``dead-lettered``) record counts once it happens.
+        """
+        if record.origin == "dead-letter-sink":
+            return
         figures = self._figures.get(record.subscription)
         if figures is None:
             figures = self._figures[record.subscription] = _Figures()
@@ -102,7 +109,7 @@ class DeliveryHealth:
                 figures.retrying.add(event)
             return
         figures.retrying.discard(event)
-        if record.outcome in ("delivered", "redriven"):
+        if record.outcome == "delivered":
             figures.delivered += 1
         elif record.outcome == "dead-lettered":
             figures.dead_lettered += 1

@@ -19,6 +19,7 @@ def record(
     subscription: str = "default/orders",
     attempted: bool = True,
     reason: str = "",
+    origin: str = "live",
 ) -> Record:
     attempt = AttemptRecord(1, at, 0.1, kind, status, error="" if status else kind)
     return Record(
@@ -27,7 +28,7 @@ def record(
         id=event,
         type="order.created.v1",
         sequence=1,
-        origin="live",
+        origin=origin,
         outcome=outcome,
         time=at,
         attempt=attempt if attempted else None,
@@ -102,3 +103,15 @@ def test_subscriptions_gone_are_forgotten_and_every_record_changes_the_version()
     assert health.version != before
     health.keep_only({"a/kept"})
     assert set(health.figures()) == {"a/kept"}
+
+
+def test_a_redrive_counts_once_when_delivered_and_a_dead_letter_sink_not_at_all() -> None:
+    health = DeliveryHealth()
+    health.take(record("dead-lettered", "e1", status=500))
+    health.take(record("delivered", "e1", status=204, origin="dead-letter-sink"))
+    health.take(record("retrying", "e2", status=503, origin="dead-letter-sink"))
+    health.take(record("redriven", "e1", attempted=False, origin="redrive"))
+    orders = health.figures()["default/orders"]
+    assert (orders.delivered, orders.dead_lettered, orders.retrying) == (0, 1, 0)
+    health.take(record("delivered", "e1", status=204, origin="redrive"))
+    assert health.figures()["default/orders"].delivered == 1
