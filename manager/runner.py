@@ -228,7 +228,10 @@ def job_signing_key(settings: Settings) -> bytes:
 
 
 def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetStreamClient:
-    """The manager's connection: it owns the event stream and the dead-letter stream."""
+    """The manager's connection: it owns the event stream, the dead-letter stream and the replay
+    archive (deleted when ``EVENT_ARCHIVE_MAX_AGE`` is 0: turned off, it would still copy every
+    event and fill its disk budget)."""
+    archive = streams.archive_config(settings.stream)
     return JetStreamClient(
         settings.nats,
         settings.stream,
@@ -236,7 +239,9 @@ def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetS
         streams=(
             streams.stream_config(settings.stream),
             streams.dead_letter_config(settings.stream),
+            *([archive] if archive is not None else []),
         ),
+        retired=() if archive is not None else (settings.stream.archive_name,),
     )
 
 

@@ -8,6 +8,7 @@ delivery job needs (its bytes, where to ack it, its place in the stream, how oft
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -41,6 +42,15 @@ class PulledMessage:
     stream_sequence: int
     delivery_count: int  #: 1 on the first delivery, counting every redelivery
     published: float = 0.0  #: when JetStream stored it (Unix seconds)
+
+
+def source_sequence(headers: Mapping[str, str]) -> int | None:
+    """The sequence in its origin stream of a message a stream sourced, from the header
+    JetStream adds (``Nats-Stream-Source: <stream> <sequence> ...``); None if it has none."""
+    parts = headers.get("Nats-Stream-Source", "").split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 def message_id(source: str, event_id: str, publisher: str | None = None) -> str:
