@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js.api import (
     AckPolicy,
@@ -91,18 +92,31 @@ def archive_config(settings: StreamSettings) -> StreamConfig | None:
     """
     if settings.archive_max_age <= 0:
         return None
-    return StreamConfig(
+    return _dropping_oldest(
+        settings,
+        settings.archive_max_age,
+        settings.archive_max_bytes,
         name=settings.archive_name,
         sources=[StreamSource(name=settings.name)],
+        # JetStream refuses a duplicate window beyond the age; the event stream deduplicated
+        # already, so the archive's own window only has to be valid.
+        duplicate_window=min(settings.duplicate_window, settings.archive_max_age),
+    )
+
+
+def _dropping_oldest(
+    settings: StreamSettings, max_age: float, max_bytes: int, **fields: Any
+) -> StreamConfig:
+    """A stream of limits retention, kept ``max_age`` within ``max_bytes``, the oldest messages
+    dropped first (the ledger, the archive)."""
+    return StreamConfig(
         retention=RetentionPolicy.LIMITS,
         storage=StorageType(settings.storage),
         discard=DiscardPolicy.OLD,
         num_replicas=settings.replicas,
-        max_age=settings.archive_max_age,
-        max_bytes=settings.archive_max_bytes,
-        # JetStream refuses a duplicate window beyond the age; the event stream deduplicated
-        # already, so the archive's own window only has to be valid.
-        duplicate_window=min(settings.duplicate_window, settings.archive_max_age),
+        max_age=max_age,
+        max_bytes=max_bytes,
+        **fields,
     )
 
 
@@ -115,15 +129,12 @@ def job_streams(settings: StreamSettings) -> frozenset[str]:
 def ledger_config(settings: StreamSettings) -> StreamConfig:
     """The delivery ledger (:mod:`eventing.delivery.ledger`): ``ledger.>``, limits retention,
     kept ``LEDGER_MAX_AGE`` within ``LEDGER_MAX_BYTES``, the oldest records dropped first."""
-    return StreamConfig(
+    return _dropping_oldest(
+        settings,
+        settings.ledger_max_age,
+        settings.ledger_max_bytes,
         name=settings.ledger_name,
         subjects=[f"{LEDGER_PREFIX}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType(settings.storage),
-        discard=DiscardPolicy.OLD,
-        num_replicas=settings.replicas,
-        max_age=settings.ledger_max_age,
-        max_bytes=settings.ledger_max_bytes,
     )
 
 
