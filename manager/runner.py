@@ -21,6 +21,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 from eventing.delivery import jobs, signatures
 from eventing.errors import InvalidSubscription
@@ -30,7 +31,7 @@ from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
-from manager import leader, operations, pulling
+from manager import leader, operations, pulling, replays
 from manager.api import ApiContext
 from manager.board import StatusBoard
 from manager.metrics import ManagerMetrics
@@ -66,6 +67,8 @@ class Manager:
         self._read_error: str | None = None
         #: hands jobs to the workers, signed (set by :meth:`assemble`; the API's redrives use it)
         self.enqueue: jobs.Enqueue | None = None
+        #: told the consumers each reconcile created, by name (a startFrom replays the archive)
+        self.on_created: Callable[[tuple[str, ...]], None] | None = None
 
     @classmethod
     def assemble(
@@ -132,6 +135,8 @@ class Manager:
         self._report(snapshot)
         outcome = await self._reconciler.reconcile(snapshot)
         self._dirty = outcome.problem is not None
+        if outcome.created and self.on_created is not None:
+            self.on_created(outcome.created)
         view = self._board.publish(
             snapshot,
             outcome.errors,
@@ -191,13 +196,14 @@ async def run(settings: Settings) -> bool:
     metrics = ManagerMetrics()
     board = StatusBoard.for_settings(settings, metrics)
     context = ApiContext(settings, client, board)
+    replayer = replays.Replayer(context, metrics)
     server = StatusServer(
         settings.manager.host,
         settings.manager.port,
         metrics,
         lambda: board.view,
         token=token,
-        routes=[*operations.routes(context.operations)],
+        routes=[*operations.routes(context.operations), *replayer.routes()],
     )
     client.start()
     try:
@@ -211,7 +217,7 @@ async def run(settings: Settings) -> bool:
             settings.manager.host,
             server.port,
         )
-        return await _lead_and_manage(context, metrics, stop)
+        return await _lead_and_manage(context, metrics, stop, replayer.start_from)
     finally:
         await server.close()
         await client.close()  # after the pull tasks stopped: drains what they left
@@ -246,7 +252,10 @@ def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetS
 
 
 async def _lead_and_manage(
-    context: ApiContext, metrics: ManagerMetrics, stop: asyncio.Event
+    context: ApiContext,
+    metrics: ManagerMetrics,
+    stop: asyncio.Event,
+    on_created: Callable[[tuple[str, ...]], None],
 ) -> bool:
     """Wait for the Lease if leader election is on, then manage until ``stop``; whether the
     Lease (if any) was kept to the end. Once leading, the API's operations reach the manager
@@ -269,6 +278,7 @@ async def _lead_and_manage(
         metrics,
     )
     context.dispatcher, context.enqueue = manager.dispatcher, manager.enqueue
+    manager.on_created = on_created
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(manager.run(stop), name="manager")
         keeping = (
