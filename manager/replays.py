@@ -353,10 +353,14 @@ def _start(body: bytes, now: float) -> tuple[float | None, int | None] | web.Res
             return problem(400, detail, field="sequence", expected="an integer from 1")
         return None, value
     value = document["since"]
+    moment = "an RFC 3339 time such as 2026-12-01T10:00:00Z, or a duration ago such as 15m or 2h"
+    if not isinstance(value, str):  # a bare number is no moment: seconds ago, or a timestamp?
+        detail = f"since: expected a string, {moment}, got {_shown(value)}"
+        return problem(400, detail, field="since", expected=moment)
     try:
-        return units.moment(value if isinstance(value, str) else "", now), None
+        return units.moment(value, now), None
     except ValueError as exc:
-        return problem(400, f"since: {exc}", field="since", expected=str(exc))
+        return problem(400, f"since: {exc}", field="since", expected=moment)
 
 
 def _shown(value: Any) -> str:
