@@ -4,8 +4,11 @@ the event stream (interest retention) into one of its own (limits retention)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 
+import nats
 import pytest
 
 from eventing.nats.client import JetStreamClient
@@ -13,6 +16,7 @@ from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage, source_sequence
 from eventing.nats.streams import Consumer
 from eventing.settings import Settings
+from manager.replays import expired
 from manager.runner import jetstream_client
 from testing.servers import NatsServer
 
@@ -157,3 +161,56 @@ def test_an_archive_turned_off_is_deleted_and_no_longer_holds_events(
 
     assert consumers == []  # no sourcing consumer: the archive is gone
     assert messages == 0  # interest retention as before: no subscription, not kept
+
+
+def test_what_the_archive_aged_out_counts_as_expired_for_a_start_before_it(
+    nats_server: NatsServer,
+) -> None:
+    """EVENT_ARCHIVE_MAX_AGE removes the oldest events by moving the first sequence on; a
+    replay from before them counts every one removed, and one from after them none."""
+
+    async def scenario() -> tuple[int, int, int, int]:
+        client = await _manager_connection(nats_server, EVENT_ARCHIVE_MAX_AGE="1s")
+        js = client.jetstream
+        try:
+            started = time.time()
+            for number in range(4):
+                await client.publish(_event(number), 5)
+
+            async def aged_out() -> bool:
+                return (await js.stream_state("sap-archive")).first_sequence == 5
+
+            await _eventually(aged_out, "the archive to age its events out")
+            await _keep_longer(nats_server, "sap-archive")  # the next ones stay to be counted
+            for number in range(4, 6):
+                await client.publish(_event(number), 5)
+
+            async def kept() -> bool:
+                return (await js.stream_state("sap-archive")).messages == 2
+
+            await _eventually(kept, "the two newer events in the archive")
+            return (
+                await expired(js, "sap-archive", started - 60, None),
+                await expired(js, "sap-archive", time.time() + 60, None),
+                await expired(js, "sap-archive", None, 2),
+                await expired(js, "sap-archive", None, 6),
+            )
+        finally:
+            await client.close()
+
+    before, after, from_sequence, within = asyncio.run(scenario())
+
+    assert before == 4  # all four removed ones: the asked-for time lies before them
+    assert after == 0
+    assert from_sequence == 3  # sequences 2, 3 and 4: exact
+    assert within == 0
+
+
+async def _keep_longer(server: NatsServer, stream: str) -> None:
+    connection = await nats.connect(server.url)
+    try:
+        js = connection.jetstream()
+        config = (await js.stream_info(stream)).config
+        await js.update_stream(dataclasses.replace(config, max_age=3600))
+    finally:
+        await connection.close()
