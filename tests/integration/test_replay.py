@@ -158,7 +158,7 @@ def test_a_new_subscription_starts_from_a_past_time_with_nothing_lost_at_the_sea
     """Events published before the subscription existed (no consumer then: the event stream
     kept none of them) arrive, and so does every event published while its consumers are
     created and after."""
-    load = Load(system.proxy_url, "seam", rate=50, threads=2, event_type="order.shipped.v1")
+    load = Load(system.proxy_url, "seam", rate=100, threads=2, event_type="order.shipped.v1")
     before = _publish(system, "past", "order.shipped.v1", 10)
     load.start()
     time.sleep(1)
@@ -177,7 +177,7 @@ def test_a_new_subscription_starts_from_a_past_time_with_nothing_lost_at_the_sea
     counts = report(load, latecomer)
     print(f"startFrom seam: {counts} | published before the subscription {len(before)}")
     assert counts.lost == 0
-    assert counts.accepted > 50
+    assert counts.accepted > 100
     assert set(before) <= _at(sink, "latecomer").keys()
 
 
