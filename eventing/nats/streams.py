@@ -42,6 +42,7 @@ _COMPARED = (
     "discard_new_per_subject",
     "max_age",
     "duplicate_window",
+    "sources",
 )
 
 
