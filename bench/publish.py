@@ -64,6 +64,7 @@ from bench.publishers import (
     DATA_BYTES,
     STREAM,
     Result,
+    archive_streams,
     auth_environ,
     in_child_process,
     paced_publish,
@@ -432,6 +433,7 @@ def run(args: argparse.Namespace) -> int:
         nats_server(Path(workdir)) as broker,
     ):
         raw = baseline(broker, args.duration)
+        asyncio.run(archive_streams(broker.url, os.environ))
         by_auth: dict[str, list[Row]] = {}
         for auth in dict.fromkeys(args.auth):
             environ, authorization = auth_environ(auth, Path(workdir))

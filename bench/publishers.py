@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -30,7 +30,7 @@ import nats
 import nats.errors
 from nats.js import JetStreamContext
 
-from eventing.nats.streams import stream_config
+from eventing.nats.streams import archive_config, stream_config
 from eventing.settings import Settings
 from testing import tokens
 
@@ -101,6 +101,20 @@ def stream_environ(nats_url: str) -> dict[str, str]:
         "JS_STREAM_MAX_BYTES": "-1",  # a long run must not fill the 1 GiB default and get 507s
         "JS_STREAM_MAX_MSGS_PER_TOPIC": "-1",  # every bench event goes to the same subject
     }
+
+
+async def archive_streams(nats_url: str, environ: Mapping[str, str]) -> None:
+    """Create the replay archive as the manager does (the proxy alone would not), unless
+    ``environ`` turns it off (``EVENT_ARCHIVE_MAX_AGE=0``): the proxy's figures then include
+    the sourcing's work on the same nats-server, as in a deployment."""
+    archive = archive_config(Settings.from_environ({**environ, **stream_environ(nats_url)}).stream)
+    if archive is None:
+        return
+    connection = await nats.connect(nats_url)
+    try:
+        await connection.jetstream().add_stream(archive)
+    finally:
+        await connection.close()
 
 
 def percentiles_ms(seconds: list[float]) -> tuple[float, float]:

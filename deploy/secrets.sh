@@ -33,8 +33,9 @@ owns_stream() {
 
 nats() {
     proxy=$(random) manager=$(random) workers=$(random) route=$(random)
-    # JS_STREAM_NAME, JS_DLQ_STREAM_NAME (their defaults) and the workers' attempts bucket.
-    stream=sap dead_letters=sap-dlq bucket=KV_eventing-attempts
+    # JS_STREAM_NAME, JS_DLQ_STREAM_NAME, JS_ARCHIVE_STREAM_NAME (their defaults) and the
+    # workers' attempts bucket.
+    stream=sap dead_letters=sap-dlq archive=sap-archive bucket=KV_eventing-attempts
     secret eventing-nats-server
     # Each user publishes and subscribes only what its component does (eventing/nats/): replies
     # to its requests (PubAcks, API answers, the manager's pulled events) come back on its own
@@ -54,8 +55,10 @@ nats() {
               subscribe: { allow: ["_INBOX_proxy.>"] }
             }
           }
-          # The manager owns both streams and every consumer, pulls, and dead-letters the
-          # backlog beyond MAX_BACKLOG (a publish on dlq.>, then the event's ack).
+          # The manager owns the streams and every consumer, pulls, and dead-letters the
+          # backlog beyond MAX_BACKLOG (a publish on dlq.>, then the event's ack). It keeps the
+          # replay archive (deleted when EVENT_ARCHIVE_MAX_AGE=0), reads its first and last
+          # events, and pulls its replay consumers like the live ones.
           {
             user: manager, password: $manager
             permissions: {
@@ -65,16 +68,25 @@ nats() {
                                  "\$JS.API.CONSUMER.DURABLE.CREATE.$stream.>",
                                  "\$JS.API.CONSUMER.DELETE.$stream.>",
                                  "\$JS.API.CONSUMER.MSG.NEXT.$stream.>",
-                                 "\$JS.ACK.$stream.>", "dlq.>"] }
+                                 "\$JS.ACK.$stream.>", "dlq.>",
+                                 $(owns_stream $archive), "\$JS.API.STREAM.DELETE.$archive",
+                                 "\$JS.API.STREAM.MSG.GET.$archive",
+                                 "\$JS.API.CONSUMER.INFO.$archive.>",
+                                 "\$JS.API.CONSUMER.CREATE.$archive.>",
+                                 "\$JS.API.CONSUMER.DURABLE.CREATE.$archive.>",
+                                 "\$JS.API.CONSUMER.DELETE.$archive.>",
+                                 "\$JS.API.CONSUMER.MSG.NEXT.$archive.>",
+                                 "\$JS.ACK.$archive.>"] }
               subscribe: { allow: ["_INBOX_manager.>"] }
             }
           }
-          # The workers ack (and nak, and keep alive) the messages of the event stream, count
-          # attempts in their key-value bucket, and publish dead letters.
+          # The workers ack (and nak, and keep alive) the messages of the event stream and
+          # the archive (replays), count attempts in their key-value bucket, and publish dead
+          # letters.
           {
             user: workers, password: $workers
             permissions: {
-              publish: { allow: ["\$JS.ACK.$stream.>", "dlq.>", $(owns_stream $dead_letters),
+              publish: { allow: ["\$JS.ACK.$stream.>", "\$JS.ACK.$archive.>", "dlq.>", $(owns_stream $dead_letters),
                                  "\$JS.API.STREAM.INFO.$bucket", "\$JS.API.STREAM.CREATE.$bucket",
                                  "\$JS.API.STREAM.PURGE.$bucket",
                                  "\$JS.API.STREAM.MSG.GET.$bucket",

@@ -79,6 +79,13 @@ class ManagerMetrics:
             BY_SUBSCRIPTION,
             registry=self.registry,
         )
+        self.archive_expired = Counter(
+            "eventing_archive_expired",
+            "Events a replay asked for that the archive's retention had removed (an upper"
+            " bound: JetStream keeps no subject of what it removed).",
+            ["subscription_namespace", "subscription_name"],
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "eventing_manager_leader",
             "1 while this manager works: it holds the Lease, or LEADER_ELECTION is off.",

@@ -156,7 +156,7 @@ class Dispatcher:
         if target is None:
             return  # unsubscribed meanwhile; the messages return after their ack wait
         # Matching reads each event (a JSON parse): off the event loop.
-        work, strangers = await asyncio.to_thread(_jobs, target, messages)
+        work, strangers = await asyncio.to_thread(split_received, target, messages)
         if strangers:
             await self._drop(name, strangers)
         if not work:
@@ -185,10 +185,11 @@ class Dispatcher:
         self._on_filtered(name, len(strangers) - len(failed))
 
 
-def _jobs(
+def split_received(
     target: Target, messages: list[PulledMessage]
 ) -> tuple[list[jobs.DeliveryJob], list[PulledMessage]]:
-    """The jobs of the messages ``target`` receives, and the messages it does not."""
+    """The jobs of the messages ``target`` receives, and the messages it does not (a replay's
+    pulls split alike)."""
     work: list[jobs.DeliveryJob] = []
     strangers: list[PulledMessage] = []
     for message in messages:

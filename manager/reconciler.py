@@ -35,6 +35,7 @@ class Outcome:
     errors: Mapping[str, str] = field(default_factory=dict)  #: consumers not set up, by name
     deletions_done: bool = False  #: every consumer meant to go is gone
     refused: Mapping[str, str] = field(default_factory=dict)  #: sinks refused, by subscription
+    created: tuple[str, ...] = ()  #: consumers this reconcile created (a startFrom replays)
 
 
 class Pulls(Protocol):
@@ -117,7 +118,10 @@ class Reconciler:
         deletions_done = not any(
             isinstance(a, reconcile.Delete) and a.name in errors for a in actions
         )
-        return Outcome(errors=errors, deletions_done=deletions_done, refused=refused)
+        created = tuple(s.name for s in consumers.created(actions) if s.name not in errors)
+        return Outcome(
+            errors=errors, deletions_done=deletions_done, refused=refused, created=created
+        )
 
     async def _apply(self, actions: list[Action]) -> dict[str, str]:
         """Carry out the actions that are due; the error of each consumer not set up (held

@@ -204,10 +204,10 @@ class Redrives:
                         await self._hand_over(consumer, messages, sequences, handed)
                         progress.handed(consumer, len(handed))
                         continue
-                    waiting, unacked = await js.unsettled(self._stream, name)
-                    if not waiting:
+                    standing = await js.progress(self._stream, name)
+                    if not standing.pending:
                         progress.ended(consumer, len(sequences) - len(handed))
-                        if not unacked:
+                        if not standing.ack_pending:
                             break
             finally:
                 await pull.close()

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 from eventing.delivery import jobs, signatures
 from eventing.errors import InvalidSubscription
@@ -30,7 +31,7 @@ from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
-from manager import deadletters, health, leader, operations, pulling
+from manager import deadletters, health, leader, operations, pulling, replays
 from manager.api import ApiContext
 from manager.board import StatusBoard
 from manager.deadlettersinks import DeadLetterSinks
@@ -69,6 +70,8 @@ class Manager:
         self._read_error: str | None = None
         #: hands jobs to the workers, signed (set by :meth:`assemble`; the API's redrives use it)
         self.enqueue: jobs.Enqueue | None = None
+        #: told the consumers each reconcile created, by name (a startFrom replays the archive)
+        self.on_created: Callable[[tuple[str, ...]], None] | None = None
 
     @classmethod
     def assemble(
@@ -145,6 +148,8 @@ class Manager:
         if self._dead_letter_sinks is not None and outcome.problem is None:
             await self._dead_letter_sinks.reconcile(snapshot.valid)
         self._dirty = outcome.problem is not None
+        if outcome.created and self.on_created is not None:
+            self.on_created(outcome.created)
         view = self._board.publish(
             snapshot,
             outcome.errors,
@@ -204,13 +209,18 @@ async def run(settings: Settings) -> bool:
     metrics = ManagerMetrics()
     board = StatusBoard.for_settings(settings, metrics)
     context = ApiContext(settings, client, board)
+    replayer = replays.Replayer(context, metrics)
     server = StatusServer(
         settings.manager.host,
         settings.manager.port,
         metrics,
         lambda: board.view,
         token=token,
-        routes=[*operations.routes(context.operations), *deadletters.routes(context)],
+        routes=[
+            *operations.routes(context.operations),
+            *deadletters.routes(context),
+            *replayer.routes(),
+        ],
     )
     client.start()
     try:
@@ -224,7 +234,7 @@ async def run(settings: Settings) -> bool:
             settings.manager.host,
             server.port,
         )
-        return await _lead_and_manage(context, metrics, stop)
+        return await _lead_and_manage(context, metrics, stop, replayer.start_from)
     finally:
         await server.close()
         await client.close()  # after the pull tasks stopped: drains what they left
@@ -241,7 +251,10 @@ def job_signing_key(settings: Settings) -> bytes:
 
 
 def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetStreamClient:
-    """The manager's connection: it owns the event stream and the dead-letter stream."""
+    """The manager's connection: it owns the event stream, the dead-letter stream and the replay
+    archive (deleted when ``EVENT_ARCHIVE_MAX_AGE`` is 0: turned off, it would still copy every
+    event and fill its disk budget)."""
+    archive = streams.archive_config(settings.stream)
     return JetStreamClient(
         settings.nats,
         settings.stream,
@@ -249,12 +262,17 @@ def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetS
         streams=(
             streams.stream_config(settings.stream),
             streams.dead_letter_config(settings.stream),
+            *([archive] if archive is not None else []),
         ),
+        retired=() if archive is not None else (settings.stream.archive_name,),
     )
 
 
 async def _lead_and_manage(
-    context: ApiContext, metrics: ManagerMetrics, stop: asyncio.Event
+    context: ApiContext,
+    metrics: ManagerMetrics,
+    stop: asyncio.Event,
+    on_created: Callable[[tuple[str, ...]], None],
 ) -> bool:
     """Wait for the Lease if leader election is on, then manage until ``stop``; whether the
     Lease (if any) was kept to the end. Once leading, the API's operations reach the manager
@@ -277,6 +295,7 @@ async def _lead_and_manage(
         metrics,
     )
     context.dispatcher, context.enqueue = manager.dispatcher, manager.enqueue
+    manager.on_created = on_created
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(manager.run(stop), name="manager")
         if settings.stream.ledger_max_age:  # 0: no ledger to follow

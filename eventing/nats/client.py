@@ -69,10 +69,12 @@ class JetStreamClient:
         *,
         name: str,
         streams: tuple[StreamConfig, ...] | None = None,
+        retired: tuple[str, ...] = (),
     ) -> None:
         self._settings = nats_settings
         self._stream = stream
         self._streams = streams if streams is not None else (stream_config(stream),)
+        self._retired = retired  #: streams deleted where found (a feature turned off)
         self._name = name
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -233,8 +235,15 @@ class JetStreamClient:
             logger.warning("%s could not create or update its streams: %s", self._name, exc)
 
     async def ensure_stream(self) -> None:
-        """Create each managed stream if missing, or update it where its limits differ."""
+        """Create each managed stream if missing, or update it where its limits differ; delete
+        each retired one that is there."""
         js = self._require_js()
+        for name in self._retired:
+            try:
+                await js.delete_stream(name)
+            except nats.js.errors.NotFoundError:
+                continue
+            logger.warning("deleted stream %s: it is turned off", name)
         for wanted in self._streams:
             assert wanted.name is not None
             try:

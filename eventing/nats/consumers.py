@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
@@ -26,6 +27,36 @@ logger = logging.getLogger(__name__)
 
 _PAGE = 256  #: consumers per page of the server's consumer list
 _FOLLOW_HEARTBEAT = 2.0  #: seconds between an ordered consumer's heartbeats when idle
+_NO_MESSAGE = 10037  #: JetStream's error code for "no message found" (the stream exists)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """Where a stream stands: its first and last sequence (``first > last``: empty)."""
+
+    first_sequence: int
+    last_sequence: int
+    messages: int
+    bytes: int
+    source_lag: int | None = None  #: how far behind its first source it is, if it has one
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message as a stream stores it (read by sequence)."""
+
+    sequence: int
+    time: float  #: Unix seconds when it was stored
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a consumer has come."""
+
+    pending: int  #: matching messages not handed out yet
+    ack_pending: int  #: handed out, not acked yet
+    delivered_sequence: int  #: the stream sequence of the last message handed out
 
 
 class ConsumerApi:
@@ -64,13 +95,46 @@ class ConsumerApi:
             info = await js.consumer_info(stream, name)
         return info.num_pending or 0
 
-    async def unsettled(self, stream: str, name: str) -> tuple[int, int]:
-        """How many messages the consumer has not handed out yet, and how many it handed out
-        that are not acked."""
+    async def progress(self, stream: str, name: str) -> Progress:
+        """How far the consumer ``name`` has come."""
         js = self._require()
         with _translated():
             info = await js.consumer_info(stream, name)
-        return info.num_pending or 0, info.num_ack_pending or 0
+        return Progress(
+            pending=info.num_pending or 0,
+            ack_pending=info.num_ack_pending or 0,
+            delivered_sequence=info.delivered.stream_seq if info.delivered else 0,
+        )
+
+    async def stream_state(self, stream: str) -> StreamState:
+        """Where ``stream`` stands now."""
+        js = self._require()
+        with _translated():
+            info = await js.stream_info(stream)
+        sources = info.sources or []
+        return StreamState(
+            first_sequence=info.state.first_seq,
+            last_sequence=info.state.last_seq,
+            messages=info.state.messages,
+            bytes=info.state.bytes,
+            source_lag=sources[0].lag if sources else None,
+        )
+
+    async def stored(self, stream: str, sequence: int) -> StoredMessage | None:
+        """The message ``sequence`` of ``stream``; None when it holds no such message."""
+        js = self._require()
+        with _translated():
+            try:
+                raw = await js.get_msg(stream, sequence)
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code != _NO_MESSAGE:  # the stream itself is not there
+                    raise
+                return None
+        return StoredMessage(
+            sequence=raw.seq or sequence,
+            time=raw.time.timestamp() if raw.time else 0.0,
+            headers=dict(raw.headers or {}),
+        )
 
     async def pull(self, stream: str, name: str) -> Pull:
         """A pull subscription on the durable consumer ``name`` (which must exist)."""

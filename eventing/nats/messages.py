@@ -46,6 +46,15 @@ class PulledMessage:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+def source_sequence(headers: Mapping[str, str]) -> int | None:
+    """The sequence in its origin stream of a message a stream sourced, from the header
+    JetStream adds (``Nats-Stream-Source: <stream> <sequence> ...``); None if it has none."""
+    parts = headers.get("Nats-Stream-Source", "").split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
 def message_id(source: str, event_id: str, publisher: str | None = None) -> str:
     """``Nats-Msg-Id`` of an event: CloudEvents makes (source, id) unique, so we dedup on it,
     within one publisher's events.

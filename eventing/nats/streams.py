@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from nats.js.api import (
     AckPolicy,
@@ -20,6 +22,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 
 from eventing.nats.messages import DEAD_LETTER_PREFIX, LEDGER_PREFIX
@@ -39,6 +42,7 @@ _COMPARED = (
     "discard_new_per_subject",
     "max_age",
     "duplicate_window",
+    "sources",
 )
 
 
@@ -76,6 +80,47 @@ def dead_letter_config(settings: StreamSettings) -> StreamConfig:
     )
 
 
+def archive_config(settings: StreamSettings) -> StreamConfig | None:
+    """The replay archive: a copy of every event of the event stream, kept
+    ``EVENT_ARCHIVE_MAX_AGE`` within ``EVENT_ARCHIVE_MAX_BYTES``, the oldest dropped first;
+    None when ``EVENT_ARCHIVE_MAX_AGE`` is 0 (no archive).
+
+    It *sources* the event stream instead of listening on ``kyma.>`` itself: a second stream on
+    the same subjects is refused by JetStream, and the event stream keeps its interest
+    retention. The server's sourcing consumer counts as one more interest on the event stream
+    and acks what it copied, so an event published before any subscription existed is
+    archived, and one every subscription acked still leaves (docs/guarantees.md).
+    """
+    if settings.archive_max_age <= 0:
+        return None
+    return _dropping_oldest(
+        settings,
+        settings.archive_max_age,
+        settings.archive_max_bytes,
+        name=settings.archive_name,
+        sources=[StreamSource(name=settings.name)],
+        # JetStream refuses a duplicate window beyond the age; the event stream deduplicated
+        # already, so the archive's own window only has to be valid.
+        duplicate_window=min(settings.duplicate_window, settings.archive_max_age),
+    )
+
+
+def _dropping_oldest(
+    settings: StreamSettings, max_age: float, max_bytes: int, **fields: Any
+) -> StreamConfig:
+    """A stream of limits retention, kept ``max_age`` within ``max_bytes``, the oldest messages
+    dropped first (the ledger, the archive)."""
+    return StreamConfig(
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType(settings.storage),
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.replicas,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        **fields,
+    )
+
+
 def job_streams(settings: StreamSettings) -> frozenset[str]:
     """The streams whose messages delivery jobs settle: the events, the archive (replays) and
     the dead letters (redrives, dead-letter sinks)."""
@@ -85,15 +130,12 @@ def job_streams(settings: StreamSettings) -> frozenset[str]:
 def ledger_config(settings: StreamSettings) -> StreamConfig:
     """The delivery ledger (:mod:`eventing.delivery.ledger`): ``ledger.>``, limits retention,
     kept ``LEDGER_MAX_AGE`` within ``LEDGER_MAX_BYTES``, the oldest records dropped first."""
-    return StreamConfig(
+    return _dropping_oldest(
+        settings,
+        settings.ledger_max_age,
+        settings.ledger_max_bytes,
         name=settings.ledger_name,
         subjects=[f"{LEDGER_PREFIX}.>"],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType(settings.storage),
-        discard=DiscardPolicy.OLD,
-        num_replicas=settings.replicas,
-        max_age=settings.ledger_max_age,
-        max_bytes=settings.ledger_max_bytes,
     )
 
 
@@ -122,7 +164,8 @@ def attempts_bucket(settings: StreamSettings) -> KeyValueConfig:
 
 @dataclass(frozen=True, slots=True)
 class Consumer:
-    """A durable pull consumer: explicit acks, new messages only, redelivered without limit.
+    """A durable pull consumer: explicit acks, new messages only (unless it starts at a time or
+    a sequence, as a replay does), redelivered without limit.
 
     The same value describes a consumer to create and one the server reports, so a reconcile
     compares like with like.
@@ -134,26 +177,37 @@ class Consumer:
     ack_wait: float  #: seconds
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
-    #: where a new consumer starts: 0, at new messages; else at this stream sequence (a redrive)
+    #: where a new consumer starts: at this stream sequence (a redrive, a replay) if not 0, else
+    #: at the first message stored at or after ``start_time`` (Unix seconds) if set, else at new
+    #: messages
     start_sequence: int = 0
+    start_time: float | None = None
+    #: seconds without a pull after which JetStream deletes the consumer (None: never)
+    inactive_threshold: float | None = None
 
 
 def consumer_config(consumer: Consumer) -> ConsumerConfig:
     """The configuration that creates ``consumer``, or updates it in place."""
+    deliver, start_time = DeliverPolicy.NEW, None
+    if consumer.start_sequence:
+        deliver = DeliverPolicy.BY_START_SEQUENCE
+    elif consumer.start_time is not None:
+        deliver = DeliverPolicy.BY_START_TIME
+        start_time = datetime.fromtimestamp(consumer.start_time, UTC)
     return ConsumerConfig(
         name=consumer.name,
         durable_name=consumer.name,
         description=consumer.description,
         ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE
-        if consumer.start_sequence
-        else DeliverPolicy.NEW,
+        deliver_policy=deliver,
         opt_start_seq=consumer.start_sequence or None,
+        opt_start_time=start_time,
         ack_wait=consumer.ack_wait,
         max_deliver=-1,
         max_ack_pending=consumer.max_ack_pending,
         filter_subjects=list(consumer.subjects),
         metadata=dict(consumer.metadata),
+        inactive_threshold=consumer.inactive_threshold,
     )
 
 

@@ -23,6 +23,7 @@ import reprlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +64,7 @@ DELIVERY_FIELDS = frozenset(
         "auth",
         "tls",
         "deadLetterSink",
+        "startFrom",
     }
 )
 #: The fields of spec.delivery.signing, .auth and .tls (the CRD declares exactly these).
@@ -109,6 +111,9 @@ class Subscription:
     credentials: SinkCredentials = dataclasses.field(default_factory=SinkCredentials)
     #: spec.delivery.deadLetterSink: where each dead letter is also sent (empty: nowhere)
     dead_letter_sink: str = ""
+    #: ``spec.delivery.startFrom`` as written (an RFC 3339 time or a duration ago; empty: none):
+    #: the manager replays the archive from then when it first creates the consumers
+    start_from: str = ""
 
     @property
     def key(self) -> str:
@@ -200,6 +205,7 @@ def from_manifest(
     delivery = _delivery(spec.get("delivery"), defaults, problems)
     credentials = _credentials(spec.get("delivery"), str(namespace), sink, problems)
     dead_letter_sink = _dead_letter_sink(spec.get("delivery"), problems)
+    start_from = _start_from(spec.get("delivery"), problems)
 
     bindings: list[TypeBinding] = []
     if not problems:
@@ -224,6 +230,7 @@ def from_manifest(
         bindings=tuple(bindings),
         credentials=credentials,
         dead_letter_sink=dead_letter_sink,
+        start_from=start_from,
         # default=str: YAML reads an unquoted 2026-01-01 in spec.id or config as a date
         written=json.dumps(dict(spec), default=str),
     )
@@ -389,6 +396,25 @@ def _delivery(value: Any, defaults: DeliveryPolicy, problems: list[str]) -> Deli
                 continue
             changes[attribute] = seconds
     return replace(defaults, **changes)
+
+
+def _start_from(delivery: Any, problems: list[str]) -> str:
+    """``spec.delivery.startFrom`` as written, once it reads as a moment. A duration is counted
+    back from when the manager creates the consumers, so only its form is checked here."""
+    if not isinstance(delivery, Mapping) or "startFrom" not in delivery:
+        return ""
+    value = delivery["startFrom"]
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        value = value.isoformat()  # YAML reads an unquoted RFC 3339 time as a datetime
+    try:
+        units.moment(value if isinstance(value, str) else "", 0.0)
+    except ValueError:
+        problems.append(
+            "spec.delivery.startFrom: expected an RFC 3339 time such as 2026-12-01T10:00:00Z or"
+            f" a duration ago such as 15m or 2h, got {_shown(value)}"
+        )
+        return ""
+    return str(value)
 
 
 def _credentials(delivery: Any, namespace: str, sink: str, problems: list[str]) -> SinkCredentials:

@@ -12,11 +12,13 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
+    StreamSource,
 )
 
 from eventing.nats.streams import (
     ATTEMPTS_BUCKET,
     Consumer,
+    archive_config,
     attempts_bucket,
     consumer_config,
     consumer_of,
@@ -87,6 +89,23 @@ def test_a_stream_is_updated_only_where_a_field_we_set_differs() -> None:
     assert not needs_update(wanted, replace(wanted, max_age=None))
 
 
+def test_the_archive_sources_the_event_stream_and_drops_its_oldest_events() -> None:
+    settings = _stream(EVENT_ARCHIVE_MAX_AGE="2h", EVENT_ARCHIVE_MAX_BYTES="5Mi").stream
+
+    archive = archive_config(settings)
+
+    assert archive is not None
+    assert (archive.name, archive.subjects) == ("sap-archive", None)  # kyma.> is the stream's
+    assert archive.sources == [StreamSource(name=settings.name)]
+    assert (archive.retention, archive.discard) == (RetentionPolicy.LIMITS, DiscardPolicy.OLD)
+    assert (archive.max_age, archive.max_bytes) == (7200, 5 * 2**20)
+    assert archive_config(_stream(EVENT_ARCHIVE_MAX_AGE="0").stream) is None
+    short = archive_config(_stream(EVENT_ARCHIVE_MAX_AGE="30s").stream)
+    assert short is not None and short.duplicate_window == 30  # never beyond the age
+    renamed = archive_config(_stream(JS_STREAM_NAME="events").stream)
+    assert renamed is not None and needs_update(archive, renamed)  # sourced anew
+
+
 CONSUMER = Consumer(
     name="c1",
     subjects=("kyma.shop.order.created.v1", "kyma.shop.order.paid.v1"),
@@ -128,3 +147,16 @@ def test_a_consumer_with_one_filter_subject_or_none_reads_back() -> None:
 
     assert consumer_of(_info(single)) == Consumer("one", ("kyma.a",), 5, 3.0)
     assert consumer_of(_info(bare)) == Consumer("bare", (), 0, 0.0)
+
+
+def test_a_replay_consumer_starts_at_a_time_or_a_sequence_and_expires_unused() -> None:
+    by_time = consumer_config(replace(CONSUMER, start_time=1_800_000_000.0))
+    by_sequence = consumer_config(replace(CONSUMER, start_sequence=42, inactive_threshold=300.0))
+
+    assert by_time.deliver_policy == DeliverPolicy.BY_START_TIME
+    assert by_time.opt_start_time == datetime.fromtimestamp(1_800_000_000, UTC)
+    assert (by_time.opt_start_seq, by_time.inactive_threshold) == (None, None)
+    assert by_sequence.deliver_policy == DeliverPolicy.BY_START_SEQUENCE
+    assert (by_sequence.opt_start_seq, by_sequence.opt_start_time) == (42, None)
+    assert by_sequence.inactive_threshold == 300.0
+    assert consumer_config(CONSUMER).deliver_policy == DeliverPolicy.NEW

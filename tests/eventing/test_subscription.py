@@ -162,6 +162,13 @@ def test_delivery_overrides_the_defaults_field_by_field() -> None:
             {"delivery": {"deadLetterSink": "http://user:pw@dls/"}},
             "spec.delivery.deadLetterSink: credentials in the URL are not sent",
         ),
+        (
+            {"delivery": {"startFrom": "yesterday"}},
+            "spec.delivery.startFrom: expected an RFC 3339 time such as 2026-12-01T10:00:00Z or a"
+            " duration ago such as 15m or 2h, got 'yesterday'",
+        ),
+        ({"delivery": {"startFrom": "2026-12-01T10:00:00"}}, "spec.delivery.startFrom"),
+        ({"delivery": {"startFrom": 15}}, "spec.delivery.startFrom"),
         ({"delivry": {"retry": 3}}, "spec: unknown field(s) delivry; expected config, delivery"),
         (
             {"typeMatching": "exact", "source": "", "types": ["a.*.b"]},
@@ -174,6 +181,21 @@ def test_validation_names_the_field(spec: dict[str, Any], message: str) -> None:
         parse(manifest(spec))
     assert message in str(caught.value)
     assert str(caught.value).startswith("Subscription validation failed: ")
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["15m", "2h", "2026-12-01T10:00:00Z", "2026-12-01T11:00:00+01:00"],
+)
+def test_start_from_is_kept_as_written_once_it_reads_as_a_moment(written: str) -> None:
+    """A duration ago counts back from when the manager creates the consumers, not from now."""
+    assert parse(manifest({"delivery": {"startFrom": written}})).start_from == written
+    assert parse(manifest({})).start_from == ""
+
+
+def test_an_unquoted_yaml_time_is_a_start_from_too() -> None:
+    moment = datetime.datetime(2026, 12, 1, 10, tzinfo=datetime.UTC)
+    assert parse(manifest({"delivery": {"startFrom": moment}})).start_from == moment.isoformat()
 
 
 def test_every_problem_is_reported_together() -> None:

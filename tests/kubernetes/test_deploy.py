@@ -24,6 +24,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 import redis as redis_client
+import requests
 import standardwebhooks
 import yaml
 from nats.aio.client import Client
@@ -594,6 +595,21 @@ def test_the_system_runs_with_each_components_nats_user(
             30,
             f"the dead letter\n{system.logs()}",
         )
+        # The manager keeps the archive and replays from it; the worker acks the replay.
+        started = requests.post(
+            f"{system.manager_url}/subscriptions/default/taken/replay",
+            json={"sequence": 1},
+            timeout=10,
+        )
+        assert started.status_code == 202, started.text
+        operation = f"{system.manager_url}/operations/{started.json()['operation']['id']}"
+        wait_until(
+            lambda: requests.get(operation, timeout=5).json()["state"] != "running",
+            30,
+            f"the replay\n{system.logs()}",
+        )
+        assert requests.get(operation, timeout=5).json()["state"] == "done", system.logs()
+        assert [d.path.rsplit("/", 1)[-1] for d in sink_server.sink.deliveries].count("taken") == 2
         assert "permissions violation" not in system.logs().lower()
     finally:
         system.stop()

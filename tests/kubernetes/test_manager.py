@@ -287,10 +287,13 @@ def wait_until_value(read: Any, good: Any, what: str, timeout: float = 30) -> An
 
 
 def consumer_names(system: System) -> list[str]:
+    """The subscriptions' consumers (not the one the archive sources the stream with)."""
+
     async def read() -> list[str]:
         client = await nats.connect(servers=system.nats_url.split(","))
         try:
-            return sorted(c.name for c in await client.jetstream().consumers_info(STREAM))
+            infos = await client.jetstream().consumers_info(STREAM)
+            return sorted(c.name for c in infos if (c.config.metadata or {}).get("managed-by"))
         except nats.js.errors.NotFoundError:
             return []
         finally:
