@@ -30,7 +30,7 @@ from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
-from manager import leader, operations, pulling
+from manager import history, leader, operations, pulling
 from manager.api import ApiContext
 from manager.board import StatusBoard
 from manager.metrics import ManagerMetrics
@@ -190,14 +190,14 @@ async def run(settings: Settings) -> bool:
     client = jetstream_client(settings)
     metrics = ManagerMetrics()
     board = StatusBoard.for_settings(settings, metrics)
-    context = ApiContext(settings, client, board)
+    context = ApiContext(settings, client, board, stopping=stop)
     server = StatusServer(
         settings.manager.host,
         settings.manager.port,
         metrics,
         lambda: board.view,
         token=token,
-        routes=[*operations.routes(context.operations)],
+        routes=[*operations.routes(context.operations), *history.routes(context)],
     )
     client.start()
     try:
@@ -228,7 +228,8 @@ def job_signing_key(settings: Settings) -> bytes:
 
 
 def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetStreamClient:
-    """The manager's connection: it owns the event stream and the dead-letter stream."""
+    """The manager's connection: it owns the event stream, the dead-letter stream and the
+    delivery ledger's (unless ``LEDGER_MAX_AGE=0``)."""
     return JetStreamClient(
         settings.nats,
         settings.stream,
@@ -236,6 +237,7 @@ def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetS
         streams=(
             streams.stream_config(settings.stream),
             streams.dead_letter_config(settings.stream),
+            *((streams.ledger_config(settings.stream),) if settings.stream.ledger_max_age else ()),
         ),
     )
 

@@ -40,6 +40,7 @@ from eventing.errors import (
 from eventing.nats.auth import connect_options, reload_certificate, unauthenticated_warning
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage
+from eventing.nats.reading import StreamReader
 from eventing.nats.streams import needs_update, stream_config
 from eventing.redaction import without_credentials
 from eventing.settings import NatsSettings, StreamSettings
@@ -442,6 +443,11 @@ class JetStreamClient:
     def jetstream(self) -> ConsumerApi:
         """The consumers of the current connection, for the manager to manage and pull."""
         return ConsumerApi(self._js)
+
+    @property
+    def reader(self) -> StreamReader:
+        """Reads of stored messages by subject on the current connection (the manager's API)."""
+        return StreamReader(self._js)
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a
