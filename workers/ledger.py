@@ -66,7 +66,7 @@ class Trail:
             return
         self._last = AttemptRecord(
             number=self._number,
-            time=attempt.started,
+            time=round(attempt.started, 3),  # ms, as shown: every byte is kept LEDGER_MAX_AGE
             seconds=round(attempt.seconds, 6),
             kind=attempt.kind,
             status=attempt.status,
@@ -94,7 +94,7 @@ class Trail:
             sequence=job.stream_sequence,
             origin=job.origin,
             outcome=outcome,
-            time=time.time(),
+            time=round(time.time(), 3),
             attempt=self._last,
             reason=reason,
         )

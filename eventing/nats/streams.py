@@ -94,6 +94,9 @@ def ledger_config(settings: StreamSettings) -> StreamConfig:
         num_replicas=settings.replicas,
         max_age=settings.ledger_max_age,
         max_bytes=settings.ledger_max_bytes,
+        # Set as the server would (it stores 2 minutes for none): unset, every connection
+        # found the stream different and updated it.
+        duplicate_window=min(settings.duplicate_window, settings.ledger_max_age),
     )
 
 
