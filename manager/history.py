@@ -35,7 +35,7 @@ from eventing import units
 from eventing.delivery import ledger
 from eventing.delivery.ledger import Record
 from eventing.errors import ConsumerError, NotFound
-from eventing.events.eventtypes import SUBJECT_PREFIX, clean_source
+from eventing.events.eventtypes import clean_source
 from eventing.nats.messages import PulledMessage
 from eventing.nats.reading import StoredMessage
 from eventing.subscriptions import matching
@@ -259,7 +259,10 @@ async def _stored_event(
         if not cleaned:
             return None
         candidates = await reader.read(
-            stream, f"{SUBJECT_PREFIX}.{cleaned}.>", SEARCH_LIMIT, headers_only=True
+            stream,
+            f"{context.settings.stream.subject_prefix}.{cleaned}.>",
+            SEARCH_LIMIT,
+            headers_only=True,
         )
         for candidate in candidates:
             if _is_event(candidate, source, event_id):

@@ -79,9 +79,7 @@ def declare(
             logger.warning("refused a delivery job (%s): %s", exc.reason, exc)
             return
         trail = Trail(parsed, write)
-
-        def where() -> str:  # once the trail knows the event's identity
-            return f"{trail.names} seq {parsed.stream_sequence} to {mask_url(parsed.sink)}"
+        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {mask_url(parsed.sink)}"
 
         try:
             outcome = attempts.run(
@@ -99,9 +97,9 @@ def declare(
             # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back
             # now, so another worker takes it at once instead of after the ack wait; it goes on
             # after the attempts counted so far.
-            with _unsettled(where()):
+            with _unsettled(where, trail):
                 acks.nak(parsed.ack_subject, 0.0)
-                logger.info("handed back %s: the worker is shutting down", where())
+                logger.info("handed back %s: the worker is shutting down; %s", where, trail.names)
             return
         except Exception:
             # A fault of ours, not of the event or the sink (those are outcomes): give the
@@ -109,12 +107,14 @@ def declare(
             # place of the subscription's in-flight window until the ack wait. Its delivery
             # count ends it in a dead letter if the fault stays.
             delay = steps.after_a_fault(parsed.policy, parsed.delivery_count)
-            logger.exception("delivering %s failed; redelivering in %.0fs", where(), delay)
-            with _unsettled(where()):
+            logger.exception(
+                "delivering %s failed; redelivering in %.0fs; %s", where, delay, trail.names
+            )
+            with _unsettled(where, trail):
                 acks.nak(parsed.ack_subject, delay)
             return
-        with _unsettled(where()):
-            settle(parsed, outcome, trail, where())
+        with _unsettled(where, trail):
+            settle(parsed, outcome, trail, where)
 
     def settle(parsed: DeliveryJob, outcome: attempts.Outcome, trail: Trail, where: str) -> None:
         match outcome:
@@ -122,21 +122,26 @@ def declare(
                 acks.ack(parsed.ack_subject, trail.outcome("delivered"))
                 if steps.may_be_counted(made, parsed.delivery_count):
                     acks.forget(parsed)
-                logger.info("delivered %s: %d after %d attempt(s)", where, status, made)
+                logger.info(
+                    "delivered %s: %d after %d attempt(s); %s", where, status, made, trail.names
+                )
             case steps.RetryLater(delay=delay, attempts=made, reason=reason):
                 acks.nak(parsed.ack_subject, delay)
                 logger.info(
-                    "redelivering %s in %.1fs after %d attempt(s): %s",
+                    "redelivering %s in %.1fs after %d attempt(s): %s; %s",
                     where,
                     delay,
                     made,
                     reason,
+                    trail.names,
                 )
             case steps.DeadLetter(reason=reason, status=status, attempts=made):
                 acks.dead_letter(parsed, reason, status, made)
                 acks.ack(parsed.ack_subject, trail.outcome("dead-lettered", reason))
                 acks.forget(parsed)
-                logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)
+                logger.warning(
+                    "dead-lettered %s after %d attempt(s): %s; %s", where, made, reason, trail.names
+                )
 
     declare_actor = dramatiq.actor(
         actor_name=ACTOR,
@@ -149,14 +154,16 @@ def declare(
 
 
 @contextlib.contextmanager
-def _unsettled(where: str) -> Iterator[None]:
+def _unsettled(where: str, trail: Trail) -> Iterator[None]:
     """Log, without a traceback, a message that could not be settled: NATS is away longer than
     the acknowledger tries. JetStream redelivers it after the ack wait, so nothing is lost; a
     delivered event then arrives twice."""
     try:
         yield
     except PublishError as exc:
-        logger.warning("could not settle %s, JetStream will redeliver it: %s", where, exc)
+        logger.warning(
+            "could not settle %s, JetStream will redeliver it: %s; %s", where, exc, trail.names
+        )
 
 
 def _session(local: threading.local) -> requests.Session:

@@ -165,11 +165,12 @@ def run(
                 trail.retrying(str(exc))
             if isinstance(step, steps.RunAttempt):
                 logger.info(
-                    "retrying %s (seq %d) to %s: %s",
-                    trail.names,
+                    "retrying %s (seq %d) to %s: %s; %s",
+                    job.subscription,
                     job.stream_sequence,
                     mask_url(job.sink),
                     exc,
+                    trail.names,
                 )
             continue
         return Delivered(status, step.number)

@@ -36,8 +36,9 @@ class Trail:
 
     @property
     def names(self) -> str:
-        """The event and subscription as log lines name them (ids and sources, never data)."""
-        return f"ce-id {self.id!r} source {self.source!r} at {self._job.subscription}"
+        """The event as log lines name it, after the subscription (ids and sources, never
+        data; quoted, so no id can break a line)."""
+        return f"ce-id {self.id!r} source {self.source!r}"
 
     def identify(self, source: str, event_id: str, event_type: str) -> None:
         self.source, self.id, self.type = source, event_id, event_type

@@ -276,7 +276,8 @@ def test_each_failed_attempt_is_a_retrying_record_then_the_outcome(
     assert [line for line in lines if line.startswith(("retrying", "delivered"))] == [
         line
         for line in lines
-        if "ce-id 'evt-1' source 'myapp' at default/orders" in line
+        if line.startswith(("retrying default/orders", "delivered default/orders"))
+        and line.endswith("; ce-id 'evt-1' source 'myapp'")
         and line.startswith(("retrying", "delivered"))
     ]
     assert len([line for line in lines if line.startswith("retrying")]) == 2
