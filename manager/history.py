@@ -45,6 +45,7 @@ from manager.status import json_response, problem
 
 logger = logging.getLogger(__name__)
 
+_MOMENT = "an RFC 3339 time (2026-12-01T14:00:00Z) or a duration ago (15m, 2h)"
 RECORDS_LIMIT = 1000  #: records of one event read at most
 SEARCH_LIMIT = 10_000  #: messages of an event's source searched for it at most (headers only)
 
@@ -101,7 +102,8 @@ def routes(context: ApiContext) -> list[web.RouteDef]:
                     400,
                     f"{name}: missing; expected the event's CloudEvents {name}, as in"
                     " /events?source=myapp&id=A234-1234-1234",
-                    parameter=name,
+                    field=name,
+                    expected=f"the event's CloudEvents {name}",
                 )
         try:
             records = await _records(context, source, event_id)
@@ -129,7 +131,7 @@ def routes(context: ApiContext) -> list[web.RouteDef]:
             try:
                 since = units.moment(since_text, time.time())
             except ValueError as exc:
-                return problem(400, f"since: {exc}", parameter="since")
+                return problem(400, f"since: {exc}", field="since", expected=_MOMENT)
         if not _ledger_on(context):
             return problem(409, "the delivery ledger is off (LEDGER_MAX_AGE=0): nothing to tail")
         return await _follow(context, request, key, since)

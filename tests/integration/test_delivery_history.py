@@ -238,7 +238,7 @@ def test_bad_questions_get_problems(system: System) -> None:
     base = system.manager_url
     missing = requests.get(f"{base}/events", params={"id": "x"}, timeout=10)
     assert missing.status_code == 400
-    assert missing.json()["parameter"] == "source"
+    assert missing.json()["field"] == "source"
     unknown = _events(system, "shop", "never-published")
     assert unknown.status_code == 404
     assert "never-published" in unknown.json()["detail"]
@@ -249,7 +249,7 @@ def test_bad_questions_get_problems(system: System) -> None:
         f"{base}/subscriptions/default/quiet/tail", params={"since": "yesterday"}, timeout=10
     )
     assert bad_since.status_code == 400
-    assert bad_since.json()["parameter"] == "since"
+    assert bad_since.json()["field"] == "since"
 
 
 def test_with_the_ledger_off_nothing_is_written(tmp_path: Path, sink_server: SinkServer) -> None:
