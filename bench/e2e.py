@@ -31,6 +31,7 @@ Part of ``python -m bench`` (the entry point; ``--suite e2e,fanout,scaling``); i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import math
 import multiprocessing
@@ -45,6 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import nats
+import nats.js.errors
 
 from bench.e2eload import (
     BATCH_SIZE,
@@ -254,6 +258,8 @@ def run(suites: list[str], events: int, rate: int, seconds: float, *, signed: bo
                 system.start_workers(processes)
                 rows.append(saturated(system, 1, events, f"{processes} worker processes"))
             tables.append(("Scaling: worker processes (16 threads each), 1 subscription", rows))
+        delivered = sum(row.deliveries for _, rows in tables for row in rows)
+        ledger = _stream_state(system.nats.url, "sap-ledger")
     finally:
         system.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -273,12 +279,35 @@ def run(suites: list[str], events: int, rate: int, seconds: float, *, signed: bo
             f" {_cpu_ms(signed_row):.2f} ms ÷ {_cpu_ms(plain):.2f} ms ="
             f" {_cpu_ms(signed_row) / _cpu_ms(plain):.2f}"
         )
+    if ledger is not None and ledger[0]:
+        records, stored = ledger
+        print(
+            f"\ndelivery ledger: {records:,} records for {delivered:,} deliveries, {stored:,} bytes"
+            f" = {stored / records:.0f} B a record, {records / delivered:.2f} records a delivery"
+            f" = {stored / delivered * 1e6 / 2**20:,.0f} MiB per million deliveries"
+        )
     print(
         "\nCPU %: percent of one core over the scenario (2 cores = 200 %); peak RSS: the largest"
         " sum over each component's processes.\nlost: deliveries that never arrived plus events"
         " the proxy did not accept; it must be 0."
     )
     return 0 if all(row.lost == 0 for _, rows in tables for row in rows) else 1
+
+
+def _stream_state(url: str, stream: str) -> tuple[int, int] | None:
+    """(messages, bytes) ``stream`` holds; None when there is no such stream (the ledger off)."""
+
+    async def read() -> tuple[int, int] | None:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+        return info.state.messages, info.state.bytes
+
+    return asyncio.run(read())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,6 +10,7 @@ needs it answers 503 (:func:`leading`).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -35,6 +36,8 @@ class ApiContext:
     dispatcher: Dispatcher | None = None
     #: set once the manager leads: enqueues signed jobs (blocking: call it in a thread)
     enqueue: jobs.Enqueue | None = None
+    #: set when the manager stops: endpoints that stream (the ledger's tail) end then
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def leading(context: ApiContext) -> tuple[Dispatcher, jobs.Enqueue] | web.Response:

@@ -31,7 +31,7 @@ from eventing.settings import Settings, local_state_dir
 from eventing.sources.cluster import api_client
 from eventing.sources.snapshot import Snapshot
 from eventing.sources.source import SubscriptionSource, source_for
-from manager import deadletters, health, leader, operations, pulling, replays
+from manager import deadletters, health, history, leader, operations, pulling, replays
 from manager.api import ApiContext
 from manager.board import StatusBoard
 from manager.deadlettersinks import DeadLetterSinks
@@ -208,7 +208,7 @@ async def run(settings: Settings) -> bool:
     client = jetstream_client(settings)
     metrics = ManagerMetrics()
     board = StatusBoard.for_settings(settings, metrics)
-    context = ApiContext(settings, client, board)
+    context = ApiContext(settings, client, board, stopping=stop)
     replayer = replays.Replayer(context, metrics)
     server = StatusServer(
         settings.manager.host,
@@ -219,6 +219,7 @@ async def run(settings: Settings) -> bool:
         routes=[
             *operations.routes(context.operations),
             *deadletters.routes(context),
+            *history.routes(context),
             *replayer.routes(),
         ],
     )
@@ -251,9 +252,9 @@ def job_signing_key(settings: Settings) -> bytes:
 
 
 def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetStreamClient:
-    """The manager's connection: it owns the event stream, the dead-letter stream and the replay
+    """The manager's connection: it owns the event stream, the dead-letter stream, the replay
     archive (deleted when ``EVENT_ARCHIVE_MAX_AGE`` is 0: turned off, it would still copy every
-    event and fill its disk budget)."""
+    event and fill its disk budget) and the delivery ledger (unless ``LEDGER_MAX_AGE=0``)."""
     archive = streams.archive_config(settings.stream)
     return JetStreamClient(
         settings.nats,
@@ -263,6 +264,7 @@ def jetstream_client(settings: Settings, name: str = "eventing-manager") -> JetS
             streams.stream_config(settings.stream),
             streams.dead_letter_config(settings.stream),
             *([archive] if archive is not None else []),
+            *((streams.ledger_config(settings.stream),) if settings.stream.ledger_max_age else ()),
         ),
         retired=() if archive is not None else (settings.stream.archive_name,),
     )

@@ -3,7 +3,8 @@
 ``declare`` registers ``deliver`` on a given broker (nothing is registered at import). The actor
 is thin: the job the manager signed (:func:`eventing.delivery.jobs.admit`; any other is dropped
 unread) → :func:`workers.attempts.run` → one ``match`` that acks, NAKs with a delay, or
-dead-letters then acks. Nothing else in the project acks, NAKs or terminates.
+dead-letters then acks. Nothing else in the project acks, NAKs or terminates. The outcome's
+delivery ledger record (:mod:`workers.ledger`) goes with the ack that settles it.
 dramatiq's own retries are off: the job retries as :func:`eventing.delivery.steps.next_step`
 says, and JetStream redelivers. A settled message's count of failed attempts (see
 :mod:`workers.attempts`) is deleted.
@@ -27,6 +28,7 @@ from eventing.redaction import mask_url
 from eventing.settings import DeliverySettings, SourceSettings
 from workers import attempts, deadline, redacted, redrives
 from workers.connection import Acknowledger
+from workers.ledger import Trail
 from workers.metrics import DeliveryMetrics
 from workers.secrets import Secrets
 
@@ -61,6 +63,7 @@ def declare(
     redacted.install(__name__)
     sessions = threading.local()
     extra = settings.extra_deliveries
+    write = acks.write if acks.ledger else None
 
     def deliver(*args: Any, **kwargs: Any) -> None:
         # Any arguments at all: a forged message's odd ones are refused here, not by dramatiq's
@@ -75,6 +78,7 @@ def declare(
             metrics.refused.labels(exc.reason).inc()
             logger.warning("refused a delivery job (%s): %s", exc.reason, exc)
             return
+        trail = Trail(parsed, write)
         where = f"{parsed.subscription} seq {parsed.stream_sequence} to {mask_url(parsed.sink)}"
         observed = redrives.LastAnswer(metrics.observer(parsed))
         try:
@@ -87,14 +91,15 @@ def declare(
                 observe=observed,
                 stopping=stopping.is_set,
                 outbound=outbound,
+                trail=trail,
             )
         except attempts.Interrupted:
             # The worker is stopping (honcho kills it 5 s after SIGTERM): hand the event back
             # now, so another worker takes it at once instead of after the ack wait; it goes on
             # after the attempts counted so far.
-            with _unsettled(where):
+            with _unsettled(where, trail):
                 acks.nak(parsed.ack_subject, 0.0)
-                logger.info("handed back %s: the worker is shutting down", where)
+                logger.info("handed back %s: the worker is shutting down; %s", where, trail.names)
             return
         except Exception:
             # A fault of ours, not of the event or the sink (those are outcomes): give the
@@ -102,39 +107,55 @@ def declare(
             # place of the subscription's in-flight window until the ack wait. Its delivery
             # count ends it in a dead letter if the fault stays.
             delay = steps.after_a_fault(parsed.policy, parsed.delivery_count)
-            logger.exception("delivering %s failed; redelivering in %.0fs", where, delay)
-            with _unsettled(where):
+            logger.exception(
+                "delivering %s failed; redelivering in %.0fs; %s", where, delay, trail.names
+            )
+            with _unsettled(where, trail):
                 acks.nak(parsed.ack_subject, delay)
             return
-        with _unsettled(where):
+        with _unsettled(where, trail):
             lettered = redrives.before_settling(parsed, outcome, acks, observed.answer)
-            settle(parsed, outcome, where, observed.answer, lettered)
+            settle(parsed, outcome, trail, where, observed.answer, lettered)
 
     def settle(
-        parsed: DeliveryJob, outcome: attempts.Outcome, where: str, answer: bytes, lettered: bool
+        parsed: DeliveryJob,
+        outcome: attempts.Outcome,
+        trail: Trail,
+        where: str,
+        answer: bytes,
+        lettered: bool,
     ) -> None:
         match outcome:
             case attempts.Delivered(status=status, attempts=made):
-                acks.ack(parsed.ack_subject)
+                acks.ack(parsed.ack_subject, trail.outcome("delivered"))
                 if steps.may_be_counted(made, parsed.delivery_count):
                     acks.forget(parsed)
-                logger.info("delivered %s: %d after %d attempt(s)", where, status, made)
+                logger.info(
+                    "delivered %s: %d after %d attempt(s); %s", where, status, made, trail.names
+                )
             case steps.RetryLater(delay=delay, attempts=made, reason=reason):
                 acks.nak(parsed.ack_subject, delay)
                 logger.info(
-                    "redelivering %s in %.1fs after %d attempt(s): %s",
+                    "redelivering %s in %.1fs after %d attempt(s): %s; %s",
                     where,
                     delay,
                     made,
                     reason,
+                    trail.names,
                 )
             case steps.DeadLetter(reason=reason, status=status, attempts=made):
                 if not lettered:  # workers.redrives logged what it did instead
                     acks.dead_letter(parsed, reason, status, made, answer=answer)
-                    logger.warning("dead-lettered %s after %d attempt(s): %s", where, made, reason)
+                    logger.warning(
+                        "dead-lettered %s after %d attempt(s): %s; %s",
+                        where,
+                        made,
+                        reason,
+                        trail.names,
+                    )
                 if parsed.origin != "dead-letter-sink":  # a redrive that failed again is one
                     metrics.dead_lettered(parsed)
-                acks.ack(parsed.ack_subject)
+                acks.ack(parsed.ack_subject, trail.outcome("dead-lettered", reason))
                 acks.forget(parsed)
 
     declare_actor = dramatiq.actor(
@@ -148,14 +169,16 @@ def declare(
 
 
 @contextlib.contextmanager
-def _unsettled(where: str) -> Iterator[None]:
+def _unsettled(where: str, trail: Trail) -> Iterator[None]:
     """Log, without a traceback, a message that could not be settled: NATS is away longer than
     the acknowledger tries. JetStream redelivers it after the ack wait, so nothing is lost; a
     delivered event then arrives twice."""
     try:
         yield
     except (PublishError, ConsumerError, TimeoutError) as exc:
-        logger.warning("could not settle %s, JetStream will redeliver it: %s", where, exc)
+        logger.warning(
+            "could not settle %s, JetStream will redeliver it: %s; %s", where, exc, trail.names
+        )
 
 
 def _session(local: threading.local) -> requests.Session:

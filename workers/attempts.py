@@ -29,6 +29,7 @@ from eventing.errors import PermanentDeliveryError, TemporaryDeliveryError
 from eventing.redaction import mask_url
 from workers import delivery
 from workers.delivery import Attempt
+from workers.ledger import Trail
 from workers.secrets import NOTHING, Outbound
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def run(
     observe: Callable[[Attempt], None] = lambda attempt: None,
     stopping: Callable[[], bool] = lambda: False,
     outbound: Callable[[DeliveryJob, bytes], Outbound] = lambda job, body: NOTHING,
+    trail: Trail | None = None,
 ) -> Outcome:
     """Run the attempts that belong to this JetStream delivery of the event.
 
@@ -102,11 +104,14 @@ def run(
             an attempt that fails is not counted (the shutdown may have cut it off).
         outbound: what each attempt adds (:meth:`workers.secrets.Secrets.outbound`: signed at
             the attempt's time); a secret it cannot read fails the attempt as temporary.
+        trail: told the event's identity and every attempt; writes a ``retrying`` record after
+            each failed attempt the policy goes on from (the caller writes the outcome's).
 
     Raises:
         Interrupted: the worker is stopping and the event has no outcome yet.
     """
     policy, rng = job.policy, rng or _RNG
+    trail = trail or Trail(job)
     progress = log.progress(job) if job.delivery_count > 1 else steps.NOTHING_MADE
 
     def step_after(progress: Progress | None) -> steps.Step:
@@ -121,13 +126,22 @@ def run(
 
     step = step_after(progress)
     if isinstance(step, DeadLetter):
+        trail.identify_stored()
         return step
     try:
-        headers, body = delivery.encode(job)
+        encoded = delivery.encode(job)
     except PermanentDeliveryError as exc:
+        trail.identify_stored()
         return DeadLetter(str(exc), None, progress.made if progress is not None else 0)
+    trail.identify(encoded.source, encoded.id, encoded.type)
     if not isinstance(step, steps.RunAttempt):
         return step
+    headers, body = encoded.headers, encoded.body
+
+    def seen(attempt: Attempt) -> None:
+        observe(attempt)
+        trail.observe(attempt)
+
     keepalive()
     interval = max(job.ack_wait / 3, 0.1)
     while isinstance(step, steps.RunAttempt):
@@ -135,8 +149,9 @@ def run(
             _sleep_alive(step.pause, sleep, keepalive, interval, stopping)
         if stopping():
             raise Interrupted
+        trail.attempting(step.number)
         try:
-            status = delivery.post(session, job, headers, body, observe, outbound(job, body))
+            status = delivery.post(session, job, headers, body, seen, outbound(job, body))
         except PermanentDeliveryError as exc:
             return DeadLetter(str(exc), exc.status, step.number)
         except TemporaryDeliveryError as exc:
@@ -146,13 +161,16 @@ def run(
             log.record(job, counted)
             failure = steps.Failure(str(exc), exc.status, exc.retry_after)
             step = step_after(Progress(counted.made, counted.at, failure))
+            if not isinstance(step, DeadLetter):
+                trail.retrying(str(exc))
             if isinstance(step, steps.RunAttempt):
                 logger.info(
-                    "retrying %s (seq %d) to %s: %s",
+                    "retrying %s (seq %d) to %s: %s; %s",
                     job.subscription,
                     job.stream_sequence,
                     mask_url(job.sink),
                     exc,
+                    trail.names,
                 )
             continue
         return Delivered(status, step.number)

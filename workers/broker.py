@@ -31,7 +31,8 @@ def setup_broker() -> dramatiq.Broker:
     egress.install(policy_for(settings))
     broker = make_broker(settings.delivery)
     stop = GracefulStop()
-    acks = NatsAcknowledger(settings.nats, settings.stream, stop)
+    metrics = DeliveryMetrics()
+    acks = NatsAcknowledger(settings.nats, settings.stream, stop, metrics.ledger_write_failures.inc)
     broker.add_middleware(acks)
     broker.add_middleware(stop)
     broker.add_middleware(QuietThreads())
@@ -43,7 +44,7 @@ def setup_broker() -> dramatiq.Broker:
         broker,
         settings.delivery,
         acks,
-        DeliveryMetrics(),
+        metrics,
         stop.stopping,
         secrets=Secrets(settings.source),
         key=key,

@@ -9,6 +9,13 @@ Acks and keepalives travel in :class:`eventing.nats.loop.Rounds`: a delivery thr
 the round being gathered and waits until the server confirmed it; the loop thread wakes once per
 round. Handing each ack over on its own was a quarter of a worker's CPU per event.
 
+Delivery ledger records (:mod:`workers.ledger`) ride the same rounds, fire and forget: a
+record's publish is sent in its round before the ack or NAK it comes with (so once the ack is
+confirmed the record normally is stored too), but nobody waits for its PubAck, and a record that
+cannot be stored is logged (at most every ``_LEDGER_REPORT_EVERY``) and counted
+(``on_ledger_failure``), never failing or holding up the ack. Nothing is written when
+``LEDGER_MAX_AGE=0``.
+
 Attempt counts (:class:`workers.attempts.AttemptLog`) live in a JetStream key-value bucket, one
 key per consumer and stream sequence, so they survive the worker that wrote them. They are
 best effort: a bucket that does not answer within a second or two makes a job fall back to the
@@ -41,6 +48,7 @@ from dramatiq import Middleware
 
 from eventing.delivery import jobs, signatures
 from eventing.delivery.jobs import DeliveryJob
+from eventing.delivery.ledger import Record
 from eventing.delivery.steps import NOTHING_MADE, Progress
 from eventing.errors import BackendUnavailable, NotFound, UntrustedJob
 from eventing.nats import streams
@@ -58,18 +66,30 @@ _SETTLE_PAUSE = 0.25
 _SETTLE_WHILE_STOPPING = 2.0  # seconds after the worker began stopping that tries go on
 _CLOSE_TIMEOUT = 2.5  # seconds the connection may take to close (JetStreamClient bounds it)
 _KV_TIMEOUT = 2.0
+_LEDGER_TIMEOUT = 5.0  # seconds a ledger record's PubAck may take; nobody waits for it
+_LEDGER_REPORT_EVERY = 30.0  # seconds between warnings of records that were not stored
 
 T = TypeVar("T")
+#: What a round carries: an ack-type message (reply subject, payload), or a ledger record
+_Item = tuple[str, bytes] | Record
 
 
 class Acknowledger(Protocol):
     """What a delivery job may tell JetStream about its message."""
 
-    def ack(self, reply: str) -> None: ...
+    ledger: bool  #: whether delivery ledger records are written (``LEDGER_MAX_AGE`` > 0)
 
-    def nak(self, reply: str, delay: float) -> None: ...
+    def ack(self, reply: str, record: Record | None = None) -> None:
+        """Ack; ``record`` (the delivery's ledger record) is published first, best effort."""
+        ...
+
+    def nak(self, reply: str, delay: float, record: Record | None = None) -> None: ...
 
     def keepalive(self, reply: str) -> None: ...
+
+    def write(self, record: Record) -> None:
+        """Publish a ledger record without waiting (best effort)."""
+        ...
 
     def dead_letter(
         self, job: DeliveryJob, reason: str, status: int | None, attempts: int, *, answer: bytes
@@ -92,13 +112,22 @@ class NatsAcknowledger(Middleware):
     """A dramatiq middleware owning one NATS connection per worker process."""
 
     def __init__(
-        self, nats: NatsSettings, stream: StreamSettings, stop: GracefulStop | None = None
+        self,
+        nats: NatsSettings,
+        stream: StreamSettings,
+        stop: GracefulStop | None = None,
+        on_ledger_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self._nats = nats
         self._stream = stream
         self._attempts = streams.attempts_bucket(stream)
         self._connection: _Connection | None = None
         self._stop = stop
+        self.ledger = stream.ledger_max_age > 0  #: whether records are written at all
+        self._on_ledger_failure = on_ledger_failure
+        self._writing: set[asyncio.Task[bool]] = set()  #: records not confirmed yet
+        self._unstored = 0  #: records not stored since the last warning
+        self._reported_at: float | None = None  #: monotonic time of the last warning
 
     def before_worker_boot(self, broker: Any, worker: Any) -> None:
         loop = LoopThread("worker-nats")
@@ -107,7 +136,10 @@ class NatsAcknowledger(Middleware):
             self._nats,
             self._stream,
             name="eventing-worker",
-            streams=(streams.dead_letter_config(self._stream),),
+            streams=(
+                streams.dead_letter_config(self._stream),
+                *((streams.ledger_config(self._stream),) if self.ledger else ()),
+            ),
         )
 
         async def connect() -> None:
@@ -116,11 +148,15 @@ class NatsAcknowledger(Middleware):
 
         loop.run(connect(), timeout=self._nats.connect_timeout + 1)
 
-        async def confirm(acks: list[tuple[str, bytes]]) -> list[BaseException | None]:
-            return await asyncio.gather(
-                *(client.acknowledge(reply, payload, _ACK_TIMEOUT) for reply, payload in acks),
-                return_exceptions=True,
-            )
+        async def confirm(items: list[_Item]) -> list[BaseException | None]:
+            waits: list[Coroutine[Any, Any, None]] = []
+            for item in items:
+                if isinstance(item, Record):
+                    self._publish_record(client, item)
+                else:
+                    waits.append(client.acknowledge(item[0], item[1], _ACK_TIMEOUT))
+            results = iter(await asyncio.gather(*waits, return_exceptions=True))
+            return [None if isinstance(item, Record) else next(results) for item in items]
 
         async def keep_alive(replies: list[str]) -> list[None]:
             for reply in replies:
@@ -133,16 +169,52 @@ class NatsAcknowledger(Middleware):
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         if self._connection is not None:
             try:
+                self._connection.loop.run(self._records_stored(), _CLOSE_TIMEOUT)
                 self._connection.loop.run(self._connection.client.close(), _CLOSE_TIMEOUT)
             except TimeoutError:
                 logger.warning("NATS connection did not close within %gs", _CLOSE_TIMEOUT)
             self._connection.loop.close()
 
-    def ack(self, reply: str) -> None:
-        self._send(reply, b"+ACK")
+    def ack(self, reply: str, record: Record | None = None) -> None:
+        self._send(reply, b"+ACK", record)
 
-    def nak(self, reply: str, delay: float) -> None:
-        self._send(reply, b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode())
+    def nak(self, reply: str, delay: float, record: Record | None = None) -> None:
+        self._send(reply, b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode(), record)
+
+    def write(self, record: Record) -> None:
+        if self.ledger:
+            self._require().acks.post([record])
+
+    def _publish_record(self, client: JetStreamClient, record: Record) -> None:
+        """Start storing ``record`` (on the loop, in the round's order); its outcome is
+        reported, never waited for."""
+        stream = self._stream.ledger_name
+        task = asyncio.get_running_loop().create_task(
+            client.publish(record.message(), _LEDGER_TIMEOUT, stream=stream)
+        )
+        self._writing.add(task)
+        task.add_done_callback(self._record_done)
+
+    def _record_done(self, task: asyncio.Task[bool]) -> None:
+        self._writing.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        self._on_ledger_failure()
+        self._unstored += 1
+        now = time.monotonic()
+        if self._reported_at is None or now - self._reported_at >= _LEDGER_REPORT_EVERY:
+            logger.warning(
+                "%d delivery ledger record(s) not stored (deliveries go on; the ledger misses"
+                " them): %s",
+                self._unstored,
+                task.exception(),
+            )
+            self._unstored, self._reported_at = 0, now
+
+    async def _records_stored(self) -> None:
+        """Give the records under way a moment to be stored before the connection closes."""
+        if self._writing:
+            await asyncio.wait(set(self._writing), timeout=_CLOSE_TIMEOUT / 2)
 
     def keepalive(self, reply: str) -> None:
         # Fire and forget: a keepalive only restarts the ack wait, and a lost one costs at most
@@ -240,12 +312,14 @@ class NatsAcknowledger(Middleware):
         except TimeoutError as exc:
             raise BackendUnavailable(f"the attempts bucket did not answer: {exc}") from exc
 
-    def _send(self, reply: str, payload: bytes) -> None:
+    def _send(self, reply: str, payload: bytes, record: Record | None = None) -> None:
         """Send an ack or NAK, trying again for a while: while NATS reconnects or the consumer
         elects a new leader, acks go unanswered, and an ack that never arrives costs a
         duplicate delivery after the ack wait. Sending one twice is harmless. Once the worker
         is stopping, tries end ``_SETTLE_WHILE_STOPPING`` after that began: a NATS that went
         away first would otherwise hold the process past honcho's 5 s.
+
+        ``record`` goes with the first try only (a second try would store it twice).
 
         Raises:
             BackendUnavailable: no try was confirmed in time.
@@ -254,6 +328,7 @@ class NatsAcknowledger(Middleware):
         self._refuse_foreign(reply)
         acks = self._require().acks
         started = time.monotonic()
+        first: list[_Item] = [record] if record is not None and self.ledger else []
 
         def out_of_time(state: tenacity.RetryCallState) -> bool:
             give_up = started + _SETTLE_WITHIN
@@ -262,7 +337,9 @@ class NatsAcknowledger(Middleware):
             return time.monotonic() + _SETTLE_PAUSE >= give_up
 
         def confirm() -> None:
-            (failure,) = acks.call([(reply, payload)], timeout=_ACK_TIMEOUT + 1)
+            items = [*first, (reply, payload)]
+            first.clear()
+            *_, failure = acks.call(items, timeout=_ACK_TIMEOUT + 1)
             if failure is not None:
                 raise failure
 
@@ -300,7 +377,7 @@ class _Connection:
 
     loop: LoopThread
     client: JetStreamClient
-    acks: Rounds[tuple[str, bytes], BaseException | None]  #: confirmed: the result per ack
+    acks: Rounds[_Item, BaseException | None]  #: confirmed: the result per ack (None: a record)
     keepalives: Rounds[str, None]  #: posted, never waited for
 
 

@@ -66,7 +66,19 @@ class Attempt:
     started: float = 0.0  #: Unix seconds
 
 
-def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """The request that delivers an event, and the event's identity (for logs and the ledger):
+    the one parse of the stored event a job makes."""
+
+    headers: dict[str, str]
+    body: bytes
+    source: str
+    id: str
+    type: str  #: as published (``originaltype`` if the proxy kept one)
+
+
+def encode(job: DeliveryJob) -> Encoded:
     """The headers and body that deliver ``job``'s event in binary mode.
 
     Raises:
@@ -79,7 +91,10 @@ def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
     except UnicodeEncodeError as exc:  # the manager keeps bytes that are no UTF-8 as surrogates
         raise PermanentDeliveryError(f"{unable}: it is not UTF-8 (byte {exc.start})") from None
     try:
-        headers, body = cloudevent.to_binary_request(stored, job.event_type)
+        event = cloudevent.from_stored(stored)
+        headers, body = cloudevent.binary_request(event, job.event_type)
+        published = event.get_extension("originaltype") or event.get_type()
+        source, event_id = event.get_source(), event.get_id()
     except Exception as exc:  # whatever reading back an event nobody validated raises
         raise PermanentDeliveryError(f"{unable}: {_unreadable(stored, exc)}") from exc
     for name, value in headers.items():
@@ -88,7 +103,7 @@ def encode(job: DeliveryJob) -> tuple[dict[str, str], bytes]:
                 f"{unable}: its {name} header would be {_short(ascii(value))}; a header value is"
                 " visible ASCII, spaces and tabs (RFC 9110)"
             )
-    return headers, body
+    return Encoded(headers, body, source, event_id, str(published))
 
 
 def _unreadable(stored: bytes, exc: Exception) -> str:

@@ -119,6 +119,11 @@ class DeliveryMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.ledger_write_failures = Counter(
+            "eventing_ledger_write_failures",
+            "Delivery ledger records that could not be stored (the deliveries went on).",
+            registry=self.registry,
+        )
 
     def observer(self, job: DeliveryJob) -> Callable[[Attempt], None]:
         namespace, _, name = job.subscription.partition("/")

@@ -276,7 +276,11 @@ def to_binary_request(stored: bytes, event_type: str) -> tuple[dict[str, str], b
     no further. The body is the data as the publisher sent it: binary-mode bytes unchanged, a
     JSON value serialised compactly (a JSON string keeps its quotes, as JSON requires).
     """
-    event = from_stored(stored)
+    return binary_request(from_stored(stored), event_type)
+
+
+def binary_request(event: Event, event_type: str) -> tuple[dict[str, str], bytes]:
+    """:func:`to_binary_request` of an event read already (a worker keeps its source and id)."""
     headers: dict[str, str] = {}
     for name, value in {**event.attributes, "type": event_type}.items():
         text = header_form(value)

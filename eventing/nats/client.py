@@ -40,6 +40,7 @@ from eventing.errors import (
 from eventing.nats.auth import connect_options, reload_certificate, unauthenticated_warning
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage
+from eventing.nats.reading import StreamReader
 from eventing.nats.stored import StoredMessages
 from eventing.nats.streams import needs_update, stream_config
 from eventing.redaction import without_credentials
@@ -458,6 +459,11 @@ class JetStreamClient:
         """The stored messages of the current connection: scanned, read and deleted one by one
         (dead letters, ledger records)."""
         return StoredMessages(self._js)
+
+    @property
+    def reader(self) -> StreamReader:
+        """Reads of stored messages by subject on the current connection (the manager's API)."""
+        return StreamReader(self._js)
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a

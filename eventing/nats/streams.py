@@ -99,9 +99,6 @@ def archive_config(settings: StreamSettings) -> StreamConfig | None:
         settings.archive_max_bytes,
         name=settings.archive_name,
         sources=[StreamSource(name=settings.name)],
-        # JetStream refuses a duplicate window beyond the age; the event stream deduplicated
-        # already, so the archive's own window only has to be valid.
-        duplicate_window=min(settings.duplicate_window, settings.archive_max_age),
     )
 
 
@@ -109,7 +106,13 @@ def _dropping_oldest(
     settings: StreamSettings, max_age: float, max_bytes: int, **fields: Any
 ) -> StreamConfig:
     """A stream of limits retention, kept ``max_age`` within ``max_bytes``, the oldest messages
-    dropped first (the ledger, the archive)."""
+    dropped first (the ledger, the archive).
+
+    Its duplicate window is set as the server would keep it (JetStream refuses one beyond the
+    age, and stores 2 minutes for none): unset, every connection found the stream different and
+    updated it. Neither stream needs its own: the event stream deduplicated already, and a
+    repeated ledger record says nothing new.
+    """
     return StreamConfig(
         retention=RetentionPolicy.LIMITS,
         storage=StorageType(settings.storage),
@@ -117,6 +120,7 @@ def _dropping_oldest(
         num_replicas=settings.replicas,
         max_age=max_age,
         max_bytes=max_bytes,
+        duplicate_window=min(settings.duplicate_window, max_age),
         **fields,
     )
 

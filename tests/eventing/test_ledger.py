@@ -3,6 +3,8 @@ form that reads back as written."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from eventing.delivery import ledger
@@ -70,3 +72,9 @@ def test_the_shown_form_has_rfc3339_times_and_only_the_fields_that_say_something
 def test_a_record_is_stored_on_its_subject() -> None:
     message = RECORD.message()
     assert (message.subject, Record.from_bytes(message.payload)) == (RECORD.subject, RECORD)
+
+
+def test_the_json_form_holds_every_field() -> None:
+    assert RECORD.to_dict() == dataclasses.asdict(RECORD)
+    without = Record(**{**RECORD.to_dict(), "attempt": None})
+    assert without.to_dict() == dataclasses.asdict(without)

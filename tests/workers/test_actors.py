@@ -12,6 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from eventing.delivery import jobs
 from eventing.delivery.jobs import DeliveryJob
+from eventing.delivery.ledger import Record
 from eventing.delivery.steps import NOTHING_MADE, Progress
 from eventing.errors import BackendUnavailable
 from eventing.settings import DeliverySettings
@@ -22,18 +23,26 @@ from workers.metrics import DeliveryMetrics
 
 
 class RecordingAcks:
+    ledger = True
+
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.counts: dict[int, Progress] = {}
         self.unreachable = False  #: acks raise, as when NATS stays away too long
+        self.records: list[Record] = []  #: delivery ledger records, in the order written
 
-    def ack(self, reply: str) -> None:
+    def ack(self, reply: str, record: Record | None = None) -> None:
         if self.unreachable:
             raise BackendUnavailable("not confirmed within 15s")
         self.calls.append(("ack", reply))
+        self.records += [record] if record is not None else []
 
-    def nak(self, reply: str, delay: float) -> None:
+    def nak(self, reply: str, delay: float, record: Record | None = None) -> None:
         self.calls.append(("nak", reply, round(delay)))
+        self.records += [record] if record is not None else []
+
+    def write(self, record: Record) -> None:
+        self.records.append(record)
 
     def keepalive(self, reply: str) -> None:
         self.calls.append(("keepalive", reply))
@@ -221,3 +230,66 @@ def test_a_message_the_manager_did_not_sign_is_dropped_unread(
 def test_the_job_contract_round_trips() -> None:
     job = make_job()
     assert DeliveryJob.from_dict(job.to_dict()) == job
+
+
+def test_a_first_try_delivery_writes_one_ledger_record(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    job = make_job(sink=sink_server.url)
+    deliver(broker, job)
+    [record] = acks.records
+    assert (record.outcome, record.source, record.id, record.type) == (
+        "delivered",
+        "myapp",
+        "evt-1",
+        "order.created.v1",
+    )
+    assert (record.subscription, record.sequence, record.origin) == ("default/orders", 7, "live")
+    assert record.attempt is not None
+    assert (record.attempt.number, record.attempt.kind, record.attempt.status) == (
+        1,
+        "answered",
+        204,
+    )
+
+
+def test_each_failed_attempt_is_a_retrying_record_then_the_outcome(
+    broker: StubBroker,
+    acks: RecordingAcks,
+    sink_server: SinkServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers = iter([503, 503])
+    sink_server.sink.answer = lambda request: next(answers, 200)
+    job = make_job(sink=sink_server.url, policy=replace(POLICY, backoff_delay=0.01))
+    caplog.set_level("INFO")
+    deliver(broker, job)
+    shown = [
+        (r.outcome, r.attempt.number, r.attempt.status, r.reason)
+        for r in acks.records
+        if r.attempt is not None
+    ]
+    assert shown == [
+        ("retrying", 1, 503, "sink answered 503"),
+        ("retrying", 2, 503, "sink answered 503"),
+        ("delivered", 3, 200, ""),
+    ]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("workers.")]
+    named = [line for line in lines if line.startswith(("retrying", "delivered"))]
+    assert [line.split()[:2] for line in named] == [
+        ["retrying", "default/orders"],
+        ["retrying", "default/orders"],
+        ["delivered", "default/orders"],
+    ]
+    assert all(line.endswith("; ce-id 'evt-1' source 'myapp'") for line in named)
+
+
+def test_a_dead_letter_writes_one_record_with_its_last_attempt(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    sink_server.sink.answer = lambda request: 400
+    deliver(broker, make_job(sink=sink_server.url))
+    [record] = acks.records
+    assert record.outcome == "dead-lettered"
+    assert record.reason == "sink refused the event with 400"
+    assert record.attempt is not None and record.attempt.status == 400

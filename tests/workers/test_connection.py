@@ -14,7 +14,8 @@ from nats.js.api import StorageType
 from eventing.delivery.steps import NOTHING_MADE, Progress
 from eventing.errors import BackendUnavailable, UntrustedJob
 from eventing.settings import Settings
-from testing.servers import NatsServer
+from testing.servers import NatsServer, wait_until
+from tests.eventing.test_ledger import RECORD
 from tests.workers.conftest import make_job
 from workers.connection import NatsAcknowledger
 from workers.shutdown import GracefulStop
@@ -136,3 +137,89 @@ def test_nothing_is_published_outside_the_streams_reply_subjects(
     for settle in (acks.ack, lambda r: acks.nak(r, 1.0), acks.keepalive):
         with pytest.raises(UntrustedJob, match="ack subject"):
             settle(reply)
+
+
+async def _one_message(url: str) -> str:
+    """The reply subject of a message pulled from a stream ``sap`` (an ack subject of it)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="sap", subjects=["acks.>"])
+        await js.publish("acks.x", b"0")
+        subscription = await js.pull_subscribe("acks.x", durable="d", stream="sap")
+        [message] = await subscription.fetch(1, timeout=5)
+        return str(message.reply)
+    finally:
+        await nc.close()
+
+
+async def _stored(url: str, stream: str) -> list[bytes]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        if not info.state.messages:
+            return []
+        first, last = info.state.first_seq, info.state.last_seq
+        return [(await js.get_msg(stream, seq)).data or b"" for seq in range(first, last + 1)]
+    finally:
+        await nc.close()
+
+
+def test_a_delivery_record_goes_with_its_ack(
+    acks: NatsAcknowledger, nats_server: NatsServer
+) -> None:
+    reply = asyncio.run(_one_message(nats_server.url))
+    acks.ack(reply, RECORD)
+    wait_until(
+        lambda: asyncio.run(_stored(nats_server.url, "sap-ledger")) == [RECORD.to_bytes()],
+        5,
+        "the record in the ledger stream",
+    )
+
+
+def test_a_record_that_cannot_be_stored_never_fails_the_ack(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def squat() -> None:  # another stream holds the ledger's subjects: records are refused
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().add_stream(name="squatter", subjects=["ledger.>"])
+        finally:
+            await nc.close()
+
+    asyncio.run(squat())
+    reply = asyncio.run(_one_message(nats_server.url))
+    settings = Settings.from_environ({"NATS_URL": nats_server.url, "RECONNECT_WAIT": "100ms"})
+    failures: list[None] = []
+    acks = NatsAcknowledger(settings.nats, settings.stream, None, lambda: failures.append(None))
+    acks.before_worker_boot(None, None)
+    try:
+        acks.ack(reply, RECORD)  # confirmed, or this raises
+        acks.write(RECORD)
+        wait_until(lambda: len(failures) == 2, 10, "both records counted as not stored")
+    finally:
+        acks.after_worker_shutdown(None, None)
+    [warning] = [r for r in caplog.records if "ledger record(s) not stored" in r.getMessage()]
+    assert warning.levelname == "WARNING"  # once: the second waits for the next report
+
+
+def test_with_the_ledger_off_no_record_is_published(nats_server: NatsServer) -> None:
+    async def ledger_stream() -> None:  # left from when the ledger was on
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().add_stream(name="sap-ledger", subjects=["ledger.>"])
+        finally:
+            await nc.close()
+
+    asyncio.run(ledger_stream())
+    reply = asyncio.run(_one_message(nats_server.url))
+    settings = Settings.from_environ({"NATS_URL": nats_server.url, "LEDGER_MAX_AGE": "0"})
+    acks = NatsAcknowledger(settings.nats, settings.stream)
+    acks.before_worker_boot(None, None)
+    try:
+        acks.write(RECORD)
+        acks.ack(reply, RECORD)  # a record would have gone out before this ack's confirmation
+    finally:
+        acks.after_worker_shutdown(None, None)
+    assert asyncio.run(_stored(nats_server.url, "sap-ledger")) == []

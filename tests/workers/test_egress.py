@@ -27,9 +27,11 @@ def policy() -> Iterator[None]:
 
 
 def post(sink: str) -> int:
-    headers, body = delivery.encode(make_job(sink=sink))
+    encoded = delivery.encode(make_job(sink=sink))
     attempts: list[Attempt] = []
-    return delivery.post(deadline.session(), make_job(sink=sink), headers, body, attempts.append)
+    return delivery.post(
+        deadline.session(), make_job(sink=sink), encoded.headers, encoded.body, attempts.append
+    )
 
 
 def test_a_refused_address_gets_no_request_and_a_closed_port_looks_the_same(
