@@ -105,6 +105,8 @@ def routes(context: ApiContext) -> list[web.RouteDef]:
                     field=name,
                     expected=f"the event's CloudEvents {name}",
                 )
+        if not _ledger_on(context):
+            return problem(409, "the delivery ledger is off (LEDGER_MAX_AGE=0): no history kept")
         try:
             records = await _records(context, source, event_id)
             event, waiting = await pending(context, source, event_id, records)

@@ -240,10 +240,10 @@ class Redrives:
         if not own:
             return
         work = [_job(target, message) for message in own]
+        # Noted before the jobs go: a worker's record of the delivery then always follows it.
+        await self._note_redriven(target, [m for m in own if m.stream_sequence not in handed])
         await asyncio.to_thread(enqueue, work)
-        fresh = [m for m in own if m.stream_sequence not in handed]
         handed.update(m.stream_sequence for m in own)
-        await self._note_redriven(target, fresh)
 
     async def _note_redriven(self, target: Target, messages: list[PulledMessage]) -> None:
         """Write the ``redriven`` ledger record of each dead letter handed over (best effort)."""
