@@ -33,9 +33,10 @@ owns_stream() {
 
 nats() {
     proxy=$(random) manager=$(random) workers=$(random) route=$(random)
-    # JS_STREAM_NAME, JS_DLQ_STREAM_NAME, JS_ARCHIVE_STREAM_NAME (their defaults) and the
-    # workers' attempts bucket.
-    stream=sap dead_letters=sap-dlq archive=sap-archive bucket=KV_eventing-attempts
+    # JS_STREAM_NAME, JS_DLQ_STREAM_NAME, JS_ARCHIVE_STREAM_NAME, JS_LEDGER_STREAM_NAME (their
+    # defaults) and the workers' attempts bucket.
+    stream=sap dead_letters=sap-dlq archive=sap-archive ledger=sap-ledger
+    bucket=KV_eventing-attempts
     secret eventing-nats-server
     # Each user publishes and subscribes only what its component does (eventing/nats/): replies
     # to its requests (PubAcks, API answers, the manager's pulled events) come back on its own
@@ -58,7 +59,10 @@ nats() {
           # The manager owns the streams and every consumer, pulls, and dead-letters the
           # backlog beyond MAX_BACKLOG (a publish on dlq.>, then the event's ack). It keeps the
           # replay archive (deleted when EVENT_ARCHIVE_MAX_AGE=0), reads its first and last
-          # events, and pulls its replay consumers like the live ones.
+          # events, and pulls its replay consumers like the live ones. Its API reads the
+          # delivery ledger and the dead letters through consumers of their own, looks an event
+          # up in the event stream, pulls redrives and dead-letter sinks from sap-dlq (acking
+          # the letters it skips), purges dead letters, and notes redrives in the ledger.
           {
             user: manager, password: $manager
             permissions: {
@@ -76,17 +80,40 @@ nats() {
                                  "\$JS.API.CONSUMER.DURABLE.CREATE.$archive.>",
                                  "\$JS.API.CONSUMER.DELETE.$archive.>",
                                  "\$JS.API.CONSUMER.MSG.NEXT.$archive.>",
-                                 "\$JS.ACK.$archive.>"] }
+                                 "\$JS.ACK.$archive.>",
+                                 "\$JS.API.STREAM.MSG.GET.$stream",
+                                 "\$JS.API.STREAM.MSG.GET.$dead_letters",
+                                 "\$JS.API.STREAM.MSG.DELETE.$dead_letters",
+                                 "\$JS.API.CONSUMER.LIST.$dead_letters",
+                                 "\$JS.API.CONSUMER.INFO.$dead_letters.>",
+                                 "\$JS.API.CONSUMER.CREATE.$dead_letters.>",
+                                 "\$JS.API.CONSUMER.DURABLE.CREATE.$dead_letters.>",
+                                 "\$JS.API.CONSUMER.DELETE.$dead_letters.>",
+                                 "\$JS.API.CONSUMER.MSG.NEXT.$dead_letters.>",
+                                 "\$JS.ACK.$dead_letters.>",
+                                 $(owns_stream $ledger), "ledger.>",
+                                 "\$JS.API.STREAM.MSG.GET.$ledger",
+                                 "\$JS.API.CONSUMER.INFO.$ledger.>",
+                                 "\$JS.API.CONSUMER.CREATE.$ledger",
+                                 "\$JS.API.CONSUMER.CREATE.$ledger.>",
+                                 "\$JS.API.CONSUMER.DELETE.$ledger.>",
+                                 "\$JS.API.CONSUMER.MSG.NEXT.$ledger.>",
+                                 "\$JS.FC.$ledger.>"] }
               subscribe: { allow: ["_INBOX_manager.>"] }
             }
           }
-          # The workers ack (and nak, and keep alive) the messages of the event stream and
-          # the archive (replays), count attempts in their key-value bucket, and publish dead
-          # letters.
+          # The workers ack (and nak, and keep alive) the messages of the event stream, the
+          # archive (replays) and sap-dlq (redrives, dead-letter sinks), count attempts in their
+          # key-value bucket, publish dead letters (and replace or delete a redriven one), and
+          # write the delivery ledger.
           {
             user: workers, password: $workers
             permissions: {
               publish: { allow: ["\$JS.ACK.$stream.>", "\$JS.ACK.$archive.>", "dlq.>", $(owns_stream $dead_letters),
+                                 "\$JS.ACK.$dead_letters.>",
+                                 "\$JS.API.STREAM.MSG.GET.$dead_letters",
+                                 "\$JS.API.STREAM.MSG.DELETE.$dead_letters",
+                                 $(owns_stream $ledger), "ledger.>",
                                  "\$JS.API.STREAM.INFO.$bucket", "\$JS.API.STREAM.CREATE.$bucket",
                                  "\$JS.API.STREAM.PURGE.$bucket",
                                  "\$JS.API.STREAM.MSG.GET.$bucket",

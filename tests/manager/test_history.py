@@ -88,6 +88,21 @@ def test_a_dead_letter_without_an_attempt_lists_none() -> None:
     )
 
 
+def test_a_dead_letter_sinks_deliveries_are_shown_apart_and_leave_the_outcome() -> None:
+    lettered = replace(RETRYING, outcome="dead-lettered", reason="out of attempts")
+    sent = replace(DELIVERED, origin="dead-letter-sink", sequence=3)
+    entry = history.history("shop", "A-1", "", [lettered, sent], {})["subscriptions"][
+        "default/orders"
+    ]
+    assert (entry["outcome"], entry["sequence"], len(entry["attempts"])) == (
+        "dead-lettered",
+        7,
+        1,
+    )
+    assert entry["deadLetterSink"]["outcome"] == "delivered"
+    assert [a["status"] for a in entry["deadLetterSink"]["attempts"]] == [204]
+
+
 @pytest.mark.parametrize(
     ("pattern", "subject", "matches"),
     [
