@@ -1,17 +1,19 @@
-"""JetStream consumers in our own types: create, update, delete and list them, and pull.
+"""JetStream consumers in our own types: create, update, delete and list them, pull, and say
+where they and their streams stand (:meth:`ConsumerApi.progress`, :meth:`ConsumerApi.stream_state`).
 
 The manager reaches its consumers only through :class:`ConsumerApi` (``client.jetstream``), so
 no service imports nats-py: consumers are described by :class:`~eventing.nats.streams.Consumer`,
 pulled messages by :class:`~eventing.nats.messages.PulledMessage`, and every nats-py error (or a
 timeout) becomes a :class:`~eventing.errors.ConsumerError` with the server's description.
-Acks are not here: any connection may ack (:meth:`JetStreamClient.acknowledge`).
+Acks are not here: any connection may ack (:meth:`JetStreamClient.acknowledge`). Stored
+messages by subject or sequence are read in :mod:`eventing.nats.stored`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nats.errors
@@ -27,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 _PAGE = 256  #: consumers per page of the server's consumer list
 _FOLLOW_HEARTBEAT = 2.0  #: seconds between an ordered consumer's heartbeats when idle
-_NO_MESSAGE = 10037  #: JetStream's error code for "no message found" (the stream exists)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,21 +43,14 @@ class StreamState:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One message as a stream stores it (read by sequence)."""
-
-    sequence: int
-    time: float  #: Unix seconds when it was stored
-    headers: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
 class Progress:
     """How far a consumer has come."""
 
     pending: int  #: matching messages not handed out yet
     ack_pending: int  #: handed out, not acked yet
     delivered_sequence: int  #: the stream sequence of the last message handed out
+    ack_floor: int  #: every stream sequence up to this one is acknowledged
+    created: float  #: Unix seconds; a consumer that starts at "new" never gets older messages
 
 
 class ConsumerApi:
@@ -96,7 +90,12 @@ class ConsumerApi:
         return info.num_pending or 0
 
     async def progress(self, stream: str, name: str) -> Progress:
-        """How far the consumer ``name`` has come."""
+        """How far the consumer ``name`` has come.
+
+        Raises:
+            NotFound: no such stream or consumer.
+            ConsumerError: the server could not be asked.
+        """
         js = self._require()
         with _translated():
             info = await js.consumer_info(stream, name)
@@ -104,6 +103,8 @@ class ConsumerApi:
             pending=info.num_pending or 0,
             ack_pending=info.num_ack_pending or 0,
             delivered_sequence=info.delivered.stream_seq if info.delivered else 0,
+            ack_floor=info.ack_floor.stream_seq if info.ack_floor else 0,
+            created=info.created.timestamp() if info.created else 0.0,
         )
 
     async def stream_state(self, stream: str) -> StreamState:
@@ -118,22 +119,6 @@ class ConsumerApi:
             messages=info.state.messages,
             bytes=info.state.bytes,
             source_lag=sources[0].lag if sources else None,
-        )
-
-    async def stored(self, stream: str, sequence: int) -> StoredMessage | None:
-        """The message ``sequence`` of ``stream``; None when it holds no such message."""
-        js = self._require()
-        with _translated():
-            try:
-                raw = await js.get_msg(stream, sequence)
-            except nats.js.errors.NotFoundError as exc:
-                if exc.err_code != _NO_MESSAGE:  # the stream itself is not there
-                    raise
-                return None
-        return StoredMessage(
-            sequence=raw.seq or sequence,
-            time=raw.time.timestamp() if raw.time else 0.0,
-            headers=dict(raw.headers or {}),
         )
 
     async def pull(self, stream: str, name: str) -> Pull:
