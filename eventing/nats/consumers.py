@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventing.errors import ConsumerError, NotFound
 from eventing.nats.messages import PulledMessage
@@ -28,7 +27,6 @@ from eventing.nats.streams import Consumer, consumer_config, consumer_of
 logger = logging.getLogger(__name__)
 
 _PAGE = 256  #: consumers per page of the server's consumer list
-_FOLLOW_HEARTBEAT = 2.0  #: seconds between an ordered consumer's heartbeats when idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,25 +125,6 @@ class ConsumerApi:
         with _translated():
             return Pull(name, await js.pull_subscribe_bind(durable=name, stream=stream))
 
-    async def follow(self, stream: str, subject: str, start: int) -> Follow:
-        """Read ``subject`` of ``stream`` in order from the sequence ``start`` (or the oldest
-        message kept after it) on: an ordered consumer, in the server's memory and never acked,
-        that nats-py recreates after a gap (a reconnection, two missed heartbeats: a server that
-        restarted lost it)."""
-        js = self._require()
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
-        )
-        with _translated():
-            subscription = await js.subscribe(
-                subject,
-                stream=stream,
-                config=config,
-                ordered_consumer=True,
-                idle_heartbeat=_FOLLOW_HEARTBEAT,
-            )
-        return Follow(subscription)
-
     def _require(self) -> JetStreamContext:
         if self._js is None:
             raise ConsumerError("not connected to NATS")
@@ -188,35 +167,6 @@ class Pull:
             await self._subscription.unsubscribe()
         except (nats.errors.Error, TimeoutError) as exc:
             logger.debug("closing the pull of %s: %r", self.name, exc)
-
-
-class Follow:
-    """An ordered reading of a stream (:meth:`ConsumerApi.follow`); :meth:`close` it when done."""
-
-    def __init__(self, subscription: JetStreamContext.PushSubscription) -> None:
-        self._subscription = subscription
-
-    async def fetch(self, batch: int, timeout: float) -> list[tuple[int, bytes]]:
-        """Up to ``batch`` messages (stream sequence, data), waiting up to ``timeout`` seconds
-        for the first; none if nothing came."""
-        read: list[tuple[int, bytes]] = []
-        with _translated():
-            try:
-                message = await self._subscription.next_msg(timeout)
-                read.append((message.metadata.sequence.stream, message.data))
-                while len(read) < batch and self._subscription.pending_msgs:
-                    message = await self._subscription.next_msg(timeout)
-                    read.append((message.metadata.sequence.stream, message.data))
-            except TimeoutError:  # nats-py's own TimeoutError is one too
-                pass
-        return read
-
-    async def close(self) -> None:
-        """Unsubscribe (the server then drops the consumer); never raises."""
-        try:
-            await self._subscription.unsubscribe()
-        except (nats.errors.Error, TimeoutError) as exc:
-            logger.debug("closing an ordered reading: %r", exc)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,12 @@ costs what it shows, never the stream's size in memory.
   time, in pages, up to a bound if asked, without bodies when only headers are needed
   (``headers_only``); never a silently short answer, which would end a listing's pages.
 - :meth:`StoredMessages.follow`: the messages stored from now (or a time) on, for as long as the
-  caller iterates (the ledger's tail).
+  caller iterates (the ledger's tail: one HTTP answer's lifetime; it ends with the connection).
+- :meth:`StoredMessages.follow_from`: the messages from a sequence on, for as long as a process
+  lives (the manager's ledger follower): an ordered consumer, which nats-py recreates at the
+  next sequence after a gap (a reconnection, a server that restarted). Not the tail's reading:
+  an ordered consumer that has taken nothing yet is recreated at the stream's first sequence,
+  so one "from now" or "from a time" would hand out the whole stream after a gap.
 - :meth:`StoredMessages.get` and :meth:`StoredMessages.delete`: one message by sequence.
 
 Every nats-py error becomes a :class:`~eventing.errors.ConsumerError`
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -36,12 +42,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from eventing.errors import ConsumerError
 from eventing.nats.consumers import _translated
 
+logger = logging.getLogger(__name__)
+
 _PAGE = 256  #: messages per fetch
 _FETCH_TIMEOUT = 2.0  #: a page that is pending arrives at once; this only bounds a lost one
 _IDLE = 30.0  #: seconds unpulled after which the server removes a reading's consumer: one a
 #: crashed reader left behind, not one whose caller takes its time between pages
 _IDLE_WAIT = 1.0  #: seconds a follower waits for a new message before it yields nothing
 _BUSY_WAIT = 0.05
+_ORDERED_HEARTBEAT = 2.0  #: seconds between an ordered consumer's heartbeats when idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,30 @@ class StoredMessages:
         async with self._consumer(stream, config) as (_, pull):
             yield _batches(pull)
 
+    async def follow_from(self, stream: str, subject: str, start: int) -> Following:
+        """Read ``subject`` of ``stream`` in order from the sequence ``start`` (or the oldest
+        message kept after it) on: an ordered consumer, in the server's memory and never acked,
+        that nats-py recreates after a gap (a reconnection, two missed heartbeats: a server that
+        restarted lost it).
+
+        Raises:
+            NotFound: no such stream.
+            ConsumerError: the server could not be asked.
+        """
+        js = self._require()
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
+        )
+        with _translated():
+            subscription = await js.subscribe(
+                subject,
+                stream=stream,
+                config=config,
+                ordered_consumer=True,
+                idle_heartbeat=_ORDERED_HEARTBEAT,
+            )
+        return Following(subscription)
+
     async def get(self, stream: str, sequence: int) -> StoredMessage:
         """The message at ``sequence``.
 
@@ -178,6 +211,34 @@ class StoredMessages:
         if self._js is None:
             raise ConsumerError("not connected to NATS")
         return self._js
+
+
+class Following:
+    """An ordered reading of a stream (:meth:`StoredMessages.follow_from`); :meth:`close` it
+    when done."""
+
+    def __init__(self, subscription: JetStreamContext.PushSubscription) -> None:
+        self._subscription = subscription
+
+    async def fetch(self, batch: int, timeout: float) -> list[StoredMessage]:
+        """Up to ``batch`` messages, waiting up to ``timeout`` seconds for the first; none if
+        nothing came."""
+        read: list[StoredMessage] = []
+        with _translated():
+            try:
+                read.append(_stored(await self._subscription.next_msg(timeout)))
+                while len(read) < batch and self._subscription.pending_msgs:
+                    read.append(_stored(await self._subscription.next_msg(timeout)))
+            except TimeoutError:  # nats-py's own TimeoutError is one too
+                pass
+        return read
+
+    async def close(self) -> None:
+        """Unsubscribe (the server then drops the consumer); never raises."""
+        try:
+            await self._subscription.unsubscribe()
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.debug("closing an ordered reading: %r", exc)
 
 
 def _start(
