@@ -135,16 +135,16 @@ async def follow(
     problem = ""
     while not stop.is_set():
         try:
-            reading = await client.jetstream.follow(stream, f"{ledger.PREFIX}.>", after + 1)
+            reading = await client.stored.follow_from(stream, f"{ledger.PREFIX}.>", after + 1)
             problem = ""
             try:
                 while not stop.is_set():
-                    for sequence, data in await reading.fetch(_BATCH, _WAIT):
-                        after = sequence
+                    for message in await reading.fetch(_BATCH, _WAIT):
+                        after = message.sequence
                         try:
-                            health.take(Record.from_bytes(data))
+                            health.take(Record.from_bytes(message.data))
                         except ValueError as exc:  # anyone with NATS access may write there
-                            logger.debug("ledger record %d is unreadable: %s", sequence, exc)
+                            logger.debug("ledger record %d is unreadable: %s", after, exc)
                     # A fetch from a full queue never suspends: catching up on a long ledger
                     # would hold the loop that pulls events and serves the API.
                     await asyncio.sleep(0)

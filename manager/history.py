@@ -21,6 +21,7 @@ on a legacy subject is not searched for: without a record it is unknown here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -37,7 +38,7 @@ from eventing.delivery.ledger import Record
 from eventing.errors import ConsumerError, NotFound
 from eventing.events.eventtypes import clean_source
 from eventing.nats.messages import PulledMessage
-from eventing.nats.reading import StoredMessage
+from eventing.nats.stored import StoredMessage
 from eventing.subscriptions import matching
 from manager.api import ApiContext
 from manager.consumers import Target
@@ -166,7 +167,7 @@ async def _follow(
     stream = context.settings.stream.ledger_name
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     try:
-        async with context.client.reader.follow(stream, subject, since) as batches:
+        async with context.client.stored.follow(stream, subject, since) as batches:
             await response.prepare(request)
             async for batch in batches:
                 if context.stopping.is_set() or _gone(request):
@@ -206,9 +207,12 @@ async def _records(context: ApiContext, source: str, event_id: str) -> list[Reco
         return []
     subject = f"{ledger.PREFIX}.{ledger.event_key(source, event_id)}.*"
     try:
-        stored = await context.client.reader.read(
-            context.settings.stream.ledger_name, subject, RECORDS_LIMIT
-        )
+        stored = [
+            message
+            async for message in context.client.stored.scan(
+                context.settings.stream.ledger_name, [subject], limit=RECORDS_LIMIT
+            )
+        ]
     except NotFound:
         return []
     records = []
@@ -237,7 +241,7 @@ async def pending(
         if key in recorded or key in waiting or not _receives(target, event, pulled):
             continue
         try:
-            position = await context.client.reader.consumer(context.settings.stream.name, name)
+            position = await context.client.jetstream.progress(context.settings.stream.name, name)
         except NotFound:
             continue  # not created yet: it starts at "new", after this event
         if position.ack_floor < event.sequence and position.created <= event.time:
@@ -266,25 +270,22 @@ async def _stored_event(
 ) -> StoredMessage | None:
     """The event in the event stream: at the sequence a live record names, or searched for on
     its source's standard subjects."""
-    reader, stream = context.client.reader, context.settings.stream.name
+    stored, stream = context.client.stored, context.settings.stream.name
     live = [r.sequence for r in records if r.origin == "live"]
     try:
         if live:
-            found = await reader.message(stream, live[-1])
+            found = await stored.get(stream, live[-1])
             return found if _is_event(found, source, event_id) else None
         cleaned = clean_source(source)
         if not cleaned:
             return None
-        candidates = await reader.read(
-            stream,
-            f"{context.settings.stream.subject_prefix}.{cleaned}.>",
-            SEARCH_LIMIT,
-            headers_only=True,
-        )
-        for candidate in candidates:
-            if _is_event(candidate, source, event_id):
-                found = await reader.message(stream, candidate.sequence)
-                return found if _is_event(found, source, event_id) else None
+        subject = f"{context.settings.stream.subject_prefix}.{cleaned}.>"
+        candidates = stored.scan(stream, [subject], limit=SEARCH_LIMIT, headers_only=True)
+        async with contextlib.aclosing(candidates):
+            async for candidate in candidates:
+                if _is_event(candidate, source, event_id):
+                    found = await stored.get(stream, candidate.sequence)
+                    return found if _is_event(found, source, event_id) else None
     except NotFound:
         return None
     return None

@@ -35,9 +35,11 @@ from aiohttp import web
 
 from eventing import units
 from eventing.delivery import jobs
-from eventing.errors import BackendUnavailable, ConsumerError
+from eventing.errors import BackendUnavailable, ConsumerError, NotFound
+from eventing.nats.client import JetStreamClient
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import PulledMessage, source_sequence
+from eventing.nats.stored import StoredMessage
 from manager.api import ApiContext, leading
 from manager.consumers import Target, consumer
 from manager.metrics import ManagerMetrics
@@ -177,7 +179,7 @@ class Replayer:
         names = [jobs.reading_consumer(t.spec.name, ORIGIN) for t in targets]
         try:
             last = await (self._caught_up(js) if seam else self._last(js))
-            operation.expired = await expired(js, self._archive, since, sequence)
+            operation.expired = await expired(self._context.client, self._archive, since, sequence)
             if operation.expired:
                 namespace, _, name = operation.subscription.partition("/")
                 self._metrics.archive_expired.labels(namespace, name).inc(operation.expired)
@@ -228,7 +230,7 @@ class Replayer:
         deadline = time.monotonic() + _CATCH_UP
         while True:
             last = await self._last(js)
-            newest = await js.stored(self._archive, last) if last else None
+            newest = await _archived(self._context.client, self._archive, last) if last else None
             copied = source_sequence(newest.headers) if newest is not None else None
             if seam == 0 or (copied is not None and copied >= seam):
                 return last
@@ -305,7 +307,9 @@ class Replayer:
             logger.warning("could not ack %d replayed message(s): %s", len(failed), failed[0])
 
 
-async def expired(js: ConsumerApi, archive: str, since: float | None, sequence: int | None) -> int:
+async def expired(
+    client: JetStreamClient, archive: str, since: float | None, sequence: int | None
+) -> int:
     """How many archived events retention removed from what a replay from ``since`` (Unix
     seconds) or ``sequence`` (of the archive) asked for.
 
@@ -315,16 +319,25 @@ async def expired(js: ConsumerApi, archive: str, since: float | None, sequence: 
     oldest archived event every removed one (the asked-for time may lie between them), in
     either case of every subscription's subjects.
     """
-    state = await js.stream_state(archive)
+    state = await client.jetstream.stream_state(archive)
     first = state.first_sequence
     if sequence is not None:
         return max(0, first - sequence)
     if since is None or first <= 1:
         return 0
-    oldest = await js.stored(archive, first) if state.messages else None
+    oldest = await _archived(client, archive, first) if state.messages else None
     if oldest is not None and oldest.time <= since:
         return 0
     return first - 1
+
+
+async def _archived(client: JetStreamClient, archive: str, sequence: int) -> StoredMessage | None:
+    """The archived message at ``sequence``; None when it is gone (retention or a purge removed
+    it since the archive's state was read)."""
+    try:
+        return await client.stored.get(archive, sequence)
+    except NotFound:
+        return None
 
 
 def _start(body: bytes, now: float) -> tuple[float | None, int | None] | web.Response:

@@ -5,7 +5,8 @@ The one module that connects to NATS; nats errors are translated here into
 lives on one event loop and never gives up: it connects and reconnects forever in the
 background, and a publish while disconnected fails at once instead of hanging. It publishes
 (waiting for the PubAck), acknowledges, keeps counts in a key-value bucket, and hands the
-manager its consumers (:mod:`eventing.nats.consumers`). Its retry loops run on tenacity.
+manager its consumers (:mod:`eventing.nats.consumers`) and stored messages
+(:mod:`eventing.nats.stored`). Its retry loops run on tenacity.
 
 Over 400 lines on purpose: everything here shares one connection's state (connected or not, the
 JetStream context, the key-value handles dropped with a connection), and the callers
@@ -40,7 +41,6 @@ from eventing.errors import (
 from eventing.nats.auth import connect_options, reload_certificate, unauthenticated_warning
 from eventing.nats.consumers import ConsumerApi
 from eventing.nats.messages import OutboundMessage
-from eventing.nats.reading import StreamReader
 from eventing.nats.stored import StoredMessages
 from eventing.nats.streams import needs_update, stream_config
 from eventing.redaction import without_credentials
@@ -456,14 +456,9 @@ class JetStreamClient:
 
     @property
     def stored(self) -> StoredMessages:
-        """The stored messages of the current connection: scanned, read and deleted one by one
-        (dead letters, ledger records)."""
+        """The stored messages of the current connection: scanned, followed, read and deleted
+        one by one (events, dead letters, ledger records)."""
         return StoredMessages(self._js)
-
-    @property
-    def reader(self) -> StreamReader:
-        """Reads of stored messages by subject on the current connection (the manager's API)."""
-        return StreamReader(self._js)
 
     async def close(self) -> None:
         """Flush and close the connection; stop connecting if still trying. Never raises: a

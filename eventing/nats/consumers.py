@@ -1,23 +1,24 @@
-"""JetStream consumers in our own types: create, update, delete and list them, and pull.
+"""JetStream consumers in our own types: create, update, delete and list them, pull, and say
+where they and their streams stand (:meth:`ConsumerApi.progress`, :meth:`ConsumerApi.stream_state`).
 
 The manager reaches its consumers only through :class:`ConsumerApi` (``client.jetstream``), so
 no service imports nats-py: consumers are described by :class:`~eventing.nats.streams.Consumer`,
 pulled messages by :class:`~eventing.nats.messages.PulledMessage`, and every nats-py error (or a
 timeout) becomes a :class:`~eventing.errors.ConsumerError` with the server's description.
-Acks are not here: any connection may ack (:meth:`JetStreamClient.acknowledge`).
+Acks are not here: any connection may ack (:meth:`JetStreamClient.acknowledge`). Stored
+messages by subject or sequence are read in :mod:`eventing.nats.stored`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventing.errors import ConsumerError, NotFound
 from eventing.nats.messages import PulledMessage
@@ -26,8 +27,6 @@ from eventing.nats.streams import Consumer, consumer_config, consumer_of
 logger = logging.getLogger(__name__)
 
 _PAGE = 256  #: consumers per page of the server's consumer list
-_FOLLOW_HEARTBEAT = 2.0  #: seconds between an ordered consumer's heartbeats when idle
-_NO_MESSAGE = 10037  #: JetStream's error code for "no message found" (the stream exists)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,21 +41,14 @@ class StreamState:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One message as a stream stores it (read by sequence)."""
-
-    sequence: int
-    time: float  #: Unix seconds when it was stored
-    headers: Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
 class Progress:
     """How far a consumer has come."""
 
     pending: int  #: matching messages not handed out yet
     ack_pending: int  #: handed out, not acked yet
     delivered_sequence: int  #: the stream sequence of the last message handed out
+    ack_floor: int  #: every stream sequence up to this one is acknowledged
+    created: float  #: Unix seconds; a consumer that starts at "new" never gets older messages
 
 
 class ConsumerApi:
@@ -96,7 +88,12 @@ class ConsumerApi:
         return info.num_pending or 0
 
     async def progress(self, stream: str, name: str) -> Progress:
-        """How far the consumer ``name`` has come."""
+        """How far the consumer ``name`` has come.
+
+        Raises:
+            NotFound: no such stream or consumer.
+            ConsumerError: the server could not be asked.
+        """
         js = self._require()
         with _translated():
             info = await js.consumer_info(stream, name)
@@ -104,6 +101,8 @@ class ConsumerApi:
             pending=info.num_pending or 0,
             ack_pending=info.num_ack_pending or 0,
             delivered_sequence=info.delivered.stream_seq if info.delivered else 0,
+            ack_floor=info.ack_floor.stream_seq if info.ack_floor else 0,
+            created=info.created.timestamp() if info.created else 0.0,
         )
 
     async def stream_state(self, stream: str) -> StreamState:
@@ -120,46 +119,11 @@ class ConsumerApi:
             source_lag=sources[0].lag if sources else None,
         )
 
-    async def stored(self, stream: str, sequence: int) -> StoredMessage | None:
-        """The message ``sequence`` of ``stream``; None when it holds no such message."""
-        js = self._require()
-        with _translated():
-            try:
-                raw = await js.get_msg(stream, sequence)
-            except nats.js.errors.NotFoundError as exc:
-                if exc.err_code != _NO_MESSAGE:  # the stream itself is not there
-                    raise
-                return None
-        return StoredMessage(
-            sequence=raw.seq or sequence,
-            time=raw.time.timestamp() if raw.time else 0.0,
-            headers=dict(raw.headers or {}),
-        )
-
     async def pull(self, stream: str, name: str) -> Pull:
         """A pull subscription on the durable consumer ``name`` (which must exist)."""
         js = self._require()
         with _translated():
             return Pull(name, await js.pull_subscribe_bind(durable=name, stream=stream))
-
-    async def follow(self, stream: str, subject: str, start: int) -> Follow:
-        """Read ``subject`` of ``stream`` in order from the sequence ``start`` (or the oldest
-        message kept after it) on: an ordered consumer, in the server's memory and never acked,
-        that nats-py recreates after a gap (a reconnection, two missed heartbeats: a server that
-        restarted lost it)."""
-        js = self._require()
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
-        )
-        with _translated():
-            subscription = await js.subscribe(
-                subject,
-                stream=stream,
-                config=config,
-                ordered_consumer=True,
-                idle_heartbeat=_FOLLOW_HEARTBEAT,
-            )
-        return Follow(subscription)
 
     def _require(self) -> JetStreamContext:
         if self._js is None:
@@ -203,35 +167,6 @@ class Pull:
             await self._subscription.unsubscribe()
         except (nats.errors.Error, TimeoutError) as exc:
             logger.debug("closing the pull of %s: %r", self.name, exc)
-
-
-class Follow:
-    """An ordered reading of a stream (:meth:`ConsumerApi.follow`); :meth:`close` it when done."""
-
-    def __init__(self, subscription: JetStreamContext.PushSubscription) -> None:
-        self._subscription = subscription
-
-    async def fetch(self, batch: int, timeout: float) -> list[tuple[int, bytes]]:
-        """Up to ``batch`` messages (stream sequence, data), waiting up to ``timeout`` seconds
-        for the first; none if nothing came."""
-        read: list[tuple[int, bytes]] = []
-        with _translated():
-            try:
-                message = await self._subscription.next_msg(timeout)
-                read.append((message.metadata.sequence.stream, message.data))
-                while len(read) < batch and self._subscription.pending_msgs:
-                    message = await self._subscription.next_msg(timeout)
-                    read.append((message.metadata.sequence.stream, message.data))
-            except TimeoutError:  # nats-py's own TimeoutError is one too
-                pass
-        return read
-
-    async def close(self) -> None:
-        """Unsubscribe (the server then drops the consumer); never raises."""
-        try:
-            await self._subscription.unsubscribe()
-        except (nats.errors.Error, TimeoutError) as exc:
-            logger.debug("closing an ordered reading: %r", exc)
 
 
 @contextlib.contextmanager

@@ -77,8 +77,7 @@ def test_events_published_before_any_subscription_are_archived_and_leave_the_eve
             await _eventually(left, "the event stream to let them go")
             origins = []
             for sequence in range(1, 6):
-                stored = await js.stored("sap-archive", sequence)
-                assert stored is not None
+                stored = await client.stored.get("sap-archive", sequence)
                 origins.append(source_sequence(stored.headers))
             return origins, (await js.stream_state("sap")).last_sequence
         finally:
@@ -190,10 +189,10 @@ def test_what_the_archive_aged_out_counts_as_expired_for_a_start_before_it(
 
             await _eventually(kept, "the two newer events in the archive")
             return (
-                await expired(js, "sap-archive", started - 60, None),
-                await expired(js, "sap-archive", time.time() + 60, None),
-                await expired(js, "sap-archive", None, 2),
-                await expired(js, "sap-archive", None, 6),
+                await expired(client, "sap-archive", started - 60, None),
+                await expired(client, "sap-archive", time.time() + 60, None),
+                await expired(client, "sap-archive", None, 2),
+                await expired(client, "sap-archive", None, 6),
             )
         finally:
             await client.close()
