@@ -211,6 +211,7 @@ def test_a_dead_letter_is_listed_shown_redriven_to_its_mended_sink_alone_and_pur
     system.subscribe("orders", {**spec, "sink": mended.url})
     redriven = eventing_json(system, "dlq", "redrive", "--subscription", "default/orders")
     assert (redriven["state"], redriven["total"], redriven["done"]) == ("done", 1, 1)
+    assert (redriven["kind"], redriven["subscription"]) == ("redrive", "default/orders")
     wait_until(lambda: mended.sink.ids() == ["o-1"], 15, f"the redrive\n{system.logs()}")
     wait_until(lambda: not letters(), 10, "the redriven dead letter gone")
     assert audit.sink.ids() == ["o-1"] and broken.sink.ids(None) == ["o-1"]
@@ -234,6 +235,9 @@ def test_a_replay_delivers_the_subscriptions_events_again(system: System, sinks:
 
     operation = eventing_json(system, "replay", "default/replayed", "--since", "10m")
     assert (operation["state"], operation["total"], operation["done"]) == ("done", 2, 2)
+    assert (operation["kind"], operation["subscription"]) == ("replay", "default/replayed")
+    # Times as THE API shows every time: RFC 3339 UTC.
+    assert all(operation[t].endswith("Z") for t in ("started", "ended"))
     wait_until(lambda: len(sink.sink.ids()) == 4, 20, f"the replay\n{system.logs()}")
     assert sorted(sink.sink.ids()[2:]) == ["r-1", "r-2"]
     summary = eventing(system, "replay", "default/replayed", "--since", "10m").stdout
