@@ -77,6 +77,12 @@ def _subscribed(system: System, sinks: Sinks, name: str) -> SinkServer:
     return sink
 
 
+def _outcomes(system: System, event_id: str) -> dict[str, str]:
+    """Where event ``event_id`` from /shop stands at each subscription (``events show``)."""
+    document = eventing_json(system, "events", "show", "--source", "/shop", event_id)
+    return {name: at["outcome"] for name, at in document["subscriptions"].items()}
+
+
 def _subscription(system: System, name: str) -> dict[str, Any]:
     document = eventing_json(system, "subscriptions")
     return next(i for i in document["items"] if i["metadata"]["name"] == name)
@@ -207,6 +213,12 @@ def test_a_dead_letter_is_listed_shown_redriven_to_its_mended_sink_alone_and_pur
     row = _row(eventing(system, "subscriptions").stdout, "default/orders")
     assert row[4] == "1" and "500" in row[5:]
 
+    for reason, found in (("ANSWERED 500", 1), ("timeout", 0)):
+        query = ("--subscription", "default/orders", "--reason", reason, "--since", "10m")
+        assert len(eventing_json(system, "dlq", "list", *query)["items"]) == found
+    outcomes = _outcomes(system, "o-1")
+    assert outcomes == {"default/orders": "dead-lettered", "default/audit": "delivered"}
+
     mended = sinks.start()
     system.subscribe("orders", {**spec, "sink": mended.url})
     redriven = eventing_json(system, "dlq", "redrive", "--subscription", "default/orders")
@@ -215,6 +227,8 @@ def test_a_dead_letter_is_listed_shown_redriven_to_its_mended_sink_alone_and_pur
     wait_until(lambda: mended.sink.ids() == ["o-1"], 15, f"the redrive\n{system.logs()}")
     wait_until(lambda: not letters(), 10, "the redriven dead letter gone")
     assert audit.sink.ids() == ["o-1"] and broken.sink.ids(None) == ["o-1"]
+    both = {"default/orders": "delivered", "default/audit": "delivered"}
+    wait_until(lambda: _outcomes(system, "o-1") == both, 10, "the redrive in the ledger")
 
     system.subscribe("orders", spec)  # broken again: one more dead letter, to purge
     eventing(system, "publish", "--source", "/shop", "--type", "order.v1", "--id", "o-2")
@@ -222,6 +236,8 @@ def test_a_dead_letter_is_listed_shown_redriven_to_its_mended_sink_alone_and_pur
     purged = eventing_json(system, "dlq", "purge", "--before", "0s", "--yes")
     assert purged == {"purged": 1}
     assert letters() == []
+    purge = ("dlq", "purge", "--subscription", "default/orders", "--yes")
+    assert eventing(system, *purge).stdout == "purged 0 dead letters\n"
     assert "SEQUENCE" in eventing(system, "dlq", "list").stdout
     assert mended.sink.ids() == ["o-1"] and audit.sink.ids() == ["o-1", "o-2"]
 
