@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from testing.servers import (
     wait_until,
@@ -261,50 +260,71 @@ def test_a_replay_delivers_the_subscriptions_events_again(system: System, sinks:
     wait_until(lambda: len(sink.sink.ids()) == 6, 20, f"the second replay\n{system.logs()}")
 
 
+class Background:
+    """The console script running until the test interrupts it, its output lines gathered."""
+
+    def __init__(self, system: System, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [script("eventing"), *args],
+            env=_environment(system),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        self.lines.extend(self.process.stdout or [])
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C (SIGINT to its process group, as a terminal sends): its exit code and
+        stderr."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        code = self.process.wait(10)
+        return code, self.process.stderr.read() if self.process.stderr else ""
+
+    def stop(self) -> None:
+        stop_group(self.process)
+
+
 def test_a_tail_prints_deliveries_and_ends_quietly_on_ctrl_c(system: System, sinks: Sinks) -> None:
-    """Journey 5: ``eventing tail default/NAME`` in the background, then SIGINT."""
+    """Journey 5: ``eventing tail default/NAME`` in the background, then SIGINT; and
+    ``--since`` shows what came before it started."""
     sink = _subscribed(system, sinks, "tailed")
-    tail = subprocess.Popen(
-        [script("eventing"), "tail", "default/tailed"],
-        env=_environment(system),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert tail.stdout is not None and tail.stderr is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(tail.stdout or []), daemon=True)
-    reader.start()
+    tail = Background(system, "tail", "default/tailed")
+    published: list[str] = []
     try:
-        published = 0
 
         def seen() -> bool:
             """A delivery in the tail; one more event each look, as the tail reads from the
             moment its stream opened, which nothing outside tells."""
-            nonlocal published
-            if any("delivered" in line for line in list(lines)):
+            if any("delivered" in line for line in list(tail.lines)):
                 return True
-            published += 1
-            requests.post(
-                f"{system.proxy_url}/publish",
-                headers={
-                    "ce-specversion": "1.0",
-                    "ce-id": f"t-{published}",
-                    "ce-source": "/shop",
-                    "ce-type": "tailed.v1",
-                },
-                data=b"{}",
-                timeout=10,
-            ).raise_for_status()
+            published.append(f"t-{len(published) + 1}")
+            assert system.publish_binary(published[-1], "/shop", "tailed.v1").status_code == 204
             return False
 
         wait_until(seen, 20, f"a delivery in the tail\n{system.logs()}")
-        line = next(line for line in list(lines) if "delivered" in line).split()
-        assert line[1:5] == ["delivered", line[2], "/shop", "#1"] and line[2].startswith("t-")
+        line = next(line for line in list(tail.lines) if "delivered" in line).split()
+        assert line[1:5] == ["delivered", line[2], "/shop", "#1"] and line[2] in published
         assert line[5] == "204" and line[2] in sink.sink.ids()
-        os.killpg(tail.pid, signal.SIGINT)
-        assert tail.wait(10) == 0
-        assert tail.stderr.read() == ""
+        assert tail.interrupt() == (0, "")
     finally:
-        stop_group(tail)
+        tail.stop()
+
+    wait_until(lambda: sorted(sink.sink.ids()) == sorted(published), 10, "every delivery")
+    earlier = Background(system, "tail", "default/tailed", "--since", "10m", "--json")
+    try:
+
+        def delivered() -> list[str]:
+            records = [json.loads(line) for line in list(earlier.lines)]
+            return sorted(r["id"] for r in records if r["outcome"] == "delivered")
+
+        wait_until(
+            lambda: delivered() == sorted(published), 20, f"the earlier deliveries\n{system.logs()}"
+        )
+        assert earlier.interrupt() == (0, "")
+    finally:
+        earlier.stop()
