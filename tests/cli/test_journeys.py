@@ -136,7 +136,7 @@ def test_an_event_retried_then_delivered_shows_every_attempt_and_the_subscriptio
         assert delivery["lastError"]["status"] == 503 and delivery["deadLettered"] == 0
         assert isinstance(delivery["pending"], int)
         row = _row(eventing(system, "subscriptions").stdout, "default/flaky")
-        assert row[1:4] == ["yes", str(delivery["pending"]), "1"]
+        assert (row[1], row[2].isdigit(), row[3]) == ("yes", True, "1")  # pending, a count
         assert "503" in row[5:]
     finally:
         recovered.set()
@@ -238,7 +238,8 @@ def test_a_dead_letter_is_listed_shown_redriven_to_its_mended_sink_alone_and_pur
     purge = ("dlq", "purge", "--subscription", "default/orders", "--yes")
     assert eventing(system, *purge).stdout == "purged 0 dead letters\n"
     assert "SEQUENCE" in eventing(system, "dlq", "list").stdout
-    assert mended.sink.ids() == ["o-1"] and audit.sink.ids() == ["o-1", "o-2"]
+    wait_until(lambda: audit.sink.ids() == ["o-1", "o-2"], 10, "the audit of o-2")
+    assert mended.sink.ids() == ["o-1"]
 
 
 def test_a_replay_delivers_the_subscriptions_events_again(system: System, sinks: Sinks) -> None:
@@ -306,7 +307,7 @@ def test_a_tail_prints_deliveries_and_ends_quietly_on_ctrl_c(system: System, sin
             assert system.publish_binary(published[-1], "/shop", "tailed.v1").status_code == 204
             return False
 
-        wait_until(seen, 20, f"a delivery in the tail\n{system.logs()}")
+        wait_until(seen, 20, f"a delivery in the tail\n{system.logs()}", interval=0.5)
         line = next(line for line in list(tail.lines) if "delivered" in line).split()
         assert line[1:5] == ["delivered", line[2], "/shop", "#1"] and line[2] in published
         assert line[5] == "204" and line[2] in sink.sink.ids()
