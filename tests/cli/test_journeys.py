@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -257,7 +258,9 @@ def test_a_replay_delivers_the_subscriptions_events_again(system: System, sinks:
     wait_until(lambda: len(sink.sink.ids()) == 4, 20, f"the replay\n{system.logs()}")
     assert sorted(sink.sink.ids()[2:]) == ["r-1", "r-2"]
     summary = eventing(system, "replay", "default/replayed", "--since", "10m").stdout
-    assert " done: 2 of 2 events handed over" in summary
+    # The manager's detail follows the tool's summary as one sentence.
+    expected = r"replay-\d+ done: 2 of 2 events handed over; replayed 2 event\(s\), up to archive"
+    assert re.fullmatch(expected + r" sequence \d+\n", summary), summary
     wait_until(lambda: len(sink.sink.ids()) == 6, 20, f"the second replay\n{system.logs()}")
 
 
