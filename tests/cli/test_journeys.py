@@ -20,9 +20,7 @@ from typing import Any
 
 import pytest
 
-from testing.servers import (
-    wait_until,
-)
+from testing.servers import wait_until
 from testing.sink import Sinks, SinkServer
 from testing.system import System, script, stop_group, whole_system
 
@@ -57,6 +55,7 @@ def eventing(system: System, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
     )
     assert result.returncode == 0, f"eventing {' '.join(args)}: {result.stderr}\n{system.logs()}"
+    assert result.stderr == ""
     return result
 
 

@@ -19,10 +19,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 from eventing.delivery import ledger
 from eventing.delivery.ledger import Record
-from testing.servers import (
-    free_port,
-    wait_until,
-)
+from testing.servers import free_port, wait_until
 from testing.sink import Sinks
 from testing.system import System, whole_system
 
