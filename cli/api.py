@@ -126,11 +126,11 @@ class Service:
                 f" {self.url_setting}={self.url} the {self.name}?"
             ) from None
 
-    def lines(self, path: str) -> Iterator[bytes]:
+    def lines(self, path: str, params: Mapping[str, str] | None = None) -> Iterator[bytes]:
         """The non-empty lines of a streamed answer (NDJSON), as they arrive; ends when the
         service ends the stream (raises as :meth:`request` does, and :class:`Unreachable` when
         the connection breaks off)."""
-        response = self.request("GET", path, stream=True)
+        response = self.request("GET", path, params=params, stream=True)
         with response:
             try:
                 yield from (line for line in response.iter_lines() if line.strip())

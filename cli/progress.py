@@ -72,7 +72,7 @@ def summary(operation: dict[str, Any]) -> str:
     if operation.get("expired"):
         line += f", {operation['expired']} expired (retention removed them before the replay)"
     detail = operation.get("detail")
-    return f"{line} ({detail})" if detail else line
+    return f"{line}; {detail}" if detail else line
 
 
 def _with_bar(

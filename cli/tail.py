@@ -10,18 +10,22 @@ import click
 from rich.text import Text
 
 from cli import api, shown
-from cli.options import SUBSCRIPTION, subscription_path
+from cli.options import MOMENT, SUBSCRIPTION, subscription_path
 
 
 @click.command()
 @click.argument("subscription", type=SUBSCRIPTION)
+@click.option(
+    "--since", type=MOMENT, help="First the records since then (RFC 3339, or 15m, 2h ago)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print each record as the API sent it.")
 @click.pass_obj
-def tail(services: api.Services, subscription: str, as_json: bool) -> None:
+def tail(services: api.Services, subscription: str, since: str | None, as_json: bool) -> None:
     """Follow SUBSCRIPTION's deliveries: time, outcome, ce-id, source, result, seconds."""
     out = shown.console()
+    path = f"{subscription_path(subscription)}/tail"
     try:
-        for line in services.manager.lines(f"{subscription_path(subscription)}/tail"):
+        for line in services.manager.lines(path, {"since": since} if since else None):
             if as_json:
                 click.echo(line.decode(errors="replace"))
             else:

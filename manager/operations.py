@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from eventing.units import rfc3339
 from manager.status import json_response, problem
 
 KEPT = 100  #: finished operations remembered
@@ -44,7 +45,11 @@ class Operation:
         self.ended = time.time()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The API's form: times in RFC 3339, as every time it shows."""
+        shown = dataclasses.asdict(self)
+        shown["started"] = rfc3339(self.started)
+        shown["ended"] = None if self.ended is None else rfc3339(self.ended)
+        return shown
 
 
 class Operations:

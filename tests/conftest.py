@@ -18,7 +18,7 @@ from testing.servers import (
     redis_server_binary,
     require_binary,
 )
-from testing.sink import RecordingSink, SinkServer
+from testing.sink import RecordingSink, Sinks, SinkServer
 from testing.system import System
 
 
@@ -109,6 +109,14 @@ def sink_server() -> Iterator[SinkServer]:
     server = SinkServer(RecordingSink()).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sinks() -> Iterator[Sinks]:
+    """Recording sinks started as the test needs them, stopped after it."""
+    started = Sinks()
+    yield started
+    started.stop()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -257,8 +257,8 @@ def operation(state: str, done: int, total: int, **more: Any) -> dict[str, Any]:
         "expired": 0,
         "state": state,
         "detail": "",
-        "started": 1796119200.0,
-        "ended": None if state == "running" else 1796119201.0,
+        "started": "2026-12-01T10:00:00.000Z",
+        "ended": None if state == "running" else "2026-12-01T10:00:01.000Z",
     }
     return {**document, **more}
 

