@@ -60,6 +60,7 @@ class Dispatcher:
         dead_letter_stream: str,
         max_backlog: int,
         publish_timeout: float,
+        ledger_stream: str = "",
     ) -> None:
         self._client = client
         self._stream = stream
@@ -67,7 +68,7 @@ class Dispatcher:
         self._on_enqueued = on_enqueued
         self._on_filtered = on_filtered
         self._ack_timeout = publish_timeout
-        limit = Limit(max_backlog, dead_letter_stream, publish_timeout)
+        limit = Limit(max_backlog, dead_letter_stream, publish_timeout, ledger_stream)
         self._shedding = Shedding(client, stream, limit, on_shed)
         self._targets: dict[str, Target] = {}
         self._pulls: dict[str, asyncio.Task[None]] = {}  #: children of the owner's task group

@@ -106,6 +106,7 @@ class Manager:
             dead_letter_stream=settings.stream.dead_letter_name,
             max_backlog=settings.manager.max_backlog,
             publish_timeout=settings.stream.dead_letter_publish_timeout,
+            ledger_stream=settings.stream.ledger_name if settings.stream.ledger_max_age else "",
         )
         reconciler = Reconciler.for_settings(client, dispatcher, metrics, settings)
         sinks = DeadLetterSinks(

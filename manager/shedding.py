@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from eventing.delivery import jobs
+from eventing.delivery import deadletters, jobs, ledger
 from eventing.errors import BackendUnavailable, ConsumerError
 from eventing.nats.client import JetStreamClient
 from eventing.nats.consumers import Pull
 from eventing.nats.messages import PulledMessage
 from eventing.redaction import mask_url
+from eventing.subscriptions import matching
 from manager.consumers import Target, consumer
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Limit:
     max_backlog: int
     dead_letter_stream: str
     publish_timeout: float  #: seconds a dead letter, and the ack of its event, may take
+    #: where each shed event's ``dead-lettered`` record goes (empty: no ledger)
+    ledger_stream: str = ""
 
 
 class Shedding:
@@ -183,4 +186,40 @@ class Shedding:
             if outcome is not None:
                 logger.warning("a dead letter was not stored: %s", outcome)
                 break
+        await self._note(
+            [job for job, outcome in zip(work, outcomes, strict=True) if outcome is None], reason
+        )
         return len(stored)
+
+    async def _note(self, shed: list[jobs.DeliveryJob], reason: str) -> None:
+        """Write the ``dead-lettered`` ledger record (no attempt) of each event shed, as a
+        worker does for one out of attempts, so its history and its subscription's status
+        count it. Best effort, as every ledger record: the dead letter is what keeps it."""
+        if not shed or not self._limit.ledger_stream:
+            return
+        now = time.time()
+        records = []
+        for job in shed:
+            source, event_id = deadletters.identity(job.event)
+            identity = matching.published(job.event)
+            event_type = identity[1] if identity is not None else job.event_type
+            if source and event_id:
+                records.append(
+                    ledger.Record(
+                        job.subscription,
+                        source,
+                        event_id,
+                        event_type,
+                        job.stream_sequence,
+                        job.origin,
+                        "dead-lettered",
+                        now,
+                        reason=reason,
+                    ).message()
+                )
+        outcomes = await self._client.publish_many(
+            records, self._limit.publish_timeout, stream=self._limit.ledger_stream
+        )
+        failed = [outcome for outcome in outcomes if outcome is not None]
+        if failed:
+            logger.debug("%d shed record(s) not written to the ledger: %s", len(failed), failed[0])

@@ -125,6 +125,17 @@ def test_a_dead_sink_sheds_its_oldest_events_and_never_blocks_the_others(
     assert shed_metric is not None
     # Shedding may go on for a moment after the sink recovers; the metric counts all of it.
     assert float(shed_metric[1]) == len(shed)
+    # So does the status, from the ledger's dead-lettered records of the shed events.
+    wait_until(
+        lambda: _delivery(system, "dead").get("deadLettered") == len(shed),
+        20,
+        f"status.delivery to count {len(shed)} shed: {_delivery(system, 'dead')}",
+    )
+
+
+def _delivery(system: System, name: str) -> dict[str, int]:
+    item = system.status("default", name) or {}
+    return dict(item.get("status", {}).get("delivery", {}))
 
 
 def _pending(system: System, subscription: str) -> int:
