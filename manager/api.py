@@ -11,7 +11,9 @@ needs it answers 503 (:func:`leading`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -38,6 +40,23 @@ class ApiContext:
     enqueue: jobs.Enqueue | None = None
     #: set when the manager stops: endpoints that stream (the ledger's tail) end then
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``work`` (a replay, a redrive) beyond the request that started it, owned here
+        so that :meth:`stop_work` ends it before the connection closes."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    async def stop_work(self) -> None:
+        """Cancel the work :meth:`spawn` started and wait for it to end. Its consumers stay
+        until JetStream's inactivity threshold removes them, or the next run of the same
+        kind deletes them; its operations end unfinished."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
 
 def leading(context: ApiContext) -> tuple[Dispatcher, jobs.Enqueue] | web.Response:

@@ -96,10 +96,9 @@ class Redrives:
         if not chosen:
             operation.finish("no dead letter matched")
         progress = _Progress(operation, len(chosen))
-        loop = asyncio.get_running_loop()
         for consumer, sequences in chosen.items():
-            self._running[consumer] = loop.create_task(
-                self._redrive(consumer, sequences, progress), name=f"redrive-{consumer}"
+            self._running[consumer] = self._context.spawn(
+                self._redrive(consumer, sequences, progress), f"redrive-{consumer}"
             )
         return json_response({"operation": operation.to_dict()}, status=202)
 

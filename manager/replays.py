@@ -66,7 +66,6 @@ class Replayer:
     def __init__(self, context: ApiContext, metrics: ManagerMetrics) -> None:
         self._context = context
         self._metrics = metrics
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def _archive(self) -> str:
@@ -160,11 +159,7 @@ class Replayer:
         seam: bool = False,
     ) -> Operation:
         operation = self._context.operations.start(ORIGIN, key)
-        task = asyncio.get_running_loop().create_task(
-            self._run(operation, targets, since, sequence, seam), name=operation.id
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._context.spawn(self._run(operation, targets, since, sequence, seam), operation.id)
         return operation
 
     async def _run(

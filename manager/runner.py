@@ -239,6 +239,7 @@ async def run(settings: Settings) -> bool:
         return await _lead_and_manage(context, metrics, stop, replayer.start_from)
     finally:
         await server.close()
+        await context.stop_work()  # replays and redrives under way
         await client.close()  # after the pull tasks stopped: drains what they left
         logger.info("manager stopped")
 

@@ -240,10 +240,22 @@ def test_with_the_ledger_off_nothing_is_written(tmp_path: Path, sink_server: Sin
         assert not asyncio.run(_has_stream(off.nats_url, "sap-ledger"))
 
 
-def test_the_manager_stops_promptly_and_quietly_with_a_tail_open(system: System) -> None:
+def test_the_manager_stops_promptly_and_quietly_with_a_tail_open_and_a_replay_running(
+    system: System,
+) -> None:
     system.subscribe(
         "watched", {"sink": "http://127.0.0.1:9/", "source": "shop", "types": ["w.v1"]}
     )
+    # A replay under way too: its one event cannot reach the sink, so it is still running.
+    assert system.publish_binary("watched-1", "shop", "w.v1").status_code == 204
+    replay = requests.post(
+        f"{system.manager_url}/subscriptions/default/watched/replay", json={"since": "10m"}
+    )
+    assert replay.status_code == 202, replay.text
+    operation = requests.get(
+        f"{system.manager_url}/operations/{replay.json()['operation']['id']}", timeout=5
+    ).json()
+    assert operation["state"] == "running", operation
     tail = Tail(system, "default/watched")
     try:
         system.manager.stop(timeout=8)  # SIGTERM; SIGKILL only if it outlives 8 s
