@@ -164,17 +164,17 @@ def publish_round(side: Side, load: Load, number: int, seconds: int) -> report.P
     time.sleep(1)  # publishes in flight when wrk stopped land
     stored = asyncio.run(stream_messages(side.nats_url, STREAM)) - before
     row = report.PublishRound(
-        side.name,
-        load.name,
-        number,
-        result.stored,
-        result.seconds,
-        result.p50_ms,
-        result.p99_ms,
-        result.errors,
-        stored,
-        used["proxy"],
-        used["nats"],
+        side=side.name,
+        load=load.name,
+        round=number,
+        accepted=result.stored,
+        seconds=result.seconds,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        errors=result.errors,
+        stored=stored,
+        proxy_cpu=used["proxy"],
+        nats_cpu=used["nats"],
     )
     print(
         f"  {load.name} round {number} {side.name}: {row.rate:,.0f} events/s,"
@@ -234,16 +234,16 @@ def delivery_round(side: Side, sink: GoSink, number: int, seconds: int) -> repor
     settle(sink, result.stored, lambda: spent.update(cpu_of(roots)))
     stats = sink.stats()
     row = report.DeliveryRound(
-        side.name,
-        number,
-        result.stored,
-        result.errors,
-        stats.unique,
-        stats.received,
-        started,
-        load_ended,
-        stats.last,
-        {name: spent[name] - used[name] for name in roots},
+        side=side.name,
+        round=number,
+        accepted=result.stored,
+        errors=result.errors,
+        delivered=stats.unique,
+        received=stats.received,
+        started=started,
+        load_ended=load_ended,
+        last_arrival=stats.last,
+        cpu={name: spent[name] - used[name] for name in roots},
     )
     print(
         f"  round {number} {side.name}: {row.rate:,.0f} delivered/s,"
@@ -260,7 +260,11 @@ def end_to_end(
     for side in sides:  # warm-up, not recorded
         sink.reset()
         result = run_wrk(
-            side.proxy_url, f"warm-{side.name}-{time.time_ns()}", "binary", 8, WARMUP_SECONDS
+            side.proxy_url,
+            f"warm-{side.name}-{time.time_ns()}",
+            "binary",
+            E2E_CONNECTIONS,
+            WARMUP_SECONDS,
         )
         settle(sink, result.stored)
     return [delivery_round(side, sink, n, seconds) for n in range(1, rounds + 1) for side in sides]
