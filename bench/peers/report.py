@@ -112,6 +112,22 @@ class Memory:
     processes: int
 
 
+@dataclass(frozen=True)
+class Busy:
+    """CPU seconds used so far, at one moment."""
+
+    at: float  #: time.monotonic()
+    machine: float  #: every core's busy time
+    measured: float  #: the processes the suite measures
+
+
+def elsewhere_percent(started: Busy, ended: Busy) -> float:
+    """Percent of one core the rest of the machine used between the two moments."""
+    wall = ended.at - started.at
+    rest = (ended.machine - started.machine) - (ended.measured - started.measured)
+    return max(0.0, rest) / wall * 100 if wall > 0 else 0.0
+
+
 def per_event_ms(cpu_seconds: float, events: int) -> float:
     return cpu_seconds * 1000 / events if events else math.nan
 

@@ -30,10 +30,11 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,8 @@ from bench.peers.sink import GoSink
 from bench.publish import machine_info
 from bench.publishers import STREAM, run_wrk, stream_messages
 from bench.system import BenchSystem
-from testing.procstats import cpu_seconds, rss, tree
+from testing.procstats import cpu_seconds, machine_busy_seconds, rss, tree
+from testing.system import Process
 
 SOURCE, EVENT_TYPE = "bench", "order.created.v1"  # what bench/publish.lua sends
 E2E_CONNECTIONS = 8
@@ -313,6 +315,54 @@ def latency(
 # --- the run -------------------------------------------------------------------------------
 
 
+class Record:
+    """The tables of the run, and after each scenario each side's memory and how busy the rest
+    of the machine was (other helpers' work on a shared machine shows there, not as noise)."""
+
+    def __init__(self, sides: list[Side], helpers: list[Process]) -> None:
+        self.sides = sides
+        self.helpers = helpers  #: the sink: measured, not "the rest"
+        self.tables: list[tuple[str, str]] = []
+        self.memory: dict[str, dict[str, dict[str, report.Memory]]] = {}
+        self.elsewhere: dict[str, float] = {}  #: scenario → percent of one core
+
+    @contextlib.contextmanager
+    def scenario(self, name: str) -> Iterator[None]:
+        started = self._busy()
+        yield
+        ended = self._busy()
+        self.elsewhere[name] = report.elsewhere_percent(started, ended)
+        self.memory[name] = {side.name: memory_of(side.roots()) for side in self.sides}
+
+    def show(self, title: str, table: str) -> None:
+        self.tables.append((title, table))
+        print(f"\n{table}\n", flush=True)
+
+    def print_all(self) -> None:
+        self.tables.append(
+            (
+                "Memory (RSS, PSS): process trees after each scenario",
+                report.memory_table(self.memory),
+            )
+        )
+        for title, text in self.tables:
+            print(f"\n{title}\n\n{text}")
+        print()
+        for name, percent in self.elsewhere.items():
+            print(f"during {name}, the rest of the machine kept {percent:.0f}% of a core busy")
+        print(NOTES)
+
+    def _busy(self) -> report.Busy:
+        roots = {f"{s.name} {n}": pid for s in self.sides for n, pid in s.roots().items()}
+        roots |= {p.name: p.popen.pid for p in self.helpers if p.popen is not None}
+        # wrk and the publishers are reaped children; the driver polls the sink
+        usage = [
+            resource.getrusage(who) for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF)
+        ]
+        measured = sum(cpu_of(roots).values()) + sum(u.ru_utime + u.ru_stime for u in usage)
+        return report.Busy(time.monotonic(), machine_busy_seconds(), measured)
+
+
 def run(args: argparse.Namespace) -> int:
     rounds, seconds = (1, 3) if args.quick else (args.rounds, args.seconds)
     loads = (LOADS[1], LOADS[4]) if args.quick else LOADS
@@ -347,19 +397,13 @@ def run(args: argparse.Namespace) -> int:
                 Side("ours", ours.system.proxy_url, ours.nats.url, ours.roots, "proxy"),
                 Side("kyma", theirs.proxy_url, theirs.nats.url, theirs.roots, "epp"),
             ]
-            memory: dict[str, dict[str, dict[str, report.Memory]]] = {}
-            tables = []
+            record = Record(sides, [sink.process])
             if "publish" in chosen:
-                rows = publish(sides, loads, rounds, seconds)
-                memory["publish"] = {side.name: memory_of(side.roots()) for side in sides}
+                with record.scenario("publish"):
+                    rows = publish(sides, loads, rounds, seconds)
                 names = [load.name for load in loads]
-                tables.append(
-                    (
-                        "Publish",
-                        report.publish_table(rows, report.publish_rows(names, BATCH, SINGLE)),
-                    )
-                )
-                print(f"\n{tables[-1][1]}\n", flush=True)
+                table = report.publish_table(rows, report.publish_rows(names, BATCH, SINGLE))
+                record.show("Publish", table)
             if {"e2e", "latency"} & set(chosen):
                 sink_url = f"http://{namespace.CLUSTER_NAMES[2]}:{sink.port}/"
                 spec = {
@@ -371,20 +415,15 @@ def run(args: argparse.Namespace) -> int:
                 ours.system.subscribe("perf", spec)
                 theirs.subscribe(sink_url, SOURCE, EVENT_TYPE)
             if "e2e" in chosen:
-                delivered = end_to_end(sides, sink, rounds, seconds)
-                memory["e2e"] = {side.name: memory_of(side.roots()) for side in sides}
-                tables.append(("End to end, 1 subscription", report.delivery_table(delivered)))
-                print(f"\n{tables[-1][1]}\n", flush=True)
+                with record.scenario("e2e"):
+                    delivered = end_to_end(sides, sink, rounds, seconds)
+                record.show("End to end, 1 subscription", report.delivery_table(delivered))
                 status |= int(any(row.lost for row in delivered))
             if "latency" in chosen:
-                paced = latency(sides, sink, rates, rounds, seconds)
-                tables.append(("Publish → sink latency, paced", report.latency_table(paced)))
-            tables.append(
-                ("Memory (RSS, PSS: process trees after the scenario)", report.memory_table(memory))
-            )
-            for title, text in tables:
-                print(f"\n{title}\n\n{text}")
-            print(NOTES)
+                with record.scenario("latency"):
+                    paced = latency(sides, sink, rates, rounds, seconds)
+                record.show("Publish → sink latency, paced", report.latency_table(paced))
+            record.print_all()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return status
@@ -395,4 +434,6 @@ ratios are ours ÷ Kyma's, of the medians [range of per-round ratios]; figures m
 CPU ms/event: CPU of the process tree per event answered 2xx (publish) or delivered (e2e)
 stored - 2xx: per round, messages the stream gained minus 2xx answers (Kyma stores each legacy
   event twice; a few more than 2xx: requests in flight when wrk stopped)
-lost: accepted events the sink never received; it must be 0"""
+lost: accepted events the sink never received; it must be 0
+the rest of the machine: CPU outside both systems, the sink, the load generator and this driver
+  (kube-apiserver and etcd included, a few %); more than about 20% means other work disturbed the run"""

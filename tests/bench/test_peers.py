@@ -160,3 +160,11 @@ def test_the_memory_table_adds_a_sides_components() -> None:
         "120 MiB",
         "4",
     ]
+
+
+def test_the_rest_of_the_machine_is_what_its_busy_time_leaves_after_the_measured_processes() -> (
+    None
+):
+    started = report.Busy(at=100.0, machine=50.0, measured=20.0)
+    assert report.elsewhere_percent(started, report.Busy(110.0, 65.0, 32.0)) == pytest.approx(30)
+    assert report.elsewhere_percent(started, report.Busy(110.0, 60.0, 31.0)) == 0  # tick jitter
