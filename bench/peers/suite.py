@@ -436,4 +436,4 @@ stored - 2xx: per round, messages the stream gained minus 2xx answers (Kyma stor
   event twice; a few more than 2xx: requests in flight when wrk stopped)
 lost: accepted events the sink never received; it must be 0
 the rest of the machine: CPU outside both systems, the sink, the load generator and this driver
-  (kube-apiserver and etcd included, a few %); more than about 20% means other work disturbed the run"""
+  (kube-apiserver and etcd included, a few %); above about 20%, other work disturbed the run"""
