@@ -11,6 +11,8 @@ Suites (all by default, or pick with ``--suite``):
   (:mod:`bench.slowbodies`).
 - ``idle``: CPU of every process and Redis commands/s with nothing published, then
   publish→sink latency at 5 events/s (:mod:`bench.idle`).
+- ``peers``: Kyma's publisher proxy and eventing-manager beside ours, same load, alternating
+  rounds (:mod:`bench.peers`); only with ``--kyma-epp`` (built binaries), and as root.
 
 The last three share one running system (:mod:`bench.e2e`). Each starts the services as
 ``honcho start`` does, on loopback, with load from separate processes, and prints a table with
@@ -26,7 +28,7 @@ import shutil
 import signal
 import sys
 
-from bench import e2e, idle, publish, slowbodies
+from bench import e2e, idle, peers, publish, slowbodies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suite",
         action="append",
-        choices=("publish", *e2e.SUITES, "slowbodies", "idle"),
+        choices=("publish", *e2e.SUITES, "slowbodies", "idle", "peers"),
         help="run only this suite (repeatable; default: all)",
     )
     parser.add_argument(
@@ -45,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the e2e suite repeats its rows with signed deliveries (Standard Webhooks)",
     )
+    peers.add_arguments(parser)
     args = parser.parse_args(argv)
-    suites = args.suite or ["publish", *e2e.SUITES, "slowbodies", "idle"]
+    suites = args.suite or ["publish", *e2e.SUITES, "slowbodies", "idle", "peers"]
+    if "peers" in suites and args.kyma_epp is None:
+        if args.suite:
+            parser.error("the peer suite needs --kyma-epp PATH (and --kyma-manager PATH for e2e)")
+        print("peer suite not run: it needs --kyma-epp PATH [--kyma-manager PATH]", flush=True)
+        suites.remove("peers")
     # SIGTERM ends the run like Ctrl-C, so the services are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     status = 0
@@ -64,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         status |= slowbodies.main(["--seconds", "5"] if args.quick else [])
     if "idle" in suites:
         status |= idle.run(seconds=10.0 if args.quick else 30.0)
+    if "peers" in suites:
+        status |= peers.run(args)
     return status
 
 

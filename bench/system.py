@@ -35,7 +35,8 @@ class BenchSystem:
     in memory only (the bench measures the system, not Redis's disk).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, **env: str) -> None:
+        """``env`` adds settings, or overrides the log level (the peer suite runs at info)."""
         nats_binary, redis_binary = nats_server_binary(), redis_server_binary()
         if nats_binary is None or redis_binary is None:
             raise SystemExit("the end-to-end bench needs nats-server and redis-server")
@@ -53,7 +54,7 @@ class BenchSystem:
             WORKER_PROCESSES="2",
             WORKER_THREADS="16",
             MAX_REQUEST_SIZE="1Mi",
-            LOG_LEVEL="warning",
+            **{"LOG_LEVEL": "warning", **env},
         )
         self.sink_port = free_port()
 
