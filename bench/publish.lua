@@ -2,10 +2,11 @@
 --
 -- JetStream drops an event whose (source, id) it stored in the last two minutes, so a repeated
 -- id would be acknowledged without being written and flatter the figures; every event gets
--- "<run tag>-<wrk thread>-<counter>[-<index in batch>]" instead.
+-- "<run tag>-<wrk thread>-<counter>[-<index in batch>]" instead. A legacy Kyma event
+-- (POST /bench/v1/events) carries no event-id, so the proxy gives each one a fresh UUID.
 --
--- Arguments after "--": run tag, mode ("binary" or "batch"), data bytes, events per batch, and
--- the Authorization header to send ("": none).
+-- Arguments after "--": run tag, mode ("binary", "batch" or "legacy"), data bytes, events per
+-- batch, and the Authorization header to send ("": none).
 -- done() prints one "BENCH_RESULT {json}" line, which bench/publish.py reads.
 
 local threads = {}
@@ -53,10 +54,20 @@ local function batch_request()
    }), "[" .. table.concat(events, ",") .. "]")
 end
 
+local function legacy_request()
+   return wrk.format("POST", "/bench/v1/events", with_credentials({
+      ["Content-Type"] = "application/json",
+   }), '{"event-type":"order.created","event-type-version":"v1",'
+      .. '"event-time":"2020-04-02T21:37:00Z","data":' .. data .. "}")
+end
+
 function request()
    counter = counter + 1
    if mode == "batch" then
       return batch_request()
+   end
+   if mode == "legacy" then
+      return legacy_request()
    end
    return binary_request()
 end
