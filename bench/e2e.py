@@ -281,7 +281,7 @@ def table(rows: list[Measured], raw: Raw) -> str:
         "lost",
         "dups",
         "CPU ms/delivery " + " / ".join(COMPONENTS),
-        "CPU ms/delivery, ours",
+        "CPU ms/delivery, ours (target ≤ 1.0)",
         "CPU ms/delivery load gen / sink",
         "CPU % load gen / sink / other / machine",
         "peak RSS MiB " + " / ".join(COMPONENTS),
