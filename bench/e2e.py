@@ -408,8 +408,8 @@ def run(suites: list[str], events: int, rate: int, seconds: float, *, signed: bo
         " every core's busy time; other: the machine less all of these (this driver, anything"
         " else running: a high value means a disturbed run).\npeak RSS: the largest sum over"
         " each component's processes.\nlost: deliveries that never arrived plus events the"
-        " proxy did not accept; dups: deliveries beyond one per event and subscription. Both"
-        " must be 0 (dups may not be, after a redelivery: at least once)."
+        " proxy did not accept, it must be 0; dups: deliveries beyond one per event and"
+        " subscription, 0 unless something was redelivered (at least once allows it)."
     )
     return 0 if all(row.lost == 0 for _, rows in tables for row in rows) else 1
 
