@@ -82,6 +82,7 @@ from bench.publishers import (
     raw_publish,
     run_wrk,
     stream_environ,
+    stream_messages,
     stream_state,
 )
 from bench.tables import ms, ms_per, render
@@ -534,8 +535,7 @@ def run(args: argparse.Namespace) -> int:
             environ, authorization = auth_environ(auth, Path(workdir))
             with proxy_server(broker.url, Path(workdir) / auth, environ) as (proxy, url):
                 by_auth[auth] = through_proxy(broker, proxy, url, args, auth, authorization)
-        final = asyncio.run(stream_state(broker.url, STREAM))
-    in_stream = 0 if final is None else final.messages
+        in_stream = asyncio.run(stream_messages(broker.url, STREAM))
     proxied = [row for rows in by_auth.values() for row in rows]
     reported = sum(row.result.stored for row in proxied)
     measured = [row for rows in by_auth.values() for row in rows[1:]]  # warm-ups: the check only

@@ -294,8 +294,8 @@ class StreamState(NamedTuple):
 
 
 async def stream_state(nats_url: str, stream: str) -> StreamState | None:
-    """What ``stream`` holds (None: there is no such stream): the check that every
-    acknowledged event was stored, and the size of a stored message."""
+    """What ``stream`` holds (None: there is no such stream), to tell the size of a stored
+    message."""
     connection = await nats.connect(nats_url)
     try:
         state = (await connection.jetstream().stream_info(stream)).state
@@ -304,3 +304,10 @@ async def stream_state(nats_url: str, stream: str) -> StreamState | None:
     finally:
         await connection.close()
     return StreamState(state.messages, state.bytes)
+
+
+async def stream_messages(nats_url: str, stream: str) -> int:
+    """How many messages ``stream`` holds (0: no such stream): the check that every
+    acknowledged event was stored."""
+    state = await stream_state(nats_url, stream)
+    return 0 if state is None else state.messages
