@@ -2,11 +2,11 @@
 --
 -- JetStream drops an event whose (source, id) it stored in the last two minutes, so a repeated
 -- id would be acknowledged without being written and flatter the figures; every event gets
--- "<run tag>-<wrk thread>-<counter>[-<index in batch>]" instead. A legacy Kyma event
--- (POST /bench/v1/events) carries no event-id, so the proxy gives each one a fresh UUID.
+-- "<run tag>-<wrk thread>-<counter>[-<index in batch>]" instead.
 --
--- Arguments after "--": run tag, mode ("binary", "batch" or "legacy"), data bytes, events per
--- batch, and the Authorization header to send ("": none).
+-- Arguments after "--": run tag, mode ("binary", "batch" or "legacy": a legacy Kyma event to
+-- /bench/v1/events, whose id the proxy makes), data bytes, events per batch, and
+-- the Authorization header to send ("": none).
 -- done() prints one "BENCH_RESULT {json}" line, which bench/publish.py reads.
 
 local threads = {}
@@ -65,8 +65,7 @@ function request()
    counter = counter + 1
    if mode == "batch" then
       return batch_request()
-   end
-   if mode == "legacy" then
+   elseif mode == "legacy" then
       return legacy_request()
    end
    return binary_request()
