@@ -81,35 +81,41 @@ class Published:
     latencies: list[float]  #: seconds per request
 
 
-def publish_saturated(proxy: str, tag: str, events: int, results: Any) -> None:
-    """(child process) Batch mode, 50 events a request, 8 threads on keep-alive connections."""
+def publish_saturated(proxy: str, tag: str, events: int, batch_size: int, results: Any) -> None:
+    """(child process) 8 threads on keep-alive connections, as fast as the proxy answers: batch
+    mode with ``batch_size`` events a request, or single binary-mode events when it is 1 (the
+    load of issue 16's comparison with Kyma: wrk, 8 connections)."""
     threads = 8
-    batches = [range(i, min(i + BATCH_SIZE, events)) for i in range(0, events, BATCH_SIZE)]
+    batches = [range(i, min(i + batch_size, events)) for i in range(0, events, batch_size)]
     latencies: list[float] = []
     failures: list[int] = []
+
+    def request(batch: range) -> tuple[bytes, dict[str, str]]:
+        if batch_size == 1:
+            return PAYLOAD, {**_binary_headers(f"{tag}-s{batch[0]}"), "ce-benchsent": _now()}
+        body = json.dumps(
+            [
+                {
+                    "specversion": "1.0",
+                    "id": f"{tag}-s{i}",
+                    "source": "bench",
+                    "type": "order.created.v1",
+                    "datacontenttype": "application/json",
+                    "benchsent": _now(),
+                    "data": {"pad": "x" * 1000},
+                }
+                for i in batch
+            ]
+        )
+        return body.encode(), {"Content-Type": "application/cloudevents-batch+json"}
 
     def work(mine: list[range]) -> None:
         host, port = proxy.split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
         for batch in mine:
-            body = json.dumps(
-                [
-                    {
-                        "specversion": "1.0",
-                        "id": f"{tag}-s{i}",
-                        "source": "bench",
-                        "type": "order.created.v1",
-                        "datacontenttype": "application/json",
-                        "benchsent": repr(time.time()),
-                        "data": {"pad": "x" * 1000},
-                    }
-                    for i in batch
-                ]
-            )
+            body, headers = request(batch)
             sent = time.perf_counter()
-            connection.request(
-                "POST", "/publish", body, {"Content-Type": "application/cloudevents-batch+json"}
-            )
+            connection.request("POST", "/publish", body, headers)
             response = connection.getresponse()
             response.read()
             latencies.append(time.perf_counter() - sent)
@@ -123,6 +129,22 @@ def publish_saturated(proxy: str, tag: str, events: int, results: Any) -> None:
     for thread in pool:
         thread.join()
     results.put(Published(started, sum(failures), latencies))
+
+
+def _binary_headers(event_id: str) -> dict[str, str]:
+    """The headers of a binary-mode bench event (its data: :data:`PAYLOAD`)."""
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": "bench",
+        "ce-type": "order.created.v1",
+        "Content-Type": "application/json",
+    }
+
+
+def _now() -> str:
+    """The send time the sink reads back (``benchsent``) for publish→sink latency."""
+    return repr(time.time())
 
 
 def publish_at_rate(proxy: str, tag: str, rate: int, seconds: float, results: Any) -> None:
@@ -141,14 +163,7 @@ def publish_at_rate(proxy: str, tag: str, rate: int, seconds: float, results: An
         while (ticket := next(tickets)) < total:
             due = start + ticket / rate
             time.sleep(max(0.0, due - time.perf_counter()))
-            headers = {
-                "ce-specversion": "1.0",
-                "ce-id": f"{tag}-r{ticket}",
-                "ce-source": "bench",
-                "ce-type": "order.created.v1",
-                "ce-benchsent": repr(time.time()),
-                "Content-Type": "application/json",
-            }
+            headers = {**_binary_headers(f"{tag}-r{ticket}"), "ce-benchsent": _now()}
             try:
                 connection.request("POST", "/publish", PAYLOAD, headers)
                 response = connection.getresponse()

@@ -24,8 +24,9 @@ Method (the load generators: :mod:`bench.publishers`):
   does. It runs in a process of its own, so it shares no GIL with this driver.
 - Proxy: ``eventing-proxy`` with 2 granian workers, driven by wrk over keep-alive loopback
   connections with binary-mode events (``bench/publish.lua``) at several connection counts, then
-  in batch mode (50 events per request). wrk runs a closed loop: it measures capacity, and its
-  latencies are those of a saturated proxy.
+  legacy Kyma events (``POST /bench/v1/events``, the same data) at 64 connections, then in batch
+  mode (50 events per request). wrk runs a closed loop: it measures capacity, and its latencies
+  are those of a saturated proxy.
 - Latency at a fixed rate: wrk cannot pace requests, so a small threaded client in its own process
   sends 1,000 and 2,000 requests/s over keep-alive connections. Each latency counts from the
   moment its request was due, not from when it was sent, so a client (or proxy) that falls behind
@@ -33,9 +34,17 @@ Method (the load generators: :mod:`bench.publishers`):
 - Every event has a unique id, since JetStream acknowledges a repeated (source, id) within two
   minutes without storing it again. At the end the stream must hold at least as many messages as
   the proxy reported stored, or the run fails: the figures count only events really written.
-- CPU per scenario, in percent of one core, from /proc and getrusage: on a small machine client,
-  proxy and nats-server compete for the same cores, and the split shows which side saturates;
-  "other" is the rest of the machine, to tell a disturbed run.
+- CPU per scenario from /proc and getrusage: the proxy's process tree (granian's main process
+  and workers) per request answered 2xx and per event stored, nats-server per event stored (the
+  figures issue 16 compares with Kyma's proxy), and each side in percent of one core: on a small
+  machine the load generator, proxy and nats-server compete for the same cores, and the split
+  shows which side saturates; "other" is the rest of the machine, to tell a disturbed run. A line
+  under the table says how much of the machine the load generator took and how busy it was.
+- Memory: peak RSS and PSS (/proc/PID/smaps_rollup) summed over each server's processes; the
+  proxy's forked workers share pages, which RSS counts once per process and PSS once in all.
+- Stored size: the bytes the proxy's stream grew by per message it gained during the scenario
+  (stream state before and after), JetStream's per-message overhead included: the size of the
+  stored form, which nats-server pays for in CPU and disk.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import resource
@@ -64,6 +74,7 @@ from bench.publishers import (
     DATA_BYTES,
     STREAM,
     Result,
+    StreamState,
     archive_streams,
     auth_environ,
     in_child_process,
@@ -72,29 +83,39 @@ from bench.publishers import (
     run_wrk,
     stream_environ,
     stream_messages,
+    stream_state,
 )
-from bench.tables import render
+from bench.tables import ms, ms_per, render
 from testing.procstats import RssSampler, cpu_seconds, machine_busy_seconds, tree
 from testing.servers import NatsServer, nats_server_binary
 from testing.system import Process, start_proxy
 
 PIPELINE_DEPTH = 256
 BATCH_CONNECTIONS = 16  # 800 events in flight, under PROXY_MAX_IN_FLIGHT (1,000 per worker)
+LEGACY_CONNECTIONS = 64  # the load issue 16 compares with Kyma's proxy
 PACED_CONNECTIONS = 32
 WARMUP_SECONDS = 2
 
 
 @dataclass(frozen=True)
 class CpuUse:
-    """Percent of one core each side used during a scenario (None: not running).
+    """CPU seconds each side used during a scenario of ``wall`` seconds (proxy None: not
+    running); ``machine`` is every core's busy time, theirs included."""
 
-    ``other`` is the rest of the machine's busy time: near zero unless something else ran.
-    """
-
+    wall: float
     proxy: float | None
     nats: float
     client: float
-    other: float
+    machine: float
+
+    def percent(self, seconds: float) -> float:
+        """``seconds`` of CPU over the scenario, in percent of one core."""
+        return seconds / self.wall * 100
+
+    @property
+    def other(self) -> float:
+        """CPU seconds of the rest of the machine: near zero unless something else ran."""
+        return max(0.0, self.machine - self.nats - self.client - (self.proxy or 0.0))
 
 
 @dataclass(frozen=True)
@@ -105,7 +126,16 @@ class Row:
     result: Result
     cpu: CpuUse
     rss: dict[str, int]  #: peak resident bytes of each server's process tree
+    pss: dict[str, int]  #: peak proportional set size of each server's process tree
+    events_per_request: int = 1
+    #: bytes the proxy's stream grew by per message stored during the scenario (None: not read)
+    stored_bytes: float | None = None
     target_rate: int | None = None  #: requests/s the client tried to keep (paced runs)
+
+    @property
+    def requests(self) -> float:
+        """Requests answered 2xx."""
+        return self.result.stored / self.events_per_request
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -162,36 +192,45 @@ class CpuMeter:
     children: it exits before the scenario ends, while the servers are reaped only at the end.
     """
 
-    def __init__(self, nats_pid: int, proxy_pid: int | None = None) -> None:
+    def __init__(self, nats_pid: int, proxy_pid: int | None = None, nats_url: str = "") -> None:
+        """``nats_url`` given, each scenario also reads how much the proxy's stream grew."""
         self._nats_pid = nats_pid
         self._proxy_pid = proxy_pid
+        self._nats_url = nats_url
 
-    def measure(self, scenario: str, run: Callable[[], Result]) -> Row:
+    def measure(self, scenario: str, run: Callable[[], Result], events_per_request: int = 1) -> Row:
         print(f"running: {scenario}", flush=True)
         roots = {"nats": self._nats_pid}
         if self._proxy_pid is not None:
             roots["proxy"] = self._proxy_pid
+        stream_before = self._stream_state()
         with RssSampler(roots) as memory:
             before = self._sample()
             result = run()
             after = self._sample()
-        wall = after.wall - before.wall
+        stream_after = self._stream_state()
 
-        def percent(side: str) -> float:
-            return (getattr(after, side) - getattr(before, side)) / wall * 100
+        def used(side: str) -> float:
+            return float(getattr(after, side) - getattr(before, side))
 
-        ours = percent("nats") + percent("proxy") + percent("client")
         return Row(
             scenario,
             result,
             CpuUse(
-                proxy=percent("proxy") if self._proxy_pid is not None else None,
-                nats=percent("nats"),
-                client=percent("client"),
-                other=max(0.0, percent("machine") - ours),
+                wall=used("wall"),
+                proxy=used("proxy") if self._proxy_pid is not None else None,
+                nats=used("nats"),
+                client=used("client"),
+                machine=used("machine"),
             ),
-            {name: peaks.total for name, peaks in memory.peaks.items()},
+            rss={name: peaks.total for name, peaks in memory.peaks.items()},
+            pss={name: peaks.pss for name, peaks in memory.peaks.items()},
+            events_per_request=events_per_request,
+            stored_bytes=bytes_per_message(stream_before, stream_after),
         )
+
+    def _stream_state(self) -> StreamState | None:
+        return asyncio.run(stream_state(self._nats_url, STREAM)) if self._nats_url else None
 
     def _sample(self) -> _CpuSample:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -207,6 +246,14 @@ class CpuMeter:
             client=children.ru_utime + children.ru_stime,
             machine=machine_busy_seconds(),
         )
+
+
+def bytes_per_message(before: StreamState | None, after: StreamState | None) -> float | None:
+    """Bytes a stream grew by per message it gained between two readings (None: no reading, or
+    no message gained)."""
+    if before is None or after is None or after.messages <= before.messages:
+        return None
+    return (after.bytes - before.bytes) / (after.messages - before.messages)
 
 
 class _CpuSample(NamedTuple):
@@ -243,7 +290,7 @@ def through_proxy(
 ) -> list[Row]:
     """Every proxy scenario; a short unreported wrk run first gets both workers connected.
     With credentials (``auth`` is no ``none``), each scenario's name says which."""
-    meter = CpuMeter(pid(broker), pid(proxy))
+    meter = CpuMeter(pid(broker), pid(proxy), broker.url)
     label = "" if auth == "none" else f", {auth}"
     warmup = meter.measure(
         f"warm-up{label}",
@@ -258,10 +305,19 @@ def through_proxy(
     ]
     rows.append(
         meter.measure(
+            f"proxy legacy, {LEGACY_CONNECTIONS} conns{label}",
+            lambda: run_wrk(
+                url, f"legacy-{auth}", "legacy", LEGACY_CONNECTIONS, args.duration, authorization
+            ),
+        )
+    )
+    rows.append(
+        meter.measure(
             f"proxy batch of {BATCH_SIZE}, {BATCH_CONNECTIONS} conns{label}",
             lambda: run_wrk(
                 url, f"batch-{auth}", "batch", BATCH_CONNECTIONS, args.duration, authorization
             ),
+            events_per_request=BATCH_SIZE,
         )
     )
     rows += [
@@ -332,36 +388,68 @@ def machine_info() -> str:
 def table(rows: list[Row], sequential: Result, pipelined: Result) -> str:
     head = (
         "scenario",
+        "requests/s",
         "events/s",
         "p50 ms",
         "p99 ms",
         "errors",
         "÷ raw pipelined",
         "÷ raw sequential",
-        "CPU % proxy / nats / client / other",
-        "peak RSS MiB proxy / nats",
+        "proxy CPU ms/request",
+        "proxy CPU ms/event",
+        "nats CPU ms/event",
+        "CPU % proxy / nats / load gen / other",
+        "peak RSS / PSS MiB proxy",
+        "peak RSS / PSS MiB nats",
+        "stored B/event",
     )
     lines = []
     for row in rows:
         result, cpu = row.result, row.cpu
-        proxy_cpu = "-" if cpu.proxy is None else f"{cpu.proxy:.0f}"
+        proxy_seconds = math.nan if cpu.proxy is None else cpu.proxy
+        proxy_percent = "-" if cpu.proxy is None else f"{cpu.percent(cpu.proxy):.0f}"
         lines.append(
             (
                 row.scenario,
+                f"{row.requests / result.seconds:,.0f}",
                 f"{result.rate:,.0f}",
                 f"{result.p50_ms:.2f}",
                 f"{result.p99_ms:.2f}",
                 f"{result.errors:,}",
                 ratio(result, pipelined),
                 ratio(result, sequential),
-                f"{proxy_cpu} / {cpu.nats:.0f} / {cpu.client:.0f} / {cpu.other:.0f}",
-                " / ".join(
-                    f"{row.rss[name] / 2**20:.0f}" if name in row.rss else "-"
-                    for name in ("proxy", "nats")
-                ),
+                ms(ms_per(proxy_seconds, row.requests)),
+                ms(ms_per(proxy_seconds, result.stored)),
+                ms(ms_per(cpu.nats, result.stored)),
+                f"{proxy_percent} / {cpu.percent(cpu.nats):.0f} / {cpu.percent(cpu.client):.0f}"
+                f" / {cpu.percent(cpu.other):.0f}",
+                memory(row, "proxy"),
+                memory(row, "nats"),
+                "-" if row.stored_bytes is None else f"{row.stored_bytes:,.0f}",
             )
         )
     return render(head, lines)
+
+
+def memory(row: Row, server: str) -> str:
+    """Peak RSS / PSS of one server's process tree in MiB ("-": not running)."""
+    if server not in row.rss:
+        return "-"
+    return f"{row.rss[server] / 2**20:.0f} / {row.pss[server] / 2**20:.0f}"
+
+
+def machine_share(rows: list[Row], cores: int) -> str:
+    """One line: how much of the machine the load generator took at most, beside the busiest
+    moment of the whole machine, so a reader sees when the cores, not the proxy, were full."""
+    busiest = max(rows, key=lambda row: row.cpu.machine / row.cpu.wall)
+    hungriest = max(rows, key=lambda row: row.cpu.client / row.cpu.wall)
+    capacity = cores * 100
+    return (
+        f"machine   the load generator took up to {hungriest.cpu.percent(hungriest.cpu.client):.0f}"
+        f" % of {capacity} % ({hungriest.scenario}); the busiest row kept the machine"
+        f" {busiest.cpu.percent(busiest.cpu.machine):.0f} % of {capacity} % busy"
+        f" ({busiest.scenario}): near {capacity} %, the cores are the limit"
+    )
 
 
 def ratio(result: Result, baseline: Result) -> str:
@@ -369,7 +457,8 @@ def ratio(result: Result, baseline: Result) -> str:
 
 
 def notes(rows: list[Row]) -> str:
-    """How to read the table, and a warning where the proxy could not keep a fixed rate."""
+    """How to read the table, how much of the machine the load generator took, and a warning
+    where the proxy could not keep a fixed rate."""
     cores = len(os.sched_getaffinity(0))
     lines = [
         f"events/s  events JetStream acknowledged per second (batch: requests/s x {BATCH_SIZE})",
@@ -379,9 +468,16 @@ def notes(rows: list[Row]) -> str:
         "          closed loop, so their latencies are those of a saturated proxy",
         "errors    failed publishes, non-2xx responses, socket errors (see the proxy log)",
         "÷ raw     events/s divided by the raw nats-py baseline's",
+        "CPU ms    CPU time of the proxy's process tree (granian's main and workers) per request",
+        "          answered 2xx and per event stored, and of nats-server per event stored",
         f"CPU %     percent of one core during the scenario ({cores} cores = {cores * 100}%);",
-        "          client = the load generator (nats-py process, wrk, paced Python client);",
+        "          load gen = the nats-py process, wrk or the paced Python client;",
         "          other = the rest of the machine: a high value means the run was disturbed",
+        "RSS, PSS  peak sums over each server's processes; PSS shares each page among the",
+        "          processes mapping it (granian's forked workers share the interpreter)",
+        "stored    bytes the stream grew by per message during the scenario (JetStream's",
+        "          per-message overhead, subject and headers included)",
+        machine_share(rows, cores),
     ]
     lines += [
         f"WARNING   fixed {row.target_rate:,} req/s: the proxy kept up with only"

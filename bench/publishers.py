@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 
 from eventing.nats.streams import archive_config, stream_config
@@ -285,10 +286,28 @@ def paced_publish(
     return Result(len(latencies), seconds, *percentiles_ms(latencies), len(failures))
 
 
-async def stream_messages(nats_url: str, stream: str) -> int:
-    """How many messages ``stream`` holds: the check that every acknowledged event was stored."""
+class StreamState(NamedTuple):
+    """What a stream holds at one moment."""
+
+    messages: int
+    bytes: int
+
+
+async def stream_state(nats_url: str, stream: str) -> StreamState | None:
+    """What ``stream`` holds (None: there is no such stream), to tell the size of a stored
+    message."""
     connection = await nats.connect(nats_url)
     try:
-        return int((await connection.jetstream().stream_info(stream)).state.messages)
+        state = (await connection.jetstream().stream_info(stream)).state
+    except nats.js.errors.NotFoundError:
+        return None
     finally:
         await connection.close()
+    return StreamState(state.messages, state.bytes)
+
+
+async def stream_messages(nats_url: str, stream: str) -> int:
+    """How many messages ``stream`` holds (0: no such stream): the check that every
+    acknowledged event was stored."""
+    state = await stream_state(nats_url, stream)
+    return 0 if state is None else state.messages

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -20,3 +21,14 @@ def render(head: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> str:
 
 def mib(size: int) -> str:
     return f"{size / 2**20:,.0f} MiB"
+
+
+def ms_per(cpu_seconds: float, count: float) -> float:
+    """Milliseconds of CPU per unit (request, event) when ``count`` units took ``cpu_seconds``;
+    NaN when there were none, so an empty row shows no figure instead of a division error."""
+    return cpu_seconds * 1000 / count if count else math.nan
+
+
+def ms(value: float) -> str:
+    """A CPU figure in milliseconds as the tables print it ("-": none)."""
+    return "-" if math.isnan(value) else f"{value:.2f}"

@@ -158,6 +158,11 @@ class FastSink:
             self._process.join()
 
     @property
+    def pid(self) -> int | None:
+        """The sink process's pid while it runs (a benchmark counts its CPU apart)."""
+        return self._process.pid
+
+    @property
     def deliveries(self) -> int:
         return int(self._deliveries.value)
 
