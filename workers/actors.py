@@ -233,37 +233,43 @@ def _session(local: threading.local) -> requests.Session:
 
 class _KeptAlive:
     """The keepalives of one job's events: the event under way gets those
-    :func:`workers.attempts.run` sends, and the events of its batch still waiting get them too,
-    at most once a third of the ack wait apart, so none passes its ack wait while the ones
-    before it are delivered (a first keepalive for all of them when the batch starts)."""
+    :func:`workers.attempts.run` sends, and the events of its batch still waiting get one with
+    them whenever theirs is a third of the ack wait old, so none passes its ack wait while the
+    ones before it are delivered. An event kept alive while it waited is not kept alive again
+    when it starts unless half of that time passed: a fast batch costs a keepalive per event,
+    as jobs of one did."""
 
     def __init__(self, batch: list[DeliveryJob], send: Callable[[str], None]) -> None:
         self._batch = batch
         self._send = send
         self._index = 0
         self._interval = max(batch[0].ack_wait / 3, 0.1)
-        self._waiting_since = -math.inf  #: when the waiting events had their last keepalive
+        self._sent = [-math.inf] * len(batch)  #: when each event had its last keepalive
 
     def start(self, index: int) -> None:
         self._index = index
 
     def keepalive(self) -> None:
-        self._send(self._batch[self._index].ack_subject)
-        waiting = self._batch[self._index + 1 :]
         now = time.monotonic()
-        if waiting and now - self._waiting_since >= self._interval:
-            self._waiting_since = now
-            for parsed in waiting:
-                try:
-                    self._send(parsed.ack_subject)
-                except Exception as exc:  # not the event under way's fault: it goes on
-                    # The waiting event may pass its ack wait: a redelivery, never a loss.
-                    logger.warning(
-                        "could not keep %s seq %d alive: %s",
-                        parsed.subscription,
-                        parsed.stream_sequence,
-                        exc,
-                    )
+        current = self._index
+        if now - self._sent[current] >= self._interval / 2:
+            self._send(self._batch[current].ack_subject)
+            self._sent[current] = now
+        for waiting in range(current + 1, len(self._batch)):
+            if now - self._sent[waiting] < self._interval:
+                continue
+            parsed = self._batch[waiting]
+            try:
+                self._send(parsed.ack_subject)
+                self._sent[waiting] = now
+            except Exception as exc:  # not the event under way's fault: it goes on
+                # The waiting event may pass its ack wait: a redelivery, never a loss.
+                logger.warning(
+                    "could not keep %s seq %d alive: %s",
+                    parsed.subscription,
+                    parsed.stream_sequence,
+                    exc,
+                )
 
 
 class DeliveredSummary:

@@ -215,6 +215,15 @@ def test_the_waiting_events_of_a_batch_get_keepalives_while_the_first_is_retried
     assert acks.outcomes() == [("ack", job.ack_subject) for job in batch]
 
 
+def test_a_fast_batch_costs_one_keepalive_per_event(
+    broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer
+) -> None:
+    batch = batch_of(4, sink_server.url)
+    run(broker, enqueued(batch, per_job=4))
+    kept = [c[1] for c in acks.calls if c[0] == "keepalive"]
+    assert kept == [job.ack_subject for job in batch]  # all at the start, none again
+
+
 def test_a_stopping_worker_hands_back_the_events_of_a_batch_not_started(
     broker: StubBroker, acks: RecordingAcks, sink_server: SinkServer, stopping: threading.Event
 ) -> None:
