@@ -163,21 +163,28 @@ class Dispatcher:
         target = self._targets.get(name)
         if target is None:
             return  # unsubscribed meanwhile; the messages return after their ack wait
-        # Matching reads each event (a JSON parse): off the event loop.
-        work, strangers = await asyncio.to_thread(split_received, target, messages)
-        if strangers:
-            await self._drop(name, strangers)
-        if not work:
-            return
         per_job = jobs.events_per_job(
             target.spec.max_ack_pending, self._batch_max, self._batch_spread
         )
-        try:
-            await asyncio.to_thread(self._enqueue, work, per_job)
-        except Exception as exc:  # any broker failure: JetStream redelivers after the ack wait
-            logger.warning("could not enqueue %d job(s) of %s: %s", len(work), name, exc)
-            return
-        self._on_enqueued(name, len(work))
+
+        def split_and_enqueue() -> tuple[int, list[PulledMessage], Exception | None]:
+            # Matching reads each event (a JSON parse), and the enqueue blocks: both off the
+            # event loop, in one hand-over to a thread per fetch rather than two.
+            work, strangers = split_received(target, messages)
+            try:
+                if work:
+                    self._enqueue(work, per_job)
+            except Exception as exc:  # any broker failure: JetStream redelivers after ack wait
+                return len(work), strangers, exc
+            return len(work), strangers, None
+
+        enqueued, strangers, failure = await asyncio.to_thread(split_and_enqueue)
+        if strangers:
+            await self._drop(name, strangers)
+        if failure is not None:
+            logger.warning("could not enqueue %d job(s) of %s: %s", enqueued, name, failure)
+        elif enqueued:
+            self._on_enqueued(name, enqueued)
 
     async def _drop(self, name: str, strangers: list[PulledMessage]) -> None:
         """Ack events that only share the consumer's subject: they were never this
