@@ -750,6 +750,20 @@ class DeliverySettings:
         "Redeliveries tolerated beyond the retry plan (worker crashes, expired ack waits) before"
         " an event is dead-lettered.",
     )
+    batch_max: int = setting(
+        "DELIVERY_BATCH_MAX",
+        "20",
+        _int(1, 1000),
+        "Most events of one subscription that one delivery job carries when its consumer has a"
+        " backlog (1: a job per event); a lone event is always a job of its own.",
+    )
+    batch_spread: int = setting(
+        "DELIVERY_BATCH_SPREAD",
+        "32",
+        _int(1, 100_000),
+        "Deliveries at once that batching leaves a slow sink: a job carries at most"
+        " maxInFlightMessages ÷ this many events (the workers' threads in all: 2 x 16).",
+    )
     job_signing_key_file: str = setting(
         "JOB_SIGNING_KEY_FILE",
         "",

@@ -103,12 +103,12 @@ class DeliveryHealth:
                     figures.failing_since = attempt.time
                 reason = record.reason or attempt.error or f"HTTP {attempt.status}"
                 figures.last_error = LastError(record.time, attempt.status, reason)
-        event = ledger.event_key(record.source, record.id)
         if record.outcome == "retrying":
             if len(figures.retrying) < self._tracked:
-                figures.retrying.add(event)
+                figures.retrying.add(ledger.event_key(record.source, record.id))
             return
-        figures.retrying.discard(event)
+        if figures.retrying:  # the key is a JSON encoding: most outcomes follow no retry
+            figures.retrying.discard(ledger.event_key(record.source, record.id))
         if record.outcome == "delivered":
             figures.delivered += 1
         elif record.outcome == "dead-lettered":

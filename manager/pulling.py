@@ -2,7 +2,8 @@
 
 The manager never acks a delivery. It pulls messages in batches bounded by each consumer's
 in-flight limit, turns each one into a :class:`~eventing.delivery.jobs.DeliveryJob` and enqueues
-it; a worker acks later from its own connection. A job that cannot be enqueued is simply not
+them, several of a fetch to a dramatiq message (:func:`eventing.delivery.jobs.events_per_job`);
+a worker acks later from its own connection. A job that cannot be enqueued is simply not
 acked, so JetStream redelivers the message after its ack wait. Between two fetches a pull task
 has its backlog checked (:mod:`manager.shedding`).
 
@@ -52,7 +53,7 @@ class Dispatcher:
         self,
         client: JetStreamClient,
         stream: str,
-        enqueue: Callable[[list[jobs.DeliveryJob]], None],
+        enqueue: Callable[[list[jobs.DeliveryJob], int], None],
         on_enqueued: Callable[[str, int], None],
         *,
         on_shed: Callable[[str, int], None],
@@ -61,8 +62,14 @@ class Dispatcher:
         max_backlog: int,
         publish_timeout: float,
         ledger_stream: str = "",
+        batch_max: int = 1,
+        batch_spread: int = 1,
     ) -> None:
+        """``enqueue`` takes jobs and how many of them one dramatiq message may carry
+        (:func:`jobs.events_per_job` of ``batch_max`` and ``batch_spread``)."""
         self._client = client
+        self._batch_max = batch_max
+        self._batch_spread = batch_spread
         self._stream = stream
         self._enqueue = enqueue
         self._on_enqueued = on_enqueued
@@ -156,18 +163,28 @@ class Dispatcher:
         target = self._targets.get(name)
         if target is None:
             return  # unsubscribed meanwhile; the messages return after their ack wait
-        # Matching reads each event (a JSON parse): off the event loop.
-        work, strangers = await asyncio.to_thread(split_received, target, messages)
+        per_job = jobs.events_per_job(
+            target.spec.max_ack_pending, self._batch_max, self._batch_spread
+        )
+
+        def split_and_enqueue() -> tuple[int, list[PulledMessage], Exception | None]:
+            # Matching reads each event (a JSON parse), and the enqueue blocks: both off the
+            # event loop, in one hand-over to a thread per fetch rather than two.
+            work, strangers = split_received(target, messages)
+            try:
+                if work:
+                    self._enqueue(work, per_job)
+            except Exception as exc:  # any broker failure: JetStream redelivers after ack wait
+                return len(work), strangers, exc
+            return len(work), strangers, None
+
+        enqueued, strangers, failure = await asyncio.to_thread(split_and_enqueue)
         if strangers:
             await self._drop(name, strangers)
-        if not work:
-            return
-        try:
-            await asyncio.to_thread(self._enqueue, work)
-        except Exception as exc:  # any broker failure: JetStream redelivers after the ack wait
-            logger.warning("could not enqueue %d job(s) of %s: %s", len(work), name, exc)
-            return
-        self._on_enqueued(name, len(work))
+        if failure is not None:
+            logger.warning("could not enqueue %d job(s) of %s: %s", enqueued, name, failure)
+        elif enqueued:
+            self._on_enqueued(name, enqueued)
 
     async def _drop(self, name: str, strangers: list[PulledMessage]) -> None:
         """Ack events that only share the consumer's subject: they were never this

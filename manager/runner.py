@@ -93,13 +93,16 @@ class Manager:
         def enqueue(work: list[jobs.DeliveryJob]) -> None:
             jobs.enqueue(broker, work, key)
 
+        def enqueue_batched(work: list[jobs.DeliveryJob], per_job: int) -> None:
+            jobs.enqueue(broker, work, key, per_job=per_job)
+
         def of(name: str) -> tuple[str, str, str]:
             return labels_of(dispatcher.targets.get(name))
 
         dispatcher = pulling.Dispatcher(
             client,
             settings.stream.name,
-            enqueue,
+            enqueue_batched,
             lambda name, count: metrics.enqueued.labels(*of(name)).inc(count),
             on_shed=lambda name, count: metrics.shed.labels(*of(name)).inc(count),
             on_filtered=lambda name, count: metrics.filtered.labels(*of(name)).inc(count),
@@ -107,6 +110,8 @@ class Manager:
             max_backlog=settings.manager.max_backlog,
             publish_timeout=settings.stream.dead_letter_publish_timeout,
             ledger_stream=settings.stream.ledger_name if settings.stream.ledger_max_age else "",
+            batch_max=settings.delivery.batch_max,
+            batch_spread=settings.delivery.batch_spread,
         )
         reconciler = Reconciler.for_settings(client, dispatcher, metrics, settings)
         sinks = DeadLetterSinks(

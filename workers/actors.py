@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
-from collections.abc import Collection, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import dramatiq
@@ -35,6 +37,7 @@ from workers.secrets import Secrets
 logger = logging.getLogger(__name__)
 
 _TIME_LIMIT_MS = 60 * 60 * 1000  # a job's own timeouts end it long before
+SUMMARY_EVERY = 10.0  #: seconds between two INFO lines that sum a subscription's deliveries
 
 
 def declare(
@@ -56,7 +59,8 @@ def declare(
     ``stopping`` is set when the worker stops (:class:`workers.shutdown.GracefulStop`); jobs
     then hand their events back instead of going on, unless the sink has taken them. Only jobs
     signed with ``key`` whose ack subject is of one of ``streams`` are delivered
-    (:func:`jobs.admit`).
+    (:func:`jobs.admit_message`). A batch's events go one after the other, each settled on its
+    own as a job of one would be; those not started when the worker stops are handed back.
     """
     stopping = stopping or threading.Event()
     outbound = (secrets or Secrets(SourceSettings())).outbound
@@ -64,29 +68,62 @@ def declare(
     sessions = threading.local()
     extra = settings.extra_deliveries
     write = acks.write if acks.ledger else None
+    delivered = DeliveredSummary(logger)
 
     def deliver(*args: Any, **kwargs: Any) -> None:
         # Any arguments at all: a forged message's odd ones are refused here, not by dramatiq's
         # call, whose TypeError it would log with the whole message.
         try:
-            parsed = jobs.admit(
-                kwargs.get("job"), kwargs.get("signature"), key=key, streams=streams
-            )
+            batch = jobs.admit_message(kwargs, key=key, streams=streams)
         except UntrustedJob as exc:
             # Dropped: the message has no ack subject that may be touched. Its content stays
             # out of the log (it may be anyone's).
             metrics.refused.labels(exc.reason).inc()
             logger.warning("refused a delivery job (%s): %s", exc.reason, exc)
             return
+        sink = mask_url(batch[0].sink)
+        if len(batch) > 1:
+            logger.debug("delivering %d events of %s in one job", len(batch), batch[0].subscription)
+        alive = _KeptAlive(batch, acks.keepalive)
+        fault: Exception | None = None
+        for index, parsed in enumerate(batch):
+            if index and stopping.is_set():
+                hand_back(batch[index:], sink)
+                break
+            alive.start(index)
+            try:
+                deliver_one(parsed, sink, alive.keepalive)
+            except Exception as exc:  # a fault of ours while settling: the next events go on
+                if len(batch) == 1:
+                    raise  # dramatiq logs it by the message's id, as ever
+                logger.warning(
+                    "settling %s seq %d failed (%s); JetStream redelivers it after its ack wait",
+                    parsed.subscription,
+                    parsed.stream_sequence,
+                    type(exc).__name__,
+                )
+                fault = fault or exc
+        if fault is not None:
+            raise fault  # once the others are settled: the message fails, as a job of one's does
+
+    def hand_back(waiting: list[DeliveryJob], sink: str) -> None:
+        """The events of a batch not started when the worker stops go back at once."""
+        for parsed in waiting:
+            where = f"{parsed.subscription} seq {parsed.stream_sequence} to {sink}"
+            with _unsettled(where, Trail(parsed)):
+                acks.nak(parsed.ack_subject, 0.0)
+                logger.info("handed back %s: the worker is shutting down", where)
+
+    def deliver_one(parsed: DeliveryJob, sink: str, keepalive: Callable[[], None]) -> None:
         trail = Trail(parsed, write)
-        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {mask_url(parsed.sink)}"
+        where = f"{parsed.subscription} seq {parsed.stream_sequence} to {sink}"
         observed = redrives.LastAnswer(metrics.observer(parsed))
         try:
             outcome = attempts.run(
                 parsed,
                 _session(sessions),
                 extra_deliveries=extra,
-                keepalive=lambda: acks.keepalive(parsed.ack_subject),
+                keepalive=keepalive,
                 log=acks,
                 observe=observed,
                 stopping=stopping.is_set,
@@ -130,8 +167,13 @@ def declare(
                 acks.ack(parsed.ack_subject, trail.outcome("delivered"))
                 if steps.may_be_counted(made, parsed.delivery_count):
                     acks.forget(parsed)
-                logger.info(
-                    "delivered %s: %d after %d attempt(s); %s", where, status, made, trail.names
+                logger.log(
+                    logging.INFO if delivered.count(parsed.subscription) else logging.DEBUG,
+                    "delivered %s: %d after %d attempt(s); %s",
+                    where,
+                    status,
+                    made,
+                    trail.names,
                 )
             case steps.RetryLater(delay=delay, attempts=made, reason=reason):
                 acks.nak(parsed.ack_subject, delay)
@@ -187,3 +229,85 @@ def _session(local: threading.local) -> requests.Session:
         session = deadline.session()
         local.session = session
     return session
+
+
+class _KeptAlive:
+    """The keepalives of one job's events: the event under way gets those
+    :func:`workers.attempts.run` sends, and the events of its batch still waiting get one with
+    them whenever theirs is a third of the ack wait old, so none passes its ack wait while the
+    ones before it are delivered. An event kept alive while it waited is not kept alive again
+    when it starts unless half of that time passed: a fast batch costs a keepalive per event,
+    as jobs of one did."""
+
+    def __init__(self, batch: list[DeliveryJob], send: Callable[[str], None]) -> None:
+        self._batch = batch
+        self._send = send
+        self._index = 0
+        self._interval = max(batch[0].ack_wait / 3, 0.1)
+        self._sent = [-math.inf] * len(batch)  #: when each event had its last keepalive
+
+    def start(self, index: int) -> None:
+        self._index = index
+
+    def keepalive(self) -> None:
+        now = time.monotonic()
+        current = self._index
+        if now - self._sent[current] >= self._interval / 2:
+            self._send(self._batch[current].ack_subject)
+            self._sent[current] = now
+        for waiting in range(current + 1, len(self._batch)):
+            if now - self._sent[waiting] < self._interval:
+                continue
+            parsed = self._batch[waiting]
+            try:
+                self._send(parsed.ack_subject)
+                self._sent[waiting] = now
+            except Exception as exc:  # not the event under way's fault: it goes on
+                # The waiting event may pass its ack wait: a redelivery, never a loss.
+                logger.warning(
+                    "could not keep %s seq %d alive: %s",
+                    parsed.subscription,
+                    parsed.stream_sequence,
+                    exc,
+                )
+
+
+class DeliveredSummary:
+    """Successful deliveries in INFO lines that sum them: a subscription's first delivery after
+    a quiet :data:`SUMMARY_EVERY` has its own INFO line at once (so the quickstart's one event
+    shows), the ones after it one line per subscription once the interval is over. Each of
+    those is a DEBUG line; a retry, a hand-back and a dead letter keep their own line."""
+
+    def __init__(self, log: logging.Logger, every: float = SUMMARY_EVERY) -> None:
+        self._log = log
+        self._every = every
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}  #: when each subscription's last line was logged
+        self._flush: threading.Timer | None = None
+
+    def count(self, subscription: str) -> bool:
+        """Count one delivery; whether it gets an INFO line of its own (else a sum later)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(subscription, -math.inf) >= self._every:
+                self._last[subscription] = now
+                return True
+            self._counts[subscription] = self._counts.get(subscription, 0) + 1
+            if self._flush is None:
+                self._flush = threading.Timer(self._every, self.flush)
+                self._flush.daemon = True
+                self._flush.start()
+            return False
+
+    def flush(self) -> None:
+        """Log the sums counted since each subscription's last line."""
+        with self._lock:
+            counts, self._counts, self._flush = self._counts, {}, None
+            now = time.monotonic()
+            for subscription in counts:
+                self._last[subscription] = now
+        for subscription, count in sorted(counts.items()):
+            self._log.info(
+                "delivered %d more event(s) of %s within %.0fs", count, subscription, self._every
+            )

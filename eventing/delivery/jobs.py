@@ -1,9 +1,11 @@
 """The delivery job: the small JSON contract between the manager and the workers.
 
-The manager enqueues one job per JetStream message and never acks; a worker delivers, then acks
-through the message's reply subject from its own NATS connection. A job carries everything a
-worker needs (the event as stored, the sink, the resolved retry policy, where the delivery's
-secrets are), so workers hold no subscription state and any worker anywhere can take any job.
+The manager enqueues a job per JetStream message and never acks; a worker delivers, then acks
+through the message's reply subject from its own NATS connection. Several jobs of one
+subscription fetched together may travel as one dramatiq message, a batch signed once that
+writes what they share once (:func:`batch_document`, :func:`events_per_job`). A job carries
+everything a worker needs (the event as stored, the sink, the resolved retry policy, where the
+delivery's secrets are), so workers hold no subscription state and any worker can take any job.
 No objects, no pickles, and no secret in clear (see :mod:`eventing.delivery.credentials`). Every
 job travels signed (:mod:`eventing.delivery.signatures`): workers act only on :func:`admit`'s jobs.
 """
@@ -120,6 +122,97 @@ class DeliveryJob:
             dead_letter_sequence=int(data.get("dead_letter_sequence", 0)),
         )
 
+    def shared(self) -> tuple[Any, ...]:
+        """What this job shares with the other jobs of its batch (:data:`PER_EVENT` aside)."""
+        return (
+            self.sink,
+            self.subscription,
+            self.event_type,
+            self.consumer,
+            self.ack_wait,
+            self.policy,
+            self.credentials,
+            self.origin,
+        )
+
+    def event_fields(self) -> dict[str, Any]:
+        """The fields of this job that differ from event to event of a batch."""
+        fields: dict[str, Any] = {
+            "event": self.event,
+            "ack_subject": self.ack_subject,
+            "stream_sequence": self.stream_sequence,
+            "delivery_count": self.delivery_count,
+        }
+        if self.published:
+            fields["published"] = self.published
+        if self.dead_letter_sequence:
+            fields["dead_letter_sequence"] = self.dead_letter_sequence
+        return fields
+
+    def with_event_fields(self, data: dict[str, Any]) -> DeliveryJob:
+        """This job with another event of its batch (``data``: :meth:`event_fields`'s form);
+        ``KeyError``/``TypeError``/``ValueError`` on a malformed one."""
+        return dataclasses.replace(
+            self,
+            event=str(data["event"]),
+            ack_subject=str(data["ack_subject"]),
+            stream_sequence=int(data["stream_sequence"]),
+            delivery_count=int(data["delivery_count"]),
+            published=float(data.get("published", 0.0)),
+            dead_letter_sequence=int(data.get("dead_letter_sequence", 0)),
+        )
+
+
+#: The fields of a job that a batch carries per event; the others it carries once.
+PER_EVENT = (
+    "event",
+    "ack_subject",
+    "stream_sequence",
+    "delivery_count",
+    "published",
+    "dead_letter_sequence",
+)
+
+
+def batch_document(batch: list[DeliveryJob]) -> dict[str, Any]:
+    """The JSON of several jobs of one subscription: ``shared`` (what they have in common,
+    written once) and ``events`` (:meth:`DeliveryJob.event_fields` of each, in order)."""
+    shared = {k: v for k, v in batch[0].to_dict().items() if k not in PER_EVENT}
+    return {"shared": shared, "events": [job.event_fields() for job in batch]}
+
+
+def batch_from_document(document: dict[str, Any]) -> list[DeliveryJob]:
+    """The jobs of :func:`batch_document`'s JSON; ``KeyError``/``TypeError``/``ValueError`` on a
+    malformed one (no events is malformed too)."""
+    shared, events = document["shared"], document["events"]
+    if not isinstance(shared, dict) or not isinstance(events, list) or not events:
+        raise ValueError("a batch needs its shared fields and one event or more")
+    if not all(isinstance(fields, dict) for fields in events):
+        raise TypeError("an event of the batch is no object")
+    first = DeliveryJob.from_dict({**shared, **events[0]})
+    return [first, *(first.with_event_fields(fields) for fields in events[1:])]
+
+
+def _chunks(jobs: list[DeliveryJob], per_job: int) -> list[list[DeliveryJob]]:
+    """``jobs`` in runs of consecutive jobs that share everything but :data:`PER_EVENT`, each
+    run cut into as few near-equal chunks of at most ``per_job`` as it takes."""
+    runs: list[list[DeliveryJob]] = []
+    for job in jobs:
+        if runs and per_job > 1 and runs[-1][0].shared() == job.shared():
+            runs[-1].append(job)
+        else:
+            runs.append([job])
+    chunks: list[list[DeliveryJob]] = []
+    for run in runs:
+        count = -(-len(run) // per_job)  # ceil
+        size, larger = divmod(len(run), count)
+        start = 0
+        for index in range(count):
+            end = start + size + (1 if index < larger else 0)
+            chunks.append(run[start:end])
+            start = end
+    return chunks
+
 
 def dead_letter(
     job: DeliveryJob, reason: str, status: int | None, attempts: int, *, answer: bytes = b""
@@ -189,31 +282,68 @@ def make_broker(settings: DeliverySettings) -> dramatiq.Broker:
     return WakingRedisBroker(client=brokers.redis_client(settings))
 
 
-def enqueue(broker: Broker, jobs: list[DeliveryJob], key: bytes) -> None:
-    """Hand ``jobs`` to the workers through ``broker``, each signed with ``key`` (blocking; call
-    it off the event loop).
+def events_per_job(max_in_flight: int, batch_max: int, spread: int) -> int:
+    """How many events of one subscription one job may carry: ``batch_max``, but no more than
+    keep ``spread`` jobs among the ``max_in_flight`` events a subscription has out at once.
+
+    A job's events are delivered one after the other, so a slow sink gets as many deliveries at
+    once as there are jobs of its subscription: ``max_in_flight ÷ events_per_job``. Keeping that
+    at ``spread`` or more (the workers' threads in all) keeps what a sink got with a job per
+    event, ``min(max_in_flight, threads)``.
+    """
+    return max(1, min(batch_max, max_in_flight // max(1, spread)))
+
+
+def enqueue(broker: Broker, jobs: list[DeliveryJob], key: bytes, *, per_job: int = 1) -> None:
+    """Hand ``jobs`` to the workers through ``broker``, signed with ``key`` (blocking; call
+    it off the event loop): up to ``per_job`` consecutive jobs of one subscription travel as one
+    dramatiq message, signed once (:func:`batch_document`); a lone job as the job it is.
 
     Messages are addressed by queue and actor name, so the manager needs no actor object and
     never imports the workers.
     """
     messages: list[dramatiq.Message[Any]] = []
-    for job in jobs:
-        document = job.to_dict()
-        signature = signatures.sign(document, key)
+    for chunk in _chunks(jobs, per_job):
+        if len(chunk) == 1:
+            document = chunk[0].to_dict()
+            kwargs = {"job": document, "signature": signatures.sign(document, key)}
+        else:
+            document = batch_document(chunk)
+            kwargs = {"batch": document, "signature": signatures.sign(document, key)}
         messages.append(
-            dramatiq.Message(
-                queue_name=QUEUE,
-                actor_name=ACTOR,
-                args=(),
-                kwargs={"job": document, "signature": signature},
-                options={},
-            )
+            dramatiq.Message(queue_name=QUEUE, actor_name=ACTOR, args=(), kwargs=kwargs, options={})
         )
     if isinstance(broker, WakingRedisBroker):
         broker.enqueue_all(messages)  # one wake-up for the batch
         return
     for message in messages:
         broker.enqueue(message)
+
+
+def admit_message(
+    kwargs: dict[str, Any], *, key: bytes, streams: Collection[str]
+) -> list[DeliveryJob]:
+    """The jobs a dramatiq message carries, if the manager made them: a batch
+    (:func:`batch_document`, signed once) or one job (what every version enqueues for a lone
+    event, and all that versions before batches enqueued).
+
+    Raises:
+        UntrustedJob: see :func:`admit`; a batch is refused whole if any of its events' ack
+            subjects is refused.
+    """
+    if "batch" not in kwargs:
+        return [admit(kwargs.get("job"), kwargs.get("signature"), key=key, streams=streams)]
+    document, signature = kwargs["batch"], kwargs.get("signature")
+    _check_signed(document, signature, key)
+    try:
+        batch = batch_from_document(document)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UntrustedJob(
+            "malformed", f"the batch does not parse ({type(exc).__name__})"
+        ) from None
+    for parsed in batch:
+        _check_ack_subject(parsed, streams)
+    return batch
 
 
 def admit(job: Any, signature: Any, *, key: bytes, streams: Collection[str]) -> DeliveryJob:
@@ -226,20 +356,29 @@ def admit(job: Any, signature: Any, *, key: bytes, streams: Collection[str]) -> 
             ``reason`` is one of :data:`UntrustedJob.REASONS` and its message never shows the
             job's content.
     """
-    if not isinstance(job, dict):
+    _check_signed(job, signature, key)
+    try:
+        parsed = DeliveryJob.from_dict(job)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UntrustedJob("malformed", f"the job does not parse ({type(exc).__name__})") from None
+    _check_ack_subject(parsed, streams)
+    return parsed
+
+
+def _check_signed(document: Any, signature: Any, key: bytes) -> None:
+    if not isinstance(document, dict):
         raise UntrustedJob("malformed", "the message carries no job")
     if not isinstance(signature, str) or not signature:
         raise UntrustedJob("unsigned", "the job carries no signature")
-    if not signatures.signed_by(job, signature, key):
+    if not signatures.signed_by(document, signature, key):
         raise UntrustedJob(
             "bad-signature",
             "the job's signature does not match (altered, or signed with another key than"
             " this worker's: the manager and the workers must share JOB_SIGNING_KEY_FILE)",
         )
-    try:
-        parsed = DeliveryJob.from_dict(job)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UntrustedJob("malformed", f"the job does not parse ({type(exc).__name__})") from None
+
+
+def _check_ack_subject(parsed: DeliveryJob, streams: Collection[str]) -> None:
     problem = signatures.ack_subject_problem(
         parsed.ack_subject,
         streams=streams,
@@ -247,4 +386,3 @@ def admit(job: Any, signature: Any, *, key: bytes, streams: Collection[str]) -> 
     )
     if problem is not None:
         raise UntrustedJob("bad-ack-subject", problem)
-    return parsed

@@ -38,7 +38,7 @@ class Enqueued:
         self._lock = threading.Lock()
         self.jobs: list[DeliveryJob] = []
 
-    def __call__(self, work: list[DeliveryJob]) -> None:
+    def __call__(self, work: list[DeliveryJob], per_job: int) -> None:
         with self._lock:
             self.jobs += work
 

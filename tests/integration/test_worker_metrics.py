@@ -31,7 +31,10 @@ def test_every_worker_on_a_host_serves_complete_metrics(
     request: pytest.FixtureRequest,
 ) -> None:
     # One worker process each, 2 threads: the jobs spread over the three.
-    system = System(nats_server, redis_server, tmp_path, WORKER_THREADS="2").start(workers=3)
+    # Every delivery logged (a DEBUG line each; INFO sums them).
+    system = System(
+        nats_server, redis_server, tmp_path, WORKER_THREADS="2", LOG_LEVEL="debug"
+    ).start(workers=3)
     try:
         urls = [system.metrics_url(worker) for worker in system.workers]
         assert len(set(urls)) == 3, urls  # all started with the same WORKER_METRICS_PORT
