@@ -27,8 +27,8 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
     Raises:
         ConfigError: a file of publishers' credentials is missing or invalid.
     """
-    # prometheus_client picks single- or multi-process mode when first imported, so the
-    # launcher (proxy.server, which imports this package) must hand the metrics folder over first.
+    # Imported here: the launcher (proxy.server, which imports this package) needs none of them,
+    # and the metrics read the snapshots folder it hands over (proxy.metrics).
     from proxy import admission, auth, metrics, problems, views
 
     app = Flask(__name__)

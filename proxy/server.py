@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from eventing.errors import ConfigError
 from eventing.settings import hand_over_metrics_dir, settings_or_exit
 
-if TYPE_CHECKING:  # importing the app fixes prometheus_client's mode: only app() may do so
+if TYPE_CHECKING:  # the app is built in each worker process, by app(), never in the launcher
     from proxy.bodies import BodiesFirst
 
 
@@ -42,7 +42,7 @@ def main() -> int:
     from granian.server import Server
 
     metrics_dir = tempfile.mkdtemp(prefix="eventing-proxy-metrics-")
-    hand_over_metrics_dir(metrics_dir)
+    hand_over_metrics_dir(metrics_dir, snapshots=True)
     try:
         Server(
             "proxy.server:app",
