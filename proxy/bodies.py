@@ -217,6 +217,9 @@ def _content_length(headers: Headers) -> int | None:
         return None
 
 
+#: The environ key of the whole body, read already.
+BODY = "eventing.body"
+
 _VERSIONS = {"1": "HTTP/1", "1.1": "HTTP/1.1", "2": "HTTP/2", "3": "HTTP/3"}
 
 
@@ -237,6 +240,7 @@ def _environ(scope: Scope, body: bytes) -> dict[str, Any]:
         "QUERY_STRING": scope.query_string,
         "wsgi.url_scheme": scope.scheme,
         "wsgi.input": io.BytesIO(body),
+        BODY: body,  # the views read it from here, without Werkzeug's stream around it
         "wsgi.input_terminated": True,  # the stream ends where the body ends (Werkzeug reads it)
         "wsgi.errors": sys.stderr,
         "wsgi.multiprocess": False,

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -156,14 +156,19 @@ class ProxyMetrics:
 
 def install(app: Flask, metrics: ProxyMetrics) -> None:
     """Count every request ``app`` answers: wrap its WSGI app, outermost (call after every other
-    middleware), and label each request with Flask's rule."""
-    app.before_request(_label_route)
+    middleware)."""
     app.wsgi_app = RequestCounter(app.wsgi_app, metrics)  # type: ignore[method-assign]
 
 
-def _label_route() -> None:
-    rule = request.url_rule
-    request.environ[ROUTE] = rule.rule.replace("<", "{").replace(">", "}") if rule else ""
+def _route(environ: dict[str, Any]) -> str:
+    """The ``path`` label: admission's for a publishing request, else the rule Flask matched
+    (read from its request object afterwards, which costs no hook in every request)."""
+    route: str | None = environ.get(ROUTE)
+    if route is not None:
+        return route
+    handled = environ.get("werkzeug.request")
+    rule = getattr(handled, "url_rule", None)
+    return rule.rule.replace("<", "{").replace(">", "}") if rule else ""
 
 
 class RequestCounter:
@@ -185,7 +190,7 @@ class RequestCounter:
 
         body = self._app(environ, counted_start_response)
         self._metrics.observe_request(
-            status[0], environ.get("REQUEST_METHOD", ""), environ.get(ROUTE, ""), started
+            status[0], environ.get("REQUEST_METHOD", ""), _route(environ), started
         )
         return body
 
