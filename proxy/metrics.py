@@ -196,7 +196,7 @@ class RequestCounter:
 
 
 #: Seconds between two snapshots of a process's metrics while they change.
-SNAPSHOT_INTERVAL = 0.25
+SNAPSHOT_INTERVAL = 1.0
 _SNAPSHOT_SUFFIX = ".json"
 
 

@@ -29,6 +29,7 @@ def main() -> int:
     settings = settings_or_exit("eventing-proxy")
     log_config = _log_config(settings.log_level)
     logging.config.dictConfig(log_config)
+    _without_unused_transport(settings.nats.urls)
     from proxy import auth
 
     try:  # each worker reads the files again; a bad one should stop the launcher, not them
@@ -102,6 +103,15 @@ _WORKERS_KILL_TIMEOUT = 3
 #: ends) locked every other client out. Load is bounded per request instead (proxy.admission);
 #: an open connection costs about 15 KiB.
 _CONNECTIONS_PER_WORKER = 8192
+
+
+def _without_unused_transport(urls: tuple[str, ...]) -> None:
+    """Keep nats-py from importing aiohttp, its websocket transport, unless a ``ws://`` or
+    ``wss://`` URL needs it: nothing else in the proxy does, and it costs each process (the
+    launcher and every worker forked from it) about 9 MiB. nats-py imports it optionally, and
+    an import refused here counts as not installed."""
+    if not any(url.startswith(("ws://", "wss://")) for url in urls):
+        sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
 
 
 def _log_config(level: str) -> dict[str, object]:

@@ -136,6 +136,29 @@ def test_publishes_through_the_production_server(
     assert "Traceback" not in log.read_text()
 
 
+def test_no_process_of_the_proxy_loads_the_unused_websocket_transport(
+    proxy: tuple[str, subprocess.Popen[bytes], Path],
+) -> None:
+    """aiohttp, which nats-py would import for ws:// URLs alone, cost each process 9 MiB."""
+    url, process, _ = proxy
+    assert _publish_many(url, count=20, threads=4) == [204] * 20  # both workers connected
+    group = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _process_group(int(entry.name)) == process.pid
+    ]
+    assert len(group) == 3  # the launcher and its two workers
+    for pid in group:
+        assert "aiohttp" not in Path(f"/proc/{pid}/maps").read_text(), pid
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def test_chunked_bodies_over_the_limit_are_refused_not_cut(
     proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
 ) -> None:
