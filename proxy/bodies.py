@@ -91,12 +91,24 @@ class BodiesFirst:
     """An RSGI application serving ``app`` (WSGI) on ``threads`` threads, bodies read first."""
 
     def __init__(
-        self, app: WSGIApp, *, threads: int, limits: BodyLimits, metrics: ProxyMetrics
+        self,
+        app: WSGIApp,
+        *,
+        threads: int,
+        limits: BodyLimits,
+        metrics: ProxyMetrics,
+        on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
     ) -> None:
         self._app = app
         self._threads = _Threads(threads, "proxy-request")
         self._limits = limits
         self._metrics = metrics
+        self._on_loop = on_loop
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Granian's worker hands over its event loop before serving: ``on_loop`` gets it."""
+        if self._on_loop is not None:
+            self._on_loop(loop)
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         started = time.perf_counter()

@@ -79,9 +79,11 @@ def app() -> BodiesFirst:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
     from proxy import admission, bodies, create_app
+    from proxy.publisher import JetStreamPublisher
 
     settings = settings_or_exit("eventing-proxy", warn=False)  # main() validated and warned
-    flask_app = create_app(settings)
+    publisher = JetStreamPublisher(settings)
+    flask_app = create_app(settings, publisher=publisher)
     return bodies.BodiesFirst(
         flask_app,
         threads=admission.thread_count(settings.proxy.threads),
@@ -91,6 +93,7 @@ def app() -> BodiesFirst:
             max_size=settings.proxy.max_request_size,
         ),
         metrics=flask_app.extensions["eventing.metrics"],
+        on_loop=publisher.serve_on,  # NATS on granian's loop, no loop thread of its own
     )
 
 
