@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
@@ -216,10 +217,13 @@ def _store(messages: list[OutboundMessage], grant: publishers.Grant) -> dict[int
     failures = {i: error for i, error in enumerate(outcomes) if error is not None}
     code = str(next(iter(failures.values())).status) if failures else "204"
     metrics.backend_duration.labels(code, metrics.destination).observe(elapsed_ms)
-    for index, message in enumerate(messages):
-        if index not in failures:
-            event_type, source = metrics.event_labels(message.event_type, message.event_source)
-            metrics.published.labels(event_type, source, "204").inc()
+    stored = Counter(  # one increment per type and source: a batch holds many of one type
+        metrics.event_labels(message.event_type, message.event_source)
+        for index, message in enumerate(messages)
+        if index not in failures
+    )
+    for (event_type, source), count in stored.items():
+        metrics.published.labels(event_type, source, "204").inc(count)
     if len(failures) < len(messages):
         metrics.publisher_events.labels(grant.name).inc(len(messages) - len(failures))
     return failures

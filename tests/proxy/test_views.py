@@ -284,9 +284,11 @@ def test_health_and_readiness(client: FlaskClient, publisher: RecordingPublisher
 
 def test_metrics_use_kymas_names(client: FlaskClient) -> None:
     client.post("/publish", headers=BINARY, data=b"{}")
+    batch = [{**EVENT, "id": f"b{i}", "source": source} for i, source in enumerate("aab")]
+    client.post("/publish", json=batch, content_type="application/cloudevents-batch+json")
     client.post("/app/v1/events", data=b"")
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'eventing_epp_requests_total{code="204",method="POST",path="/publish"} 1.0' in text
+    assert 'eventing_epp_requests_total{code="204",method="POST",path="/publish"} 2.0' in text
     assert (
         'eventing_epp_requests_total{code="400",method="POST",path="/{application}/v1/events"} 1.0'
         in text
@@ -295,6 +297,8 @@ def test_metrics_use_kymas_names(client: FlaskClient) -> None:
         "eventing_epp_event_type_published_total"
         '{code="204",event_source="myapp",event_type="order.created.v1"} 1.0' in text
     )
+    assert 'event_source="a",event_type="order.created.v1"} 2.0' in text  # of the batch
+    assert 'event_source="b",event_type="order.created.v1"} 1.0' in text
     assert "eventing_epp_backend_duration_milliseconds_bucket" in text
     assert "eventing_epp_requests_duration_seconds_bucket" in text
     assert "eventing_epp_health 1.0" in text
