@@ -216,7 +216,7 @@ class Snapshots(Collector):
         self._own = f"{os.getpid()}{_SNAPSHOT_SUFFIX}"
         self.changed = True  #: since the last snapshot; set by whoever changes a value
         threading.Thread(target=self._keep_writing, name="proxy-metrics", daemon=True).start()
-        atexit.register(self.write)
+        atexit.register(self._write_while_there)
 
     def write(self) -> None:
         """Snapshot this process's values (atomically: a reader sees the last whole one)."""
@@ -263,10 +263,13 @@ class Snapshots(Collector):
         while True:
             time.sleep(SNAPSHOT_INTERVAL)
             if self.changed:
-                try:
-                    self.write()
-                except OSError as exc:  # the launcher removed the folder: it is stopping
-                    logger.debug("no metrics snapshot: %r", exc)
+                self._write_while_there()
+
+    def _write_while_there(self) -> None:
+        try:
+            self.write()
+        except OSError as exc:  # the launcher removed the folder: it is stopping
+            logger.debug("no metrics snapshot: %r", exc)
 
 
 def _samples(family: Metric) -> list[tuple[str, dict[str, str], float]]:
