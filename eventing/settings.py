@@ -987,6 +987,7 @@ OTHER_VARIABLES = frozenset(
         "NATS_MONITOR_PORT",
         "EVENT_DISPLAY_PORT",  # eventing-display
         "EVENTING_KUBEBINS",  # tests/kubernetes: where kube-apiserver and etcd are
+        "EVENTING_METRICS_SNAPSHOTS_DIR",  # eventing-proxy: its launcher sets it for its workers
     }
 )
 #: Prefixes that mark a variable as ours: a misspelled one would otherwise be ignored silently.
@@ -1081,15 +1082,26 @@ def group_or_exit(group: Callable[..., G], program: str) -> G:
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def hand_over_metrics_dir(path: str) -> None:
+#: The proxy's metrics folder: each process writes a snapshot of its own values there, instead
+#: of prometheus_client's file writes per value and request (:mod:`proxy.metrics`).
+METRICS_SNAPSHOTS_DIR = "EVENTING_METRICS_SNAPSHOTS_DIR"
+
+
+def hand_over_metrics_dir(path: str, *, snapshots: bool = False) -> None:
     """Make ``path`` the metrics folder of every process started from now on (and of this one,
-    before it imports prometheus_client)."""
-    os.environ[METRICS_DIR] = path
+    before it imports prometheus_client); ``snapshots``: a folder of snapshots, not
+    prometheus_client's multiprocess files."""
+    os.environ[METRICS_SNAPSHOTS_DIR if snapshots else METRICS_DIR] = path
 
 
 def metrics_dir() -> str | None:
     """The metrics folder a launcher handed over, or None outside one (tests, a plain app)."""
     return os.environ.get(METRICS_DIR) or None
+
+
+def metrics_snapshots_dir() -> str | None:
+    """The snapshots folder a launcher handed over, or None outside one (tests, a plain app)."""
+    return os.environ.get(METRICS_SNAPSHOTS_DIR) or None
 
 
 def local_state_dir() -> Path:

@@ -6,12 +6,17 @@ granian, several worker processes each with their own NATS connection.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Flask
 
 from eventing.redaction import without_credentials
 from eventing.settings import Settings
 from eventing.sources.source import source_for
-from proxy.publisher import JetStreamPublisher, Publisher
+
+if TYPE_CHECKING:  # imported by create_app: the launcher, which imports this package, must
+    # not import nats-py before it decided on its transports (proxy.server)
+    from proxy.publisher import Publisher
 
 __all__ = ["create_app"]
 
@@ -27,9 +32,10 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
     Raises:
         ConfigError: a file of publishers' credentials is missing or invalid.
     """
-    # prometheus_client picks single- or multi-process mode when first imported, so the
-    # launcher (proxy.server, which imports this package) must hand the metrics folder over first.
+    # Imported here: the launcher (proxy.server, which imports this package) needs none of them,
+    # and the metrics read the snapshots folder it hands over (proxy.metrics).
     from proxy import admission, auth, metrics, problems, views
+    from proxy.publisher import JetStreamPublisher
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.proxy.max_request_size

@@ -29,9 +29,9 @@ from eventing import publishers
 from eventing.errors import ConfigError, Forbidden, Unauthenticated
 from eventing.publishers import Grant
 from eventing.settings import ProxySettings
-from proxy import tokens
 
-if TYPE_CHECKING:  # importing the metrics fixes prometheus_client's mode: only create_app may
+if TYPE_CHECKING:
+    from proxy import tokens  # imported where JWTs are configured: PyJWT costs 9 MiB a process
     from proxy.metrics import ProxyMetrics
 
 logger = logging.getLogger(__name__)
@@ -95,16 +95,16 @@ class Authenticator:
             if settings.api_keys_file
             else None
         )
-        self._tokens = (
-            tokens.TokenVerifier(
+        self._tokens: tokens.TokenVerifier | None = None
+        if settings.jwks:
+            from proxy import tokens
+
+            self._tokens = tokens.TokenVerifier(
                 tokens.KeySet(settings),
                 WatchedFile(settings.jwt_rules_file, publishers.parse_claim_rules).current,
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             )
-            if settings.jwks
-            else None
-        )
 
     def authenticate(self, authorization: str | None) -> Grant:
         """The grant of the request's ``Authorization`` header (None: it has none).

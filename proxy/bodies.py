@@ -91,12 +91,24 @@ class BodiesFirst:
     """An RSGI application serving ``app`` (WSGI) on ``threads`` threads, bodies read first."""
 
     def __init__(
-        self, app: WSGIApp, *, threads: int, limits: BodyLimits, metrics: ProxyMetrics
+        self,
+        app: WSGIApp,
+        *,
+        threads: int,
+        limits: BodyLimits,
+        metrics: ProxyMetrics,
+        on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
     ) -> None:
         self._app = app
         self._threads = _Threads(threads, "proxy-request")
         self._limits = limits
         self._metrics = metrics
+        self._on_loop = on_loop
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Granian's worker hands over its event loop before serving: ``on_loop`` gets it."""
+        if self._on_loop is not None:
+            self._on_loop(loop)
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         started = time.perf_counter()
@@ -217,6 +229,9 @@ def _content_length(headers: Headers) -> int | None:
         return None
 
 
+#: The environ key of the whole body, read already.
+BODY = "eventing.body"
+
 _VERSIONS = {"1": "HTTP/1", "1.1": "HTTP/1.1", "2": "HTTP/2", "3": "HTTP/3"}
 
 
@@ -237,6 +252,7 @@ def _environ(scope: Scope, body: bytes) -> dict[str, Any]:
         "QUERY_STRING": scope.query_string,
         "wsgi.url_scheme": scope.scheme,
         "wsgi.input": io.BytesIO(body),
+        BODY: body,  # the views read it from here, without Werkzeug's stream around it
         "wsgi.input_terminated": True,  # the stream ends where the body ends (Werkzeug reads it)
         "wsgi.errors": sys.stderr,
         "wsgi.multiprocess": False,

@@ -1,15 +1,18 @@
 """Publisher: hands events to JetStream from Flask's threads and waits for every PubAck.
 
-One :class:`JetStreamPublisher` per app; it starts its loop thread and NATS connection lazily in
-the process that first publishes (granian starts worker processes after importing nothing of
-ours, and threads never survive a fork). The events a process holds in flight are bounded
-before they get here (:meth:`proxy.admission.Admission.holding`). Requests that arrive while the
-loop is busy share one handover to it (:class:`eventing.nats.loop.Rounds`), and their events are
-pipelined on the connection together.
+One :class:`JetStreamPublisher` per app; it starts its NATS connection lazily in the process
+that first publishes (granian starts worker processes after importing nothing of ours, and
+threads never survive a fork), on the event loop granian's worker serves requests on when it
+was given one (:meth:`JetStreamPublisher.serve_on`), else on a loop thread of its own. The
+events a process holds in flight are bounded before they get here
+(:meth:`proxy.admission.Admission.holding`). Requests that arrive while the loop is busy share
+one handover to it (:class:`eventing.nats.loop.Rounds`), and their events are pipelined on the
+connection together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -18,7 +21,7 @@ from typing import Protocol
 
 from eventing.errors import PublishError, StreamNotAnswering
 from eventing.nats.client import JetStreamClient
-from eventing.nats.loop import LoopThread, Rounds
+from eventing.nats.loop import LoopThread, Rounds, RunningLoop
 from eventing.nats.messages import OutboundMessage
 from eventing.settings import Settings
 
@@ -41,6 +44,14 @@ class JetStreamPublisher:
         self._timeout = settings.proxy.request_timeout
         self._lock = threading.Lock()
         self._connection: _Connection | None = None  #: of this process, made lazily
+        self._serving: tuple[int, asyncio.AbstractEventLoop] | None = None  #: pid, its loop
+
+    def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Publish on ``loop``, the running loop of the server of this process, instead of a
+        loop thread: with its own loop thread, every request woke three threads (the server's
+        loop, a request thread and the NATS loop), and switching between them cost more CPU
+        than the Python of the request. Never call :meth:`publish` on ``loop`` itself."""
+        self._serving = (os.getpid(), loop)
 
     def publish(self, messages: list[OutboundMessage]) -> list[PublishError | None]:
         rounds = self._started().rounds
@@ -79,7 +90,13 @@ class JetStreamPublisher:
         return connection
 
     def _start(self, pid: int) -> _Connection:
-        loop = LoopThread(f"proxy-nats-{pid}")
+        serving = self._serving
+        name = f"proxy-nats-{pid}"
+        loop = (
+            RunningLoop(name, serving[1])
+            if serving is not None and serving[0] == pid
+            else LoopThread(name)
+        )
         loop.start()
         client = JetStreamClient(
             self._settings.nats, self._settings.stream, name=f"eventing-proxy-{pid}"

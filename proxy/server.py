@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from eventing.errors import ConfigError
 from eventing.settings import hand_over_metrics_dir, settings_or_exit
 
-if TYPE_CHECKING:  # importing the app fixes prometheus_client's mode: only app() may do so
+if TYPE_CHECKING:  # the app is built in each worker process, by app(), never in the launcher
     from proxy.bodies import BodiesFirst
 
 
@@ -29,6 +29,7 @@ def main() -> int:
     settings = settings_or_exit("eventing-proxy")
     log_config = _log_config(settings.log_level)
     logging.config.dictConfig(log_config)
+    _without_unused_transport(settings.nats.urls)
     from proxy import auth
 
     try:  # each worker reads the files again; a bad one should stop the launcher, not them
@@ -42,7 +43,7 @@ def main() -> int:
     from granian.server import Server
 
     metrics_dir = tempfile.mkdtemp(prefix="eventing-proxy-metrics-")
-    hand_over_metrics_dir(metrics_dir)
+    hand_over_metrics_dir(metrics_dir, snapshots=True)
     try:
         Server(
             "proxy.server:app",
@@ -78,9 +79,11 @@ def app() -> BodiesFirst:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
     from proxy import admission, bodies, create_app
+    from proxy.publisher import JetStreamPublisher
 
     settings = settings_or_exit("eventing-proxy", warn=False)  # main() validated and warned
-    flask_app = create_app(settings)
+    publisher = JetStreamPublisher(settings)
+    flask_app = create_app(settings, publisher=publisher)
     return bodies.BodiesFirst(
         flask_app,
         threads=admission.thread_count(settings.proxy.threads),
@@ -90,6 +93,7 @@ def app() -> BodiesFirst:
             max_size=settings.proxy.max_request_size,
         ),
         metrics=flask_app.extensions["eventing.metrics"],
+        on_loop=publisher.serve_on,  # NATS on granian's loop, no loop thread of its own
     )
 
 
@@ -102,6 +106,15 @@ _WORKERS_KILL_TIMEOUT = 3
 #: ends) locked every other client out. Load is bounded per request instead (proxy.admission);
 #: an open connection costs about 15 KiB.
 _CONNECTIONS_PER_WORKER = 8192
+
+
+def _without_unused_transport(urls: tuple[str, ...]) -> None:
+    """Keep nats-py from importing aiohttp, its websocket transport, unless a ``ws://`` or
+    ``wss://`` URL needs it: nothing else in the proxy does, and it costs each process (the
+    launcher and every worker forked from it) about 9 MiB. nats-py imports it optionally, and
+    an import refused here counts as not installed."""
+    if not any(url.startswith(("ws://", "wss://")) for url in urls):
+        sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
 
 
 def _log_config(level: str) -> dict[str, object]:

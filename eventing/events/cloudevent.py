@@ -10,8 +10,9 @@ is case-sensitive, stores ``Application/JSON`` data as a Python repr. We check t
 ourselves, with messages that name the attribute (or header) and say what was expected.
 
 What is stored in JetStream is the event in the structured JSON format: ``data`` as a JSON value
-when it arrived as one (structured mode, legacy events), ``data_base64`` when it arrived as bytes
-(binary mode), so a sink later receives the very bytes the publisher sent. The proxy makes it
+when it arrived as one (structured mode, legacy events, and a binary-mode JSON body that a worker
+delivers as the same bytes), ``data_base64`` when it arrived as other bytes (binary mode), so a
+sink later receives the very bytes the publisher sent. The proxy makes it
 once per event (:func:`to_stored`, after one :func:`with_extensions`); a worker reads it back
 once into the binary-mode request a sink receives (:func:`to_binary_request`).
 
@@ -229,13 +230,50 @@ def with_extensions(
 
 
 def to_stored(event: Event) -> bytes:
-    """The event in the structured JSON format, as stored in JetStream."""
+    """The event in the structured JSON format, as stored in JetStream.
+
+    Binary-mode bytes are stored as ``data_base64``, a third larger, unless they are a JSON
+    value that a worker delivers as the very same bytes (:func:`json_body`; a compact JSON body,
+    the usual case): then as ``data``, which the readers of the stored form read as structured
+    mode's. Either way the sink receives the bytes that were published.
+    """
     document: dict[str, Any] = event.get_attributes()
-    if isinstance(event.data, bytes):
-        document["data_base64"] = base64.b64encode(event.data).decode("ascii")
-    elif event.data is not None:
-        document["data"] = event.data
+    data = event.data
+    if isinstance(data, bytes):
+        value = _verbatim_json(data) if is_json(event.get_datacontenttype()) else _NO_VALUE
+        if value is _NO_VALUE:
+            document["data_base64"] = base64.b64encode(data).decode("ascii")
+        else:
+            document["data"] = value
+    elif data is not None:
+        document["data"] = data
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_body(value: Any) -> bytes:
+    """A JSON value as the body a sink receives: compact, UTF-8, as :func:`to_stored` relies on."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+#: :func:`_verbatim_json` of bytes that cannot be stored as a JSON value.
+_NO_VALUE: Final[Any] = object()
+
+
+def _verbatim_json(data: bytes) -> Any:
+    """The JSON value ``data`` holds if :func:`json_body` gives back exactly ``data``, else
+    :data:`_NO_VALUE`. ``null`` is kept as bytes (a stored ``"data": null`` is no data), and
+    so are ``NaN`` and infinities (not JSON, which other readers of the stream refuse)."""
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        if value is not None and json_body(value) == data:
+            return value
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+        pass
+    return _NO_VALUE
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def from_stored(payload: bytes) -> Event:
@@ -298,7 +336,7 @@ def binary_request(event: Event, event_type: str) -> tuple[dict[str, str], bytes
     elif isinstance(data, bytes):
         body = data
     elif content_type is None or is_json(content_type):
-        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json_body(data)
     else:
         body = str(data).encode()
     return headers, body

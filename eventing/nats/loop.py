@@ -84,6 +84,20 @@ class LoopThread:
             loop.close()
 
 
+class RunningLoop(LoopThread):
+    """A loop its owner runs (a server's), used as a LoopThread is: so that a process whose
+    requests already pass through a loop needs no second one, nor the thread switches and
+    wake-ups between the two."""
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name)
+        self._loop = loop
+
+    def start(self) -> None:
+        """Nothing to start: the owner runs the loop (and :meth:`close`, having no thread to
+        join, leaves it running)."""
+
+
 class _Round(Generic[I, R]):
     __slots__ = ("done", "error", "items", "results")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,8 @@ from pathlib import Path
 from flask import Flask
 
 from eventing.settings import Settings
+from proxy import create_app
+from proxy.publisher import JetStreamPublisher
 from testing.servers import NatsServer, nats_server_binary, require_binary, wait_until
 from tests.integration.conftest import read_stream, settings_for
 
@@ -272,3 +276,27 @@ def test_one_publisher_cannot_pre_empt_another_s_event(
         "kyma.myapp.order.cancelled.v1",
         "kyma.myapp.order.created.v1",
     ]
+
+
+def test_a_publisher_given_the_servers_loop_publishes_on_it_without_a_thread_of_its_own(
+    nats_server: NatsServer,
+) -> None:
+    """Granian's worker hands its loop over (BodiesFirst.__rsgi_init__); the NATS connection
+    then lives on it, and no proxy-nats loop thread is started."""
+    settings = settings_for(nats_server)
+    loop = asyncio.new_event_loop()
+    serving = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
+    serving.start()
+    publisher = JetStreamPublisher(settings)
+    publisher.serve_on(loop)
+    client = create_app(settings, publisher=publisher).test_client()
+    try:
+        assert client.post("/publish", headers=BINARY, data=b'{"a":1}').status_code == 204
+        assert client.get("/readyz").status_code == 200
+        assert not [t for t in threading.enumerate() if t.name.startswith("proxy-nats-")]
+    finally:
+        publisher.close()
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join(5)
+    [stored] = read_stream(nats_server)
+    assert json.loads(stored.payload)["data"] == {"a": 1}  # compact JSON: stored as a value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from eventing import settings
 from eventing.errors import BackendUnavailable, Overloaded, StreamFull, StreamNotAnswering
 from eventing.settings import Settings
 from proxy import create_app
+from testing.servers import wait_until
 from tests.proxy.conftest import RecordingPublisher
 
 BINARY = {
@@ -281,9 +284,11 @@ def test_health_and_readiness(client: FlaskClient, publisher: RecordingPublisher
 
 def test_metrics_use_kymas_names(client: FlaskClient) -> None:
     client.post("/publish", headers=BINARY, data=b"{}")
+    batch = [{**EVENT, "id": f"b{i}", "source": source} for i, source in enumerate("aab")]
+    client.post("/publish", json=batch, content_type="application/cloudevents-batch+json")
     client.post("/app/v1/events", data=b"")
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'eventing_epp_requests_total{code="204",method="POST",path="/publish"} 1.0' in text
+    assert 'eventing_epp_requests_total{code="204",method="POST",path="/publish"} 2.0' in text
     assert (
         'eventing_epp_requests_total{code="400",method="POST",path="/{application}/v1/events"} 1.0'
         in text
@@ -292,9 +297,34 @@ def test_metrics_use_kymas_names(client: FlaskClient) -> None:
         "eventing_epp_event_type_published_total"
         '{code="204",event_source="myapp",event_type="order.created.v1"} 1.0' in text
     )
+    assert 'event_source="a",event_type="order.created.v1"} 2.0' in text  # of the batch
+    assert 'event_source="b",event_type="order.created.v1"} 1.0' in text
     assert "eventing_epp_backend_duration_milliseconds_bucket" in text
     assert "eventing_epp_requests_duration_seconds_bucket" in text
     assert "eventing_epp_health 1.0" in text
+
+
+def test_metrics_sum_every_processs_snapshot_with_our_own_live_values(
+    publisher: RecordingPublisher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under eventing-proxy each process snapshots its values; any one answers the scrape."""
+    monkeypatch.setenv(settings.METRICS_SNAPSHOTS_DIR, str(tmp_path))
+    client = create_app(Settings.from_environ({}), publisher=publisher).test_client()
+    own = tmp_path / f"{os.getpid()}.json"
+
+    def published() -> str:
+        text = client.get("/metrics").get_data(as_text=True)
+        found = re.search(r'eventing_epp_requests_total\{code="204",[^}]*\} (\S+)', text)
+        assert "_created" not in text and "eventing_epp_health 1.0" in text  # a max, not a sum
+        return found[1] if found else "none"
+
+    for number in range(3):
+        client.post("/publish", headers={**BINARY, "ce-id": str(number)}, data=b"{}")
+    wait_until(own.exists, 5, "a snapshot of this process's values")  # written in the background
+    own.rename(tmp_path / "1.json")  # as if another process, since ended, had written it
+    assert published() == "6.0"  # its three, and our three as they are now
+    client.post("/publish", headers={**BINARY, "ce-id": "later"}, data=b"{}")
+    assert published() == "7.0"
 
 
 def test_metric_labels_from_publishers_are_bounded(publisher: RecordingPublisher) -> None:
