@@ -54,8 +54,8 @@ from eventing.nats import streams
 from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
 from eventing.nats.messages import OutboundMessage
+from eventing.nats.replies import Replies
 from eventing.settings import NatsSettings, StreamSettings
-from workers.replies import Replies
 from workers.shutdown import GracefulStop
 
 logger = logging.getLogger(__name__)

@@ -453,7 +453,7 @@ class JetStreamClient:
     def connection(self) -> Client | None:
         """The current nats-py connection (a new one replaces it when nats-py gives one up),
         for callers that pipeline requests on a reply subscription of their own
-        (:mod:`workers.replies`)."""
+        (:mod:`eventing.nats.replies`)."""
         return self._nc
 
     @property

@@ -1,4 +1,4 @@
-"""Pipelined requests on one reply subscription (workers.replies), against a real nats-server."""
+"""Pipelined requests on one reply subscription (eventing.nats.replies), on a real nats-server."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from eventing.errors import BackendUnavailable, PublishError
+from eventing.nats.replies import Replies
 from testing.servers import NatsServer
-from workers.replies import Replies
 
 pytestmark = pytest.mark.integration
 
