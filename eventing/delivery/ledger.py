@@ -13,6 +13,7 @@ worker's records stay readable by an older manager.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ def event_key(source: str, event_id: str) -> str:
     return hashlib.blake2b(pair, digest_size=16).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
 def subscription_key(subscription: str) -> str:
     """The token of a subscription (``namespace/name``) in a ledger subject."""
     return hashlib.blake2b(subscription.encode(), digest_size=8).hexdigest()
@@ -128,7 +130,7 @@ class Record:
         return OutboundMessage(self.subject, self.to_bytes(), {}, self.type, self.source)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return _COMPACT.encode(self.to_dict()).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Record:
@@ -158,5 +160,7 @@ class Record:
             raise ValueError(f"not a ledger record: {exc!r}") from None
 
 
+#: ``json.dumps(..., separators=(",", ":"))`` builds an encoder per call; this one is shared
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _ATTEMPT_FIELDS = dataclasses.fields(AttemptRecord)
 _RECORD_FIELDS = dataclasses.fields(Record)
