@@ -7,11 +7,15 @@ processes, and threads do not survive a fork) on a private loop thread, and drai
 
 Acks and keepalives travel in :class:`eventing.nats.loop.Rounds`: a delivery thread adds its ack to
 the round being gathered and waits until the server confirmed it; the loop thread wakes once per
-round. Handing each ack over on its own was a quarter of a worker's CPU per event.
+round. Handing each ack over on its own was a quarter of a worker's CPU per event. The loop
+publishes a round's acks together and awaits their confirmations together, with one timeout
+(:class:`eventing.nats.replies.Replies`); a nats-py request per ack was most of what was left of
+the loop thread's CPU.
 
 Delivery ledger records (:mod:`workers.ledger`) ride the same rounds, fire and forget: a
 record's publish is sent in its round before the ack or NAK it comes with (so once the ack is
-confirmed the record normally is stored too), but nobody waits for its PubAck, and a record that
+confirmed the record normally is stored too), but nobody waits for its PubAck (a round's
+PubAcks are counted as they arrive, on the same reply subscription), and a record that
 cannot be stored is logged (at most every ``_LEDGER_REPORT_EVERY``) and counted
 (``on_ledger_failure``), never failing or holding up the ack. Nothing is written when
 ``LEDGER_MAX_AGE=0``.
