@@ -160,7 +160,11 @@ class NatsAcknowledger(Middleware):
             acks = [(item[0], item[1], None) for item in items if not isinstance(item, Record)]
             if not acks:
                 return [None] * len(items)
-            results = iter(await replies.confirm(acks, _ACK_TIMEOUT))
+            try:
+                confirmed = await replies.confirm(acks, _ACK_TIMEOUT)
+            except BackendUnavailable as exc:  # not connected: each ack is tried again
+                confirmed = [exc] * len(acks)
+            results = iter(confirmed)
             return [None if isinstance(item, Record) else next(results) for item in items]
 
         async def keep_alive(replies: list[str]) -> list[None]:
