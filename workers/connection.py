@@ -58,7 +58,7 @@ from eventing.nats import streams
 from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
 from eventing.nats.messages import OutboundMessage
-from eventing.nats.replies import Replies
+from eventing.nats.replies import NoResponders, Replies
 from eventing.settings import NatsSettings, StreamSettings
 from workers.shutdown import GracefulStop
 
@@ -215,7 +215,7 @@ class NatsAcknowledger(Middleware):
     def _records_unstored(self, client: JetStreamClient, failures: list[BaseException]) -> None:
         """Count and report (at most every ``_LEDGER_REPORT_EVERY``) records not stored; a
         stream that nobody answers for may be gone (a wiped server): it is created again."""
-        if any(isinstance(failure, BackendUnavailable) for failure in failures):
+        if any(isinstance(failure, NoResponders) for failure in failures):
             client.ensure_stream_soon()
         for _ in failures:
             self._on_ledger_failure()

@@ -36,6 +36,10 @@ Results = list[BaseException | None]
 _NO_RESPONDERS = "503"
 
 
+class NoResponders(BackendUnavailable):
+    """Nothing listens on the message's subject (a stream or consumer gone, or between leaders)."""
+
+
 class _Round:
     """The replies one round waits for; ``finished`` hears the results once, when the last
     reply arrived or the timer ran out."""
@@ -147,7 +151,7 @@ def _refusal(msg: Msg) -> BaseException | None:
     """Why a reply does not confirm its message (None: it does)."""
     headers = msg.headers
     if headers and headers.get("Status") == _NO_RESPONDERS:
-        return BackendUnavailable(f"no responders on {msg.subject}")
+        return NoResponders(f"no responders on {msg.subject}")
     data = msg.data
     if b'"error"' in data:
         try:
