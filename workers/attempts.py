@@ -35,6 +35,8 @@ from workers.secrets import NOTHING, Outbound
 logger = logging.getLogger(__name__)
 
 _SLEEP_STEP = 0.25
+#: Seconds ``workers.connection`` goes on trying an ack that NATS does not confirm
+ACK_TRIES_LAST = 15.0
 _RNG = random.Random()  # jitter only; seeding one per job cost more than the rest of the job
 
 
@@ -184,14 +186,16 @@ def _ack_wait_covers(job: DeliveryJob, step: steps.RunAttempt) -> bool:
 
     It does for a first delivery whose attempt starts at once and ends, at the policy's timeout,
     within half the ack wait counted from when JetStream stored the event: the ack wait began
-    later, when the manager pulled it, and the other half covers clocks that disagree. Most
-    events are such, and the keepalive each sent at its start was a NATS publish per event
-    (3 % of a worker's CPU).
+    later, when the manager pulled it, and the other half covers clocks that disagree, and the
+    tries of the ack while NATS is away (:data:`ACK_TRIES_LAST`; a shorter ack wait keeps the
+    keepalive). Most events are such, and the keepalive each sent at its start was a NATS
+    publish per event (3 % of a worker's CPU).
     """
     return (
         job.delivery_count == 1
         and not step.pause
         and job.published > 0
+        and job.ack_wait / 2 >= ACK_TRIES_LAST
         and time.time() - job.published + job.policy.timeout <= job.ack_wait / 2
     )
 

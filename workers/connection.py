@@ -60,12 +60,13 @@ from eventing.nats.loop import LoopThread, Rounds
 from eventing.nats.messages import OutboundMessage
 from eventing.nats.replies import NoResponders, Replies
 from eventing.settings import NatsSettings, StreamSettings
+from workers.attempts import ACK_TRIES_LAST
 from workers.shutdown import GracefulStop
 
 logger = logging.getLogger(__name__)
 
 _ACK_TIMEOUT = 2.0  # one try at an ack; the server answers in milliseconds when it can
-_SETTLE_WITHIN = 15.0  # tries go on this long: a consumer's leader election takes seconds
+_SETTLE_WITHIN = ACK_TRIES_LAST  # tries go on this long: a leader election takes seconds
 _SETTLE_PAUSE = 0.25
 _SETTLE_WHILE_STOPPING = 2.0  # seconds after the worker began stopping that tries go on
 _CLOSE_TIMEOUT = 2.5  # seconds the connection may take to close (JetStreamClient bounds it)
