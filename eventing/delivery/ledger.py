@@ -187,5 +187,7 @@ def _number(value: float) -> str:
     """A JSON number, as json.dumps writes a float (NaN and infinities as it does, too)."""
     value = float(value)
     return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
 _ATTEMPT_FIELDS = dataclasses.fields(AttemptRecord)
 _RECORD_FIELDS = dataclasses.fields(Record)
