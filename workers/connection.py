@@ -7,11 +7,15 @@ processes, and threads do not survive a fork) on a private loop thread, and drai
 
 Acks and keepalives travel in :class:`eventing.nats.loop.Rounds`: a delivery thread adds its ack to
 the round being gathered and waits until the server confirmed it; the loop thread wakes once per
-round. Handing each ack over on its own was a quarter of a worker's CPU per event.
+round. Handing each ack over on its own was a quarter of a worker's CPU per event. The loop
+publishes a round's acks together and awaits their confirmations together, with one timeout
+(:class:`eventing.nats.replies.Replies`); a nats-py request per ack was most of what was left of
+the loop thread's CPU.
 
 Delivery ledger records (:mod:`workers.ledger`) ride the same rounds, fire and forget: a
 record's publish is sent in its round before the ack or NAK it comes with (so once the ack is
-confirmed the record normally is stored too), but nobody waits for its PubAck, and a record that
+confirmed the record normally is stored too), but nobody waits for its PubAck (a round's
+PubAcks are counted as they arrive, on the same reply subscription), and a record that
 cannot be stored is logged (at most every ``_LEDGER_REPORT_EVERY``) and counted
 (``on_ledger_failure``), never failing or holding up the ack. Nothing is written when
 ``LEDGER_MAX_AGE=0``.
@@ -43,7 +47,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import tenacity
 from dramatiq import Middleware
 
 from eventing.delivery import jobs, signatures
@@ -55,13 +58,15 @@ from eventing.nats import streams
 from eventing.nats.client import JetStreamClient
 from eventing.nats.loop import LoopThread, Rounds
 from eventing.nats.messages import OutboundMessage
+from eventing.nats.replies import NoResponders, Replies
 from eventing.settings import NatsSettings, StreamSettings
+from workers.attempts import ACK_TRIES_LAST
 from workers.shutdown import GracefulStop
 
 logger = logging.getLogger(__name__)
 
 _ACK_TIMEOUT = 2.0  # one try at an ack; the server answers in milliseconds when it can
-_SETTLE_WITHIN = 15.0  # tries go on this long: a consumer's leader election takes seconds
+_SETTLE_WITHIN = ACK_TRIES_LAST  # tries go on this long: a leader election takes seconds
 _SETTLE_PAUSE = 0.25
 _SETTLE_WHILE_STOPPING = 2.0  # seconds after the worker began stopping that tries go on
 _CLOSE_TIMEOUT = 2.5  # seconds the connection may take to close (JetStreamClient bounds it)
@@ -125,7 +130,6 @@ class NatsAcknowledger(Middleware):
         self._stop = stop
         self.ledger = stream.ledger_max_age > 0  #: whether records are written at all
         self._on_ledger_failure = on_ledger_failure
-        self._writing: set[asyncio.Task[bool]] = set()  #: records not confirmed yet
         self._unstored = 0  #: records not stored since the last warning
         self._reported_at: float | None = None  #: monotonic time of the last warning
 
@@ -148,14 +152,20 @@ class NatsAcknowledger(Middleware):
 
         loop.run(connect(), timeout=self._nats.connect_timeout + 1)
 
+        replies = Replies(client)
+
         async def confirm(items: list[_Item]) -> list[BaseException | None]:
-            waits: list[Coroutine[Any, Any, None]] = []
-            for item in items:
-                if isinstance(item, Record):
-                    self._publish_record(client, item)
-                else:
-                    waits.append(client.acknowledge(item[0], item[1], _ACK_TIMEOUT))
-            results = iter(await asyncio.gather(*waits, return_exceptions=True))
+            records = [item for item in items if isinstance(item, Record)]
+            if records:
+                await self._publish_records(client, replies, records)
+            acks = [(item[0], item[1], None) for item in items if not isinstance(item, Record)]
+            if not acks:
+                return [None] * len(items)
+            try:
+                confirmed = await replies.confirm(acks, _ACK_TIMEOUT)
+            except BackendUnavailable as exc:  # not connected: each ack is tried again
+                confirmed = [exc] * len(acks)
+            results = iter(confirmed)
             return [None if isinstance(item, Record) else next(results) for item in items]
 
         async def keep_alive(replies: list[str]) -> list[None]:
@@ -164,7 +174,7 @@ class NatsAcknowledger(Middleware):
             return [None] * len(replies)
 
         acks, keepalives = Rounds(loop, confirm), Rounds(loop, keep_alive)
-        self._connection = _Connection(loop, client, acks, keepalives)
+        self._connection = _Connection(loop, client, replies, acks, keepalives)
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         if self._connection is not None:
@@ -185,36 +195,49 @@ class NatsAcknowledger(Middleware):
         if self.ledger:
             self._require().acks.post([record])
 
-    def _publish_record(self, client: JetStreamClient, record: Record) -> None:
-        """Start storing ``record`` (on the loop, in the round's order); its outcome is
-        reported, never waited for."""
-        stream = self._stream.ledger_name
-        task = asyncio.get_running_loop().create_task(
-            client.publish(record.message(), _LEDGER_TIMEOUT, stream=stream)
-        )
-        self._writing.add(task)
-        task.add_done_callback(self._record_done)
+    async def _publish_records(
+        self, client: JetStreamClient, replies: Replies, records: list[Record]
+    ) -> None:
+        """Send ``records`` (on the loop, ahead of the round's acks); their PubAcks are
+        counted when they arrive, never waited for."""
+        headers = {"Nats-Expected-Stream": self._stream.ledger_name}
+        messages = [(record.subject, record.to_bytes(), headers) for record in records]
 
-    def _record_done(self, task: asyncio.Task[bool]) -> None:
-        self._writing.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        self._on_ledger_failure()
-        self._unstored += 1
+        def stored(results: list[BaseException | None]) -> None:
+            failures = [result for result in results if result is not None]
+            if failures:
+                self._records_unstored(client, failures)
+
+        try:
+            await replies.send(messages, _LEDGER_TIMEOUT, stored)
+        except BackendUnavailable as exc:
+            self._records_unstored(client, [exc] * len(messages))
+
+    def _records_unstored(self, client: JetStreamClient, failures: list[BaseException]) -> None:
+        """Count and report (at most every ``_LEDGER_REPORT_EVERY``) records not stored; a
+        stream that nobody answers for may be gone (a wiped server): it is created again."""
+        if any(isinstance(failure, NoResponders) for failure in failures):
+            client.ensure_stream_soon()
+        for _ in failures:
+            self._on_ledger_failure()
+        self._unstored += len(failures)
         now = time.monotonic()
         if self._reported_at is None or now - self._reported_at >= _LEDGER_REPORT_EVERY:
             logger.warning(
                 "%d delivery ledger record(s) not stored (deliveries go on; the ledger misses"
                 " them): %s",
                 self._unstored,
-                task.exception(),
+                failures[-1],
             )
             self._unstored, self._reported_at = 0, now
 
     async def _records_stored(self) -> None:
         """Give the records under way a moment to be stored before the connection closes."""
-        if self._writing:
-            await asyncio.wait(set(self._writing), timeout=_CLOSE_TIMEOUT / 2)
+        if self._connection is None:
+            return
+        replies, until = self._connection.replies, time.monotonic() + _CLOSE_TIMEOUT / 2
+        while replies.pending and time.monotonic() < until:
+            await asyncio.sleep(0.01)
 
     def keepalive(self, reply: str) -> None:
         # Fire and forget: a keepalive only restarts the ack wait, and a lost one costs at most
@@ -328,31 +351,28 @@ class NatsAcknowledger(Middleware):
         self._refuse_foreign(reply)
         acks = self._require().acks
         started = time.monotonic()
-        first: list[_Item] = [record] if record is not None and self.ledger else []
-
-        def out_of_time(state: tenacity.RetryCallState) -> bool:
-            give_up = started + _SETTLE_WITHIN
-            if self._stop is not None and self._stop.since is not None:
-                give_up = min(give_up, self._stop.since + _SETTLE_WHILE_STOPPING)
-            return time.monotonic() + _SETTLE_PAUSE >= give_up
-
-        def confirm() -> None:
-            items = [*first, (reply, payload)]
-            first.clear()
-            *_, failure = acks.call(items, timeout=_ACK_TIMEOUT + 1)
-            if failure is not None:
+        ack: _Item = (reply, payload)
+        items = [record, ack] if record is not None and self.ledger else [ack]
+        while True:
+            try:
+                *_, failure = acks.call(items, timeout=_ACK_TIMEOUT + 1)
+            except (BackendUnavailable, TimeoutError) as exc:  # the whole round failed
+                failure = exc
+            if failure is None:
+                return
+            if not isinstance(failure, BackendUnavailable | TimeoutError):
                 raise failure
+            if self._out_of_time(started):
+                raise BackendUnavailable(f"not confirmed in time: {failure}") from failure
+            time.sleep(_SETTLE_PAUSE)
+            items = [ack]
 
-        settling = tenacity.Retrying(
-            stop=out_of_time,
-            wait=tenacity.wait_fixed(_SETTLE_PAUSE),
-            retry=tenacity.retry_if_exception_type((BackendUnavailable, TimeoutError)),
-            reraise=True,
-        )
-        try:
-            settling(confirm)
-        except (BackendUnavailable, TimeoutError) as exc:
-            raise BackendUnavailable(f"not confirmed in time: {exc}") from exc
+    def _out_of_time(self, started: float) -> bool:
+        """Whether another try after ``_SETTLE_PAUSE`` would end past the time tries have."""
+        give_up = started + _SETTLE_WITHIN
+        if self._stop is not None and self._stop.since is not None:
+            give_up = min(give_up, self._stop.since + _SETTLE_WHILE_STOPPING)
+        return time.monotonic() + _SETTLE_PAUSE >= give_up
 
     def _refuse_foreign(self, reply: str) -> None:
         """The last line against a forged job (the actor admits none): this connection
@@ -377,6 +397,7 @@ class _Connection:
 
     loop: LoopThread
     client: JetStreamClient
+    replies: Replies  #: acks' confirmations and records' PubAcks, pipelined
     acks: Rounds[_Item, BaseException | None]  #: confirmed: the result per ack (None: a record)
     keepalives: Rounds[str, None]  #: posted, never waited for
 

@@ -17,12 +17,12 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from requests.adapters import DEFAULT_POOLSIZE, HTTPAdapter
+from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool, HTTPSConnectionPool
 
 from workers.egress import GuardedHTTPConnection, GuardedHTTPSConnection
 
@@ -186,6 +186,39 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
 
 
 class _DeadlineAdapter(HTTPAdapter):
+    """An adapter whose sockets obey :func:`within`, and that finds a sink's connection pool
+    once, not per request (requests builds the pool's key anew every time: parsing the URL,
+    normalising a dozen settings; 3 % of a worker's CPU).
+
+    A session is one delivery thread's (``workers.actors``), so the pools it keeps are used by
+    that thread alone. It keeps as many as the pool manager does (``DEFAULT_POOLSIZE``), then
+    forgets them all: a pool the manager let go is gone once this forgets it too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pools: dict[tuple[str, Any, Any], HTTPConnectionPool] = {}
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: Mapping[str, str] | None = None,
+        cert: Any = None,
+    ) -> ConnectionPool:
+        if proxies or request.url is None:  # sessions of ours have none: trust_env is off
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        key = (request.url, verify, cert)
+        known = self._pools.get(key)
+        if known is not None:
+            return known
+        pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+        if isinstance(pool, HTTPConnectionPool):
+            if len(self._pools) >= DEFAULT_POOLSIZE:  # the pool manager's own size here
+                self._pools.clear()
+            self._pools[key] = pool
+        return pool
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {

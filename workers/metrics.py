@@ -53,6 +53,7 @@ _LATENCY_BUCKETS = (
 )
 _BY_SUBSCRIPTION = ["subscription_namespace", "subscription_name"]
 _CODES = frozenset(str(status.value) for status in HTTPStatus)
+_AttemptSeries = tuple[Counter, Histogram, Counter]
 PORT_RANGE = 10  #: ports tried from WORKER_METRICS_PORT up: one per eventing-worker on a host
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,9 @@ class DeliveryMetrics:
             ["reason"],
             registry=self.registry,
         )
+        #: the series an attempt counts in, by its labels: looking them up per attempt (a lock
+        #: and a tuple each) was a third of the metrics' cost; the labels are bounded (above)
+        self._attempt_series: dict[tuple[str, ...], _AttemptSeries] = {}
         self.ledger_write_failures = Counter(
             "eventing_ledger_write_failures",
             "Delivery ledger records that could not be stored (the deliveries went on).",
@@ -132,10 +136,14 @@ class DeliveryMetrics:
         def observe(attempt: Attempt) -> None:
             code = "" if attempt.status is None else str(attempt.status)
             code = code if code in _CODES or not code else "other"
-            labels = (name, namespace, job.event_type, sink, code, job.consumer)
-            self.deliveries.labels(*labels).inc()
-            self.duration.labels(*labels).observe(attempt.seconds)
-            self.attempts.labels(namespace, name, attempt.kind, _status_class(code)).inc()
+            labels = (name, namespace, job.event_type, sink, code, job.consumer, attempt.kind)
+            series = self._attempt_series.get(labels)
+            if series is None:
+                series = self._attempt_series[labels] = self._series_of_attempt(*labels)
+            deliveries, duration, attempts = series
+            deliveries.inc()
+            duration.observe(attempt.seconds)
+            attempts.inc()
             if code.startswith("2"):
                 delivered = attempt.started + attempt.seconds
                 if job.published:
@@ -145,6 +153,23 @@ class DeliveryMetrics:
                     self.age.labels(namespace, name).observe(delivered - created)
 
         return observe
+
+    def _series_of_attempt(
+        self,
+        name: str,
+        namespace: str,
+        event_type: str,
+        sink: str,
+        code: str,
+        consumer: str,
+        kind: str,
+    ) -> _AttemptSeries:
+        labels = (name, namespace, event_type, sink, code, consumer)
+        return (
+            self.deliveries.labels(*labels),
+            self.duration.labels(*labels),
+            self.attempts.labels(namespace, name, kind, _status_class(code)),
+        )
 
     def dead_lettered(self, job: DeliveryJob) -> None:
         """Count ``job``'s event moved to the dead-letter stream."""

@@ -13,8 +13,10 @@ worker's records stay readable by an older manager.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +45,11 @@ ANSWER_LIMIT = 1024  #: bytes of the sink's answer kept
 def event_key(source: str, event_id: str) -> str:
     """The token of an event in a ledger subject: CloudEvents makes (source, id) unique. The
     pair is hashed as JSON, so no source and id run into each other."""
-    pair = json.dumps([source, event_id]).encode()
+    pair = f"[{_quoted(source)}, {_quoted(event_id)}]".encode()  # json.dumps([source, event_id])
     return hashlib.blake2b(pair, digest_size=16).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
 def subscription_key(subscription: str) -> str:
     """The token of a subscription (``namespace/name``) in a ledger subject."""
     return hashlib.blake2b(subscription.encode(), digest_size=8).hexdigest()
@@ -72,6 +75,15 @@ class AttemptRecord:
     def to_dict(self) -> dict[str, Any]:
         # Field by field: dataclasses.asdict (a deep copy) was half of a worker's cost of a record.
         return {field.name: getattr(self, field.name) for field in _ATTEMPT_FIELDS}
+
+    def to_json(self) -> str:
+        """``to_dict`` as compact JSON (see :meth:`Record.to_bytes`)."""
+        status = "null" if self.status is None else str(int(self.status))
+        return (
+            f'{{"number":{int(self.number)},"time":{_number(self.time)},'
+            f'"seconds":{_number(self.seconds)},"kind":{_quoted(self.kind)},"status":{status},'
+            f'"error":{_quoted(self.error)},"answer":{_quoted(self.answer)}}}'
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttemptRecord:
@@ -128,7 +140,17 @@ class Record:
         return OutboundMessage(self.subject, self.to_bytes(), {}, self.type, self.source)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        """``to_dict`` as compact JSON, written out field by field: the bytes
+        ``json.dumps(self.to_dict(), separators=(",", ":"))`` makes, in a third of its time (a
+        record per delivery, on the workers' NATS loop)."""
+        attempt = self.attempt
+        shown = "null" if attempt is None else attempt.to_json()
+        return (
+            f'{{"subscription":{_quoted(self.subscription)},"source":{_quoted(self.source)},'
+            f'"id":{_quoted(self.id)},"type":{_quoted(self.type)},"sequence":{int(self.sequence)},'
+            f'"origin":{_quoted(self.origin)},"outcome":{_quoted(self.outcome)},'
+            f'"time":{_number(self.time)},"attempt":{shown},"reason":{_quoted(self.reason)}}}'
+        ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Record:
@@ -156,6 +178,15 @@ class Record:
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a ledger record: {exc!r}") from None
+
+
+_quoted = json.encoder.encode_basestring_ascii  #: a JSON string, as json.dumps writes it
+
+
+def _number(value: float) -> str:
+    """A JSON number, as json.dumps writes a float (NaN and infinities as it does, too)."""
+    value = float(value)
+    return repr(value) if math.isfinite(value) else json.dumps(value)
 
 
 _ATTEMPT_FIELDS = dataclasses.fields(AttemptRecord)

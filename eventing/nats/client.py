@@ -450,6 +450,13 @@ class JetStreamClient:
             raise BackendUnavailable(f"key-value bucket {bucket.bucket}: {exc!r}") from exc
 
     @property
+    def connection(self) -> Client | None:
+        """The current nats-py connection (a new one replaces it when nats-py gives one up),
+        for callers that pipeline requests on a reply subscription of their own
+        (:mod:`eventing.nats.replies`)."""
+        return self._nc
+
+    @property
     def jetstream(self) -> ConsumerApi:
         """The consumers of the current connection, for the manager to manage and pull."""
         return ConsumerApi(self._js)

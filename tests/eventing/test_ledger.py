@@ -4,8 +4,12 @@ form that reads back as written."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eventing.delivery import ledger
 from eventing.delivery.ledger import AttemptRecord, Record
@@ -78,3 +82,42 @@ def test_the_json_form_holds_every_field() -> None:
     assert RECORD.to_dict() == dataclasses.asdict(RECORD)
     without = Record(**{**RECORD.to_dict(), "attempt": None})
     assert without.to_dict() == dataclasses.asdict(without)
+
+
+_TEXT = st.text()  # lone surrogates included: a sink's answer is decoded with replacement, ids not
+_FLOATS = st.floats(allow_nan=True, allow_infinity=True)
+_ATTEMPTS = st.builds(
+    AttemptRecord,
+    number=st.integers(0, 2**40),
+    time=_FLOATS,
+    seconds=_FLOATS,
+    kind=_TEXT,
+    status=st.none() | st.integers(100, 999),
+    error=_TEXT,
+    answer=_TEXT,
+)
+_RECORDS = st.builds(
+    Record,
+    subscription=_TEXT,
+    source=_TEXT,
+    id=_TEXT,
+    type=_TEXT,
+    sequence=st.integers(0, 2**63),
+    origin=_TEXT,
+    outcome=_TEXT,
+    time=_FLOATS,
+    attempt=st.none() | _ATTEMPTS,
+    reason=_TEXT,
+)
+
+
+@given(_RECORDS)
+def test_the_stored_bytes_are_those_json_dumps_makes(record: Record) -> None:
+    # Written out field by field for speed; records stored before are read the same way.
+    assert record.to_bytes() == json.dumps(record.to_dict(), separators=(",", ":")).encode()
+
+
+@given(_TEXT, _TEXT)
+def test_the_event_key_hashes_the_pair_as_json(source: str, event_id: str) -> None:
+    pair = json.dumps([source, event_id]).encode()
+    assert ledger.event_key(source, event_id) == hashlib.blake2b(pair, digest_size=16).hexdigest()

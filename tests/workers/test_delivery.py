@@ -421,3 +421,28 @@ def test_each_attempt_says_what_kind_of_failure_it_was(
 def test_a_refused_address_is_refused_by_policy() -> None:
     exc = SinkRefused("the egress policy refuses 169.254.169.254")
     assert delivery.failure_kind(exc, cut_off=False) == "refused-by-policy"
+
+
+@pytest.mark.parametrize(
+    ("stored_ago", "delivery_count", "ack_wait", "keepalives_sent"),
+    [
+        (1.0, 1, 30.0, 0),  # the ack wait (from the pull) outlasts the attempt (5 s) by far
+        (11.0, 1, 30.0, 1),  # stored long enough ago that the attempt may end past half of it
+        (1.0, 2, 30.0, 1),  # a redelivery: its ack wait began at the redelivery, unknown here
+        (None, 1, 30.0, 1),  # no store time known
+        (1.0, 1, 20.0, 1),  # half of it would not cover the ack's tries while NATS is away
+    ],
+)
+def test_a_keepalive_starts_an_attempt_unless_the_ack_wait_surely_covers_it(
+    session: requests.Session,
+    clock: Clock,
+    stored_ago: float | None,
+    delivery_count: int,
+    ack_wait: float,
+    keepalives_sent: int,
+) -> None:
+    published = time.time() - stored_ago if stored_ago is not None else 0.0
+    job = make_job(delivery_count, published=published, ack_wait=ack_wait)
+    keepalives: list[int] = []
+    assert run(job, session, clock, keepalives) == Delivered(204, 1)
+    assert len(keepalives) == keepalives_sent
