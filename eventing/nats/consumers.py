@@ -151,7 +151,9 @@ class Pull:
         """Whether a pull request of :meth:`take` may still deliver messages."""
         return self._outstanding > 0 and time.monotonic() < self._request_ends
 
-    async def take(self, batch: int, timeout: float, *, renew: bool = True) -> list[PulledMessage]:
+    async def take(
+        self, batch: int, timeout: float, *, gather: float = 0.0, renew: bool = True
+    ) -> list[PulledMessage]:
         """The messages that arrived, as soon as there is one: a streaming pull.
 
         One pull request for up to ``batch`` messages, expiring after ``timeout``, stays open
@@ -162,7 +164,9 @@ class Pull:
         one per call; a call without a message lasts ``timeout`` (without ``renew``: until
         the open request ends), so a consumer at its ``max_ack_pending`` is never polled
         faster than once per ``timeout``. ``renew=False`` lets the open request end before
-        the caller does something that must not have one open (shedding).
+        the caller does something that must not have one open (shedding). After the first
+        message, the call waits up to ``gather`` seconds for more (what a paced publisher
+        sends a few milliseconds apart then shares a hand-over and a job).
 
         Reads the subscription's queue directly, as nats-py's own ``fetch`` does: its
         ``next_msg`` costs a task per message.
@@ -192,8 +196,18 @@ class Pull:
                 elif not renew and not self.requesting:
                     return []
             messages = [first]
-            while len(messages) < batch and not queue.empty():
-                msg = queue.get_nowait()
+            gathered_by = time.monotonic() + gather
+            while len(messages) < batch:
+                if not queue.empty():
+                    msg = queue.get_nowait()
+                else:
+                    left = gathered_by - time.monotonic()
+                    if left <= 0 or not self.requesting:
+                        break
+                    try:
+                        msg = await asyncio.wait_for(queue.get(), left)
+                    except TimeoutError:
+                        break
                 _taken(sub, msg)
                 if self._processable(msg):
                     messages.append(msg)
