@@ -269,3 +269,21 @@ def test_a_consumer_at_its_max_ack_pending_gets_one_request_per_take_at_most(
     assert first == 1
     assert empty == [0, 0, 0, 0]
     assert requests <= 5
+
+
+def test_a_take_gathers_the_messages_that_follow_its_first(nats_server: NatsServer) -> None:
+    """Messages published shortly after the one a take got share its answer (and its job);
+    a full batch ends the wait."""
+
+    async def scenario() -> list[str]:
+        async with bound(nats_server) as (client, pull, _):
+            await publish(client, FIRST, "first")
+            taking = asyncio.create_task(pull.take(3, 5.0, gather=30.0))
+            await asyncio.sleep(0.2)
+            await publish(client, FIRST, "second")
+            await publish(client, FIRST, "third")
+            async with asyncio.timeout(10):
+                taken = await taking
+            return [message.headers["Nats-Msg-Id"] for message in taken]
+
+    assert asyncio.run(scenario()) == ["first", "second", "third"]
