@@ -31,14 +31,17 @@ from manager.shedding import Backlog, Limit, Shedding
 
 logger = logging.getLogger(__name__)
 
-# nats-py's fetch(n) takes what is waiting at once, but when nothing is, it long-polls and, once
-# a first message arrives, waits for the other n - 1 until its timeout. So an idle consumer
-# fetches one message (returned the moment it arrives; a batch fetch with the idle timeout held
-# a lone event up to a second), and a busy one a batch with a short timeout: a consumer at its
-# max_ack_pending says nothing, and one slow event among 20 in flight made every batch fetch
-# with the long timeout wait all of it (measured: 19 deliveries/s).
+# A pull task keeps a pull request open (Pull.take, a streaming pull): the server pushes each
+# message the moment it has one, and what arrived while a batch was being enqueued is taken
+# together. Fetches cost a round trip per event when paced, and nats-py's fetch(n) held the
+# first message of a lingering batch fetch until its timeout (50 ms) waiting for the other n - 1.
+# A request expires after a second; one that ended early (a status: the consumer at its
+# max_ack_pending) is not renewed before that second is up.
 _IDLE_FETCH_TIMEOUT = 1.0
-_BUSY_FETCH_TIMEOUT = 0.05
+# How long a take waits after its first message for more: paced events a few milliseconds apart
+# share a hand-over to the enqueue thread and a job (each costs the manager and the workers per
+# job, not per event), for at most this much latency.
+_GATHER = 0.005
 _MAX_BATCH = 100
 _BIND_PAUSE = 1.0  # seconds before binding again to a consumer not there (yet)
 _FETCH_PAUSE = 0.5  # seconds before pulling again after a failed fetch
@@ -139,21 +142,22 @@ class Dispatcher:
         except ConsumerError as exc:
             raise _NotBound(name) from exc
         try:
-            idle = True
             while (target := self._targets.get(name)) is not None:
-                await self._shedding.check(name, target)
+                # A backlog check may shed, raising the consumer's max_ack_pending for a
+                # moment: no delivery request may be open then to take those events.
+                due = self._shedding.due(name)
+                if due and not pull.requesting:
+                    await self._shedding.check(name, target)
+                    due = False
                 if target.held is not None:
                     # Its events wait for the sink or the policy to change, their backlog
                     # bounded by the check above like any other.
                     await asyncio.sleep(_IDLE_FETCH_TIMEOUT)
                     continue
-                batch = 1 if idle else max(1, min(target.spec.max_ack_pending, _MAX_BATCH))
-                messages = await pull.fetch(
-                    batch, _IDLE_FETCH_TIMEOUT if idle else _BUSY_FETCH_TIMEOUT
+                batch = max(1, min(target.spec.max_ack_pending, _MAX_BATCH))
+                messages = await pull.take(
+                    batch, _IDLE_FETCH_TIMEOUT, gather=_GATHER, renew=not due
                 )
-                # Nothing: the pull request timed out or ended with a status (no messages, or
-                # the consumer at its max_ack_pending); long-poll again instead of asking at once.
-                idle = not messages
                 if messages:
                     await self._hand_over(name, messages)
         finally:

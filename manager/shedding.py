@@ -76,6 +76,10 @@ class Shedding:
         self._due.pop(name, None)
         self.backlogs.pop(name, None)
 
+    def due(self, name: str) -> bool:
+        """Whether :meth:`check` of ``name`` would ask the server now."""
+        return time.monotonic() >= self._due.get(name, 0.0)
+
     async def check(self, name: str, target: Target) -> None:
         """Once per ``_CHECK_INTERVAL``: record the backlog of ``name``, shed its excess."""
         now = time.monotonic()

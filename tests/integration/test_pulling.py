@@ -7,14 +7,18 @@ the stream and every pull are real.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from eventing.delivery.jobs import DeliveryJob
 from eventing.nats.client import JetStreamClient
+from eventing.nats.consumers import Pull
 from eventing.nats.messages import OutboundMessage
 from eventing.nats.streams import dead_letter_config, stream_config
 from eventing.settings import Settings
@@ -182,3 +186,104 @@ def test_pulls_go_on_over_the_connection_opened_after_nats_py_gave_one_up(
             return len(enqueued.jobs)
 
     assert asyncio.run(scenario()) == 2
+
+
+@asynccontextmanager
+async def bound(
+    nats_server: NatsServer, max_ack_pending: int = 100
+) -> AsyncIterator[tuple[JetStreamClient, Pull, list[bytes]]]:
+    """A client, a pull of FIRST (at ``max_ack_pending``), and the pull requests the server got
+    for it (heard on a connection of its own)."""
+    settings = settings_for(nats_server)
+    async with running(settings, Enqueued(), lambda name, count: None) as (client, _):
+        spec = dataclasses.replace(SPECS[FIRST], max_ack_pending=max_ack_pending)
+        await client.jetstream.put(settings.stream.name, consumers.consumer(spec))
+        listener = await nats.connect(nats_server.url)
+        requests: list[bytes] = []
+
+        async def heard(msg: Msg) -> None:
+            requests.append(msg.data)
+
+        await listener.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.*.{FIRST}", cb=heard)
+        await listener.flush()
+        pull = await client.jetstream.pull(settings.stream.name, FIRST)
+        try:
+            yield client, pull, requests
+        finally:
+            await pull.close()
+            await listener.close()
+
+
+def test_one_pull_request_brings_the_messages_of_several_takes(nats_server: NatsServer) -> None:
+    """A streaming pull: the request a take opened stays open, so the next message is pushed
+    to the next take without a request of its own."""
+
+    async def scenario() -> tuple[list[int], int]:
+        async with bound(nats_server) as (client, pull, requests):
+            taken: list[int] = []
+            for n in range(3):
+                await publish(client, FIRST, f"first-{n}")
+                taken.append(len(await pull.take(10, 5.0)))
+            return taken, len(requests)
+
+    taken, requests = asyncio.run(scenario())
+
+    assert taken == [1, 1, 1]
+    assert requests == 1
+
+
+def test_a_take_without_renew_opens_no_request(nats_server: NatsServer) -> None:
+    """What the pull task does before a backlog check that may shed: no delivery request may
+    be open to take the events shedding makes room for."""
+
+    async def scenario() -> tuple[int, bool, int, int]:
+        async with bound(nats_server) as (client, pull, requests):
+            await publish(client, FIRST, "waiting")
+            without = len(await pull.take(10, 0.3, renew=False))
+            heard = len(requests)
+            requesting = pull.requesting
+            return without, requesting, heard, len(await pull.take(10, 5.0))
+
+    without, requesting, heard, renewed = asyncio.run(scenario())
+
+    assert (without, requesting, heard) == (0, False, 0)
+    assert renewed == 1
+
+
+def test_a_consumer_at_its_max_ack_pending_gets_one_request_per_take_at_most(
+    nats_server: NatsServer,
+) -> None:
+    """The server ends or holds the requests of a consumer with max_ack_pending messages
+    unacknowledged; a take must wait out its timeout then, not ask again at once."""
+
+    async def scenario() -> tuple[int, list[int], int]:
+        async with bound(nats_server, max_ack_pending=1) as (client, pull, requests):
+            for n in range(3):
+                await publish(client, FIRST, f"first-{n}")
+            first = len(await pull.take(10, 5.0))
+            empty = [len(await pull.take(10, 0.2)) for _ in range(4)]
+            return first, empty, len(requests)
+
+    first, empty, requests = asyncio.run(scenario())
+
+    assert first == 1
+    assert empty == [0, 0, 0, 0]
+    assert requests <= 5
+
+
+def test_a_take_gathers_the_messages_that_follow_its_first(nats_server: NatsServer) -> None:
+    """Messages published shortly after the one a take got share its answer (and its job);
+    a full batch ends the wait."""
+
+    async def scenario() -> list[str]:
+        async with bound(nats_server) as (client, pull, _):
+            await publish(client, FIRST, "first")
+            taking = asyncio.create_task(pull.take(3, 5.0, gather=30.0))
+            await asyncio.sleep(0.2)
+            await publish(client, FIRST, "second")
+            await publish(client, FIRST, "third")
+            async with asyncio.timeout(10):
+                taken = await taking
+            return [message.headers["Nats-Msg-Id"] for message in taken]
+
+    assert asyncio.run(scenario()) == ["first", "second", "third"]
