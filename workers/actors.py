@@ -69,6 +69,7 @@ def declare(
     extra = settings.extra_deliveries
     write = acks.write if acks.ledger else None
     delivered = DeliveredSummary(logger)
+    broker.add_middleware(SummedAtShutdown(delivered))
 
     def deliver(*args: Any, **kwargs: Any) -> None:
         # Any arguments at all: a forged message's odd ones are refused here, not by dramatiq's
@@ -303,11 +304,28 @@ class DeliveredSummary:
     def flush(self) -> None:
         """Log the sums counted since each subscription's last line."""
         with self._lock:
-            counts, self._counts, self._flush = self._counts, {}, None
+            counts, self._counts, timer, self._flush = self._counts, {}, self._flush, None
             now = time.monotonic()
             for subscription in counts:
                 self._last[subscription] = now
+        if timer is not None:
+            timer.cancel()  # flushed before its time (at shutdown): it has nothing left to log
         for subscription, count in sorted(counts.items()):
             self._log.info(
                 "delivered %d more event(s) of %s within %.0fs", count, subscription, self._every
             )
+
+
+class SummedAtShutdown(dramatiq.Middleware):
+    """Logs the deliveries a :class:`DeliveredSummary` counted but has not logged yet when the
+    worker process stops: its timer thread dies with the process, and the sums with it.
+    ``after_worker_shutdown`` comes once dramatiq's worker threads have ended, so no job counts
+    after it; added after the NATS connection's middleware, it runs before that one closes the
+    connection (dramatiq calls ``after_*`` hooks in reverse order), so a NATS that does not
+    close in time cannot make the process exit (``workers.shutdown``) before the sums are out."""
+
+    def __init__(self, summary: DeliveredSummary) -> None:
+        self._summary = summary
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._summary.flush()

@@ -6,6 +6,7 @@ by :func:`eventing.delivery.jobs.enqueue`, as the manager enqueues them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -38,6 +39,13 @@ def stopping() -> threading.Event:
 
 @pytest.fixture
 def broker(acks: RecordingAcks, stopping: threading.Event) -> Iterator[StubBroker]:
+    with worker_running(acks, stopping) as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def worker_running(acks: RecordingAcks, stopping: threading.Event) -> Iterator[StubBroker]:
+    """A StubBroker with the actor declared and a dramatiq worker on it, stopped at the end."""
     broker = StubBroker()
     broker.emit_after("process_boot")
     actors.declare(
@@ -51,9 +59,11 @@ def broker(acks: RecordingAcks, stopping: threading.Event) -> Iterator[StubBroke
     )
     worker = dramatiq.Worker(broker, worker_timeout=50)
     worker.start()
-    yield broker
-    worker.stop()
-    broker.close()
+    try:
+        yield broker
+    finally:
+        worker.stop()
+        broker.close()
 
 
 def batch_of(count: int, sink: str, **changes: Any) -> list[DeliveryJob]:
@@ -346,3 +356,15 @@ def test_a_summary_line_counts_the_deliveries_since_the_last_line(
     ]
     summary.flush()  # nothing since: no line
     assert len(caplog.records) == 2
+
+
+def test_deliveries_not_yet_summed_are_logged_when_the_worker_stops(
+    acks: RecordingAcks, sink_server: SinkServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sum's timer is 10 s away when the worker stops: its line comes at the shutdown."""
+    caplog.set_level(logging.INFO, "workers.actors")
+    summed = "delivered 3 more event(s) of default/orders within 10s"
+    with worker_running(acks, threading.Event()) as broker:
+        run(broker, enqueued(batch_of(4, sink_server.url), per_job=4))
+        assert summed not in caplog.messages
+    assert caplog.messages.count(summed) == 1
