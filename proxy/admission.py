@@ -29,7 +29,7 @@ from http import HTTPStatus
 from typing import Any
 
 from eventing.errors import BatchTooLarge, Overloaded
-from proxy import metrics, problems
+from proxy import metrics, pending, problems
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,15 @@ class Admission:
 
     @contextlib.contextmanager
     def holding(self, count: int) -> Iterator[None]:
-        """Hold ``count`` events in flight while they are published.
+        """Hold ``count`` events in flight while they are published (:meth:`hold`)."""
+        self.hold(count)
+        try:
+            yield
+        finally:
+            self.release(count)
+
+    def hold(self, count: int) -> None:
+        """Hold ``count`` events in flight until :meth:`release`.
 
         Raises:
             BatchTooLarge: ``count`` alone is more than ``max_events``: retrying cannot help.
@@ -115,11 +123,11 @@ class Admission:
                     retry_after=self.retry_after,
                 )
             self._events += count
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._events -= count
+
+    def release(self, count: int) -> None:
+        """The ``count`` events held are settled."""
+        with self._lock:
+            self._events -= count
 
     @property
     def waiting(self) -> int:
@@ -157,9 +165,16 @@ class Gate:
         except Overloaded as refusal:
             return self._refuse(route, refusal, start_response)
         try:
-            return self._app(environ, start_response)
-        finally:
+            answer = self._app(environ, start_response)
+        except BaseException:
             self.admission.leave()
+            raise
+        deferred = pending.of(environ)
+        if deferred is not None and deferred.messages is not None:
+            deferred.release_after(self.admission.leave)  # the turn lasts until the PubAcks
+        else:
+            self.admission.leave()
+        return answer
 
     def _refuse(
         self,

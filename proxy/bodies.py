@@ -10,6 +10,10 @@ asynchronously (a slow client costs a connection and a coroutine, no thread), un
 that grows with the bytes received (:func:`body_deadline`), answers 408 to a body that falls
 behind, and hands only complete bodies to the WSGI app, on a pool of threads of its own.
 
+A publishing view leaves its prepared events to the loop (:mod:`proxy.pending`): its thread
+returns at once, and the loop publishes them and answers once JetStream acknowledged them, so a
+request wakes a thread once instead of twice.
+
 The WSGI environment is built as granian's WSGI interface builds it (header values that are not
 visible ASCII become empty, repeated headers are joined with ``,``, cookies with ``;``).
 """
@@ -18,22 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from proxy import admission, problems
+from eventing.errors import PublishError
+from eventing.nats.messages import OutboundMessage
+from proxy import admission, metrics, pending, problems
 from proxy.metrics import ProxyMetrics
+
+logger = logging.getLogger(__name__)
 
 #: Seconds any body has before the minimum rate counts: a body sent with its headers arrives
 #: at once, and a loaded event loop may be late to notice by a fraction of this.
 GRACE = 2.0
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+#: Stores messages on the running loop, one outcome per message (None: stored).
+Publish = Callable[[list[OutboundMessage]], Awaitable[list[PublishError | None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +99,8 @@ class HTTPProtocol(Protocol):
 
 
 class BodiesFirst:
-    """An RSGI application serving ``app`` (WSGI) on ``threads`` threads, bodies read first."""
+    """An RSGI application serving ``app`` (WSGI) on ``threads`` threads, bodies read first;
+    the events its views defer are stored through ``publish`` (on this loop)."""
 
     def __init__(
         self,
@@ -98,8 +110,10 @@ class BodiesFirst:
         limits: BodyLimits,
         metrics: ProxyMetrics,
         on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self._app = app
+        self._publish = publish
         self._threads = _Threads(threads, "proxy-request")
         self._limits = limits
         self._metrics = metrics
@@ -117,8 +131,29 @@ class BodiesFirst:
             self._answer_timeout(scope, protocol, started)
             return
         environ = _environ(scope, body)
+        deferred = environ[pending.KEY] = pending.Pending() if self._publish else None
+        handed = time.perf_counter()
         status, headers, content = await self._threads.run(self._call, environ)
+        if deferred is not None and deferred.messages is not None:
+            status, headers, content = await self._stored(deferred, (status, headers, content))
+            self._metrics.observe_request(
+                status, scope.method, environ.get(metrics.ROUTE, ""), handed
+            )
         protocol.response_bytes(status, headers, content)
+
+    async def _stored(self, deferred: pending.Pending, answer: pending.Answer) -> pending.Answer:
+        """Publish the events the view deferred; the view's ``answer`` if all were stored, else
+        the failure's. What the request held is released either way."""
+        assert self._publish is not None and deferred.messages is not None
+        try:
+            outcomes = await self._publish(deferred.messages)
+        except Exception as exc:  # the client hears of it, as from a view that raised
+            logger.exception("publishing on the loop failed")
+            outcomes = [PublishError(f"unexpected error: {exc}")] * len(deferred.messages)
+        except BaseException:  # cancelled: what the request holds is released all the same
+            deferred.settle([PublishError("cancelled")] * len(deferred.messages))
+            raise
+        return deferred.settle(outcomes) or answer
 
     async def _read(self, scope: Scope, protocol: HTTPProtocol) -> bytes | None:
         """The body (at most ``max_size + 1`` bytes), or None if it fell behind its deadline."""

@@ -41,6 +41,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from eventing import settings
+from proxy import pending
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,9 @@ class RequestCounter:
             return start_response(line, headers, exc_info)
 
         body = self._app(environ, counted_start_response)
+        deferred = pending.of(environ)
+        if deferred is not None and deferred.messages is not None:
+            return body  # answered, and counted, once the loop has their PubAcks
         self._metrics.observe_request(
             status[0], environ.get("REQUEST_METHOD", ""), _route(environ), started
         )

@@ -104,6 +104,23 @@ def batch_failure(errors: dict[int, PublishError], total: int) -> Response:
     return response
 
 
+def failure_answer(
+    errors: dict[int, PublishError], total: int, *, batch: bool, legacy: bool
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of the answer to events JetStream did not all store, given
+    outside Flask (on the event loop, :mod:`proxy.pending`): the answer a view gives inside it
+    (:func:`batch_failure` in batch mode, else the error handler's for its one event)."""
+    if batch:
+        response = batch_failure(errors, total)
+        body = response.get_data()
+        headers = [*response.headers.to_wsgi_list(), ("Content-Length", str(len(body)))]
+        return response.status_code, headers, body
+    error = errors[min(errors)]
+    _log_failure(error)
+    headers, body = early_failure(LEGACY_ROUTE if legacy else "/publish", error)
+    return error.status, headers, body
+
+
 def subscriptions_unavailable(error: Exception) -> Response:
     """The Subscriptions cannot be read right now (the Kubernetes API does not answer)."""
     return problem(
@@ -163,11 +180,15 @@ def _publish_error(error: PublishError) -> Response:
     else:
         response = problem(error.status, _NOT_STORED, str(error))
     response.headers.update(failure_headers(error))
+    _log_failure(error)
+    return response
+
+
+def _log_failure(error: PublishError) -> None:
     if error.status >= 500 and not isinstance(error, Overloaded):
         # an overload is counted in the request metrics; a line each would flood the log
         # exactly when the process is short of time
         logger.warning("publish failed (%s): %s", error.status, error)
-    return response
 
 
 def _unauthenticated(error: Unauthenticated) -> Response:

@@ -1,9 +1,10 @@
-"""Publisher: hands events to JetStream from Flask's threads and waits for every PubAck.
+"""Publisher: hands events to JetStream, from Flask's threads or granian's loop; awaits PubAcks.
 
 One :class:`JetStreamPublisher` per app; it starts its NATS connection lazily in the process
 that first publishes (granian starts worker processes after importing nothing of ours, and
 threads never survive a fork), on the event loop granian's worker serves requests on when it
-was given one (:meth:`JetStreamPublisher.serve_on`), else on a loop thread of its own. The
+was given one (:meth:`JetStreamPublisher.serve_on`; the server's own coroutines then publish
+there, :meth:`JetStreamPublisher.publish_here`), else on a loop thread of its own. The
 events a process holds in flight are bounded before they get here
 (:meth:`proxy.admission.Admission.holding`). Requests that arrive while the loop is busy share
 one handover to it (:class:`eventing.nats.loop.Rounds`), and their events are pipelined on the
@@ -57,6 +58,19 @@ class JetStreamPublisher:
         rounds = self._started().rounds
         try:
             return rounds.call(messages, self._timeout + 1)
+        except TimeoutError:
+            error = StreamNotAnswering(f"no acknowledgement within {self._timeout:g}s")
+            return [error] * len(messages)
+
+    async def publish_here(self, messages: list[OutboundMessage]) -> list[PublishError | None]:
+        """:meth:`publish` from a coroutine on the loop given to :meth:`serve_on` (where
+        :class:`proxy.bodies.BodiesFirst` publishes the events its views defer)."""
+        connection = self._connection
+        if connection is None or connection.pid != os.getpid():  # connect on a thread, once
+            connection = await asyncio.to_thread(self._started)
+        try:
+            async with asyncio.timeout(self._timeout + 1):
+                return await connection.client.publish_many(messages, self._timeout)
         except TimeoutError:
             error = StreamNotAnswering(f"no acknowledgement within {self._timeout:g}s")
             return [error] * len(messages)

@@ -94,6 +94,7 @@ def app() -> BodiesFirst:
         ),
         metrics=flask_app.extensions["eventing.metrics"],
         on_loop=publisher.serve_on,  # NATS on granian's loop, no loop thread of its own
+        publish=publisher.publish_here,  # and the views' events published there
     )
 
 

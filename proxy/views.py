@@ -22,7 +22,7 @@ from eventing.nats.messages import OutboundMessage, outbound
 from eventing.settings import Settings
 from eventing.sources.source import SubscriptionSource
 from eventing.subscriptions import model
-from proxy import auth, bodies, guards, problems
+from proxy import auth, bodies, guards, pending, problems
 from proxy.admission import Admission
 from proxy.metrics import ProxyMetrics
 from proxy.publisher import Publisher
@@ -44,7 +44,7 @@ def publish() -> Response:
         lambda event: _prepare(event, trace, prefix, _dedup_name(grant)),
     )
     auth.check(grant, [(m.event_source, m.event_type) for m in messages])
-    failures = _store(messages, grant)
+    failures = _store(messages, grant, batch=mode == "batch")
     if not failures:
         return _no_content()
     if mode != "batch":
@@ -66,7 +66,7 @@ def legacy_publish(application: str) -> Response:
         ) from None
     event = cloudevent.with_extensions(converted.event, replacing={}, adding=trace)
     auth.check(grant, [(event.get_source(), event.get_type())])
-    failures = _store([outbound(event, converted.subject, _dedup_name(grant))], grant)
+    failures = _store([outbound(event, converted.subject, _dedup_name(grant))], grant, legacy=True)
     if failures:
         raise failures[0]
     return jsonify({"event-id": event.get_id(), "status": "", "reason": ""})
@@ -199,9 +199,18 @@ def _prepare(
     return outbound(stored, subject, publisher)
 
 
-def _store(messages: list[OutboundMessage], grant: publishers.Grant) -> dict[int, PublishError]:
+def _store(
+    messages: list[OutboundMessage],
+    grant: publishers.Grant,
+    *,
+    batch: bool = False,
+    legacy: bool = False,
+) -> dict[int, PublishError]:
     """Publish, holding the events in flight, and record metrics; the failures by index (empty:
-    everything stored).
+    everything stored). Served by :class:`proxy.bodies.BodiesFirst`, the events are left to its
+    event loop instead (:mod:`proxy.pending`), held in flight until their PubAcks, and this
+    returns no failures: the loop answers with ``batch``'s or ``legacy``'s failure answer if
+    some events are not stored, else with the view's own.
 
     Raises:
         BatchTooLarge: more events than a process may hold in flight at all.
@@ -210,9 +219,34 @@ def _store(messages: list[OutboundMessage], grant: publishers.Grant) -> dict[int
     publisher: Publisher = current_app.extensions["eventing.publisher"]
     admission: Admission = current_app.extensions["eventing.admission"]
     metrics = _metrics()
+    deferred = pending.of(request.environ)
+    if deferred is not None:
+        admission.hold(len(messages))
+        started = time.perf_counter()
+
+        def settle(outcomes: list[PublishError | None]) -> pending.Answer | None:
+            admission.release(len(messages))
+            failures = _record(metrics, messages, outcomes, started, grant)
+            if not failures:
+                return None
+            return problems.failure_answer(failures, len(messages), batch=batch, legacy=legacy)
+
+        deferred.defer(messages, settle)
+        return {}
     with admission.holding(len(messages)):
         started = time.perf_counter()
         outcomes = publisher.publish(messages)
+    return _record(metrics, messages, outcomes, started, grant)
+
+
+def _record(
+    metrics: ProxyMetrics,
+    messages: list[OutboundMessage],
+    outcomes: list[PublishError | None],
+    started: float,
+    grant: publishers.Grant,
+) -> dict[int, PublishError]:
+    """Record the outcomes of publishing ``messages``, begun at ``started``; the failures."""
     elapsed_ms = (time.perf_counter() - started) * 1000
     failures = {i: error for i, error in enumerate(outcomes) if error is not None}
     code = str(next(iter(failures.values())).status) if failures else "204"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,26 @@ def settings_for(server: NatsServer, **env: str) -> Settings:
         "NATS_CONNECT_TIMEOUT": "1s",
     }
     return Settings.from_environ({**base, **env})
+
+
+def late_beside_a_held_batch(
+    server: NatsServer, post: Callable[..., tuple[int, str | None]]
+) -> tuple[int, str | None]:
+    """With ``server`` stopped, ``post`` the batch held-1, held-2, then late-1, late-2 while the
+    first waits for its PubAcks; the late batch's status and Retry-After. The held batch must
+    be stored (204) once ``server`` goes on."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, "held-1", "held-2")
+            time.sleep(0.5)  # the held batch waits for its PubAcks by now
+            late = post("late-1", "late-2")
+            server.process.send_signal(signal.SIGCONT)
+            assert held.result(10) == (204, None)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    return late
 
 
 def read_stream(server: NatsServer, stream: str = STREAM) -> list[StoredMessage]:

@@ -28,7 +28,7 @@ from proxy import admission
 from testing import fuzzing
 from testing.servers import NatsServer, free_port, wait_until
 from testing.system import stop_group
-from tests.integration.conftest import STREAM, read_stream
+from tests.integration.conftest import STREAM, late_beside_a_held_batch, read_stream
 
 pytestmark = pytest.mark.integration
 
@@ -468,3 +468,88 @@ def test_a_broken_keys_file_stops_the_proxy_at_start_naming_it(tmp_path: Path) -
     result = subprocess.run(_proxy_command(), env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, result.stdout + result.stderr
     assert str(keys) in result.stderr and "sources: expected" in result.stderr
+
+
+_EVENT = {"specversion": "1.0", "source": "myapp", "type": "order.created.v1", "data": {"a": 1}}
+
+
+def _batch(url: str, *ids: str) -> requests.Response:
+    """A batch-mode publish of one event per id."""
+    return requests.post(
+        f"{url}/publish",
+        data=json.dumps([{**_EVENT, "id": event_id} for event_id in ids]),
+        headers={"content-type": "application/cloudevents-batch+json"},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "proxy_env",
+    # one slot and three events in flight: a turn or an event the loop kept would 503 the rest
+    [{"JS_STREAM_MAX_MSGS": "4", "PROXY_THREADS": "1", "PROXY_MAX_IN_FLIGHT": "3"}],
+)
+def test_events_the_loop_failed_to_store_get_each_endpoints_answer_and_release_their_turn(
+    proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
+) -> None:
+    """The views leave their events to granian's loop (proxy.pending), which answers after the
+    PubAcks: a refusal by JetStream still gets the answer a view gives inside Flask, counted
+    in the metrics, and gives back what the request held."""
+    url, _, _ = proxy
+
+    def binary(event_id: str) -> requests.Response:
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": event_id,
+            "ce-source": "myapp",
+            "ce-type": "order.created.v1",
+            "content-type": "application/json",
+        }
+        return requests.post(f"{url}/publish", headers=headers, data=b"{}", timeout=10)
+
+    assert [binary(f"fits-{i}").status_code for i in range(4)] == [204] * 4
+    refused = binary("full")
+    assert refused.status_code == 507
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert refused.json()["title"] == "Event not stored"
+    legacy = requests.post(
+        f"{url}/app/v1/events",
+        json={
+            "event-type": "order.created",
+            "event-type-version": "v1",
+            "event-time": "2020-04-02T21:37:00Z",
+            "data": "x",
+        },
+        timeout=10,
+    )
+    assert legacy.status_code == 507
+    assert legacy.json() == {"status": 507, "message": legacy.json()["message"]}
+    batch = _batch(url, "batch-0", "batch-1", "batch-2")
+    assert batch.status_code == 507
+    assert [error["index"] for error in batch.json()["errors"]] == [0, 1, 2]
+    assert [binary(f"again-{i}").status_code for i in range(8)] == [507] * 8  # never 503
+    assert len(read_stream(nats_server)) == 4
+
+    def counted() -> dict[str, float]:
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        found = r'eventing_epp_requests_total\{code="(\d+)",method="POST",path="([^"]*)"\} (\S+)'
+        return {f"{code} {path}": float(n) for code, path, n in re.findall(found, text)}
+
+    expected = {"204 /publish": 4.0, "507 /publish": 10.0, "507 /{application}/v1/events": 1.0}
+    wait_until(lambda: counted() == expected, 10, f"requests counted as {expected}")
+
+
+@pytest.mark.parametrize("proxy_env", [{"PROXY_WORKERS": "1", "PROXY_MAX_IN_FLIGHT": "3"}])
+def test_events_waiting_on_the_loop_for_their_pubacks_count_in_flight(
+    proxy: tuple[str, subprocess.Popen[bytes], Path], nats_server: NatsServer
+) -> None:
+    url, _, _ = proxy
+
+    def post(*ids: str) -> tuple[int, str | None]:
+        response = _batch(url, *ids)
+        return response.status_code, response.headers.get("Retry-After")
+
+    assert post("first-1", "first-2") == (204, None)  # connected; now hold a batch in flight
+    assert late_beside_a_held_batch(nats_server, post)[0] == 503
+    assert post("after-1", "after-2") == (204, None)  # the held events were released
+    stored = [json.loads(m.payload)["id"] for m in read_stream(nats_server)]
+    assert "late-1" not in stored and "held-1" in stored and "after-1" in stored

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import signal
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from flask import Flask
@@ -18,7 +15,7 @@ from eventing.settings import Settings
 from proxy import create_app
 from proxy.publisher import JetStreamPublisher
 from testing.servers import NatsServer, nats_server_binary, require_binary, wait_until
-from tests.integration.conftest import read_stream, settings_for
+from tests.integration.conftest import late_beside_a_held_batch, read_stream, settings_for
 
 BINARY = {
     "ce-specversion": "1.0",
@@ -235,17 +232,7 @@ def test_in_flight_limit_answers_503_with_retry_after(
         return response.status_code, response.headers.get("Retry-After")
 
     assert post("first-1", "first-2") == (204, None)  # connected; now hold a batch in flight
-    assert nats_server.process is not None
-    nats_server.process.send_signal(signal.SIGSTOP)
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            held = pool.submit(post, "held-1", "held-2")
-            time.sleep(0.5)  # the held batch waits for its PubAcks by now
-            assert post("late-1", "late-2") == (503, "7")
-            nats_server.process.send_signal(signal.SIGCONT)
-            held.result(10)
-    finally:
-        nats_server.process.send_signal(signal.SIGCONT)
+    assert late_beside_a_held_batch(nats_server, post) == (503, "7")
     assert not any(b'"late-' in m.payload for m in read_stream(nats_server))
 
 
