@@ -7,6 +7,7 @@ and restarted on the same port and data, which is what the fault tests need.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,8 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats.errors
 import pytest
 import redis
+from nats.aio.client import Client
 
 
 def free_port() -> int:
@@ -67,6 +70,19 @@ def require_binary(path: Path | None, name: str, hint: str) -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+async def processed(nc: Client) -> None:
+    """Return once nats-server has processed every command ``nc`` sent before this call.
+
+    nats-py's ``flush()`` does not promise that: it writes its PING straight to the socket,
+    ahead of the SUBs and PUBs still in its pending buffer, so its PONG can come back before the
+    server saw them (a subscription another connection then finds missing). A request goes
+    through that buffer behind them; nobody answers it, and the server's "no responders" reply
+    comes after it processed everything before it.
+    """
+    with contextlib.suppress(nats.errors.NoRespondersError):
+        await nc.request(f"_testing.processed.{nc.new_inbox()}", b"", timeout=10)
 
 
 def nats_server_binary() -> Path | None:

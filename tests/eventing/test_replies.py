@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 
 from eventing.errors import BackendUnavailable, PublishError
 from eventing.nats.replies import NoResponders, Replies
-from testing.servers import NatsServer
+from testing.servers import NatsServer, processed
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ async def _responder(nc: Client, seen: list[bytes]) -> None:
             await msg.respond(b"")
 
     await nc.subscribe("svc.*", cb=answer)
-    await nc.flush()
+    await processed(nc)
 
 
 def test_each_message_of_a_round_has_its_own_outcome(nats_server: NatsServer) -> None:

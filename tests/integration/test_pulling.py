@@ -23,7 +23,7 @@ from eventing.nats.messages import OutboundMessage
 from eventing.nats.streams import dead_letter_config, stream_config
 from eventing.settings import Settings
 from manager import consumers, pulling, reconcile
-from testing.servers import NatsServer
+from testing.servers import NatsServer, processed
 from tests.eventing.test_subscription import manifest, parse
 from tests.integration.conftest import settings_for
 
@@ -205,7 +205,7 @@ async def bound(
             requests.append(msg.data)
 
         await listener.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.*.{FIRST}", cb=heard)
-        await listener.flush()
+        await processed(listener)
         pull = await client.jetstream.pull(settings.stream.name, FIRST)
         try:
             yield client, pull, requests
