@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,12 +26,41 @@ import pytest
 import redis
 from nats.aio.client import Client
 
+_handed_out: set[int] = set()  #: every port free_port returned in this process
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for bind(0) and the source ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free a moment ago on 127.0.0.1, never returned before in this process, and
+    outside the kernel's ephemeral range where it can.
+
+    Why: the caller binds it later, in a process of its own. A port of bind(0) comes from the
+    ephemeral range, which the kernel hands to the next bind(0) again (two services of one
+    system got the same port on CI: the manager could not start) and to the source port of any
+    outgoing connection meanwhile. Below that range only listeners compete.
+    """
+    ephemeral = _ephemeral_ports()
+    below = range(10000, ephemeral.start) if ephemeral.start > 11000 else range(0)
+    for _ in range(1000):
+        port = random.choice(below) if below else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 after 1000 tries")
 
 
 def accepts_connections(port: int) -> bool:
