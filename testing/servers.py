@@ -7,6 +7,7 @@ and restarted on the same port and data, which is what the fault tests need.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
@@ -25,12 +26,26 @@ import pytest
 import redis
 from nats.aio.client import Client
 
+#: The ports :func:`free_port` handed out last, newest at the end.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=512)
+
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free a moment ago on 127.0.0.1, and not one of the last few hundred
+    this process handed out.
+
+    The kernel gives a port that is free again to the next bind to port 0 as readily as any
+    other, so ports picked before any of them is bound (a System's proxy, manager and metrics
+    ports; a cluster's nine) could be the same one, and the second process to bind it failed to
+    start; and a port handed out as one nothing listens on could come back as a server's.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def accepts_connections(port: int) -> bool:
