@@ -7,6 +7,7 @@ and restarted on the same port and data, which is what the fault tests need.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -26,7 +27,8 @@ import pytest
 import redis
 from nats.aio.client import Client
 
-_handed_out: set[int] = set()  #: every port free_port returned in this process
+#: The ports :func:`free_port` handed out last, newest at the end.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)
 
 
 def _ephemeral_ports() -> range:
@@ -39,13 +41,16 @@ def _ephemeral_ports() -> range:
 
 
 def free_port() -> int:
-    """A TCP port free a moment ago on 127.0.0.1, never returned before in this process, and
-    outside the kernel's ephemeral range where it can.
+    """A TCP port free a moment ago on 127.0.0.1, not one of the last few thousand this
+    process handed out, and outside the kernel's ephemeral range where it can be.
 
-    Why: the caller binds it later, in a process of its own. A port of bind(0) comes from the
-    ephemeral range, which the kernel hands to the next bind(0) again (two services of one
-    system got the same port on CI: the manager could not start) and to the source port of any
-    outgoing connection meanwhile. Below that range only listeners compete.
+    Why: the caller binds it later, often in a process of its own, and ports are often picked
+    before any of them is bound (a System's proxy, manager and metrics ports; a cluster's
+    nine). The kernel gives a port that is free again to the next bind to port 0 as readily as
+    any other (two services of one system got the same port on CI: the manager could not
+    start), a port handed out as one nothing listens on could come back as a server's, and the
+    ephemeral range is also where outgoing connections take their source ports meanwhile.
+    Below that range only listeners compete.
     """
     ephemeral = _ephemeral_ports()
     below = range(10000, ephemeral.start) if ephemeral.start > 11000 else range(0)
@@ -57,8 +62,8 @@ def free_port() -> int:
             except OSError:
                 continue
             port = int(sock.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
             return port
     raise RuntimeError("no free TCP port on 127.0.0.1 after 1000 tries")
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from testing.servers import accepts_connections, wait_until
+from testing.servers import accepts_connections, free_port, wait_until
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,9 @@ class SinkServer:
     ) -> None:
         self.sink = sink
         self._ssl_context = ssl_context  #: serves https (and may require client certificates)
+        # A port of free_port's (not the kernel's pick): never one handed out to a process that
+        # has yet to bind it, nor one a test uses as a port nothing listens on.
+        port = port or free_port()
         self._server = make_server("127.0.0.1", port, sink, threaded=True, ssl_context=ssl_context)
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ from nats.js.errors import NotFoundError
 from eventing.settings import Settings
 from proxy import create_app
 from proxy.publisher import JetStreamPublisher
-from testing.servers import NatsServer, RedisServer
+from testing.servers import NatsServer, RedisServer, wait_until
 from testing.system import System
 from tests.conftest import stop_showing_logs
 
 pytestmark = pytest.mark.integration
 
 STREAM = "events"
+_ESTABLISHED = "01"  #: a connection's state in /proc/net/tcp
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,29 @@ def late_beside_a_held_batch(
     try:
         with ThreadPoolExecutor(1) as pool:
             held = pool.submit(post, "held-1", "held-2")
-            time.sleep(0.5)  # the held batch waits for its PubAcks by now
+            # Its publishes sent (and so its events in flight) once they wait unread at the
+            # stopped server; half a second's sleep only made that likely on a busy machine.
+            wait_until(
+                lambda: _unread_bytes(server.port) > 0, 10, "the held batch at the stopped server"
+            )
             late = post("late-1", "late-2")
             server.process.send_signal(signal.SIGCONT)
             assert held.result(10) == (204, None)
     finally:
         server.process.send_signal(signal.SIGCONT)
     return late
+
+
+def _unread_bytes(port: int) -> int:
+    """What the loopback connections to ``port`` received that the server has not read yet (the
+    receive queues of /proc/net/tcp)."""
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if state == _ESTABLISHED and int(local.rpartition(":")[2], 16) == port:
+            unread += int(queues.rpartition(":")[2], 16)
+    return unread
 
 
 def read_stream(server: NatsServer, stream: str = STREAM) -> list[StoredMessage]:
