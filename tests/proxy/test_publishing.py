@@ -18,6 +18,7 @@ from eventing.errors import Overloaded, PublishError
 from eventing.nats.messages import OutboundMessage
 from eventing.settings import Settings
 from proxy import bodies, create_app
+from testing.tokens import Issuer
 from tests.proxy.conftest import RecordingPublisher
 from tests.proxy.test_bodies import FakeHeaders, FakeScope
 
@@ -212,3 +213,11 @@ def test_with_every_slot_taken_the_request_waits_in_flasks_waiting_room() -> Non
     assert asyncio.run(late()) == 204
     assert fast.app_calls == 1  # waited for its turn on a thread, as Flask's path does
     assert len(fast.stored) == 1
+
+
+def test_with_a_jwks_every_publish_goes_to_flask_which_may_fetch_it(tmp_path: Path) -> None:
+    issuer = Issuer(tmp_path)
+    fast, flask = _both(issuer.environ(tmp_path / "rules.yaml"))
+    headers = [*BINARY, ("authorization", f"Bearer {issuer.token()}")]
+    assert _same(fast, flask, headers, BODY)[0] == 204
+    assert fast.app_calls == 1  # verifying a token may fetch the JWKS: not on the loop
