@@ -3,8 +3,9 @@ work, which the Flask views (:mod:`proxy.views`) and the fast route (:meth:`Publ
 both call.
 
 Why a route below Flask: after issue 16's rounds 1 and 2, Flask's request cycle (the request
-context, URL routing, the Response object, Werkzeug's environ and headers) was about a third of
-a single event's CPU in the proxy (docs/performance.md, "Round 3"). Served by granian
+context, URL routing, the Response object, Werkzeug's environ and headers) and the hand-over to a
+request thread were about half of a single event's Python in the proxy (docs/performance.md,
+"Round 3": 0.29-0.39 ms through Flask, 0.14-0.17 ms below it). Served by granian
 (:class:`proxy.bodies.BodiesFirst`), a binary-mode ``POST /publish`` is handled by
 :meth:`Publishing.at_once` on granian's loop: the same parsing, validation, authorisation,
 admission and stored form as the view, its events left to the loop (:mod:`proxy.pending`), and

@@ -112,10 +112,10 @@ def _read_body() -> bytes:
     duplicate of it. Chunked bodies have no length to compare with: a cut-off one is refused
     only where it no longer parses (every JSON mode), see the README's "Hostile input".
     """
-    declared = request.content_length
     limit: int = current_app.config["MAX_CONTENT_LENGTH"]
     if bodies.BODY in request.environ:  # proxy.bodies read it (at most one byte past the limit)
         return body_read_first(request.environ, limit)
+    declared = request.content_length
     if declared is not None or "wsgi.input_terminated" not in request.environ:
         body = request.get_data(cache=False)
         if declared is not None and len(body) < declared:
