@@ -510,6 +510,15 @@ class ProxySettings:
         _int(1),
         "Bytes/s a request body must arrive at on average after its first 2 s; slower gets 408.",
     )
+    publish_on_loop: bool = setting(
+        "PROXY_PUBLISH_ON_LOOP",
+        "on",
+        _switch,
+        "Binary-mode `POST /publish` (up to 64 KiB) handled on granian's event loop, below Flask:"
+        " about half the proxy's CPU a request. Off: through Flask like every other request,"
+        " with the same answers; to rule the route out when an answer looks wrong. Always off"
+        " while PROXY_JWKS is set (fetching it must not stall the loop).",
+    )
     metrics_max_event_types: int = setting(
         "PROXY_METRICS_MAX_EVENT_TYPES",
         "1000",

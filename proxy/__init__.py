@@ -36,6 +36,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
     # and the metrics read the snapshots folder it hands over (proxy.metrics).
     from proxy import admission, auth, metrics, problems, views
     from proxy.publisher import JetStreamPublisher
+    from proxy.publishing import Publishing
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.proxy.max_request_size
@@ -53,6 +54,15 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fla
         patience=admission.PATIENCE,
         retry_after=settings.proxy.retry_after,
         max_events=settings.proxy.max_in_flight,
+    )
+    app.extensions["eventing.publishing"] = Publishing(
+        type_prefix=settings.events.type_prefix,
+        max_size=settings.proxy.max_request_size,
+        authenticator=app.extensions["eventing.auth"],
+        metrics=counted,
+        admission=turns,
+        publisher=app.extensions["eventing.publisher"],
+        at_once=settings.proxy.publish_on_loop,
     )
     app.register_blueprint(views.blueprint)
     problems.register(app)

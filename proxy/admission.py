@@ -80,7 +80,7 @@ class Admission:
             Overloaded: every slot is taken and either ``waiting`` requests already wait, or
                 none came free within ``patience`` seconds.
         """
-        if self._slots.acquire(blocking=False):
+        if self.try_enter():
             return
         with self._lock:
             if self._waiting >= self._most_waiting:
@@ -93,6 +93,10 @@ class Admission:
                 self._waiting -= 1
         if not admitted:
             raise self._overloaded()
+
+    def try_enter(self) -> bool:
+        """Take a slot if one is free, without waiting (:meth:`leave` after); False if none."""
+        return self._slots.acquire(blocking=False)
 
     def leave(self) -> None:
         self._slots.release()

@@ -64,9 +64,8 @@ def publisher_of() -> Grant:
     authenticator: Authenticator = current_app.extensions["eventing.auth"]
     try:
         return authenticator.authenticate(request.headers.get("Authorization"))
-    except Unauthenticated:
-        metrics: ProxyMetrics = current_app.extensions["eventing.metrics"]
-        metrics.refused.labels("", "unauthenticated").inc()
+    except Unauthenticated as refusal:
+        count_refusal(current_app.extensions["eventing.metrics"], refusal)
         raise
 
 
@@ -74,10 +73,18 @@ def check(grant: Grant, events: list[tuple[str, str]]) -> None:
     """:func:`eventing.publishers.check`, counting a refusal under the publisher's name."""
     try:
         publishers.check(grant, events)
-    except Forbidden:
-        metrics: ProxyMetrics = current_app.extensions["eventing.metrics"]
-        metrics.refused.labels(grant.name, "forbidden").inc()
+    except Forbidden as refusal:
+        count_refusal(current_app.extensions["eventing.metrics"], refusal)
         raise
+
+
+def count_refusal(metrics: ProxyMetrics, refusal: Unauthenticated | Forbidden) -> None:
+    """Count a request refused for its credentials: unauthenticated, or forbidden to its
+    publisher."""
+    if isinstance(refusal, Forbidden):
+        metrics.refused.labels(refusal.publisher, "forbidden").inc()
+    else:
+        metrics.refused.labels("", "unauthenticated").inc()
 
 
 class Authenticator:
@@ -105,6 +112,11 @@ class Authenticator:
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
             )
+
+    @property
+    def verifies_tokens(self) -> bool:
+        """Whether a request may bring a JWT, whose verification may fetch the JWKS."""
+        return self._tokens is not None
 
     def authenticate(self, authorization: str | None) -> Grant:
         """The grant of the request's ``Authorization`` header (None: it has none).

@@ -12,7 +12,8 @@ behind, and hands only complete bodies to the WSGI app, on a pool of threads of 
 
 A publishing view leaves its prepared events to the loop (:mod:`proxy.pending`): its thread
 returns at once, and the loop publishes them and answers once JetStream acknowledged them, so a
-request wakes a thread once instead of twice.
+request wakes a thread once instead of twice. A binary-mode ``POST /publish`` wakes none: the
+same work is done on the loop, below Flask (:mod:`proxy.publishing`).
 
 The WSGI environment is built as granian's WSGI interface builds it (header values that are not
 visible ASCII become empty, repeated headers are joined with ``,``, cookies with ``;``).
@@ -45,6 +46,9 @@ GRACE = 2.0
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 #: Stores messages on the running loop, one outcome per message (None: stored).
 Publish = Callable[[list[OutboundMessage]], Awaitable[list[PublishError | None]]]
+#: Answers a request on the loop, below the WSGI app (None: the app answers it); its events
+#: left to the loop (:meth:`proxy.publishing.Publishing.at_once`).
+AtOnce = Callable[[dict[str, Any]], "pending.Answer | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,8 @@ class HTTPProtocol(Protocol):
 
 class BodiesFirst:
     """An RSGI application serving ``app`` (WSGI) on ``threads`` threads, bodies read first;
-    the events its views defer are stored through ``publish`` (on this loop)."""
+    the events its views defer are stored through ``publish`` (on this loop). A request
+    ``at_once`` answers (binary-mode ``POST /publish``) never reaches a thread or ``app``."""
 
     def __init__(
         self,
@@ -111,9 +116,11 @@ class BodiesFirst:
         metrics: ProxyMetrics,
         on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
         publish: Publish | None = None,
+        at_once: AtOnce | None = None,
     ) -> None:
         self._app = app
         self._publish = publish
+        self._at_once = at_once
         self._threads = _Threads(threads, "proxy-request")
         self._limits = limits
         self._metrics = metrics
@@ -133,7 +140,10 @@ class BodiesFirst:
         environ = _environ(scope, body)
         deferred = environ[pending.KEY] = pending.Pending() if self._publish else None
         handed = time.perf_counter()
-        status, headers, content = await self._threads.run(self._call, environ)
+        answer = self._at_once(environ) if self._at_once is not None else None
+        if answer is None:
+            answer = await self._threads.run(self._call, environ)
+        status, headers, content = answer
         if deferred is not None and deferred.messages is not None:
             status, headers, content = await self._stored(deferred, (status, headers, content))
             self._metrics.observe_request(

@@ -95,6 +95,7 @@ def app() -> BodiesFirst:
         metrics=flask_app.extensions["eventing.metrics"],
         on_loop=publisher.serve_on,  # NATS on granian's loop, no loop thread of its own
         publish=publisher.publish_here,  # and the views' events published there
+        at_once=flask_app.extensions["eventing.publishing"].at_once,  # binary /publish, no Flask
     )
 
 

@@ -166,6 +166,16 @@ class Client:
             traceback=b"Traceback (most recent call last)" in body,
         )
 
+    def answer(self, case: hostile.Case) -> tuple[int, dict[str, str], bytes] | str:
+        """The case's answer (status, headers by lower-case name, body), or why there is none."""
+        try:
+            status, headers, body, _ = self._exchange(case)
+        except _NoAnswer as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"connect: {type(exc).__name__}"
+        return status, headers, body
+
     def _exchange(self, case: hostile.Case) -> tuple[int, dict[str, str], bytes, float]:
         if case.send == hostile.KEEPALIVE:
             return self._on_kept_connection(case)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import signal
+import subprocess
+import sysconfig
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,20 +16,67 @@ from pathlib import Path
 
 import nats
 import pytest
+import requests
 from flask import Flask
 from nats.js.errors import NotFoundError
 
 from eventing.settings import Settings
 from proxy import create_app
 from proxy.publisher import JetStreamPublisher
-from testing.servers import NatsServer, RedisServer, wait_until
-from testing.system import System
+from testing.servers import NatsServer, RedisServer, free_port, wait_until
+from testing.system import System, stop_group
 from tests.conftest import stop_showing_logs
 
 pytestmark = pytest.mark.integration
 
 STREAM = "events"
 _ESTABLISHED = "01"  #: a connection's state in /proc/net/tcp
+PROXY = Path(sysconfig.get_path("scripts")) / "eventing-proxy"
+
+
+def proxy_command() -> list[str]:
+    if PROXY.exists():
+        return [str(PROXY)]
+    found = shutil.which("eventing-proxy")
+    if found is None:
+        pytest.fail("eventing-proxy is not installed: pip install -e .")
+    return [found]
+
+
+@contextlib.contextmanager
+def served_proxy(log: Path, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``eventing-proxy`` (granian) with ``env`` on a free port, its output in ``log``; its URL
+    and process once it answers ``/healthz``. ``env`` has at least ``NATS_URL``."""
+    port = free_port()
+    full = {
+        **os.environ,
+        "INGRESS_PORT": str(port),
+        "JS_STREAM_NAME": STREAM,
+        "JS_STREAM_RETENTION_POLICY": "limits",
+        **env,
+    }
+    with log.open("wb") as out:
+        # A session of its own, so teardown can end granian's worker processes too.
+        process = subprocess.Popen(
+            proxy_command(), env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()
+        # Granian listens before its workers serve: a request then waits for one (0.24 s
+        # measured beside two CPU hogs), and one past the timeout is a Timeout: ask again.
+        try:
+            return requests.get(f"{url}/healthz", timeout=0.5).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):
+            return False
+
+    try:
+        wait_until(healthy, 20, "the proxy to answer /healthz")
+        yield url, process
+    finally:
+        # SIGTERM first: the launcher then removes its metrics folder, which SIGKILL left in /tmp
+        stop_group(process)
 
 
 @dataclass(frozen=True)

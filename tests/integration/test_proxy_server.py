@@ -10,11 +10,9 @@ import os
 import random
 import re
 import resource
-import shutil
 import signal
 import socket
 import subprocess
-import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -27,21 +25,15 @@ import requests
 from proxy import admission
 from testing import fuzzing
 from testing.servers import NatsServer, free_port, wait_until
-from testing.system import stop_group
-from tests.integration.conftest import STREAM, late_beside_a_held_batch, read_stream
+from tests.integration.conftest import (
+    STREAM,
+    late_beside_a_held_batch,
+    proxy_command,
+    read_stream,
+    served_proxy,
+)
 
 pytestmark = pytest.mark.integration
-
-PROXY = Path(sysconfig.get_path("scripts")) / "eventing-proxy"
-
-
-def _proxy_command() -> list[str]:
-    if PROXY.exists():
-        return [str(PROXY)]
-    found = shutil.which("eventing-proxy")
-    if found is None:
-        pytest.fail("eventing-proxy is not installed: pip install -e .")
-    return [found]
 
 
 @pytest.fixture
@@ -54,32 +46,9 @@ def proxy_env() -> dict[str, str]:
 def proxy(
     nats_server: NatsServer, tmp_path: Path, proxy_env: dict[str, str]
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    port = free_port()
-    log = tmp_path / "proxy.log"
-    env = {
-        **os.environ,
-        "NATS_URL": nats_server.url,
-        "INGRESS_PORT": str(port),
-        "PROXY_WORKERS": "2",
-        "JS_STREAM_NAME": STREAM,
-        "JS_STREAM_RETENTION_POLICY": "limits",
-        **proxy_env,
-    }
-    with log.open("wb") as out:
-        # A session of its own, so teardown can end granian's worker processes too.
-        process = subprocess.Popen(
-            _proxy_command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, log.read_text()
-        return _answers(f"{url}/healthz")
-
-    wait_until(healthy, 20, "the proxy to answer /healthz")
-    yield url, process, log
-    # SIGTERM first: the launcher then removes its metrics folder, which SIGKILL left in /tmp
-    stop_group(process)
+    env = {"NATS_URL": nats_server.url, "PROXY_WORKERS": "2", **proxy_env}
+    with served_proxy(tmp_path / "proxy.log", env) as (url, process):
+        yield url, process, tmp_path / "proxy.log"
 
 
 def _publish_many(url: str, count: int, threads: int, *, types: int = 1) -> list[int]:
@@ -201,7 +170,7 @@ def test_sigterm_right_after_start_stops_the_proxy(nats_server: NatsServer, tmp_
         env = {**os.environ, "NATS_URL": nats_server.url, "INGRESS_PORT": str(port)}
         with (tmp_path / f"proxy-{attempt}.log").open("wb") as out:
             process = subprocess.Popen(
-                _proxy_command(),
+                proxy_command(),
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -465,7 +434,7 @@ def test_a_broken_keys_file_stops_the_proxy_at_start_naming_it(tmp_path: Path) -
     keys = tmp_path / "keys.yaml"
     keys.write_text("- {name: loadtest, key: load-key}\n")  # no sources, no types
     env = {**os.environ, "PROXY_API_KEYS_FILE": str(keys), "INGRESS_PORT": str(free_port())}
-    result = subprocess.run(_proxy_command(), env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(proxy_command(), env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, result.stdout + result.stderr
     assert str(keys) in result.stderr and "sources: expected" in result.stderr
 
