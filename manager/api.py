@@ -20,6 +20,7 @@ from aiohttp import web
 from eventing.delivery import jobs
 from eventing.nats.client import JetStreamClient
 from eventing.settings import Settings
+from eventing.tasks import cancel_and_wait
 from manager.board import StatusBoard
 from manager.operations import Operations
 from manager.pulling import Dispatcher
@@ -54,9 +55,7 @@ class ApiContext:
         """Cancel the work :meth:`spawn` started and wait for it to end. Its consumers stay
         until JetStream's inactivity threshold removes them, or the next run of the same
         kind deletes them; its operations end unfinished."""
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await cancel_and_wait(list(self._running))
 
 
 def leading(context: ApiContext) -> tuple[Dispatcher, jobs.Enqueue] | web.Response:

@@ -27,6 +27,7 @@ from eventing.nats.client import JetStreamClient
 from eventing.nats.messages import DEAD_LETTER_PREFIX, PulledMessage
 from eventing.nats.streams import Consumer
 from eventing.subscriptions.model import Subscription, TypeBinding
+from eventing.tasks import cancel_and_wait
 from manager.reconcile import MANAGED_BY, ack_wait_for
 
 logger = logging.getLogger(__name__)
@@ -140,9 +141,7 @@ class DeadLetterSinks:
     async def stop(self) -> None:
         """End every pull."""
         pulls, self._pulls = list(self._pulls.values()), {}
-        for task in pulls:
-            task.cancel()
-        await asyncio.gather(*pulls, return_exceptions=True)
+        await cancel_and_wait(pulls)
 
     async def _pull(self, name: str) -> None:
         """Pull ``name`` into jobs while it is wanted, binding again after any failure."""

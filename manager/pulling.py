@@ -26,6 +26,7 @@ from eventing.delivery import jobs
 from eventing.errors import ConsumerError
 from eventing.nats.client import JetStreamClient
 from eventing.nats.messages import PulledMessage
+from eventing.tasks import cancel_and_wait
 from manager.consumers import Target
 from manager.shedding import Backlog, Limit, Shedding
 
@@ -107,11 +108,12 @@ class Dispatcher:
         self._wanted.set()
 
     async def stop(self) -> None:
-        """Cancel every pull task and wait for them to end."""
+        """Cancel every pull task and wait for them to end (each pull task directly too: its
+        task group cancels it only once, and Python 3.11 can swallow that, see
+        :mod:`eventing.tasks`)."""
         owner, self._owner = self._owner, None
         if owner is not None:
-            owner.cancel()
-            await asyncio.gather(owner, return_exceptions=True)
+            await cancel_and_wait([owner, *self._pulls.values()])
         self._pulls.clear()
 
     async def _own(self) -> None:
