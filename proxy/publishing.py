@@ -60,7 +60,7 @@ class Publishing:
         publisher: Publisher,
         at_once: bool,
     ) -> None:
-        self.type_prefix = type_prefix
+        self._type_prefix = type_prefix
         self._max_size = max_size
         self._authenticator = authenticator
         self._metrics = metrics
@@ -86,7 +86,7 @@ class Publishing:
         mode, messages = binding.parse_http(
             headers,
             read_body(),
-            lambda event: prepare(event, trace, self.type_prefix, publisher),
+            lambda event: prepare(event, trace, self._type_prefix, publisher),
         )
         publishers.check(grant, [(m.event_source, m.event_type) for m in messages])
         return mode, messages, grant
@@ -151,10 +151,13 @@ class Publishing:
         try:
             read = functools.partial(body_read_first, environ, self._max_size)
             mode, messages, grant = self.accept(environ, read)
-            if mode != "binary":  # a ce-specversion header beside a CloudEvents content type
-                raise _NotHere()
-            self.store(environ, messages, grant)
+            # not binary: a ce-specversion header beside a CloudEvents content type
+            handled = mode == "binary"
+            if handled:
+                self.store(environ, messages, grant)
         except Exception:  # answered by Flask, which repeats the step that raised, and logs
+            handled = False
+        if not handled:
             self._admission.leave()
             return None
         deferred.release_after(self._admission.leave)  # the turn lasts until the PubAcks
@@ -188,10 +191,6 @@ class Publishing:
 
 #: ``POST /publish``'s success, as the view's Flask response reaches the server: no headers.
 NO_CONTENT: pending.Answer = (204, [], b"")
-
-
-class _NotHere(Exception):
-    """The request is one the fast route leaves to Flask."""
 
 
 def headers_of(environ: dict[str, Any]) -> dict[str, str]:
